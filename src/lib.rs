@@ -1,1 +1,6 @@
+//! ONe Loyalty: the loyalty-points plugin service of the ONe B2B platform.
+
+pub mod config;
+pub mod domain;
+pub mod persistence;
 pub mod proto;

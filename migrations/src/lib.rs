@@ -1,1 +1,35 @@
+//! The ONe Loyalty database schema as SeaORM migrations, one file per aggregate. The same meaning
+//! on SQLite and PostgreSQL: tenant id in every key, points as `BIGINT` minor units at a fixed
+//! storage scale of 4 (exact on both backends), instants as timestamps with time zone, calendar
+//! days as dates. Shipped migrations are never edited; a change is a new migration.
+
 pub use sea_orm_migration::prelude::*;
+
+mod m20261122_000001_tenants;
+mod m20261122_000002_catalog;
+mod m20261122_000003_documents;
+mod m20261122_000004_agreements;
+mod m20261122_000005_rules;
+mod m20261122_000006_ledger;
+mod m20261122_000007_coupons;
+mod m20261122_000008_sync_and_jobs;
+mod columns;
+
+/// Every migration, oldest first.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![
+            Box::new(m20261122_000001_tenants::Migration),
+            Box::new(m20261122_000002_catalog::Migration),
+            Box::new(m20261122_000003_documents::Migration),
+            Box::new(m20261122_000004_agreements::Migration),
+            Box::new(m20261122_000005_rules::Migration),
+            Box::new(m20261122_000006_ledger::Migration),
+            Box::new(m20261122_000007_coupons::Migration),
+            Box::new(m20261122_000008_sync_and_jobs::Migration),
+        ]
+    }
+}

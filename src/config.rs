@@ -1,0 +1,144 @@
+//! Typed settings of the process, loaded in layers: the embedded `config/default.toml`, an
+//! optional file, `LOYALTY__SECTION__KEY` environment variables, then command-line flags.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The defaults, compiled in so that the binary runs from any directory.
+const DEFAULT_CONFIG: &str = include_str!("../config/default.toml");
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub metrics: MetricsSettings,
+    pub database: DatabaseSettings,
+    pub telemetry: TelemetrySettings,
+    #[serde(default)]
+    pub bootstrap: BootstrapSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    pub request_timeout_ms: u64,
+    pub max_message_bytes: usize,
+    pub shutdown_drain_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct MetricsSettings {
+    /// Empty disables the exporter.
+    #[serde(default)]
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct DatabaseSettings {
+    pub url: String,
+    pub max_connections: u32,
+    pub connect_timeout_ms: u64,
+    pub sqlite_busy_timeout_ms: u64,
+    pub auto_migrate: bool,
+    /// PostgreSQL only: the schema to use instead of `public` (tests use one per test).
+    #[serde(default)]
+    pub schema: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct TelemetrySettings {
+    pub log_format: LogFormat,
+    pub log_filter: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct BootstrapSettings {
+    #[serde(default)]
+    pub tenants: Vec<BootstrapTenant>,
+    #[serde(default)]
+    pub api_keys: Vec<BootstrapApiKey>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BootstrapTenant {
+    pub id: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct BootstrapApiKey {
+    pub tenant: String,
+    pub key: String,
+    #[serde(default)]
+    pub label: String,
+    pub roles: Vec<String>,
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub listen: Option<SocketAddr>,
+    pub database_url: Option<String>,
+}
+
+impl Settings {
+    /// Loads the layers.
+    ///
+    /// # Errors
+    /// A file that cannot be read or parsed, or a value of the wrong type.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Self, config::ConfigError> {
+        let mut builder = config::Config::builder().add_source(config::File::from_str(
+            DEFAULT_CONFIG,
+            config::FileFormat::Toml,
+        ));
+        if let Some(path) = file {
+            builder = builder.add_source(config::File::from(path).required(true));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("LOYALTY")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        if let Some(listen) = overrides.listen {
+            builder = builder.set_override("server.listen", listen.to_string())?;
+        }
+        if let Some(url) = &overrides.database_url {
+            builder = builder.set_override("database.url", url.as_str())?;
+        }
+        builder.build()?.try_deserialize()
+    }
+}
+
+impl ServerSettings {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_load_and_flags_override_them() {
+        let overrides = Overrides {
+            listen: Some("127.0.0.1:0".parse().expect("address")),
+            database_url: Some("sqlite://x.db".into()),
+        };
+        let settings = Settings::load(None, &overrides).expect("settings");
+        assert_eq!(settings.server.listen.port(), 0);
+        assert_eq!(settings.database.url, "sqlite://x.db");
+        assert_eq!(settings.bootstrap.tenants[0].id, "demo");
+        assert_eq!(settings.telemetry.log_format, LogFormat::Text);
+    }
+}

@@ -1,0 +1,113 @@
+//! Opening the database (SQLite file created on first use, or PostgreSQL) and migrating it.
+
+use std::path::Path;
+use std::time::Duration;
+
+use migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+
+use crate::config::DatabaseSettings;
+use crate::persistence::error::{RepoError, classify};
+
+/// Which engine a URL names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// # Errors
+    /// A URL of another scheme.
+    pub fn of(url: &str) -> Result<Self, RepoError> {
+        if url.starts_with("sqlite:") {
+            Ok(Self::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Self::Postgres)
+        } else {
+            Err(RepoError::Config(format!(
+                "unsupported database URL {url:?}: use sqlite://PATH or postgres://..."
+            )))
+        }
+    }
+}
+
+/// Connects; for SQLite creates the file and its directory, turns on WAL with full fsync (points
+/// are money-like: a committed event survives a power cut) and a busy timeout.
+///
+/// # Errors
+/// The database is unreachable or the URL is wrong.
+pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, RepoError> {
+    let backend = Backend::of(&settings.url)?;
+    let mut url = settings.url.clone();
+    if backend == Backend::Sqlite {
+        url = prepare_sqlite_file(&url)?;
+    }
+    let mut options = ConnectOptions::new(url);
+    options
+        .max_connections(settings.max_connections)
+        .min_connections(1)
+        .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .acquire_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        .sqlx_logging(false);
+    if let Some(schema) = &settings.schema {
+        options.set_schema_search_path(schema.clone());
+    }
+    let busy_timeout = Duration::from_millis(settings.sqlite_busy_timeout_ms);
+    options.map_sqlx_sqlite_opts(move |opts| {
+        opts.journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(busy_timeout)
+            .foreign_keys(true)
+    });
+    Database::connect(options).await.map_err(classify)
+}
+
+/// Applies every pending migration.
+///
+/// # Errors
+/// A migration failed.
+pub async fn migrate(db: &DatabaseConnection) -> Result<(), RepoError> {
+    Migrator::up(db, None).await.map_err(classify)
+}
+
+/// Makes sure the directory of a SQLite file exists and asks SQLite to create the file.
+fn prepare_sqlite_file(url: &str) -> Result<String, RepoError> {
+    let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+    if path.is_empty() || path == ":memory:" {
+        return Err(RepoError::Config(
+            "an in-memory SQLite database is one database per connection: use a file".into(),
+        ));
+    }
+    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| RepoError::Config(format!("cannot create {}: {e}", dir.display())))?;
+    }
+    let query = if query.contains("mode=") {
+        query.to_owned()
+    } else if query.is_empty() {
+        "mode=rwc".to_owned()
+    } else {
+        format!("{query}&mode=rwc")
+    };
+    Ok(format!("sqlite://{path}?{query}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sqlite_urls_get_create_mode_and_memory_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("sub/loyalty.db");
+        let url = prepare_sqlite_file(&format!("sqlite://{}", file.display())).expect("url");
+        assert!(url.ends_with("loyalty.db?mode=rwc"));
+        assert!(file.parent().expect("parent").is_dir());
+        assert!(prepare_sqlite_file("sqlite::memory:").is_err());
+        assert_eq!(Backend::of("postgresql://x").expect("pg"), Backend::Postgres);
+        assert!(Backend::of("mysql://x").is_err());
+    }
+}

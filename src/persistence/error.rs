@@ -1,0 +1,61 @@
+//! The one place that classifies database errors.
+
+use sea_orm::{DbErr, RuntimeErr, SqlErr};
+
+/// What went wrong below the repositories, in terms the services act on.
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// A unique constraint refused a row: the thing exists already.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// A concurrent transaction won; the operation can be retried.
+    #[error("aborted: {0}")]
+    Aborted(String),
+    /// The database cannot be reached.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// Stored data that the domain refuses (a corrupted or hand-edited row).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(String),
+    /// Wrong database configuration.
+    #[error("database configuration: {0}")]
+    Config(String),
+    /// Anything else.
+    #[error("database error: {0}")]
+    Other(String),
+}
+
+/// Turns a SeaORM error into a [`RepoError`]: unique violation → Conflict, serialization
+/// failure, deadlock or a busy SQLite → Aborted, connection problems → Unavailable.
+pub fn classify(err: DbErr) -> RepoError {
+    if let Some(SqlErr::UniqueConstraintViolation(msg)) = err.sql_err() {
+        return RepoError::Conflict(msg);
+    }
+    let text = err.to_string();
+    match &err {
+        DbErr::ConnectionAcquire(_) | DbErr::Conn(_) => RepoError::Unavailable(text),
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            classify_sqlx(e, text)
+        }
+        _ => RepoError::Other(text),
+    }
+}
+
+fn classify_sqlx(err: &sea_orm::sqlx::Error, text: String) -> RepoError {
+    use sea_orm::sqlx::Error as E;
+    match err {
+        E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
+            RepoError::Unavailable(text)
+        }
+        E::Database(db) => match db.code().as_deref() {
+            // PostgreSQL serialization failure and deadlock; SQLite BUSY and LOCKED.
+            Some("40001" | "40P01" | "5" | "6" | "517" | "262") => RepoError::Aborted(text),
+            // PostgreSQL: admin shutdown, cannot connect now.
+            Some(code) if code.starts_with("08") || code == "57P01" || code == "57P03" => {
+                RepoError::Unavailable(text)
+            }
+            _ => RepoError::Other(text),
+        },
+        _ => RepoError::Other(text),
+    }
+}
