@@ -1,7 +1,74 @@
 //! The ledger's invariants: events are never changed, and a client's maintained balance always
 //! equals the sum of its events.
 
+use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+
+/// The kind of a ledger event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EventType {
+    Earn,
+    Use,
+    Lose,
+    Expire,
+    Adjust,
+    Refund,
+}
+
+impl EventType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Earn => "EARN",
+            Self::Use => "USE",
+            Self::Lose => "LOSE",
+            Self::Expire => "EXPIRE",
+            Self::Adjust => "ADJUST",
+            Self::Refund => "REFUND",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Earn, Self::Use, Self::Lose, Self::Expire, Self::Adjust, Self::Refund]
+            .into_iter()
+            .find(|t| t.as_str() == text)
+    }
+}
+
+/// An event to append. Points are signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewLedgerEvent {
+    pub client_id: String,
+    pub event_type: EventType,
+    pub points: Decimal,
+    pub occurred_at: DateTime<Utc>,
+    pub document_id: Option<String>,
+    pub request_id: Option<String>,
+    pub reason_code: Option<String>,
+    pub reason: Option<String>,
+    pub actor_key_id: Option<String>,
+}
+
+/// An appended event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerEvent {
+    pub event_id: i64,
+    pub event: NewLedgerEvent,
+    /// The client's total after this event.
+    pub balance_after: Decimal,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// A client's maintained balance.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Balance {
+    pub client_id: String,
+    pub total: Decimal,
+    pub available: Decimal,
+    pub locked: Decimal,
+    pub reserved: Decimal,
+    pub last_event_id: Option<i64>,
+    pub updated_at: DateTime<Utc>,
+}
 
 /// What an audit of one client's ledger found.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,7 +1,9 @@
 //! Plain types and rules: points arithmetic, tenant settings, ledger invariants, the clock.
 //! Nothing here knows about gRPC or the database.
 
+pub mod access;
 pub mod clock;
+pub mod idempotency;
 pub mod ledger;
 pub mod points;
 pub mod settings;

@@ -1,5 +1,75 @@
 //! The only SeaORM code: repository traits over domain types, their SeaORM implementations, the
 //! generated entities and the classification of database errors.
+//!
+//! Every method takes the tenant and every query filters by it, so one tenant's call cannot reach
+//! another tenant's rows. A method that must be atomic owns its transaction.
+//!
+//! `entities/` is generated from a migrated PostgreSQL database and never edited by hand:
+//! `sea-orm-cli generate entity -u postgres://postgres@127.0.0.1:5432/DB -o src/persistence/entities
+//! --ignore-tables seaql_migrations --with-copy-enums`.
 
+pub mod access;
 pub mod db;
+pub mod entities;
 pub mod error;
+pub mod ledger;
+pub mod settings;
+
+use async_trait::async_trait;
+
+use crate::domain::access::ApiKeyRecord;
+use crate::domain::idempotency::IdempotencyRecord;
+use crate::domain::ledger::{Balance, ClientLedgerAudit, LedgerEvent, NewLedgerEvent};
+use crate::domain::settings::TenantSettings;
+use crate::domain::tenant::TenantId;
+pub use error::RepoError;
+
+/// Tenants and their API keys.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait AccessRepository: Send + Sync {
+    /// Creates the tenant if it does not exist.
+    async fn ensure_tenant(&self, tenant: &TenantId, name: &str) -> Result<(), RepoError>;
+    /// Whether the tenant exists.
+    async fn tenant_exists(&self, tenant: &TenantId) -> Result<bool, RepoError>;
+    /// Stores a key; a key with the same hash is replaced (same tenant only).
+    async fn store_key(&self, key: &ApiKeyRecord) -> Result<(), RepoError>;
+    /// The key with this hash, whatever its tenant.
+    async fn find_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, RepoError>;
+}
+
+/// The tenant's settings, an append-only history of revisions.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait SettingsRepository: Send + Sync {
+    /// The settings in force; the defaults (revision 0) when the tenant never changed any.
+    async fn current(&self, tenant: &TenantId) -> Result<TenantSettings, RepoError>;
+    /// One revision, if it exists.
+    async fn revision(&self, tenant: &TenantId, revision: u32) -> Result<Option<TenantSettings>, RepoError>;
+    /// Stores `settings` as its revision and the call's idempotency record, atomically.
+    /// `Conflict` when that revision exists already (a concurrent change won) or the request id
+    /// was used.
+    async fn save(
+        &self,
+        tenant: &TenantId,
+        settings: &TenantSettings,
+        request: &IdempotencyRecord,
+        changed_by_key_id: &str,
+    ) -> Result<(), RepoError>;
+    /// The record of an earlier call with this request id.
+    async fn find_request(&self, tenant: &TenantId, request_id: &str) -> Result<Option<IdempotencyRecord>, RepoError>;
+}
+
+/// The append-only ledger and the maintained balances.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait LedgerRepository: Send + Sync {
+    /// Appends an event and updates the client's balance in one transaction.
+    async fn append(&self, tenant: &TenantId, event: &NewLedgerEvent) -> Result<LedgerEvent, RepoError>;
+    /// The client's balance row, if it has one.
+    async fn balance(&self, tenant: &TenantId, client_id: &str) -> Result<Option<Balance>, RepoError>;
+    /// The client's events, newest first.
+    async fn events(&self, tenant: &TenantId, client_id: &str, limit: u64) -> Result<Vec<LedgerEvent>, RepoError>;
+    /// Balance rows against event sums, for every client of the tenant.
+    async fn audit(&self, tenant: &TenantId) -> Result<Vec<ClientLedgerAudit>, RepoError>;
+}

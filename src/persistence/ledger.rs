@@ -1,0 +1,218 @@
+//! SeaORM implementation of [`LedgerRepository`]. Appending an event updates the client's
+//! balance row first (which serializes concurrent appends for one client), then inserts the event
+//! with the running balance, all in one transaction.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::Utc;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::{NotSet, Set}, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
+};
+
+use super::entities::{balances, ledger_events};
+use super::error::{RepoError, classify};
+use super::LedgerRepository;
+use crate::domain::ledger::{Balance, ClientLedgerAudit, EventType, LedgerEvent, NewLedgerEvent};
+use crate::domain::points::{from_minor_units, to_minor_units};
+use crate::domain::tenant::TenantId;
+
+#[derive(Debug, Clone)]
+pub struct SeaLedgerRepository {
+    db: DatabaseConnection,
+}
+
+impl SeaLedgerRepository {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+fn units(value: rust_decimal::Decimal) -> Result<i64, RepoError> {
+    to_minor_units(value).map_err(|e| RepoError::Other(e.to_string()))
+}
+
+#[async_trait]
+impl LedgerRepository for SeaLedgerRepository {
+    async fn append(&self, tenant: &TenantId, event: &NewLedgerEvent) -> Result<LedgerEvent, RepoError> {
+        let points = units(event.points)?;
+        let now = Utc::now();
+        let txn = self.db.begin().await.map_err(classify)?;
+        let empty = balances::ActiveModel {
+            tenant_id: Set(tenant.as_str().to_owned()),
+            client_id: Set(event.client_id.clone()),
+            total: Set(0),
+            available: Set(0),
+            locked: Set(0),
+            reserved: Set(0),
+            last_event_id: Set(None),
+            event_count: Set(0),
+            updated_at: Set(now.fixed_offset()),
+        };
+        balances::Entity::insert(empty)
+            .on_conflict_do_nothing_on([balances::Column::TenantId, balances::Column::ClientId])
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        let updated = balances::Entity::update_many()
+            .col_expr(balances::Column::Total, Expr::col(balances::Column::Total).add(points))
+            .col_expr(balances::Column::Available, Expr::col(balances::Column::Available).add(points))
+            .col_expr(balances::Column::EventCount, Expr::col(balances::Column::EventCount).add(1))
+            .col_expr(balances::Column::UpdatedAt, Expr::value(now.fixed_offset()))
+            .filter(balances::Column::TenantId.eq(tenant.as_str()))
+            .filter(balances::Column::ClientId.eq(event.client_id.as_str()))
+            .exec_with_returning(&txn)
+            .await
+            .map_err(classify)?;
+        let balance_after = updated
+            .first()
+            .map(|b| b.total)
+            .ok_or_else(|| RepoError::Other("balance row vanished inside its transaction".into()))?;
+        let row = ledger_events::ActiveModel {
+            event_id: NotSet,
+            tenant_id: Set(tenant.as_str().to_owned()),
+            client_id: Set(event.client_id.clone()),
+            event_type: Set(event.event_type.as_str().to_owned()),
+            points: Set(points),
+            balance_after: Set(balance_after),
+            occurred_at: Set(event.occurred_at.fixed_offset()),
+            recorded_at: Set(now.fixed_offset()),
+            document_id: Set(event.document_id.clone()),
+            redemption_id: Set(None),
+            reservation_id: Set(None),
+            related_event_id: Set(None),
+            request_id: Set(event.request_id.clone()),
+            reason_code: Set(event.reason_code.clone()),
+            reason: Set(event.reason.clone()),
+            actor_key_id: Set(event.actor_key_id.clone()),
+            actor_user_id: Set(None),
+            stacking_mode: Set(None),
+        };
+        let event_id = ledger_events::Entity::insert(row).exec(&txn).await.map_err(classify)?.last_insert_id;
+        balances::Entity::update_many()
+            .col_expr(balances::Column::LastEventId, Expr::value(event_id))
+            .filter(balances::Column::TenantId.eq(tenant.as_str()))
+            .filter(balances::Column::ClientId.eq(event.client_id.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        txn.commit().await.map_err(classify)?;
+        Ok(LedgerEvent {
+            event_id,
+            event: event.clone(),
+            balance_after: from_minor_units(balance_after),
+            recorded_at: now,
+        })
+    }
+
+    async fn balance(&self, tenant: &TenantId, client_id: &str) -> Result<Option<Balance>, RepoError> {
+        let row = balances::Entity::find_by_id((tenant.as_str().to_owned(), client_id.to_owned()))
+            .one(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(row.map(|b| Balance {
+            client_id: b.client_id,
+            total: from_minor_units(b.total),
+            available: from_minor_units(b.available),
+            locked: from_minor_units(b.locked),
+            reserved: from_minor_units(b.reserved),
+            last_event_id: b.last_event_id,
+            updated_at: b.updated_at.to_utc(),
+        }))
+    }
+
+    async fn events(&self, tenant: &TenantId, client_id: &str, limit: u64) -> Result<Vec<LedgerEvent>, RepoError> {
+        let rows = ledger_events::Entity::find()
+            .filter(ledger_events::Column::TenantId.eq(tenant.as_str()))
+            .filter(ledger_events::Column::ClientId.eq(client_id))
+            .order_by_desc(ledger_events::Column::EventId)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        rows.into_iter().map(event_from_row).collect()
+    }
+
+    async fn audit(&self, tenant: &TenantId) -> Result<Vec<ClientLedgerAudit>, RepoError> {
+        let sums: Vec<(String, i64, i64, i64)> = ledger_events::Entity::find()
+            .select_only()
+            .column(ledger_events::Column::ClientId)
+            .column_as(Expr::cust("CAST(SUM(points) AS BIGINT)"), "events_sum")
+            .column_as(Expr::cust("CAST(COUNT(*) AS BIGINT)"), "event_count")
+            .column_as(Expr::cust("MAX(event_id)"), "last_event_id")
+            .filter(ledger_events::Column::TenantId.eq(tenant.as_str()))
+            .group_by(ledger_events::Column::ClientId)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        let last_ids: Vec<i64> = sums.iter().map(|s| s.3).collect();
+        let last_balances: BTreeMap<i64, i64> = ledger_events::Entity::find()
+            .select_only()
+            .column(ledger_events::Column::EventId)
+            .column(ledger_events::Column::BalanceAfter)
+            .filter(ledger_events::Column::TenantId.eq(tenant.as_str()))
+            .filter(ledger_events::Column::EventId.is_in(last_ids))
+            .into_tuple::<(i64, i64)>()
+            .all(&self.db)
+            .await
+            .map_err(classify)?
+            .into_iter()
+            .collect();
+        let mut audits: BTreeMap<String, ClientLedgerAudit> = balances::Entity::find()
+            .filter(balances::Column::TenantId.eq(tenant.as_str()))
+            .all(&self.db)
+            .await
+            .map_err(classify)?
+            .into_iter()
+            .map(|b| {
+                let audit = ClientLedgerAudit {
+                    client_id: b.client_id.clone(),
+                    balance_total: from_minor_units(b.total),
+                    events_sum: 0.into(),
+                    last_balance_after: 0.into(),
+                    event_count: 0,
+                    balance_event_count: u64::try_from(b.event_count).unwrap_or(u64::MAX),
+                };
+                (b.client_id, audit)
+            })
+            .collect();
+        for (client_id, sum, count, last_id) in sums {
+            let audit = audits.entry(client_id.clone()).or_insert_with(|| ClientLedgerAudit {
+                client_id,
+                balance_total: 0.into(),
+                events_sum: 0.into(),
+                last_balance_after: 0.into(),
+                event_count: 0,
+                balance_event_count: 0,
+            });
+            audit.events_sum = from_minor_units(sum);
+            audit.event_count = u64::try_from(count).unwrap_or(u64::MAX);
+            audit.last_balance_after = from_minor_units(last_balances.get(&last_id).copied().unwrap_or_default());
+        }
+        Ok(audits.into_values().collect())
+    }
+}
+
+fn event_from_row(row: ledger_events::Model) -> Result<LedgerEvent, RepoError> {
+    let event_type = EventType::parse(&row.event_type)
+        .ok_or_else(|| RepoError::Corrupt(format!("ledger_events.event_type {:?}", row.event_type)))?;
+    Ok(LedgerEvent {
+        event_id: row.event_id,
+        event: NewLedgerEvent {
+            client_id: row.client_id,
+            event_type,
+            points: from_minor_units(row.points),
+            occurred_at: row.occurred_at.to_utc(),
+            document_id: row.document_id,
+            request_id: row.request_id,
+            reason_code: row.reason_code,
+            reason: row.reason,
+            actor_key_id: row.actor_key_id,
+        },
+        balance_after: from_minor_units(row.balance_after),
+        recorded_at: row.recorded_at.to_utc(),
+    })
+}

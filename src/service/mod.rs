@@ -1,0 +1,4 @@
+//! Use cases, one module per gRPC service. Each owns an error enum; none names tonic or the ORM.
+
+pub mod access;
+pub mod settings;

@@ -1,0 +1,207 @@
+//! Reading and changing a tenant's settings. Changes are idempotent by request id and can be
+//! guarded by the revision the caller last saw.
+
+use std::sync::Arc;
+
+use crate::domain::access::Caller;
+use crate::domain::clock::Clock;
+use crate::domain::idempotency::{IdempotencyRecord, Replay, valid_request_id};
+use crate::domain::settings::{SettingsPatch, TenantSettings};
+use crate::domain::validation::Invalid;
+use crate::persistence::{RepoError, SettingsRepository};
+
+const OPERATION: &str = "SettingsService/UpdateSettings";
+/// Concurrent changes without an expected revision are retried this many times.
+const MAX_ATTEMPTS: usize = 5;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    /// → INVALID_ARGUMENT with the field violations.
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// The request id was used for another call. → ALREADY_EXISTS
+    #[error("request id {0:?} was already used for a different request")]
+    RequestIdReused(String),
+    /// The settings moved on since the revision the caller saw. → ABORTED
+    #[error("settings are at revision {actual}, not {expected}")]
+    RevisionMismatch { expected: u32, actual: u32 },
+    /// → UNAVAILABLE / INTERNAL by the repository error.
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+/// A change of settings as the caller asked for it.
+#[derive(Debug, Clone)]
+pub struct UpdateSettings {
+    pub request_id: String,
+    /// A hash of the whole request, to tell a retry from a different call with the same id.
+    pub request_hash: String,
+    pub patch: SettingsPatch,
+    /// 0: no guard.
+    pub expected_revision: u32,
+}
+
+pub struct SettingsService {
+    repo: Arc<dyn SettingsRepository>,
+    clock: Arc<dyn Clock>,
+}
+
+impl SettingsService {
+    pub fn new(repo: Arc<dyn SettingsRepository>, clock: Arc<dyn Clock>) -> Self {
+        Self { repo, clock }
+    }
+
+    /// The settings in force.
+    ///
+    /// # Errors
+    /// The database.
+    #[tracing::instrument(skip_all, fields(tenant = %caller.tenant))]
+    pub async fn get(&self, caller: &Caller) -> Result<TenantSettings, SettingsError> {
+        Ok(self.repo.current(&caller.tenant).await?)
+    }
+
+    /// Applies a change and returns the new settings; a retry returns the revision its first
+    /// call produced.
+    ///
+    /// # Errors
+    /// Invalid fields, a reused request id, a stale expected revision, or the database.
+    #[tracing::instrument(skip_all, fields(tenant = %caller.tenant, request_id = %command.request_id))]
+    pub async fn update(&self, caller: &Caller, command: &UpdateSettings) -> Result<TenantSettings, SettingsError> {
+        if !valid_request_id(&command.request_id) {
+            return Err(Invalid::field("request_id", "must be 1 to 128 printable ASCII characters").into());
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            if let Some(first) = self.replay(caller, command).await? {
+                return Ok(first);
+            }
+            let current = self.repo.current(&caller.tenant).await?;
+            if command.expected_revision != 0 && command.expected_revision != current.revision {
+                return Err(SettingsError::RevisionMismatch {
+                    expected: command.expected_revision,
+                    actual: current.revision,
+                });
+            }
+            let mut next = current.apply(&command.patch)?;
+            next.revision = current.revision + 1;
+            next.updated_at = Some(self.clock.now());
+            let record = IdempotencyRecord {
+                request_id: command.request_id.clone(),
+                operation: OPERATION.into(),
+                request_hash: command.request_hash.clone(),
+                result_ref: next.revision.to_string(),
+            };
+            match self.repo.save(&caller.tenant, &next, &record, &caller.key_id).await {
+                Ok(()) => return Ok(next),
+                // A concurrent change took this revision, or a concurrent retry took the id:
+                // look again.
+                Err(RepoError::Conflict(_)) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Err(RepoError::Aborted("settings kept changing concurrently".into()).into())
+    }
+
+    /// The first result of an earlier call with the same request id, if there was one.
+    async fn replay(&self, caller: &Caller, command: &UpdateSettings) -> Result<Option<TenantSettings>, SettingsError> {
+        let Some(record) = self.repo.find_request(&caller.tenant, &command.request_id).await? else {
+            return Ok(None);
+        };
+        match record.replay(OPERATION, &command.request_hash) {
+            Replay::DifferentRequest => Err(SettingsError::RequestIdReused(command.request_id.clone())),
+            Replay::SameRequest { result_ref } => {
+                let revision = result_ref
+                    .parse()
+                    .map_err(|_| RepoError::Corrupt(format!("idempotency result {result_ref:?}")))?;
+                let first = self.repo.revision(&caller.tenant, revision).await?;
+                first
+                    .map(Some)
+                    .ok_or_else(|| RepoError::Corrupt(format!("settings revision {revision} is missing")).into())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::clock::SystemClock;
+    use crate::domain::tenant::TenantId;
+    use crate::persistence::MockSettingsRepository;
+
+    fn caller() -> Caller {
+        Caller {
+            tenant: TenantId::parse("acme").expect("tenant"),
+            key_id: "k1".into(),
+            roles: vec!["admin".into()],
+        }
+    }
+
+    fn command(expected_revision: u32) -> UpdateSettings {
+        UpdateSettings {
+            request_id: "r1".into(),
+            request_hash: "h1".into(),
+            patch: SettingsPatch {
+                points_scale: Some(0),
+                ..SettingsPatch::default()
+            },
+            expected_revision,
+        }
+    }
+
+    #[tokio::test]
+    async fn an_update_stores_the_next_revision_with_its_request() {
+        let mut repo = MockSettingsRepository::new();
+        repo.expect_find_request().returning(|_, _| Ok(None));
+        repo.expect_current().returning(|_| Ok(TenantSettings::default()));
+        repo.expect_save()
+            .withf(|_, s, r, key| s.revision == 1 && s.points_scale == 0 && r.result_ref == "1" && key == "k1")
+            .times(1)
+            .returning(|_, _, _, _| Ok(()));
+        let service = SettingsService::new(Arc::new(repo), Arc::new(SystemClock));
+        let next = service.update(&caller(), &command(0)).await.expect("updated");
+        assert_eq!((next.revision, next.points_scale), (1, 0));
+    }
+
+    #[tokio::test]
+    async fn a_reused_request_id_with_another_payload_is_refused_and_nothing_is_saved() {
+        let mut repo = MockSettingsRepository::new();
+        repo.expect_find_request().returning(|_, _| {
+            Ok(Some(IdempotencyRecord {
+                request_id: "r1".into(),
+                operation: OPERATION.into(),
+                request_hash: "other".into(),
+                result_ref: "1".into(),
+            }))
+        });
+        repo.expect_save().never();
+        let service = SettingsService::new(Arc::new(repo), Arc::new(SystemClock));
+        let err = service.update(&caller(), &command(0)).await.expect_err("refused");
+        assert!(matches!(err, SettingsError::RequestIdReused(_)));
+    }
+
+    #[tokio::test]
+    async fn a_stale_expected_revision_is_aborted() {
+        let mut repo = MockSettingsRepository::new();
+        repo.expect_find_request().returning(|_, _| Ok(None));
+        repo.expect_current().returning(|_| {
+            Ok(TenantSettings {
+                revision: 3,
+                ..TenantSettings::default()
+            })
+        });
+        repo.expect_save().never();
+        let service = SettingsService::new(Arc::new(repo), Arc::new(SystemClock));
+        let err = service.update(&caller(), &command(2)).await.expect_err("stale");
+        assert!(matches!(err, SettingsError::RevisionMismatch { expected: 2, actual: 3 }));
+    }
+
+    #[tokio::test]
+    async fn a_bad_request_id_changes_nothing() {
+        let mut repo = MockSettingsRepository::new();
+        repo.expect_save().never();
+        let service = SettingsService::new(Arc::new(repo), Arc::new(SystemClock));
+        let mut cmd = command(0);
+        cmd.request_id = String::new();
+        assert!(matches!(service.update(&caller(), &cmd).await, Err(SettingsError::Invalid(_))));
+    }
+}
