@@ -2,6 +2,9 @@
 
 pub mod config;
 pub mod domain;
+pub mod grpc;
 pub mod persistence;
 pub mod proto;
 pub mod service;
+pub mod startup;
+pub mod telemetry;

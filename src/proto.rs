@@ -25,3 +25,20 @@ pub mod plugin {
         tonic::include_proto!("one.plugin.v1");
     }
 }
+
+/// The descriptor set with only the services named in `served` (full names such as
+/// "one.loyalty.v1.EarnService"), so that reflection lists what this server answers and not the
+/// ONe core services it calls. Every message type stays available.
+///
+/// # Errors
+/// The embedded descriptor set does not decode (a build fault).
+pub fn served_descriptor_set(served: &[&str]) -> Result<prost_types::FileDescriptorSet, prost::DecodeError> {
+    use prost::Message;
+    let mut set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET)?;
+    for file in &mut set.file {
+        let package = file.package().to_owned();
+        file.service
+            .retain(|service| served.contains(&format!("{package}.{}", service.name()).as_str()));
+    }
+    Ok(set)
+}

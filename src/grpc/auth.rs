@@ -1,0 +1,106 @@
+//! The tower layer that authenticates every `one.loyalty.v1` call (metadata `one-tenant` and
+//! `authorization: Bearer <key>`) and attaches the [`Caller`](crate::domain::access::Caller).
+//! Health, reflection and other services pass through.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tonic::Status;
+use tower::{Layer, Service};
+
+use crate::service::access::AccessService;
+
+/// Calls under this path prefix need credentials.
+const PROTECTED_PREFIX: &str = "/one.loyalty.v1.";
+
+#[derive(Clone)]
+pub struct AuthLayer {
+    access: Arc<AccessService>,
+}
+
+impl AuthLayer {
+    pub fn new(access: Arc<AccessService>) -> Self {
+        Self { access }
+    }
+}
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = Authenticate<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate {
+            inner,
+            access: Arc::clone(&self.access),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    access: Arc<AccessService>,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B, R> Service<http::Request<B>> for Authenticate<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<R>> + Clone + Send + 'static,
+    S::Future: Send,
+    B: Send + 'static,
+    R: Default + Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        // The ready service is the one that must be called; keep a fresh clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let access = Arc::clone(&self.access);
+        Box::pin(async move {
+            if !request.uri().path().starts_with(PROTECTED_PREFIX) {
+                return inner.call(request).await;
+            }
+            let headers = request.headers();
+            let tenant = headers.get("one-tenant").and_then(|v| v.to_str().ok()).map(str::trim);
+            let bearer = headers
+                .get(http::header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(bearer_token);
+            match access.authenticate(tenant, bearer).await {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                    inner.call(request).await
+                }
+                Err(err) => Ok(Status::from(err).into_http()),
+            }
+        })
+    }
+}
+
+/// The token of an `authorization` value "Bearer <token>" (scheme case-insensitive).
+fn bearer_token(value: &str) -> Option<&str> {
+    let (scheme, token) = value.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer_token;
+
+    #[test]
+    fn bearer_tokens_are_read_whatever_the_scheme_case() {
+        assert_eq!(bearer_token("Bearer abc"), Some("abc"));
+        assert_eq!(bearer_token("bearer  abc "), Some("abc"));
+        assert_eq!(bearer_token("Basic abc"), None);
+        assert_eq!(bearer_token("abc"), None);
+    }
+}

@@ -1,0 +1,32 @@
+//! Thin gRPC adapters: decode, call the service, encode. `status.rs` is the only place an error
+//! becomes a `tonic::Status`; `convert.rs` turns protos into domain types.
+
+pub mod auth;
+pub mod convert;
+pub mod metrics;
+pub mod settings;
+pub mod status;
+pub mod stubs;
+
+use prost::Message;
+use sha2::{Digest, Sha256};
+use tonic::{Request, Status};
+
+use crate::domain::access::Caller;
+
+/// The caller the auth layer attached to the request.
+///
+/// # Errors
+/// UNAUTHENTICATED when the layer did not run (a wiring mistake, never expected).
+pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .cloned()
+        .ok_or_else(|| Status::unauthenticated("no authenticated caller"))
+}
+
+/// A hash of a request message, to tell a retry from a different call with the same request id.
+pub fn request_hash<M: Message>(message: &M) -> String {
+    hex::encode(Sha256::digest(message.encode_to_vec()))
+}

@@ -1,0 +1,67 @@
+//! Every service error mapped to a gRPC status, by exhaustive matches. Internal causes are
+//! logged and never sent.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+use crate::domain::validation::Invalid;
+use crate::persistence::RepoError;
+use crate::service::access::AccessError;
+use crate::service::settings::SettingsError;
+
+/// INVALID_ARGUMENT with one field violation per bad field.
+pub fn invalid(invalid: &Invalid) -> Status {
+    let violations: Vec<FieldViolation> = invalid
+        .0
+        .iter()
+        .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()))
+        .collect();
+    Status::with_error_details(Code::InvalidArgument, invalid.to_string(), ErrorDetails::with_bad_request(violations))
+}
+
+/// A repository error that reached the transport.
+pub fn repo(err: &RepoError) -> Status {
+    match err {
+        RepoError::Unavailable(cause) => {
+            tracing::warn!(%cause, "database unavailable");
+            Status::unavailable("the database is unavailable; retry later")
+        }
+        RepoError::Aborted(cause) => {
+            tracing::info!(%cause, "transaction aborted");
+            Status::aborted("a concurrent change won; retry")
+        }
+        RepoError::Conflict(cause) => {
+            tracing::info!(%cause, "unexpected conflict");
+            Status::aborted("a concurrent change won; retry")
+        }
+        RepoError::Corrupt(cause) | RepoError::Config(cause) | RepoError::Other(cause) => internal(cause),
+    }
+}
+
+/// INTERNAL with a generic message; the cause goes to the log.
+pub fn internal(cause: &str) -> Status {
+    tracing::error!(%cause, "internal error");
+    Status::internal("internal error")
+}
+
+impl From<SettingsError> for Status {
+    fn from(err: SettingsError) -> Self {
+        match &err {
+            SettingsError::Invalid(found) => invalid(found),
+            SettingsError::RequestIdReused(_) => Status::already_exists(err.to_string()),
+            SettingsError::RevisionMismatch { .. } => Status::aborted(err.to_string()),
+            SettingsError::Repo(cause) => repo(cause),
+        }
+    }
+}
+
+impl From<AccessError> for Status {
+    fn from(err: AccessError) -> Self {
+        match &err {
+            AccessError::Unauthenticated(msg) => Status::unauthenticated(msg.clone()),
+            AccessError::PermissionDenied(msg) => Status::permission_denied(msg.clone()),
+            AccessError::Invalid(msg) => Status::invalid_argument(msg.clone()),
+            AccessError::Repo(cause) => repo(cause),
+        }
+    }
+}

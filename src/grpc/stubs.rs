@@ -1,0 +1,32 @@
+//! Adapters of the services whose behaviour later work brings. Until then every RPC answers
+//! UNIMPLEMENTED (the generated default), behind the same authentication as the rest.
+
+use crate::proto::loyalty::v1 as pb;
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EarnGrpc;
+impl pb::earn_service_server::EarnService for EarnGrpc {}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RedeemGrpc;
+impl pb::redeem_service_server::RedeemService for RedeemGrpc {}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RulesGrpc;
+impl pb::rules_service_server::RulesService for RulesGrpc {}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CouponGrpc;
+impl pb::coupon_service_server::CouponService for CouponGrpc {}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct AgreementGrpc;
+impl pb::agreement_service_server::AgreementService for AgreementGrpc {}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LedgerGrpc;
+impl pb::ledger_service_server::LedgerService for LedgerGrpc {}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SyncGrpc;
+impl pb::sync_service_server::SyncService for SyncGrpc {}

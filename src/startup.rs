@@ -1,0 +1,228 @@
+//! Where concrete types meet: connect and migrate, wire repositories → services → gRPC router,
+//! bind, serve with graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sea_orm::DatabaseConnection;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::Server;
+use tonic_health::ServingStatus;
+use tonic_health::server::HealthReporter;
+
+use crate::config::Settings;
+use crate::domain::clock::{Clock, SystemClock};
+use crate::grpc::auth::AuthLayer;
+use crate::grpc::metrics::MetricsLayer;
+use crate::grpc::settings::SettingsGrpc;
+use crate::grpc::stubs::{AgreementGrpc, CouponGrpc, EarnGrpc, LedgerGrpc, RedeemGrpc, RulesGrpc, SyncGrpc};
+use crate::persistence::access::SeaAccessRepository;
+use crate::persistence::settings::SeaSettingsRepository;
+use crate::persistence::{RepoError, db};
+use crate::proto::served_descriptor_set;
+use crate::proto::loyalty::v1 as pb;
+use crate::service::access::{AccessError, AccessService};
+use crate::service::settings::SettingsService;
+
+/// Every loyalty service the server exposes, as health and reflection name them.
+pub const LOYALTY_SERVICES: &[&str] = &[
+    "one.loyalty.v1.EarnService",
+    "one.loyalty.v1.RedeemService",
+    "one.loyalty.v1.RulesService",
+    "one.loyalty.v1.CouponService",
+    "one.loyalty.v1.AgreementService",
+    "one.loyalty.v1.LedgerService",
+    "one.loyalty.v1.SettingsService",
+    "one.loyalty.v1.SyncService",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Database(#[from] RepoError),
+    #[error("bootstrap: {0}")]
+    Bootstrap(#[from] AccessError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("metrics exporter: {0}")]
+    Metrics(String),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("embedded descriptor set: {0}")]
+    Descriptors(#[from] prost::DecodeError),
+    #[error("server: {0}")]
+    Serve(#[from] tonic::transport::Error),
+}
+
+/// A built, bound server, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    port: u16,
+    settings: Settings,
+    db: DatabaseConnection,
+    access: Arc<AccessService>,
+    settings_service: Arc<SettingsService>,
+}
+
+impl Application {
+    /// Builds the application with the system clock.
+    ///
+    /// # Errors
+    /// The database, the bootstrap keys, or the listen address.
+    pub async fn build(settings: Settings) -> Result<Self, StartupError> {
+        Self::build_with_clock(settings, Arc::new(SystemClock)).await
+    }
+
+    /// Builds the application with a given clock (tests pin it).
+    ///
+    /// # Errors
+    /// The database, the bootstrap keys, or the listen address.
+    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+        let db = db::connect(&settings.database).await?;
+        if settings.database.auto_migrate {
+            db::migrate(&db).await?;
+        }
+        let access = Arc::new(AccessService::new(Arc::new(SeaAccessRepository::new(db.clone())), Arc::clone(&clock)));
+        let settings_service = Arc::new(SettingsService::new(Arc::new(SeaSettingsRepository::new(db.clone())), clock));
+        bootstrap(&access, &settings).await?;
+        let addr = settings.server.listen;
+        let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
+        let port = listener.local_addr().map_err(|source| StartupError::Bind { addr, source })?.port();
+        Ok(Self {
+            listener,
+            port,
+            settings,
+            db,
+            access,
+            settings_service,
+        })
+    }
+
+    /// The bound port (useful with port 0).
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The database connection, for tests and tools.
+    pub fn db(&self) -> &DatabaseConnection {
+        &self.db
+    }
+
+    /// Serves until `shutdown` completes: health turns NOT_SERVING, the drain delay passes, then
+    /// the server stops accepting and waits for in-flight calls.
+    ///
+    /// # Errors
+    /// The metrics exporter, reflection or the transport.
+    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
+        start_metrics_exporter(&self.settings.metrics.listen)?;
+        let server = &self.settings.server;
+        let limit = server.max_message_bytes;
+        let (health, health_service) = tonic_health::server::health_reporter();
+        set_health(&health, ServingStatus::Serving).await;
+        let descriptors = served_descriptor_set(LOYALTY_SERVICES)?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_file_descriptor_set(descriptors.clone())
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                // google.rpc.BadRequest and friends, so that clients can show field violations.
+                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 = reflection().build_v1()?;
+        // grpcurl 1.8 only speaks v1alpha.
+        let reflection_v1alpha = reflection().build_v1alpha()?;
+
+        macro_rules! limited {
+            ($server:ty, $adapter:expr) => {
+                <$server>::new($adapter).max_decoding_message_size(limit).max_encoding_message_size(limit)
+            };
+        }
+        let drain = Duration::from_millis(server.shutdown_drain_ms);
+        let draining_health = health.clone();
+        let signal = async move {
+            shutdown.await;
+            tracing::info!("shutting down: health NOT_SERVING, draining");
+            set_health(&draining_health, ServingStatus::NotServing).await;
+            tokio::time::sleep(drain).await;
+        };
+        tracing::info!(port = self.port, "serving gRPC");
+        Server::builder()
+            .timeout(server.request_timeout())
+            .layer(MetricsLayer)
+            .layer(AuthLayer::new(Arc::clone(&self.access)))
+            .add_service(health_service)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
+            .add_service(limited!(pb::settings_service_server::SettingsServiceServer<_>, SettingsGrpc::new(Arc::clone(&self.settings_service))))
+            .add_service(limited!(pb::earn_service_server::EarnServiceServer<_>, EarnGrpc))
+            .add_service(limited!(pb::redeem_service_server::RedeemServiceServer<_>, RedeemGrpc))
+            .add_service(limited!(pb::rules_service_server::RulesServiceServer<_>, RulesGrpc))
+            .add_service(limited!(pb::coupon_service_server::CouponServiceServer<_>, CouponGrpc))
+            .add_service(limited!(pb::agreement_service_server::AgreementServiceServer<_>, AgreementGrpc))
+            .add_service(limited!(pb::ledger_service_server::LedgerServiceServer<_>, LedgerGrpc))
+            .add_service(limited!(pb::sync_service_server::SyncServiceServer<_>, SyncGrpc))
+            .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal)
+            .await?;
+        self.db.close_by_ref().await.ok();
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Creates the configured tenants and keys (the local demo key by default).
+async fn bootstrap(access: &AccessService, settings: &Settings) -> Result<(), AccessError> {
+    for tenant in &settings.bootstrap.tenants {
+        access.ensure_tenant(&tenant.id, &tenant.name).await?;
+    }
+    for key in &settings.bootstrap.api_keys {
+        access.install_key(&key.tenant, &key.key, &key.roles, &key.label).await?;
+    }
+    Ok(())
+}
+
+async fn set_health(health: &HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    for service in LOYALTY_SERVICES {
+        health.set_service_status(*service, status).await;
+    }
+}
+
+/// Serves Prometheus metrics over HTTP when an address is configured.
+fn start_metrics_exporter(listen: &str) -> Result<(), StartupError> {
+    if listen.trim().is_empty() {
+        return Ok(());
+    }
+    let addr: SocketAddr = listen
+        .parse()
+        .map_err(|e| StartupError::Metrics(format!("metrics.listen {listen:?}: {e}")))?;
+    metrics_exporter_prometheus::PrometheusBuilder::new()
+        .with_http_listener(addr)
+        .install()
+        .map_err(|e| StartupError::Metrics(e.to_string()))
+}
+
+/// Completes on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(stream) => stream,
+            Err(err) => {
+                tracing::warn!(%err, "cannot listen for SIGTERM; only SIGINT stops the server");
+                let _ = interrupt.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = interrupt.await;
+    }
+}
