@@ -1,7 +1,7 @@
 //! SeaORM implementation of [`AccessRepository`].
 
 use async_trait::async_trait;
-use chrono::Utc;
+use crate::domain::clock::{Clock, SystemClock};
 use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use super::entities::{api_keys, tenants};
@@ -28,7 +28,7 @@ impl AccessRepository for SeaAccessRepository {
             tenant_id: Set(tenant.as_str().to_owned()),
             name: Set(name.to_owned()),
             disabled: Set(false),
-            created_at: Set(Utc::now().fixed_offset()),
+            created_at: Set(SystemClock.now().fixed_offset()),
         };
         tenants::Entity::insert(row)
             .on_conflict_do_nothing_on([tenants::Column::TenantId])

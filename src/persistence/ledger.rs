@@ -3,9 +3,9 @@
 //! with the running balance, all in one transaction.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use chrono::Utc;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set}, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
@@ -15,6 +15,7 @@ use sea_orm::{
 use super::entities::{balances, ledger_events};
 use super::error::{RepoError, classify};
 use super::LedgerRepository;
+use crate::domain::clock::Clock;
 use crate::domain::ledger::{Balance, ClientLedgerAudit, EventType, LedgerEvent, NewLedgerEvent};
 use crate::domain::points::{from_minor_units, to_minor_units};
 use crate::domain::tenant::TenantId;
@@ -22,11 +23,13 @@ use crate::domain::tenant::TenantId;
 #[derive(Debug, Clone)]
 pub struct SeaLedgerRepository {
     db: DatabaseConnection,
+    clock: Arc<dyn Clock>,
 }
 
 impl SeaLedgerRepository {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+    /// `clock` stamps `recorded_at`.
+    pub fn new(db: DatabaseConnection, clock: Arc<dyn Clock>) -> Self {
+        Self { db, clock }
     }
 }
 
@@ -38,7 +41,7 @@ fn units(value: rust_decimal::Decimal) -> Result<i64, RepoError> {
 impl LedgerRepository for SeaLedgerRepository {
     async fn append(&self, tenant: &TenantId, event: &NewLedgerEvent) -> Result<LedgerEvent, RepoError> {
         let points = units(event.points)?;
-        let now = Utc::now();
+        let now = self.clock.now();
         let txn = self.db.begin().await.map_err(classify)?;
         let empty = balances::ActiveModel {
             tenant_id: Set(tenant.as_str().to_owned()),

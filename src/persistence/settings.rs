@@ -1,7 +1,7 @@
 //! SeaORM implementation of [`SettingsRepository`]: one row per revision.
 
 use async_trait::async_trait;
-use chrono::Utc;
+use crate::domain::clock::{Clock, SystemClock};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     TransactionTrait,
@@ -50,7 +50,7 @@ impl SettingsRepository for SeaSettingsRepository {
         request: &IdempotencyRecord,
         changed_by_key_id: &str,
     ) -> Result<(), RepoError> {
-        let now = Utc::now().fixed_offset();
+        let now = settings.updated_at.unwrap_or_else(|| SystemClock.now()).fixed_offset();
         let row = to_row(tenant, settings, request, changed_by_key_id)?;
         let record = idempotency_records::ActiveModel {
             tenant_id: Set(tenant.as_str().to_owned()),
@@ -114,7 +114,7 @@ fn to_row(
         revision: Set(to_i32(s.revision)?),
         request_id: Set(Some(request.request_id.clone())),
         changed_by_key_id: Set(Some(changed_by_key_id.to_owned())),
-        updated_at: Set(s.updated_at.unwrap_or_else(Utc::now).fixed_offset()),
+        updated_at: Set(s.updated_at.unwrap_or_else(|| SystemClock.now()).fixed_offset()),
     })
 }
 

@@ -11,8 +11,9 @@ use crate::domain::validation::Invalid;
 use crate::persistence::{RepoError, SettingsRepository};
 
 const OPERATION: &str = "SettingsService/UpdateSettings";
-/// Concurrent changes without an expected revision are retried this many times.
-const MAX_ATTEMPTS: usize = 5;
+/// Concurrent changes without an expected revision are retried: each round has one winner, and
+/// settings changes are rare administrator calls, so a generous bound costs nothing.
+const MAX_ATTEMPTS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {

@@ -1,0 +1,254 @@
+//! `spawn_app()` and friends: a server on port 0 with a fresh database, typed clients, and the
+//! ledger-invariant check every scenario ends with.
+
+use one_loyalty::config::{BootstrapApiKey, BootstrapTenant, Overrides, Settings};
+use one_loyalty::domain::tenant::TenantId;
+use one_loyalty::persistence::db;
+use one_loyalty::persistence::entities::{balances, ledger_events};
+use one_loyalty::persistence::ledger::SeaLedgerRepository;
+use one_loyalty::persistence::LedgerRepository;
+use one_loyalty::proto::loyalty::v1 as pb;
+use one_loyalty::startup::Application;
+use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QuerySelect};
+use tokio::sync::oneshot;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Channel;
+
+pub const DEMO_TENANT: &str = "demo";
+pub const DEMO_KEY: &str = "demo-admin-key-local-only";
+pub const OTHER_TENANT: &str = "acme";
+pub const OTHER_KEY: &str = "acme-test-key";
+
+/// Generates, for each named `async fn name(fixture)`, a module `name` with one test per
+/// backend. The PostgreSQL test returns at once (and says so) when no URL is set; CI sets it and
+/// fails when PostgreSQL is unreachable.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($fixture:ident: $($name:ident),+ $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    let fixture = $crate::helpers::$fixture::new($crate::helpers::Backend::Sqlite).await;
+                    super::$name(&fixture).await;
+                    fixture.finish().await;
+                }
+
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    if !$crate::helpers::postgres_configured() {
+                        eprintln!("skipped: LOYALTY_TEST_DATABASE_URL is not set");
+                        return;
+                    }
+                    let fixture = $crate::helpers::$fixture::new($crate::helpers::Backend::Postgres).await;
+                    super::$name(&fixture).await;
+                    fixture.finish().await;
+                }
+            }
+        )+
+    };
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub fn postgres_configured() -> bool {
+    std::env::var("LOYALTY_TEST_DATABASE_URL").is_ok_and(|url| !url.is_empty())
+}
+
+/// A fresh, migrated database: a temporary SQLite file, or a new PostgreSQL schema.
+pub struct TestDb {
+    pub db: DatabaseConnection,
+    pub settings: one_loyalty::config::DatabaseSettings,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl TestDb {
+    pub async fn new(backend: Backend) -> Self {
+        let mut settings = Settings::load(None, &Overrides::default()).expect("default settings").database;
+        let mut dir = None;
+        match backend {
+            Backend::Sqlite => {
+                let tmp = tempfile::tempdir().expect("temp dir");
+                settings.url = format!("sqlite://{}", tmp.path().join("loyalty.db").display());
+                dir = Some(tmp);
+            }
+            Backend::Postgres => {
+                let url = std::env::var("LOYALTY_TEST_DATABASE_URL").expect("LOYALTY_TEST_DATABASE_URL");
+                let schema = format!("t_{}", random_suffix());
+                let admin = sea_orm::Database::connect(url.as_str())
+                    .await
+                    .unwrap_or_else(|e| panic!("PostgreSQL at LOYALTY_TEST_DATABASE_URL is unreachable: {e}"));
+                admin
+                    .execute_unprepared(&format!("CREATE SCHEMA \"{schema}\""))
+                    .await
+                    .expect("create schema");
+                admin.close().await.ok();
+                settings.url = url;
+                settings.schema = Some(schema);
+            }
+        }
+        settings.max_connections = 16;
+        let db = db::connect(&settings).await.expect("connect");
+        db::migrate(&db).await.expect("migrate");
+        Self {
+            db,
+            settings,
+            _dir: dir,
+        }
+    }
+
+    /// Fails the test when any client's balance differs from the sum of its events.
+    pub async fn assert_ledger_consistent(&self) {
+        let repo = SeaLedgerRepository::new(self.db.clone(), std::sync::Arc::new(one_loyalty::domain::clock::SystemClock));
+        let mut ids: Vec<String> = balances::Entity::find()
+            .select_only()
+            .column(balances::Column::TenantId)
+            .distinct()
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .expect("tenants with balances");
+        let with_events: Vec<String> = ledger_events::Entity::find()
+            .select_only()
+            .column(ledger_events::Column::TenantId)
+            .distinct()
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .expect("tenants with events");
+        ids.extend(with_events);
+        ids.sort();
+        ids.dedup();
+        for id in ids {
+            let tenant = TenantId::parse(&id).expect("tenant id");
+            for audit in repo.audit(&tenant).await.expect("audit") {
+                let violations = audit.violations();
+                assert!(violations.is_empty(), "ledger of tenant {id} broken: {violations:?}");
+            }
+        }
+    }
+
+    pub async fn finish(&self) {
+        self.assert_ledger_consistent().await;
+    }
+}
+
+fn random_suffix() -> String {
+    use rand::Rng;
+    rand::rng()
+        .sample_iter(&rand::distr::Alphanumeric)
+        .take(16)
+        .map(|c| char::from(c).to_ascii_lowercase())
+        .collect()
+}
+
+/// A running server on port 0 over a fresh database.
+pub struct TestApp {
+    pub channel: Channel,
+    pub store: TestDb,
+    shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
+    server: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), one_loyalty::startup::StartupError>>>>,
+}
+
+impl TestApp {
+    pub async fn new(backend: Backend) -> Self {
+        Self::with_drain(backend, 0).await
+    }
+
+    /// A server whose shutdown keeps answering NOT_SERVING for `drain_ms` before it stops.
+    pub async fn with_drain(backend: Backend, drain_ms: u64) -> Self {
+        let store = TestDb::new(backend).await;
+        let mut settings = Settings::load(None, &Overrides::default()).expect("settings");
+        settings.server.listen = "127.0.0.1:0".parse().expect("address");
+        settings.server.shutdown_drain_ms = drain_ms;
+        settings.metrics.listen = String::new();
+        settings.database = store.settings.clone();
+        settings.bootstrap.tenants.push(BootstrapTenant {
+            id: OTHER_TENANT.into(),
+            name: "Acme".into(),
+        });
+        settings.bootstrap.api_keys.push(BootstrapApiKey {
+            tenant: OTHER_TENANT.into(),
+            key: OTHER_KEY.into(),
+            label: "test".into(),
+            roles: vec!["admin".into()],
+        });
+        let app = Application::build(settings).await.expect("build application");
+        let port = app.port();
+        let (tx, rx) = oneshot::channel::<()>();
+        let server = tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect to the test server");
+        Self {
+            channel,
+            store,
+            shutdown: std::sync::Mutex::new(Some(tx)),
+            server: std::sync::Mutex::new(Some(server)),
+        }
+    }
+
+    /// A request with the demo tenant's admin credentials.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        request_as(DEMO_TENANT, DEMO_KEY, message)
+    }
+
+    pub fn settings_client(&self) -> pb::settings_service_client::SettingsServiceClient<Channel> {
+        pb::settings_service_client::SettingsServiceClient::new(self.channel.clone())
+    }
+
+    /// Asks the server to stop and waits until it has.
+    pub async fn stop(&self) {
+        let sender = self.shutdown.lock().expect("lock").take();
+        if let Some(tx) = sender {
+            let _ = tx.send(());
+        }
+        let handle = self.server.lock().expect("lock").take();
+        if let Some(handle) = handle {
+            handle.await.expect("server task").expect("server stopped cleanly");
+        }
+    }
+
+    pub async fn finish(&self) {
+        self.store.assert_ledger_consistent().await;
+        self.stop().await;
+    }
+}
+
+/// A request carrying `one-tenant` and a bearer key (either may be empty to leave it out).
+pub fn request_as<T>(tenant: &str, key: &str, message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if !tenant.is_empty() {
+        request
+            .metadata_mut()
+            .insert("one-tenant", MetadataValue::try_from(tenant).expect("tenant metadata"));
+    }
+    if !key.is_empty() {
+        request.metadata_mut().insert(
+            "authorization",
+            MetadataValue::try_from(format!("Bearer {key}")).expect("key metadata"),
+        );
+    }
+    request
+}
+
+/// The field violations of an INVALID_ARGUMENT status.
+pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
+    use tonic_types::StatusExt;
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    let details = status.get_error_details();
+    let mut fields: Vec<String> = details
+        .bad_request()
+        .map(|b| b.field_violations.iter().map(|v| v.field.clone()).collect())
+        .unwrap_or_default();
+    fields.sort();
+    fields
+}

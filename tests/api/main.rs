@@ -1,0 +1,9 @@
+//! End-to-end and repository contract tests: one binary, every test on SQLite and, when
+//! `LOYALTY_TEST_DATABASE_URL` is set, on PostgreSQL (a fresh schema per test).
+
+mod helpers;
+
+mod auth;
+mod contract;
+mod server;
+mod settings;

@@ -1,0 +1,122 @@
+//! The server as tooling sees it: reflection, health, shutdown, the RPCs still to come.
+
+use one_loyalty::proto::loyalty::v1 as pb;
+use one_loyalty::startup::LOYALTY_SERVICES;
+use tokio_stream::StreamExt;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1alpha as reflection_alpha;
+use tonic_reflection::pb::v1 as reflection;
+
+use crate::helpers::{Backend, TestApp};
+use crate::on_both_backends;
+
+on_both_backends!(TestApp:
+    reflection_v1alpha_lists_exactly_the_eight_loyalty_services_and_health,
+    reflection_v1_lists_the_same_services,
+    health_reports_every_loyalty_service_serving_without_credentials,
+    rpcs_of_later_work_answer_unimplemented_after_authentication,
+);
+
+async fn list_v1alpha(app: &TestApp) -> Vec<String> {
+    let mut client = reflection_alpha::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let request = reflection_alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(reflection_alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("one response").expect("ok");
+    match response.message_response {
+        Some(reflection_alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+            names.sort();
+            names
+        }
+        other => panic!("unexpected reflection answer {other:?}"),
+    }
+}
+
+async fn reflection_v1alpha_lists_exactly_the_eight_loyalty_services_and_health(app: &TestApp) {
+    let names = list_v1alpha(app).await;
+    let loyalty: Vec<&String> = names.iter().filter(|n| n.starts_with("one.")).collect();
+    let mut expected: Vec<&str> = LOYALTY_SERVICES.to_vec();
+    expected.sort_unstable();
+    assert_eq!(loyalty, expected);
+    assert!(names.contains(&"grpc.health.v1.Health".to_owned()));
+    assert!(!names.iter().any(|n| n.starts_with("one.core.")), "the ONe core services are called, not served");
+}
+
+async fn reflection_v1_lists_the_same_services(app: &TestApp) {
+    let mut client = reflection::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let request = reflection::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(reflection::server_reflection_request::MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("reflection")
+        .into_inner();
+    let response = responses.next().await.expect("one response").expect("ok");
+    let Some(reflection::server_reflection_response::MessageResponse::ListServicesResponse(list)) = response.message_response else {
+        panic!("unexpected reflection answer");
+    };
+    let without_reflection = |names: Vec<String>| -> Vec<String> {
+        let mut kept: Vec<String> = names.into_iter().filter(|n| !n.starts_with("grpc.reflection.")).collect();
+        kept.sort();
+        kept
+    };
+    let v1 = without_reflection(list.service.into_iter().map(|s| s.name).collect());
+    assert_eq!(v1, without_reflection(list_v1alpha(app).await));
+}
+
+async fn health_reports_every_loyalty_service_serving_without_credentials(app: &TestApp) {
+    let mut health = HealthClient::new(app.channel.clone());
+    for service in LOYALTY_SERVICES.iter().chain(&[""]) {
+        let status = health
+            .check(HealthCheckRequest { service: (*service).to_owned() })
+            .await
+            .expect("health check")
+            .into_inner()
+            .status;
+        assert_eq!(status, ServingStatus::Serving as i32, "{service}");
+    }
+}
+
+async fn rpcs_of_later_work_answer_unimplemented_after_authentication(app: &TestApp) {
+    let mut ledger = pb::ledger_service_client::LedgerServiceClient::new(app.channel.clone());
+    let status = ledger
+        .get_balance(app.request(pb::GetBalanceRequest::default()))
+        .await
+        .expect_err("not yet");
+    assert_eq!(status.code(), tonic::Code::Unimplemented);
+    let status = ledger
+        .get_balance(pb::GetBalanceRequest::default())
+        .await
+        .expect_err("no key");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_turns_health_not_serving_before_the_server_stops() {
+    let app = TestApp::with_drain(Backend::Sqlite, 3_000).await;
+    let mut health = HealthClient::new(app.channel.clone());
+    let watch = health
+        .watch(HealthCheckRequest { service: "one.loyalty.v1.SettingsService".into() })
+        .await
+        .expect("watch")
+        .into_inner();
+    let stopping = tokio::spawn(async move { app.stop().await });
+    let statuses: Vec<i32> = watch
+        .take(2)
+        .map(|r| r.expect("health update").status)
+        .collect()
+        .await;
+    assert_eq!(statuses, [ServingStatus::Serving as i32, ServingStatus::NotServing as i32]);
+    stopping.await.expect("stopped");
+}
