@@ -14,12 +14,16 @@ use one_loyalty::startup::{Application, shutdown_signal};
 use one_loyalty::telemetry;
 
 #[derive(Debug, Parser)]
-#[command(name = "one-loyalty", version, about = "ONe Loyalty: loyalty points for the ONe B2B platform")]
+#[command(
+    name = "one-loyalty",
+    version,
+    about = "ONe Loyalty: loyalty points for the ONe B2B platform"
+)]
 struct Cli {
     /// A configuration file layered over the defaults.
     #[arg(long, global = true, env = "LOYALTY_CONFIG")]
     config: Option<PathBuf>,
-    /// The database URL (sqlite://PATH or postgres://...).
+    /// The database URL (<sqlite://PATH> or postgres://...).
     #[arg(long, global = true)]
     database_url: Option<String>,
     #[command(subcommand)]
@@ -87,10 +91,17 @@ async fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             db::migrate(&conn).await?;
             println!("migrations applied");
         }
-        Command::ApiKey(ApiKeyCommand::Create { tenant, roles, label }) => {
+        Command::ApiKey(ApiKeyCommand::Create {
+            tenant,
+            roles,
+            label,
+        }) => {
             let conn = db::connect(&settings.database).await?;
             db::migrate(&conn).await?;
-            let access = AccessService::new(Arc::new(SeaAccessRepository::new(conn)), Arc::new(SystemClock));
+            let access = AccessService::new(
+                Arc::new(SeaAccessRepository::new(conn)),
+                Arc::new(SystemClock),
+            );
             let issued = access.issue_key(&tenant, &roles, &label).await?;
             println!("key id: {}", issued.key_id);
             println!("api key (shown once, store it now): {}", issued.secret);

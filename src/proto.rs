@@ -3,7 +3,8 @@
 #![allow(clippy::pedantic, clippy::nursery, missing_docs)]
 
 /// The encoded file descriptor set of every proto, served by reflection.
-pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/one_descriptor.bin"));
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/one_descriptor.bin"));
 
 /// `one.loyalty.v1`: the plugin's own API.
 pub mod loyalty {
@@ -32,7 +33,9 @@ pub mod plugin {
 ///
 /// # Errors
 /// The embedded descriptor set does not decode (a build fault).
-pub fn served_descriptor_set(served: &[&str]) -> Result<prost_types::FileDescriptorSet, prost::DecodeError> {
+pub fn served_descriptor_set(
+    served: &[&str],
+) -> Result<prost_types::FileDescriptorSet, prost::DecodeError> {
     use prost::Message;
     let mut set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET)?;
     for file in &mut set.file {

@@ -18,12 +18,14 @@ use crate::domain::clock::{Clock, SystemClock};
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::metrics::MetricsLayer;
 use crate::grpc::settings::SettingsGrpc;
-use crate::grpc::stubs::{AgreementGrpc, CouponGrpc, EarnGrpc, LedgerGrpc, RedeemGrpc, RulesGrpc, SyncGrpc};
+use crate::grpc::stubs::{
+    AgreementGrpc, CouponGrpc, EarnGrpc, LedgerGrpc, RedeemGrpc, RulesGrpc, SyncGrpc,
+};
 use crate::persistence::access::SeaAccessRepository;
 use crate::persistence::settings::SeaSettingsRepository;
 use crate::persistence::{RepoError, db};
-use crate::proto::served_descriptor_set;
 use crate::proto::loyalty::v1 as pb;
+use crate::proto::served_descriptor_set;
 use crate::service::access::{AccessError, AccessService};
 use crate::service::settings::SettingsService;
 
@@ -46,7 +48,10 @@ pub enum StartupError {
     #[error("bootstrap: {0}")]
     Bootstrap(#[from] AccessError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("metrics exporter: {0}")]
     Metrics(String),
     #[error("reflection: {0}")]
@@ -80,17 +85,31 @@ impl Application {
     ///
     /// # Errors
     /// The database, the bootstrap keys, or the listen address.
-    pub async fn build_with_clock(settings: Settings, clock: Arc<dyn Clock>) -> Result<Self, StartupError> {
+    pub async fn build_with_clock(
+        settings: Settings,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, StartupError> {
         let db = db::connect(&settings.database).await?;
         if settings.database.auto_migrate {
             db::migrate(&db).await?;
         }
-        let access = Arc::new(AccessService::new(Arc::new(SeaAccessRepository::new(db.clone())), Arc::clone(&clock)));
-        let settings_service = Arc::new(SettingsService::new(Arc::new(SeaSettingsRepository::new(db.clone())), clock));
+        let access = Arc::new(AccessService::new(
+            Arc::new(SeaAccessRepository::new(db.clone())),
+            Arc::clone(&clock),
+        ));
+        let settings_service = Arc::new(SettingsService::new(
+            Arc::new(SeaSettingsRepository::new(db.clone())),
+            clock,
+        ));
         bootstrap(&access, &settings).await?;
         let addr = settings.server.listen;
-        let listener = TcpListener::bind(addr).await.map_err(|source| StartupError::Bind { addr, source })?;
-        let port = listener.local_addr().map_err(|source| StartupError::Bind { addr, source })?.port();
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartupError::Bind { addr, source })?;
+        let port = listener
+            .local_addr()
+            .map_err(|source| StartupError::Bind { addr, source })?
+            .port();
         Ok(Self {
             listener,
             port,
@@ -111,12 +130,15 @@ impl Application {
         &self.db
     }
 
-    /// Serves until `shutdown` completes: health turns NOT_SERVING, the drain delay passes, then
+    /// Serves until `shutdown` completes: health turns `NOT_SERVING`, the drain delay passes, then
     /// the server stops accepting and waits for in-flight calls.
     ///
     /// # Errors
     /// The metrics exporter, reflection or the transport.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartupError> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), StartupError> {
         start_metrics_exporter(&self.settings.metrics.listen)?;
         let server = &self.settings.server;
         let limit = server.max_message_bytes;
@@ -136,7 +158,9 @@ impl Application {
 
         macro_rules! limited {
             ($server:ty, $adapter:expr) => {
-                <$server>::new($adapter).max_decoding_message_size(limit).max_encoding_message_size(limit)
+                <$server>::new($adapter)
+                    .max_decoding_message_size(limit)
+                    .max_encoding_message_size(limit)
             };
         }
         let drain = Duration::from_millis(server.shutdown_drain_ms);
@@ -155,14 +179,38 @@ impl Application {
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .add_service(limited!(pb::settings_service_server::SettingsServiceServer<_>, SettingsGrpc::new(Arc::clone(&self.settings_service))))
-            .add_service(limited!(pb::earn_service_server::EarnServiceServer<_>, EarnGrpc))
-            .add_service(limited!(pb::redeem_service_server::RedeemServiceServer<_>, RedeemGrpc))
-            .add_service(limited!(pb::rules_service_server::RulesServiceServer<_>, RulesGrpc))
-            .add_service(limited!(pb::coupon_service_server::CouponServiceServer<_>, CouponGrpc))
-            .add_service(limited!(pb::agreement_service_server::AgreementServiceServer<_>, AgreementGrpc))
-            .add_service(limited!(pb::ledger_service_server::LedgerServiceServer<_>, LedgerGrpc))
-            .add_service(limited!(pb::sync_service_server::SyncServiceServer<_>, SyncGrpc))
+            .add_service(limited!(
+                pb::settings_service_server::SettingsServiceServer<_>,
+                SettingsGrpc::new(Arc::clone(&self.settings_service))
+            ))
+            .add_service(limited!(
+                pb::earn_service_server::EarnServiceServer<_>,
+                EarnGrpc
+            ))
+            .add_service(limited!(
+                pb::redeem_service_server::RedeemServiceServer<_>,
+                RedeemGrpc
+            ))
+            .add_service(limited!(
+                pb::rules_service_server::RulesServiceServer<_>,
+                RulesGrpc
+            ))
+            .add_service(limited!(
+                pb::coupon_service_server::CouponServiceServer<_>,
+                CouponGrpc
+            ))
+            .add_service(limited!(
+                pb::agreement_service_server::AgreementServiceServer<_>,
+                AgreementGrpc
+            ))
+            .add_service(limited!(
+                pb::ledger_service_server::LedgerServiceServer<_>,
+                LedgerGrpc
+            ))
+            .add_service(limited!(
+                pb::sync_service_server::SyncServiceServer<_>,
+                SyncGrpc
+            ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal)
             .await?;
         self.db.close_by_ref().await.ok();
@@ -177,7 +225,9 @@ async fn bootstrap(access: &AccessService, settings: &Settings) -> Result<(), Ac
         access.ensure_tenant(&tenant.id, &tenant.name).await?;
     }
     for key in &settings.bootstrap.api_keys {
-        access.install_key(&key.tenant, &key.key, &key.roles, &key.label).await?;
+        access
+            .install_key(&key.tenant, &key.key, &key.roles, &key.label)
+            .await?;
     }
     Ok(())
 }
@@ -208,14 +258,15 @@ pub async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(stream) => stream,
-            Err(err) => {
-                tracing::warn!(%err, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(stream) => stream,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot listen for SIGTERM; only SIGINT stops the server");
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

@@ -155,7 +155,7 @@ pub fn table(name: &str, columns: Vec<ColumnDef>, key: &[&str]) -> TableCreateSt
         }
         stmt.primary_key(&mut pk);
     }
-    stmt.to_owned()
+    stmt.clone()
 }
 
 /// A secondary index; `unique` makes it a constraint.
@@ -168,7 +168,7 @@ pub fn index(table: &str, name: &str, columns: &[&str], unique: bool) -> IndexCr
     if unique {
         stmt.unique();
     }
-    stmt.to_owned()
+    stmt.clone()
 }
 
 /// Creates the tables and then their indexes.

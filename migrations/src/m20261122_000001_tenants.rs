@@ -4,13 +4,18 @@
 use sea_orm_migration::prelude::*;
 
 use crate::columns::{
-    create_all, drop_all, flag, id, index, instant, int, label, opt_day, opt_id, opt_instant, opt_text,
-    table, tenant, text,
+    create_all, drop_all, flag, id, index, instant, int, label, opt_day, opt_id, opt_instant,
+    opt_text, table, tenant, text,
 };
 
 pub struct Migration;
 
-const TABLES: &[&str] = &["tenants", "tenant_settings", "api_keys", "idempotency_records"];
+const TABLES: &[&str] = &[
+    "tenants",
+    "tenant_settings",
+    "api_keys",
+    "idempotency_records",
+];
 
 impl MigrationName for Migration {
     fn name(&self) -> &'static str {
@@ -24,7 +29,12 @@ impl MigrationTrait for Migration {
         let tables = vec![
             table(
                 "tenants",
-                vec![tenant(), text("name"), flag("disabled", false), instant("created_at")],
+                vec![
+                    tenant(),
+                    text("name"),
+                    flag("disabled", false),
+                    instant("created_at"),
+                ],
                 &["tenant_id"],
             ),
             table(

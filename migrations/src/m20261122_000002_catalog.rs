@@ -5,8 +5,8 @@
 use sea_orm_migration::prelude::*;
 
 use crate::columns::{
-    create_all, drop_all, flag, id, index, instant, int, label, opt_id, opt_instant, table,
-    tenant, text,
+    create_all, drop_all, flag, id, index, instant, int, label, opt_id, opt_instant, table, tenant,
+    text,
 };
 
 pub struct Migration;
@@ -37,7 +37,13 @@ impl MigrationTrait for Migration {
         let tables = vec![
             table(
                 "categories",
-                vec![tenant(), id("category_id"), opt_id("parent_id"), text("name"), instant("updated_at")],
+                vec![
+                    tenant(),
+                    id("category_id"),
+                    opt_id("parent_id"),
+                    text("name"),
+                    instant("updated_at"),
+                ],
                 &["tenant_id", "category_id"],
             ),
             // Every (category, ancestor-or-self) pair.
@@ -149,14 +155,54 @@ impl MigrationTrait for Migration {
             ),
         ];
         let indexes = vec![
-            index("category_ancestors", "ix_category_ancestors_ancestor", &["tenant_id", "ancestor_id"], false),
-            index("products", "ix_products_category", &["tenant_id", "category_id"], false),
-            index("products", "ix_products_manufacturer", &["tenant_id", "manufacturer_id"], false),
-            index("product_labels", "ix_product_labels_label", &["tenant_id", "label_id"], false),
-            index("client_segments", "ix_client_segments_segment", &["tenant_id", "segment_id"], false),
-            index("users", "ix_users_client", &["tenant_id", "client_id"], false),
-            index("orders", "ux_orders_order_id", &["tenant_id", "order_id"], true),
-            index("orders", "ix_orders_client", &["tenant_id", "client_id"], false),
+            index(
+                "category_ancestors",
+                "ix_category_ancestors_ancestor",
+                &["tenant_id", "ancestor_id"],
+                false,
+            ),
+            index(
+                "products",
+                "ix_products_category",
+                &["tenant_id", "category_id"],
+                false,
+            ),
+            index(
+                "products",
+                "ix_products_manufacturer",
+                &["tenant_id", "manufacturer_id"],
+                false,
+            ),
+            index(
+                "product_labels",
+                "ix_product_labels_label",
+                &["tenant_id", "label_id"],
+                false,
+            ),
+            index(
+                "client_segments",
+                "ix_client_segments_segment",
+                &["tenant_id", "segment_id"],
+                false,
+            ),
+            index(
+                "users",
+                "ix_users_client",
+                &["tenant_id", "client_id"],
+                false,
+            ),
+            index(
+                "orders",
+                "ux_orders_order_id",
+                &["tenant_id", "order_id"],
+                true,
+            ),
+            index(
+                "orders",
+                "ix_orders_client",
+                &["tenant_id", "client_id"],
+                false,
+            ),
         ];
         create_all(manager, tables, indexes).await
     }

@@ -70,9 +70,24 @@ impl MigrationTrait for Migration {
             ),
         ];
         let indexes = vec![
-            index("documents", "ix_documents_status", &["tenant_id", "status", "earn_after"], false),
-            index("documents", "ix_documents_client", &["tenant_id", "client_id", "sale_date"], false),
-            index("documents", "ix_documents_corrected", &["tenant_id", "corrected_document_id"], false),
+            index(
+                "documents",
+                "ix_documents_status",
+                &["tenant_id", "status", "earn_after"],
+                false,
+            ),
+            index(
+                "documents",
+                "ix_documents_client",
+                &["tenant_id", "client_id", "sale_date"],
+                false,
+            ),
+            index(
+                "documents",
+                "ix_documents_corrected",
+                &["tenant_id", "corrected_document_id"],
+                false,
+            ),
         ];
         create_all(manager, tables, indexes).await
     }

@@ -65,8 +65,18 @@ impl MigrationTrait for Migration {
             ),
         ];
         let indexes = vec![
-            index("consent_events", "ix_consent_events_user", &["tenant_id", "user_id", "occurred_at"], false),
-            index("consent_events", "ix_consent_events_client", &["tenant_id", "client_id", "occurred_at"], false),
+            index(
+                "consent_events",
+                "ix_consent_events_user",
+                &["tenant_id", "user_id", "occurred_at"],
+                false,
+            ),
+            index(
+                "consent_events",
+                "ix_consent_events_client",
+                &["tenant_id", "client_id", "occurred_at"],
+                false,
+            ),
         ];
         create_all(manager, tables, indexes).await
     }

@@ -72,7 +72,13 @@ impl MigrationTrait for Migration {
                     label("target_kind"),
                     id("target_id"),
                 ],
-                &["tenant_id", "rule_id", "version", "target_kind", "target_id"],
+                &[
+                    "tenant_id",
+                    "rule_id",
+                    "version",
+                    "target_kind",
+                    "target_id",
+                ],
             ),
             table(
                 "multiplier_rule_segments",
@@ -93,7 +99,12 @@ impl MigrationTrait for Migration {
             ),
         ];
         let indexes = vec![
-            index("multiplier_rules", "ix_multiplier_rules_status", &["tenant_id", "status"], false),
+            index(
+                "multiplier_rules",
+                "ix_multiplier_rules_status",
+                &["tenant_id", "status"],
+                false,
+            ),
             index(
                 "multiplier_rule_targets",
                 "ix_multiplier_rule_targets_target",

@@ -14,7 +14,12 @@ use crate::columns::{
 
 pub struct Migration;
 
-const TABLES: &[&str] = &["ledger_events", "ledger_event_lines", "balances", "earn_lots"];
+const TABLES: &[&str] = &[
+    "ledger_events",
+    "ledger_event_lines",
+    "balances",
+    "earn_lots",
+];
 
 impl MigrationName for Migration {
     fn name(&self) -> &'static str {
@@ -123,11 +128,36 @@ impl MigrationTrait for Migration {
             ),
         ];
         let indexes = vec![
-            index("ledger_events", "ix_ledger_events_client", &["tenant_id", "client_id", "event_id"], false),
-            index("ledger_events", "ux_ledger_events_document", &["tenant_id", "document_id"], true),
-            index("ledger_events", "ux_ledger_events_request", &["tenant_id", "request_id"], true),
-            index("earn_lots", "ix_earn_lots_client", &["tenant_id", "client_id", "earned_at"], false),
-            index("earn_lots", "ix_earn_lots_unlock", &["locked", "unlocks_at"], false),
+            index(
+                "ledger_events",
+                "ix_ledger_events_client",
+                &["tenant_id", "client_id", "event_id"],
+                false,
+            ),
+            index(
+                "ledger_events",
+                "ux_ledger_events_document",
+                &["tenant_id", "document_id"],
+                true,
+            ),
+            index(
+                "ledger_events",
+                "ux_ledger_events_request",
+                &["tenant_id", "request_id"],
+                true,
+            ),
+            index(
+                "earn_lots",
+                "ix_earn_lots_client",
+                &["tenant_id", "client_id", "earned_at"],
+                false,
+            ),
+            index(
+                "earn_lots",
+                "ix_earn_lots_unlock",
+                &["locked", "unlocks_at"],
+                false,
+            ),
             index("earn_lots", "ix_earn_lots_expiry", &["expires_at"], false),
         ];
         create_all(manager, tables, indexes).await?;

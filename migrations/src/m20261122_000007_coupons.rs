@@ -105,12 +105,42 @@ impl MigrationTrait for Migration {
         ];
         let indexes = vec![
             index("coupons", "ux_coupons_name", &["tenant_id", "name"], true),
-            index("redemptions", "ux_redemptions_request", &["tenant_id", "request_id"], true),
-            index("redemptions", "ux_redemptions_code", &["tenant_id", "code"], true),
-            index("redemptions", "ix_redemptions_client", &["tenant_id", "client_id", "created_at"], false),
-            index("redemptions", "ix_redemptions_coupon", &["tenant_id", "coupon_id", "client_id"], false),
-            index("reservations", "ux_reservations_request", &["tenant_id", "request_id"], true),
-            index("reservations", "ix_reservations_expiry", &["status", "expires_at"], false),
+            index(
+                "redemptions",
+                "ux_redemptions_request",
+                &["tenant_id", "request_id"],
+                true,
+            ),
+            index(
+                "redemptions",
+                "ux_redemptions_code",
+                &["tenant_id", "code"],
+                true,
+            ),
+            index(
+                "redemptions",
+                "ix_redemptions_client",
+                &["tenant_id", "client_id", "created_at"],
+                false,
+            ),
+            index(
+                "redemptions",
+                "ix_redemptions_coupon",
+                &["tenant_id", "coupon_id", "client_id"],
+                false,
+            ),
+            index(
+                "reservations",
+                "ux_reservations_request",
+                &["tenant_id", "request_id"],
+                true,
+            ),
+            index(
+                "reservations",
+                "ix_reservations_expiry",
+                &["status", "expires_at"],
+                false,
+            ),
         ];
         create_all(manager, tables, indexes).await
     }

@@ -6,8 +6,8 @@
 use sea_orm_migration::prelude::*;
 
 use crate::columns::{
-    big, create_all, drop_all, flag, id, index, instant, int, label, opt_id, opt_instant,
-    opt_text, serial, table, tenant, text,
+    big, create_all, drop_all, flag, id, index, instant, int, label, opt_id, opt_instant, opt_text,
+    serial, table, tenant, text,
 };
 
 pub struct Migration;
@@ -87,9 +87,24 @@ impl MigrationTrait for Migration {
             ),
         ];
         let indexes = vec![
-            index("outbox", "ux_outbox_aggregate", &["tenant_id", "kind", "aggregate_id"], true),
-            index("outbox", "ix_outbox_due", &["status", "next_attempt_at"], false),
-            index("jobs", "ux_jobs_key", &["tenant_id", "kind", "job_key"], true),
+            index(
+                "outbox",
+                "ux_outbox_aggregate",
+                &["tenant_id", "kind", "aggregate_id"],
+                true,
+            ),
+            index(
+                "outbox",
+                "ix_outbox_due",
+                &["status", "next_attempt_at"],
+                false,
+            ),
+            index(
+                "jobs",
+                "ux_jobs_key",
+                &["tenant_id", "kind", "job_key"],
+                true,
+            ),
             index("jobs", "ix_jobs_due", &["status", "run_after"], false),
         ];
         create_all(manager, tables, indexes).await

@@ -51,7 +51,12 @@ mod tests {
             request_hash: "h".into(),
             result_ref: "3".into(),
         };
-        assert_eq!(record.replay("op", "h"), Replay::SameRequest { result_ref: "3".into() });
+        assert_eq!(
+            record.replay("op", "h"),
+            Replay::SameRequest {
+                result_ref: "3".into()
+            }
+        );
         assert_eq!(record.replay("op", "other"), Replay::DifferentRequest);
         assert_eq!(record.replay("other", "h"), Replay::DifferentRequest);
         assert!(valid_request_id("abc-123"));

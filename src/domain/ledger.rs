@@ -28,9 +28,16 @@ impl EventType {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Earn, Self::Use, Self::Lose, Self::Expire, Self::Adjust, Self::Refund]
-            .into_iter()
-            .find(|t| t.as_str() == text)
+        [
+            Self::Earn,
+            Self::Use,
+            Self::Lose,
+            Self::Expire,
+            Self::Adjust,
+            Self::Refund,
+        ]
+        .into_iter()
+        .find(|t| t.as_str() == text)
     }
 }
 
@@ -93,14 +100,20 @@ pub enum LedgerViolation {
         balance_total: Decimal,
         events_sum: Decimal,
     },
-    #[error("client {client_id}: newest event says the balance is {last_balance_after}, events sum to {events_sum}")]
+    #[error(
+        "client {client_id}: newest event says the balance is {last_balance_after}, events sum to {events_sum}"
+    )]
     RunningBalanceBroken {
         client_id: String,
         last_balance_after: Decimal,
         events_sum: Decimal,
     },
     #[error("client {client_id}: the balance counts {counted} events, the ledger holds {held}")]
-    EventCountDiffers { client_id: String, counted: u64, held: u64 },
+    EventCountDiffers {
+        client_id: String,
+        counted: u64,
+        held: u64,
+    },
 }
 
 impl ClientLedgerAudit {

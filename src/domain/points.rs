@@ -89,16 +89,28 @@ mod tests {
             let units = to_minor_units(value).expect("units");
             assert_eq!(from_minor_units(units), dec(text));
         }
-        assert_eq!(to_minor_units(dec("12345678901234.5678")), Ok(123_456_789_012_345_678));
+        assert_eq!(
+            to_minor_units(dec("12345678901234.5678")),
+            Ok(123_456_789_012_345_678)
+        );
     }
 
     #[test]
     fn amounts_with_five_decimals_or_exponents_are_refused() {
-        assert_eq!(parse_amount("0.00001"), Err(AmountError::TooPrecise(dec("0.00001"))));
+        assert_eq!(
+            parse_amount("0.00001"),
+            Err(AmountError::TooPrecise(dec("0.00001")))
+        );
         for bad in ["", "1e3", " 1", "1,5", "abc", "--1", "1-"] {
-            assert!(matches!(parse_amount(bad), Err(AmountError::NotADecimal(_))), "{bad}");
+            assert!(
+                matches!(parse_amount(bad), Err(AmountError::NotADecimal(_))),
+                "{bad}"
+            );
         }
-        assert!(matches!(parse_amount("99999999999999999999"), Err(AmountError::OutOfRange(_))));
+        assert!(matches!(
+            parse_amount("99999999999999999999"),
+            Err(AmountError::OutOfRange(_))
+        ));
     }
 
     #[test]

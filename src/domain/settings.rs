@@ -151,7 +151,7 @@ impl TenantSettings {
         let mut found = Vec::new();
         let mut next = self.clone();
         if let Some(url) = &patch.company_logo_url {
-            next.company_logo_url = url.trim().to_owned();
+            url.trim().clone_into(&mut next.company_logo_url);
         }
         if let Some(kinds) = &patch.document_sync_kinds {
             let mut kinds = kinds.clone();
@@ -160,7 +160,8 @@ impl TenantSettings {
             next.document_sync.kinds = kinds;
         }
         if let Some(date) = &patch.document_sync_from_date {
-            next.document_sync.from_date = parse_optional_day(date, "document_sync.from_date", &mut found);
+            next.document_sync.from_date =
+                parse_optional_day(date, "document_sync.from_date", &mut found);
         }
         if let Some(zone) = &patch.time_zone {
             match zone.parse::<Tz>() {
@@ -176,15 +177,24 @@ impl TenantSettings {
                 *target = v;
             }
         };
-        copy(&mut next.document_sync.interval_seconds, patch.document_sync_interval_seconds);
+        copy(
+            &mut next.document_sync.interval_seconds,
+            patch.document_sync_interval_seconds,
+        );
         copy(&mut next.points_scale, patch.points_scale);
         copy(&mut next.lock_days, patch.lock_days);
         copy(&mut next.expiry_months, patch.expiry_months);
-        copy(&mut next.reservation_ttl_seconds, patch.reservation_ttl_seconds);
-        copy(&mut next.day_close_grace_minutes, patch.day_close_grace_minutes);
+        copy(
+            &mut next.reservation_ttl_seconds,
+            patch.reservation_ttl_seconds,
+        );
+        copy(
+            &mut next.day_close_grace_minutes,
+            patch.day_close_grace_minutes,
+        );
         copy(&mut next.expiring_window_days, patch.expiring_window_days);
         if let Some(id) = &patch.declaration_type_id {
-            next.declaration_type_id = id.trim().to_owned();
+            id.trim().clone_into(&mut next.declaration_type_id);
         }
         if let Some(mode) = patch.stacking_mode {
             next.stacking_mode = mode;
@@ -201,40 +211,83 @@ impl TenantSettings {
     pub fn violations(&self) -> Vec<FieldViolation> {
         let mut found = Vec::new();
         if !self.company_logo_url.is_empty() && !is_web_url(&self.company_logo_url) {
-            found.push(FieldViolation::new("company_logo_url", "must be an http(s) URL or empty"));
+            found.push(FieldViolation::new(
+                "company_logo_url",
+                "must be an http(s) URL or empty",
+            ));
         }
         if self.declaration_type_id.len() > 128 {
-            found.push(FieldViolation::new("loyalty_declaration_type_id", "must be at most 128 characters"));
+            found.push(FieldViolation::new(
+                "loyalty_declaration_type_id",
+                "must be at most 128 characters",
+            ));
         }
-        check_range(&mut found, "document_sync.interval_seconds", self.document_sync.interval_seconds, 60, 86_400);
-        check_range(&mut found, "points_scale", self.points_scale, 0, MAX_POINTS_SCALE);
+        check_range(
+            &mut found,
+            "document_sync.interval_seconds",
+            self.document_sync.interval_seconds,
+            60,
+            86_400,
+        );
+        check_range(
+            &mut found,
+            "points_scale",
+            self.points_scale,
+            0,
+            MAX_POINTS_SCALE,
+        );
         check_range(&mut found, "lock_days", self.lock_days, 0, 3_650);
         check_range(&mut found, "expiry_months", self.expiry_months, 0, 600);
-        check_range(&mut found, "reservation_ttl_seconds", self.reservation_ttl_seconds, 60, 86_400);
-        check_range(&mut found, "day_close_grace_minutes", self.day_close_grace_minutes, 0, 1_440);
-        check_range(&mut found, "expiring_window_days", self.expiring_window_days, 1, 366);
+        check_range(
+            &mut found,
+            "reservation_ttl_seconds",
+            self.reservation_ttl_seconds,
+            60,
+            86_400,
+        );
+        check_range(
+            &mut found,
+            "day_close_grace_minutes",
+            self.day_close_grace_minutes,
+            0,
+            1_440,
+        );
+        check_range(
+            &mut found,
+            "expiring_window_days",
+            self.expiring_window_days,
+            1,
+            366,
+        );
         found
     }
 }
 
-fn parse_optional_day(text: &str, field: &str, found: &mut Vec<FieldViolation>) -> Option<NaiveDate> {
+fn parse_optional_day(
+    text: &str,
+    field: &str,
+    found: &mut Vec<FieldViolation>,
+) -> Option<NaiveDate> {
     let text = text.trim();
     if text.is_empty() {
         return None;
     }
-    match NaiveDate::parse_from_str(text, "%Y-%m-%d") {
-        Ok(day) => Some(day),
-        Err(_) => {
-            found.push(FieldViolation::new(field, format!("{text:?} is not a day in the form YYYY-MM-DD")));
-            None
-        }
+    if let Ok(day) = NaiveDate::parse_from_str(text, "%Y-%m-%d") {
+        Some(day)
+    } else {
+        found.push(FieldViolation::new(
+            field,
+            format!("{text:?} is not a day in the form YYYY-MM-DD"),
+        ));
+        None
     }
 }
 
 /// An absolute http or https URL with a host.
 fn is_web_url(text: &str) -> bool {
-    url::Url::parse(text)
-        .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty()))
+    url::Url::parse(text).is_ok_and(|url| {
+        matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| !h.is_empty())
+    })
 }
 
 #[cfg(test)]
@@ -262,7 +315,10 @@ mod tests {
         let next = TenantSettings::default().apply(&patch).expect("valid");
         assert_eq!(next.points_scale, 0);
         assert_eq!(next.time_zone, chrono_tz::America::New_York);
-        assert_eq!(next.document_sync.from_date, NaiveDate::from_ymd_opt(2026, 1, 31));
+        assert_eq!(
+            next.document_sync.from_date,
+            NaiveDate::from_ymd_opt(2026, 1, 31)
+        );
         assert_eq!(next.reservation_ttl_seconds, 900);
     }
 
@@ -277,7 +333,9 @@ mod tests {
             expiring_window_days: Some(0),
             ..SettingsPatch::default()
         };
-        let Invalid(found) = TenantSettings::default().apply(&patch).expect_err("invalid");
+        let Invalid(found) = TenantSettings::default()
+            .apply(&patch)
+            .expect_err("invalid");
         let mut fields: Vec<_> = found.iter().map(|v| v.field.as_str()).collect();
         fields.sort_unstable();
         assert_eq!(
@@ -299,11 +357,18 @@ mod tests {
         settings.document_sync.from_date = NaiveDate::from_ymd_opt(2026, 1, 1);
         let patch = SettingsPatch {
             document_sync_from_date: Some(String::new()),
-            document_sync_kinds: Some(vec![SyncDocumentKind::Correction, SyncDocumentKind::Invoice, SyncDocumentKind::Correction]),
+            document_sync_kinds: Some(vec![
+                SyncDocumentKind::Correction,
+                SyncDocumentKind::Invoice,
+                SyncDocumentKind::Correction,
+            ]),
             ..SettingsPatch::default()
         };
         let next = settings.apply(&patch).expect("valid");
         assert_eq!(next.document_sync.from_date, None);
-        assert_eq!(next.document_sync.kinds, [SyncDocumentKind::Invoice, SyncDocumentKind::Correction]);
+        assert_eq!(
+            next.document_sync.kinds,
+            [SyncDocumentKind::Invoice, SyncDocumentKind::Correction]
+        );
     }
 }

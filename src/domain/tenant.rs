@@ -17,9 +17,9 @@ impl TenantId {
     pub fn parse(text: &str) -> Result<Self, InvalidTenantId> {
         let valid = (1..=64).contains(&text.len())
             && text.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-            && text
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.'));
+            && text.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_' | '.')
+            });
         if valid {
             Ok(Self(text.to_owned()))
         } else {

@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-/// One bad field: its path in the request ("settings.points_scale") and what is wrong.
+/// One bad field: its path in the request ("`settings.points_scale`") and what is wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FieldViolation {
     pub field: String,
@@ -40,13 +40,20 @@ impl Invalid {
     /// # Errors
     /// The violations, when there are any.
     pub fn check(found: Vec<FieldViolation>) -> Result<(), Self> {
-        if found.is_empty() { Ok(()) } else { Err(Self(found)) }
+        if found.is_empty() {
+            Ok(())
+        } else {
+            Err(Self(found))
+        }
     }
 }
 
 /// Checks that a number lies in an inclusive range, recording a violation if not.
 pub fn check_range(found: &mut Vec<FieldViolation>, field: &str, value: u32, min: u32, max: u32) {
     if !(min..=max).contains(&value) {
-        found.push(FieldViolation::new(field, format!("must be between {min} and {max}, got {value}")));
+        found.push(FieldViolation::new(
+            field,
+            format!("must be between {min} and {max}, got {value}"),
+        ));
     }
 }

@@ -70,7 +70,10 @@ where
                 return inner.call(request).await;
             }
             let headers = request.headers();
-            let tenant = headers.get("one-tenant").and_then(|v| v.to_str().ok()).map(str::trim);
+            let tenant = headers
+                .get("one-tenant")
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim);
             let bearer = headers
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())

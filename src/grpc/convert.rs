@@ -2,7 +2,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::domain::settings::{StackingMode, SettingsPatch, SyncDocumentKind, TenantSettings};
+use crate::domain::settings::{SettingsPatch, StackingMode, SyncDocumentKind, TenantSettings};
 use crate::domain::validation::{FieldViolation, Invalid};
 use crate::proto::loyalty::v1 as pb;
 
@@ -23,24 +23,38 @@ pub fn stacking_mode_to_proto(mode: StackingMode) -> pb::StackingMode {
     }
 }
 
-fn stacking_mode_from_proto(value: i32, field: &str, found: &mut Vec<FieldViolation>) -> Option<StackingMode> {
+fn stacking_mode_from_proto(
+    value: i32,
+    field: &str,
+    found: &mut Vec<FieldViolation>,
+) -> Option<StackingMode> {
     match pb::StackingMode::try_from(value) {
         Ok(pb::StackingMode::Max) => Some(StackingMode::Max),
         Ok(pb::StackingMode::Multiply) => Some(StackingMode::Multiply),
         Ok(pb::StackingMode::Add) => Some(StackingMode::Add),
         Ok(pb::StackingMode::Unspecified) | Err(_) => {
-            found.push(FieldViolation::new(field, "must be STACKING_MODE_MAX, STACKING_MODE_MULTIPLY or STACKING_MODE_ADD"));
+            found.push(FieldViolation::new(
+                field,
+                "must be STACKING_MODE_MAX, STACKING_MODE_MULTIPLY or STACKING_MODE_ADD",
+            ));
             None
         }
     }
 }
 
-fn sync_kind_from_proto(value: i32, field: &str, found: &mut Vec<FieldViolation>) -> Option<SyncDocumentKind> {
+fn sync_kind_from_proto(
+    value: i32,
+    field: &str,
+    found: &mut Vec<FieldViolation>,
+) -> Option<SyncDocumentKind> {
     match pb::SyncDocumentKind::try_from(value) {
         Ok(pb::SyncDocumentKind::Invoice) => Some(SyncDocumentKind::Invoice),
         Ok(pb::SyncDocumentKind::Correction) => Some(SyncDocumentKind::Correction),
         Ok(pb::SyncDocumentKind::Unspecified) | Err(_) => {
-            found.push(FieldViolation::new(field, "must be SYNC_DOCUMENT_KIND_INVOICE or SYNC_DOCUMENT_KIND_CORRECTION"));
+            found.push(FieldViolation::new(
+                field,
+                "must be SYNC_DOCUMENT_KIND_INVOICE or SYNC_DOCUMENT_KIND_CORRECTION",
+            ));
             None
         }
     }
@@ -75,7 +89,10 @@ pub fn settings_to_proto(settings: &TenantSettings) -> pb::TenantSettings {
                     SyncDocumentKind::Correction => pb::SyncDocumentKind::Correction as i32,
                 })
                 .collect(),
-            from_date: document_sync.from_date.map(|d| d.to_string()).unwrap_or_default(),
+            from_date: document_sync
+                .from_date
+                .map(|d| d.to_string())
+                .unwrap_or_default(),
             interval_seconds: document_sync.interval_seconds,
         }),
         loyalty_declaration_type_id: declaration_type_id.clone(),
@@ -113,7 +130,10 @@ const WRITABLE_PATHS: &[&str] = &[
 ///
 /// # Errors
 /// Missing settings, unknown or read-only mask paths, unspecified enums.
-pub fn settings_patch(settings: Option<&pb::TenantSettings>, mask: Option<&prost_types::FieldMask>) -> Result<SettingsPatch, Invalid> {
+pub fn settings_patch(
+    settings: Option<&pb::TenantSettings>,
+    mask: Option<&prost_types::FieldMask>,
+) -> Result<SettingsPatch, Invalid> {
     let Some(s) = settings else {
         return Err(Invalid::field("settings", "is required"));
     };
@@ -132,21 +152,42 @@ pub fn settings_patch(settings: Option<&pb::TenantSettings>, mask: Option<&prost
                 patch.document_sync_from_date = Some(sync.from_date.clone());
                 patch.document_sync_interval_seconds = Some(sync.interval_seconds);
             }
-            "document_sync.kinds" => patch.document_sync_kinds = Some(sync_kinds(&sync.kinds, &mut found)),
-            "document_sync.from_date" => patch.document_sync_from_date = Some(sync.from_date.clone()),
-            "document_sync.interval_seconds" => patch.document_sync_interval_seconds = Some(sync.interval_seconds),
-            "loyalty_declaration_type_id" => patch.declaration_type_id = Some(s.loyalty_declaration_type_id.clone()),
+            "document_sync.kinds" => {
+                patch.document_sync_kinds = Some(sync_kinds(&sync.kinds, &mut found));
+            }
+            "document_sync.from_date" => {
+                patch.document_sync_from_date = Some(sync.from_date.clone());
+            }
+            "document_sync.interval_seconds" => {
+                patch.document_sync_interval_seconds = Some(sync.interval_seconds);
+            }
+            "loyalty_declaration_type_id" => {
+                patch.declaration_type_id = Some(s.loyalty_declaration_type_id.clone());
+            }
             "points_scale" => patch.points_scale = Some(s.points_scale),
-            "stacking_mode" => patch.stacking_mode = stacking_mode_from_proto(s.stacking_mode, "settings.stacking_mode", &mut found),
+            "stacking_mode" => {
+                patch.stacking_mode =
+                    stacking_mode_from_proto(s.stacking_mode, "settings.stacking_mode", &mut found);
+            }
             "offline_lines_earn" => patch.offline_lines_earn = Some(s.offline_lines_earn),
             "lock_days" => patch.lock_days = Some(s.lock_days),
             "expiry_months" => patch.expiry_months = Some(s.expiry_months),
-            "reservation_ttl_seconds" => patch.reservation_ttl_seconds = Some(s.reservation_ttl_seconds),
+            "reservation_ttl_seconds" => {
+                patch.reservation_ttl_seconds = Some(s.reservation_ttl_seconds);
+            }
             "time_zone" => patch.time_zone = Some(s.time_zone.clone()),
-            "day_close_grace_minutes" => patch.day_close_grace_minutes = Some(s.day_close_grace_minutes),
+            "day_close_grace_minutes" => {
+                patch.day_close_grace_minutes = Some(s.day_close_grace_minutes);
+            }
             "expiring_window_days" => patch.expiring_window_days = Some(s.expiring_window_days),
-            "revision" | "updated_at" => found.push(FieldViolation::new("update_mask", format!("{path:?} is read-only"))),
-            other => found.push(FieldViolation::new("update_mask", format!("{other:?} is not a field of TenantSettings"))),
+            "revision" | "updated_at" => found.push(FieldViolation::new(
+                "update_mask",
+                format!("{path:?} is read-only"),
+            )),
+            other => found.push(FieldViolation::new(
+                "update_mask",
+                format!("{other:?} is not a field of TenantSettings"),
+            )),
         }
     }
     Invalid::check(found)?;
@@ -157,7 +198,9 @@ fn sync_kinds(kinds: &[i32], found: &mut Vec<FieldViolation>) -> Vec<SyncDocumen
     kinds
         .iter()
         .enumerate()
-        .filter_map(|(i, k)| sync_kind_from_proto(*k, &format!("settings.document_sync.kinds[{i}]"), found))
+        .filter_map(|(i, k)| {
+            sync_kind_from_proto(*k, &format!("settings.document_sync.kinds[{i}]"), found)
+        })
         .collect()
 }
 
@@ -182,12 +225,16 @@ mod tests {
             time_zone: "UTC".into(),
             ..Default::default()
         };
-        let mask = prost_types::FieldMask { paths: vec!["points_scale".into()] };
+        let mask = prost_types::FieldMask {
+            paths: vec!["points_scale".into()],
+        };
         let patch = settings_patch(Some(&settings), Some(&mask)).expect("patch");
         assert_eq!(patch.points_scale, Some(3));
         assert_eq!(patch.time_zone, None);
 
-        let mask = prost_types::FieldMask { paths: vec!["nope".into(), "revision".into(), "stacking_mode".into()] };
+        let mask = prost_types::FieldMask {
+            paths: vec!["nope".into(), "revision".into(), "stacking_mode".into()],
+        };
         let Invalid(found) = settings_patch(Some(&settings), Some(&mask)).expect_err("invalid");
         assert_eq!(found.len(), 3);
         assert!(settings_patch(None, None).is_err());

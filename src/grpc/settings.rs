@@ -21,7 +21,10 @@ impl SettingsGrpc {
 
 #[tonic::async_trait]
 impl pb::settings_service_server::SettingsService for SettingsGrpc {
-    async fn get_settings(&self, request: Request<pb::GetSettingsRequest>) -> Result<Response<pb::GetSettingsResponse>, Status> {
+    async fn get_settings(
+        &self,
+        request: Request<pb::GetSettingsRequest>,
+    ) -> Result<Response<pb::GetSettingsResponse>, Status> {
         let caller = caller(&request)?;
         let settings = self.service.get(&caller).await?;
         Ok(Response::new(pb::GetSettingsResponse {
@@ -29,7 +32,10 @@ impl pb::settings_service_server::SettingsService for SettingsGrpc {
         }))
     }
 
-    async fn update_settings(&self, request: Request<pb::UpdateSettingsRequest>) -> Result<Response<pb::UpdateSettingsResponse>, Status> {
+    async fn update_settings(
+        &self,
+        request: Request<pb::UpdateSettingsRequest>,
+    ) -> Result<Response<pb::UpdateSettingsResponse>, Status> {
         let caller = caller(&request)?;
         let message = request.into_inner();
         let patch = settings_patch(message.settings.as_ref(), message.update_mask.as_ref())
@@ -40,10 +46,16 @@ impl pb::settings_service_server::SettingsService for SettingsGrpc {
             patch,
             expected_revision: message.expected_revision,
         };
-        let settings = self.service.update(&caller, &command).await.map_err(|err| match err {
-            SettingsError::Invalid(found) => SettingsError::Invalid(prefix_fields(found, "settings.")),
-            other => other,
-        })?;
+        let settings = self
+            .service
+            .update(&caller, &command)
+            .await
+            .map_err(|err| match err {
+                SettingsError::Invalid(found) => {
+                    SettingsError::Invalid(prefix_fields(found, "settings."))
+                }
+                other => other,
+            })?;
         Ok(Response::new(pb::UpdateSettingsResponse {
             settings: Some(settings_to_proto(&settings)),
         }))

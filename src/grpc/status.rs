@@ -9,14 +9,18 @@ use crate::persistence::RepoError;
 use crate::service::access::AccessError;
 use crate::service::settings::SettingsError;
 
-/// INVALID_ARGUMENT with one field violation per bad field.
+/// `INVALID_ARGUMENT` with one field violation per bad field.
 pub fn invalid(invalid: &Invalid) -> Status {
     let violations: Vec<FieldViolation> = invalid
         .0
         .iter()
         .map(|v| FieldViolation::new(v.field.clone(), v.description.clone()))
         .collect();
-    Status::with_error_details(Code::InvalidArgument, invalid.to_string(), ErrorDetails::with_bad_request(violations))
+    Status::with_error_details(
+        Code::InvalidArgument,
+        invalid.to_string(),
+        ErrorDetails::with_bad_request(violations),
+    )
 }
 
 /// A repository error that reached the transport.
@@ -34,7 +38,9 @@ pub fn repo(err: &RepoError) -> Status {
             tracing::info!(%cause, "unexpected conflict");
             Status::aborted("a concurrent change won; retry")
         }
-        RepoError::Corrupt(cause) | RepoError::Config(cause) | RepoError::Other(cause) => internal(cause),
+        RepoError::Corrupt(cause) | RepoError::Config(cause) | RepoError::Other(cause) => {
+            internal(cause)
+        }
     }
 }
 

@@ -1,12 +1,12 @@
 //! SeaORM implementation of [`AccessRepository`].
 
-use async_trait::async_trait;
 use crate::domain::clock::{Clock, SystemClock};
+use async_trait::async_trait;
 use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
+use super::AccessRepository;
 use super::entities::{api_keys, tenants};
 use super::error::{RepoError, classify};
-use super::AccessRepository;
 use crate::domain::access::ApiKeyRecord;
 use crate::domain::tenant::TenantId;
 
@@ -49,7 +49,9 @@ impl AccessRepository for SeaAccessRepository {
     async fn store_key(&self, key: &ApiKeyRecord) -> Result<(), RepoError> {
         if let Some(existing) = self.find_key_by_hash(&key.key_hash).await? {
             if existing.tenant != key.tenant {
-                return Err(RepoError::Conflict("the key belongs to another tenant".into()));
+                return Err(RepoError::Conflict(
+                    "the key belongs to another tenant".into(),
+                ));
             }
             api_keys::Entity::delete_many()
                 .filter(api_keys::Column::KeyHash.eq(key.key_hash.as_str()))
@@ -66,7 +68,10 @@ impl AccessRepository for SeaAccessRepository {
             created_at: Set(key.created_at.fixed_offset()),
             revoked_at: Set(key.revoked_at.map(|t| t.fixed_offset())),
         };
-        api_keys::Entity::insert(row).exec(&self.db).await.map_err(classify)?;
+        api_keys::Entity::insert(row)
+            .exec(&self.db)
+            .await
+            .map_err(classify)?;
         Ok(())
     }
 
@@ -79,12 +84,18 @@ impl AccessRepository for SeaAccessRepository {
         else {
             return Ok(None);
         };
-        let tenant = TenantId::parse(&row.tenant_id).map_err(|e| RepoError::Corrupt(e.to_string()))?;
+        let tenant =
+            TenantId::parse(&row.tenant_id).map_err(|e| RepoError::Corrupt(e.to_string()))?;
         Ok(Some(ApiKeyRecord {
             tenant,
             key_id: row.key_id,
             key_hash: row.key_hash,
-            roles: row.roles.split(',').filter(|r| !r.is_empty()).map(str::to_owned).collect(),
+            roles: row
+                .roles
+                .split(',')
+                .filter(|r| !r.is_empty())
+                .map(str::to_owned)
+                .collect(),
             label: row.label,
             created_at: row.created_at.to_utc(),
             revoked_at: row.revoked_at.map(|t| t.to_utc()),

@@ -81,7 +81,10 @@ fn prepare_sqlite_file(url: &str) -> Result<String, RepoError> {
             "an in-memory SQLite database is one database per connection: use a file".into(),
         ));
     }
-    if let Some(dir) = Path::new(path).parent().filter(|d| !d.as_os_str().is_empty()) {
+    if let Some(dir) = Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(dir)
             .map_err(|e| RepoError::Config(format!("cannot create {}: {e}", dir.display())))?;
     }
@@ -107,7 +110,10 @@ mod tests {
         assert!(url.ends_with("loyalty.db?mode=rwc"));
         assert!(file.parent().expect("parent").is_dir());
         assert!(prepare_sqlite_file("sqlite::memory:").is_err());
-        assert_eq!(Backend::of("postgresql://x").expect("pg"), Backend::Postgres);
+        assert_eq!(
+            Backend::of("postgresql://x").expect("pg"),
+            Backend::Postgres
+        );
         assert!(Backend::of("mysql://x").is_err());
     }
 }

@@ -27,6 +27,7 @@ pub enum RepoError {
 
 /// Turns a SeaORM error into a [`RepoError`]: unique violation → Conflict, serialization
 /// failure, deadlock or a busy SQLite → Aborted, connection problems → Unavailable.
+#[allow(clippy::needless_pass_by_value)] // by value so that `.map_err(classify)` reads well
 pub fn classify(err: DbErr) -> RepoError {
     if let Some(SqlErr::UniqueConstraintViolation(msg)) = err.sql_err() {
         return RepoError::Conflict(msg);

@@ -8,13 +8,14 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveValue::{NotSet, Set}, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
+    TransactionTrait,
 };
 
+use super::LedgerRepository;
 use super::entities::{balances, ledger_events};
 use super::error::{RepoError, classify};
-use super::LedgerRepository;
 use crate::domain::clock::Clock;
 use crate::domain::ledger::{Balance, ClientLedgerAudit, EventType, LedgerEvent, NewLedgerEvent};
 use crate::domain::points::{from_minor_units, to_minor_units};
@@ -39,7 +40,11 @@ fn units(value: rust_decimal::Decimal) -> Result<i64, RepoError> {
 
 #[async_trait]
 impl LedgerRepository for SeaLedgerRepository {
-    async fn append(&self, tenant: &TenantId, event: &NewLedgerEvent) -> Result<LedgerEvent, RepoError> {
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        event: &NewLedgerEvent,
+    ) -> Result<LedgerEvent, RepoError> {
         let points = units(event.points)?;
         let now = self.clock.now();
         let txn = self.db.begin().await.map_err(classify)?;
@@ -60,19 +65,27 @@ impl LedgerRepository for SeaLedgerRepository {
             .await
             .map_err(classify)?;
         let updated = balances::Entity::update_many()
-            .col_expr(balances::Column::Total, Expr::col(balances::Column::Total).add(points))
-            .col_expr(balances::Column::Available, Expr::col(balances::Column::Available).add(points))
-            .col_expr(balances::Column::EventCount, Expr::col(balances::Column::EventCount).add(1))
+            .col_expr(
+                balances::Column::Total,
+                Expr::col(balances::Column::Total).add(points),
+            )
+            .col_expr(
+                balances::Column::Available,
+                Expr::col(balances::Column::Available).add(points),
+            )
+            .col_expr(
+                balances::Column::EventCount,
+                Expr::col(balances::Column::EventCount).add(1),
+            )
             .col_expr(balances::Column::UpdatedAt, Expr::value(now.fixed_offset()))
             .filter(balances::Column::TenantId.eq(tenant.as_str()))
             .filter(balances::Column::ClientId.eq(event.client_id.as_str()))
             .exec_with_returning(&txn)
             .await
             .map_err(classify)?;
-        let balance_after = updated
-            .first()
-            .map(|b| b.total)
-            .ok_or_else(|| RepoError::Other("balance row vanished inside its transaction".into()))?;
+        let balance_after = updated.first().map(|b| b.total).ok_or_else(|| {
+            RepoError::Other("balance row vanished inside its transaction".into())
+        })?;
         let row = ledger_events::ActiveModel {
             event_id: NotSet,
             tenant_id: Set(tenant.as_str().to_owned()),
@@ -93,7 +106,11 @@ impl LedgerRepository for SeaLedgerRepository {
             actor_user_id: Set(None),
             stacking_mode: Set(None),
         };
-        let event_id = ledger_events::Entity::insert(row).exec(&txn).await.map_err(classify)?.last_insert_id;
+        let event_id = ledger_events::Entity::insert(row)
+            .exec(&txn)
+            .await
+            .map_err(classify)?
+            .last_insert_id;
         balances::Entity::update_many()
             .col_expr(balances::Column::LastEventId, Expr::value(event_id))
             .filter(balances::Column::TenantId.eq(tenant.as_str()))
@@ -110,7 +127,11 @@ impl LedgerRepository for SeaLedgerRepository {
         })
     }
 
-    async fn balance(&self, tenant: &TenantId, client_id: &str) -> Result<Option<Balance>, RepoError> {
+    async fn balance(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+    ) -> Result<Option<Balance>, RepoError> {
         let row = balances::Entity::find_by_id((tenant.as_str().to_owned(), client_id.to_owned()))
             .one(&self.db)
             .await
@@ -126,7 +147,12 @@ impl LedgerRepository for SeaLedgerRepository {
         }))
     }
 
-    async fn events(&self, tenant: &TenantId, client_id: &str, limit: u64) -> Result<Vec<LedgerEvent>, RepoError> {
+    async fn events(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+        limit: u64,
+    ) -> Result<Vec<LedgerEvent>, RepoError> {
         let rows = ledger_events::Entity::find()
             .filter(ledger_events::Column::TenantId.eq(tenant.as_str()))
             .filter(ledger_events::Column::ClientId.eq(client_id))
@@ -183,25 +209,29 @@ impl LedgerRepository for SeaLedgerRepository {
             })
             .collect();
         for (client_id, sum, count, last_id) in sums {
-            let audit = audits.entry(client_id.clone()).or_insert_with(|| ClientLedgerAudit {
-                client_id,
-                balance_total: 0.into(),
-                events_sum: 0.into(),
-                last_balance_after: 0.into(),
-                event_count: 0,
-                balance_event_count: 0,
-            });
+            let audit = audits
+                .entry(client_id.clone())
+                .or_insert_with(|| ClientLedgerAudit {
+                    client_id,
+                    balance_total: 0.into(),
+                    events_sum: 0.into(),
+                    last_balance_after: 0.into(),
+                    event_count: 0,
+                    balance_event_count: 0,
+                });
             audit.events_sum = from_minor_units(sum);
             audit.event_count = u64::try_from(count).unwrap_or(u64::MAX);
-            audit.last_balance_after = from_minor_units(last_balances.get(&last_id).copied().unwrap_or_default());
+            audit.last_balance_after =
+                from_minor_units(last_balances.get(&last_id).copied().unwrap_or_default());
         }
         Ok(audits.into_values().collect())
     }
 }
 
 fn event_from_row(row: ledger_events::Model) -> Result<LedgerEvent, RepoError> {
-    let event_type = EventType::parse(&row.event_type)
-        .ok_or_else(|| RepoError::Corrupt(format!("ledger_events.event_type {:?}", row.event_type)))?;
+    let event_type = EventType::parse(&row.event_type).ok_or_else(|| {
+        RepoError::Corrupt(format!("ledger_events.event_type {:?}", row.event_type))
+    })?;
     Ok(LedgerEvent {
         event_id: row.event_id,
         event: NewLedgerEvent {

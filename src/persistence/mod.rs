@@ -45,7 +45,11 @@ pub trait SettingsRepository: Send + Sync {
     /// The settings in force; the defaults (revision 0) when the tenant never changed any.
     async fn current(&self, tenant: &TenantId) -> Result<TenantSettings, RepoError>;
     /// One revision, if it exists.
-    async fn revision(&self, tenant: &TenantId, revision: u32) -> Result<Option<TenantSettings>, RepoError>;
+    async fn revision(
+        &self,
+        tenant: &TenantId,
+        revision: u32,
+    ) -> Result<Option<TenantSettings>, RepoError>;
     /// Stores `settings` as its revision and the call's idempotency record, atomically.
     /// `Conflict` when that revision exists already (a concurrent change won) or the request id
     /// was used.
@@ -57,7 +61,11 @@ pub trait SettingsRepository: Send + Sync {
         changed_by_key_id: &str,
     ) -> Result<(), RepoError>;
     /// The record of an earlier call with this request id.
-    async fn find_request(&self, tenant: &TenantId, request_id: &str) -> Result<Option<IdempotencyRecord>, RepoError>;
+    async fn find_request(
+        &self,
+        tenant: &TenantId,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyRecord>, RepoError>;
 }
 
 /// The append-only ledger and the maintained balances.
@@ -65,11 +73,24 @@ pub trait SettingsRepository: Send + Sync {
 #[async_trait]
 pub trait LedgerRepository: Send + Sync {
     /// Appends an event and updates the client's balance in one transaction.
-    async fn append(&self, tenant: &TenantId, event: &NewLedgerEvent) -> Result<LedgerEvent, RepoError>;
+    async fn append(
+        &self,
+        tenant: &TenantId,
+        event: &NewLedgerEvent,
+    ) -> Result<LedgerEvent, RepoError>;
     /// The client's balance row, if it has one.
-    async fn balance(&self, tenant: &TenantId, client_id: &str) -> Result<Option<Balance>, RepoError>;
+    async fn balance(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+    ) -> Result<Option<Balance>, RepoError>;
     /// The client's events, newest first.
-    async fn events(&self, tenant: &TenantId, client_id: &str, limit: u64) -> Result<Vec<LedgerEvent>, RepoError>;
+    async fn events(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+        limit: u64,
+    ) -> Result<Vec<LedgerEvent>, RepoError>;
     /// Balance rows against event sums, for every client of the tenant.
     async fn audit(&self, tenant: &TenantId) -> Result<Vec<ClientLedgerAudit>, RepoError>;
 }

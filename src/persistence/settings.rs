@@ -1,17 +1,19 @@
 //! SeaORM implementation of [`SettingsRepository`]: one row per revision.
 
-use async_trait::async_trait;
 use crate::domain::clock::{Clock, SystemClock};
+use async_trait::async_trait;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
     TransactionTrait,
 };
 
+use super::SettingsRepository;
 use super::entities::{idempotency_records, tenant_settings};
 use super::error::{RepoError, classify};
-use super::SettingsRepository;
 use crate::domain::idempotency::IdempotencyRecord;
-use crate::domain::settings::{DocumentSyncSettings, StackingMode, SyncDocumentKind, TenantSettings};
+use crate::domain::settings::{
+    DocumentSyncSettings, StackingMode, SyncDocumentKind, TenantSettings,
+};
 use crate::domain::tenant::TenantId;
 
 #[derive(Debug, Clone)]
@@ -37,9 +39,16 @@ impl SettingsRepository for SeaSettingsRepository {
         row.map_or_else(|| Ok(TenantSettings::default()), from_row)
     }
 
-    async fn revision(&self, tenant: &TenantId, revision: u32) -> Result<Option<TenantSettings>, RepoError> {
+    async fn revision(
+        &self,
+        tenant: &TenantId,
+        revision: u32,
+    ) -> Result<Option<TenantSettings>, RepoError> {
         let key = (tenant.as_str().to_owned(), to_i32(revision)?);
-        let row = tenant_settings::Entity::find_by_id(key).one(&self.db).await.map_err(classify)?;
+        let row = tenant_settings::Entity::find_by_id(key)
+            .one(&self.db)
+            .await
+            .map_err(classify)?;
         row.map(from_row).transpose()
     }
 
@@ -50,7 +59,10 @@ impl SettingsRepository for SeaSettingsRepository {
         request: &IdempotencyRecord,
         changed_by_key_id: &str,
     ) -> Result<(), RepoError> {
-        let now = settings.updated_at.unwrap_or_else(|| SystemClock.now()).fixed_offset();
+        let now = settings
+            .updated_at
+            .unwrap_or_else(|| SystemClock.now())
+            .fixed_offset();
         let row = to_row(tenant, settings, request, changed_by_key_id)?;
         let record = idempotency_records::ActiveModel {
             tenant_id: Set(tenant.as_str().to_owned()),
@@ -61,16 +73,29 @@ impl SettingsRepository for SeaSettingsRepository {
             created_at: Set(now),
         };
         let txn = self.db.begin().await.map_err(classify)?;
-        tenant_settings::Entity::insert(row).exec(&txn).await.map_err(classify)?;
-        idempotency_records::Entity::insert(record).exec(&txn).await.map_err(classify)?;
+        tenant_settings::Entity::insert(row)
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        idempotency_records::Entity::insert(record)
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
         txn.commit().await.map_err(classify)
     }
 
-    async fn find_request(&self, tenant: &TenantId, request_id: &str) -> Result<Option<IdempotencyRecord>, RepoError> {
-        let row = idempotency_records::Entity::find_by_id((tenant.as_str().to_owned(), request_id.to_owned()))
-            .one(&self.db)
-            .await
-            .map_err(classify)?;
+    async fn find_request(
+        &self,
+        tenant: &TenantId,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyRecord>, RepoError> {
+        let row = idempotency_records::Entity::find_by_id((
+            tenant.as_str().to_owned(),
+            request_id.to_owned(),
+        ))
+        .one(&self.db)
+        .await
+        .map_err(classify)?;
         Ok(row.map(|r| IdempotencyRecord {
             request_id: r.request_id,
             operation: r.operation,
@@ -114,12 +139,16 @@ fn to_row(
         revision: Set(to_i32(s.revision)?),
         request_id: Set(Some(request.request_id.clone())),
         changed_by_key_id: Set(Some(changed_by_key_id.to_owned())),
-        updated_at: Set(s.updated_at.unwrap_or_else(|| SystemClock.now()).fixed_offset()),
+        updated_at: Set(s
+            .updated_at
+            .unwrap_or_else(|| SystemClock.now())
+            .fixed_offset()),
     })
 }
 
 fn from_row(row: tenant_settings::Model) -> Result<TenantSettings, RepoError> {
-    let corrupt = |what: &str| RepoError::Corrupt(format!("tenant_settings.{what} of {}", row.tenant_id));
+    let corrupt =
+        |what: &str| RepoError::Corrupt(format!("tenant_settings.{what} of {}", row.tenant_id));
     let kinds = row
         .sync_document_kinds
         .split(',')
@@ -127,15 +156,16 @@ fn from_row(row: tenant_settings::Model) -> Result<TenantSettings, RepoError> {
         .map(|k| SyncDocumentKind::parse(k).ok_or_else(|| corrupt("sync_document_kinds")))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(TenantSettings {
-        company_logo_url: row.company_logo_url.clone(),
+        company_logo_url: row.company_logo_url,
         document_sync: DocumentSyncSettings {
             kinds,
             from_date: row.sync_from_date,
             interval_seconds: to_u32(row.sync_interval_seconds, "sync_interval_seconds")?,
         },
-        declaration_type_id: row.declaration_type_id.clone(),
+        declaration_type_id: row.declaration_type_id,
         points_scale: to_u32(row.points_scale, "points_scale")?,
-        stacking_mode: StackingMode::parse(&row.stacking_mode).ok_or_else(|| corrupt("stacking_mode"))?,
+        stacking_mode: StackingMode::parse(&row.stacking_mode)
+            .ok_or_else(|| corrupt("stacking_mode"))?,
         offline_lines_earn: row.offline_lines_earn,
         lock_days: to_u32(row.lock_days, "lock_days")?,
         expiry_months: to_u32(row.expiry_months, "expiry_months")?,

@@ -18,10 +18,10 @@ pub enum AccessError {
     /// No key, an unknown key, or a revoked key. → UNAUTHENTICATED
     #[error("{0}")]
     Unauthenticated(String),
-    /// A valid key used for another tenant. → PERMISSION_DENIED
+    /// A valid key used for another tenant. → `PERMISSION_DENIED`
     #[error("{0}")]
     PermissionDenied(String),
-    /// Bad input to key management. → INVALID_ARGUMENT
+    /// Bad input to key management. → `INVALID_ARGUMENT`
     #[error("{0}")]
     Invalid(String),
     /// → UNAVAILABLE / INTERNAL by the repository error.
@@ -61,7 +61,11 @@ impl AccessService {
     /// # Errors
     /// `Unauthenticated` for a missing, unknown or revoked key; `PermissionDenied` when the key
     /// belongs to another tenant or no tenant was named.
-    pub async fn authenticate(&self, tenant: Option<&str>, bearer: Option<&str>) -> Result<Caller, AccessError> {
+    pub async fn authenticate(
+        &self,
+        tenant: Option<&str>,
+        bearer: Option<&str>,
+    ) -> Result<Caller, AccessError> {
         let Some(key) = bearer.filter(|k| !k.is_empty()) else {
             return Err(AccessError::Unauthenticated(
                 "missing credentials: send `authorization: Bearer <api key>`".into(),
@@ -74,7 +78,9 @@ impl AccessService {
             .filter(|k| k.revoked_at.is_none_or(|at| at > self.clock.now()))
             .ok_or_else(|| AccessError::Unauthenticated("unknown or revoked API key".into()))?;
         let Some(tenant) = tenant.filter(|t| !t.is_empty()) else {
-            return Err(AccessError::PermissionDenied("missing `one-tenant` metadata".into()));
+            return Err(AccessError::PermissionDenied(
+                "missing `one-tenant` metadata".into(),
+            ));
         };
         if tenant != record.tenant.as_str() {
             return Err(AccessError::PermissionDenied(format!(
@@ -92,10 +98,16 @@ impl AccessService {
     ///
     /// # Errors
     /// A bad tenant id or role, or the database.
-    pub async fn issue_key(&self, tenant: &str, roles: &[String], label: &str) -> Result<IssuedKey, AccessError> {
+    pub async fn issue_key(
+        &self,
+        tenant: &str,
+        roles: &[String],
+        label: &str,
+    ) -> Result<IssuedKey, AccessError> {
         let key_id = format!("k_{}", random_text(12).to_lowercase());
         let secret = format!("olk_{}", random_text(43));
-        self.store_key(tenant, &key_id, &secret, roles, label).await?;
+        self.store_key(tenant, &key_id, &secret, roles, label)
+            .await?;
         Ok(IssuedKey { key_id, secret })
     }
 
@@ -103,7 +115,13 @@ impl AccessService {
     ///
     /// # Errors
     /// A bad tenant id or role, or the database.
-    pub async fn install_key(&self, tenant: &str, secret: &str, roles: &[String], label: &str) -> Result<(), AccessError> {
+    pub async fn install_key(
+        &self,
+        tenant: &str,
+        secret: &str,
+        roles: &[String],
+        label: &str,
+    ) -> Result<(), AccessError> {
         let key_id = format!("cfg_{}", &hash_key(secret)[..12]);
         self.store_key(tenant, &key_id, secret, roles, label).await
     }
@@ -118,12 +136,22 @@ impl AccessService {
         Ok(tenant)
     }
 
-    async fn store_key(&self, tenant: &str, key_id: &str, secret: &str, roles: &[String], label: &str) -> Result<(), AccessError> {
+    async fn store_key(
+        &self,
+        tenant: &str,
+        key_id: &str,
+        secret: &str,
+        roles: &[String],
+        label: &str,
+    ) -> Result<(), AccessError> {
         if roles.is_empty() {
             return Err(AccessError::Invalid("a key needs at least one role".into()));
         }
         if let Some(role) = roles.iter().find(|r| !KNOWN_ROLES.contains(&r.as_str())) {
-            return Err(AccessError::Invalid(format!("unknown role {role:?}; known: {}", KNOWN_ROLES.join(", "))));
+            return Err(AccessError::Invalid(format!(
+                "unknown role {role:?}; known: {}",
+                KNOWN_ROLES.join(", ")
+            )));
         }
         let tenant = self.ensure_tenant(tenant, tenant).await?;
         let record = ApiKeyRecord {
@@ -142,7 +170,11 @@ impl AccessService {
 
 /// Random alphanumeric text from the thread's CSPRNG.
 fn random_text(len: usize) -> String {
-    rand::rng().sample_iter(&Alphanumeric).take(len).map(char::from).collect()
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 #[cfg(test)]
@@ -165,13 +197,17 @@ mod tests {
 
     fn service(found: Option<ApiKeyRecord>) -> AccessService {
         let mut repo = MockAccessRepository::new();
-        repo.expect_find_key_by_hash().returning(move |_| Ok(found.clone()));
+        repo.expect_find_key_by_hash()
+            .returning(move |_| Ok(found.clone()));
         AccessService::new(Arc::new(repo), Arc::new(SystemClock))
     }
 
     #[tokio::test]
     async fn a_key_of_the_named_tenant_authenticates() {
-        let caller = service(Some(key_of("acme"))).authenticate(Some("acme"), Some("secret")).await.expect("caller");
+        let caller = service(Some(key_of("acme")))
+            .authenticate(Some("acme"), Some("secret"))
+            .await
+            .expect("caller");
         assert_eq!(caller.tenant.as_str(), "acme");
         assert_eq!(caller.roles, ["admin"]);
     }
@@ -179,15 +215,27 @@ mod tests {
     #[tokio::test]
     async fn missing_or_unknown_keys_are_unauthenticated() {
         let none = service(None);
-        assert!(matches!(none.authenticate(Some("acme"), None).await, Err(AccessError::Unauthenticated(_))));
-        assert!(matches!(none.authenticate(Some("acme"), Some("x")).await, Err(AccessError::Unauthenticated(_))));
+        assert!(matches!(
+            none.authenticate(Some("acme"), None).await,
+            Err(AccessError::Unauthenticated(_))
+        ));
+        assert!(matches!(
+            none.authenticate(Some("acme"), Some("x")).await,
+            Err(AccessError::Unauthenticated(_))
+        ));
     }
 
     #[tokio::test]
     async fn a_key_used_for_another_tenant_is_denied() {
         let svc = service(Some(key_of("acme")));
-        assert!(matches!(svc.authenticate(Some("other"), Some("secret")).await, Err(AccessError::PermissionDenied(_))));
-        assert!(matches!(svc.authenticate(None, Some("secret")).await, Err(AccessError::PermissionDenied(_))));
+        assert!(matches!(
+            svc.authenticate(Some("other"), Some("secret")).await,
+            Err(AccessError::PermissionDenied(_))
+        ));
+        assert!(matches!(
+            svc.authenticate(None, Some("secret")).await,
+            Err(AccessError::PermissionDenied(_))
+        ));
     }
 
     #[tokio::test]
@@ -195,7 +243,10 @@ mod tests {
         let mut key = key_of("acme");
         key.revoked_at = Some(chrono::Utc::now() - chrono::Duration::seconds(1));
         let svc = service(Some(key));
-        assert!(matches!(svc.authenticate(Some("acme"), Some("secret")).await, Err(AccessError::Unauthenticated(_))));
+        assert!(matches!(
+            svc.authenticate(Some("acme"), Some("secret")).await,
+            Err(AccessError::Unauthenticated(_))
+        ));
     }
 
     #[test]

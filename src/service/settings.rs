@@ -17,10 +17,10 @@ const MAX_ATTEMPTS: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SettingsError {
-    /// → INVALID_ARGUMENT with the field violations.
+    /// → `INVALID_ARGUMENT` with the field violations.
     #[error(transparent)]
     Invalid(#[from] Invalid),
-    /// The request id was used for another call. → ALREADY_EXISTS
+    /// The request id was used for another call. → `ALREADY_EXISTS`
     #[error("request id {0:?} was already used for a different request")]
     RequestIdReused(String),
     /// The settings moved on since the revision the caller saw. → ABORTED
@@ -67,9 +67,17 @@ impl SettingsService {
     /// # Errors
     /// Invalid fields, a reused request id, a stale expected revision, or the database.
     #[tracing::instrument(skip_all, fields(tenant = %caller.tenant, request_id = %command.request_id))]
-    pub async fn update(&self, caller: &Caller, command: &UpdateSettings) -> Result<TenantSettings, SettingsError> {
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        command: &UpdateSettings,
+    ) -> Result<TenantSettings, SettingsError> {
         if !valid_request_id(&command.request_id) {
-            return Err(Invalid::field("request_id", "must be 1 to 128 printable ASCII characters").into());
+            return Err(Invalid::field(
+                "request_id",
+                "must be 1 to 128 printable ASCII characters",
+            )
+            .into());
         }
         for _ in 0..MAX_ATTEMPTS {
             if let Some(first) = self.replay(caller, command).await? {
@@ -91,7 +99,11 @@ impl SettingsService {
                 request_hash: command.request_hash.clone(),
                 result_ref: next.revision.to_string(),
             };
-            match self.repo.save(&caller.tenant, &next, &record, &caller.key_id).await {
+            match self
+                .repo
+                .save(&caller.tenant, &next, &record, &caller.key_id)
+                .await
+            {
                 Ok(()) => return Ok(next),
                 // A concurrent change took this revision, or a concurrent retry took the id:
                 // look again.
@@ -103,20 +115,30 @@ impl SettingsService {
     }
 
     /// The first result of an earlier call with the same request id, if there was one.
-    async fn replay(&self, caller: &Caller, command: &UpdateSettings) -> Result<Option<TenantSettings>, SettingsError> {
-        let Some(record) = self.repo.find_request(&caller.tenant, &command.request_id).await? else {
+    async fn replay(
+        &self,
+        caller: &Caller,
+        command: &UpdateSettings,
+    ) -> Result<Option<TenantSettings>, SettingsError> {
+        let Some(record) = self
+            .repo
+            .find_request(&caller.tenant, &command.request_id)
+            .await?
+        else {
             return Ok(None);
         };
         match record.replay(OPERATION, &command.request_hash) {
-            Replay::DifferentRequest => Err(SettingsError::RequestIdReused(command.request_id.clone())),
+            Replay::DifferentRequest => {
+                Err(SettingsError::RequestIdReused(command.request_id.clone()))
+            }
             Replay::SameRequest { result_ref } => {
-                let revision = result_ref
-                    .parse()
-                    .map_err(|_| RepoError::Corrupt(format!("idempotency result {result_ref:?}")))?;
+                let revision = result_ref.parse().map_err(|_| {
+                    RepoError::Corrupt(format!("idempotency result {result_ref:?}"))
+                })?;
                 let first = self.repo.revision(&caller.tenant, revision).await?;
-                first
-                    .map(Some)
-                    .ok_or_else(|| RepoError::Corrupt(format!("settings revision {revision} is missing")).into())
+                first.map(Some).ok_or_else(|| {
+                    RepoError::Corrupt(format!("settings revision {revision} is missing")).into()
+                })
             }
         }
     }
@@ -153,13 +175,19 @@ mod tests {
     async fn an_update_stores_the_next_revision_with_its_request() {
         let mut repo = MockSettingsRepository::new();
         repo.expect_find_request().returning(|_, _| Ok(None));
-        repo.expect_current().returning(|_| Ok(TenantSettings::default()));
+        repo.expect_current()
+            .returning(|_| Ok(TenantSettings::default()));
         repo.expect_save()
-            .withf(|_, s, r, key| s.revision == 1 && s.points_scale == 0 && r.result_ref == "1" && key == "k1")
+            .withf(|_, s, r, key| {
+                s.revision == 1 && s.points_scale == 0 && r.result_ref == "1" && key == "k1"
+            })
             .times(1)
             .returning(|_, _, _, _| Ok(()));
         let service = SettingsService::new(Arc::new(repo), Arc::new(SystemClock));
-        let next = service.update(&caller(), &command(0)).await.expect("updated");
+        let next = service
+            .update(&caller(), &command(0))
+            .await
+            .expect("updated");
         assert_eq!((next.revision, next.points_scale), (1, 0));
     }
 
@@ -176,7 +204,10 @@ mod tests {
         });
         repo.expect_save().never();
         let service = SettingsService::new(Arc::new(repo), Arc::new(SystemClock));
-        let err = service.update(&caller(), &command(0)).await.expect_err("refused");
+        let err = service
+            .update(&caller(), &command(0))
+            .await
+            .expect_err("refused");
         assert!(matches!(err, SettingsError::RequestIdReused(_)));
     }
 
@@ -192,8 +223,17 @@ mod tests {
         });
         repo.expect_save().never();
         let service = SettingsService::new(Arc::new(repo), Arc::new(SystemClock));
-        let err = service.update(&caller(), &command(2)).await.expect_err("stale");
-        assert!(matches!(err, SettingsError::RevisionMismatch { expected: 2, actual: 3 }));
+        let err = service
+            .update(&caller(), &command(2))
+            .await
+            .expect_err("stale");
+        assert!(matches!(
+            err,
+            SettingsError::RevisionMismatch {
+                expected: 2,
+                actual: 3
+            }
+        ));
     }
 
     #[tokio::test]
@@ -203,6 +243,9 @@ mod tests {
         let service = SettingsService::new(Arc::new(repo), Arc::new(SystemClock));
         let mut cmd = command(0);
         cmd.request_id = String::new();
-        assert!(matches!(service.update(&caller(), &cmd).await, Err(SettingsError::Invalid(_))));
+        assert!(matches!(
+            service.update(&caller(), &cmd).await,
+            Err(SettingsError::Invalid(_))
+        ));
     }
 }

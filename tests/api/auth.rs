@@ -26,7 +26,9 @@ async fn a_call_without_a_key_is_unauthenticated(app: &TestApp) {
 }
 
 async fn an_unknown_key_is_unauthenticated(app: &TestApp) {
-    let status = get(app, DEMO_TENANT, "not-a-key").await.expect_err("refused");
+    let status = get(app, DEMO_TENANT, "not-a-key")
+        .await
+        .expect_err("refused");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
 }
 
@@ -49,14 +51,18 @@ async fn one_tenants_settings_are_invisible_to_another(app: &TestApp) {
             points_scale: 0,
             ..Default::default()
         }),
-        update_mask: Some(prost_types::FieldMask { paths: vec!["points_scale".into()] }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["points_scale".into()],
+        }),
         expected_revision: 0,
     };
     app.settings_client()
         .update_settings(request_as(DEMO_TENANT, DEMO_KEY, update.clone()))
         .await
         .expect("demo update");
-    let other = get(app, OTHER_TENANT, OTHER_KEY).await.expect("other tenant");
+    let other = get(app, OTHER_TENANT, OTHER_KEY)
+        .await
+        .expect("other tenant");
     assert_eq!((other.points_scale, other.revision), (2, 0));
     // The same request id is free in another tenant.
     let theirs = app
@@ -68,5 +74,11 @@ async fn one_tenants_settings_are_invisible_to_another(app: &TestApp) {
         .settings
         .expect("settings");
     assert_eq!(theirs.revision, 1);
-    assert_eq!(get(app, DEMO_TENANT, DEMO_KEY).await.expect("demo").revision, 1);
+    assert_eq!(
+        get(app, DEMO_TENANT, DEMO_KEY)
+            .await
+            .expect("demo")
+            .revision,
+        1
+    );
 }

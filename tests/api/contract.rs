@@ -59,21 +59,37 @@ fn event(client: &str, points: &str) -> NewLedgerEvent {
 async fn points_round_trip_exactly_including_large_and_tiny_amounts(store: &TestDb) {
     let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
     let t = tenant("t1");
-    let big = ledger.append(&t, &event("org:a", "12345678901234.5678")).await.expect("big");
-    let tiny = ledger.append(&t, &event("org:a", "0.0001")).await.expect("tiny");
+    let big = ledger
+        .append(&t, &event("org:a", "12345678901234.5678"))
+        .await
+        .expect("big");
+    let tiny = ledger
+        .append(&t, &event("org:a", "0.0001"))
+        .await
+        .expect("tiny");
     assert_eq!(big.balance_after, dec("12345678901234.5678"));
     assert_eq!(tiny.balance_after, dec("12345678901234.5679"));
     let events = ledger.events(&t, "org:a", 10).await.expect("events");
     let points: Vec<Decimal> = events.iter().map(|e| e.event.points).collect();
     assert_eq!(points, [dec("0.0001"), dec("12345678901234.5678")]);
-    let balance = ledger.balance(&t, "org:a").await.expect("read").expect("balance");
+    let balance = ledger
+        .balance(&t, "org:a")
+        .await
+        .expect("read")
+        .expect("balance");
     assert_eq!(balance.total, dec("12345678901234.5679"));
     assert_eq!(balance.available, dec("12345678901234.5679"));
     assert_eq!(balance.last_event_id, Some(tiny.event_id));
-    let negative = ledger.append(&t, &event("org:b", "-0.0001")).await.expect("negative");
+    let negative = ledger
+        .append(&t, &event("org:b", "-0.0001"))
+        .await
+        .expect("negative");
     assert_eq!(negative.balance_after, dec("-0.0001"));
     let too_precise = ledger.append(&t, &event("org:a", "0.00001")).await;
-    assert!(too_precise.is_err(), "five decimals cannot be stored exactly and are refused");
+    assert!(
+        too_precise.is_err(),
+        "five decimals cannot be stored exactly and are refused"
+    );
 }
 
 async fn one_event_per_document_is_enforced_by_the_database(store: &TestDb) {
@@ -85,9 +101,16 @@ async fn one_event_per_document_is_enforced_by_the_database(store: &TestDb) {
     ledger.append(&t, &earn).await.expect("first");
     let again = ledger.append(&t, &earn).await.expect_err("second");
     assert!(matches!(again, RepoError::Conflict(_)), "{again:?}");
-    let balance = ledger.balance(&t, "org:a").await.expect("read").expect("balance");
+    let balance = ledger
+        .balance(&t, "org:a")
+        .await
+        .expect("read")
+        .expect("balance");
     assert_eq!(balance.total, dec("10"), "the refused event left no trace");
-    ledger.append(&tenant("t2"), &earn).await.expect("the same document id in another tenant");
+    ledger
+        .append(&tenant("t2"), &earn)
+        .await
+        .expect("the same document id in another tenant");
 }
 
 async fn one_event_per_request_id_is_enforced_by_the_database(store: &TestDb) {
@@ -99,23 +122,37 @@ async fn one_event_per_request_id_is_enforced_by_the_database(store: &TestDb) {
     ledger.append(&t, &spend).await.expect("first");
     let again = ledger.append(&t, &spend).await.expect_err("second");
     assert!(matches!(again, RepoError::Conflict(_)), "{again:?}");
-    assert_eq!(ledger.events(&t, "org:a", 10).await.expect("events").len(), 1);
+    assert_eq!(
+        ledger.events(&t, "org:a", 10).await.expect("events").len(),
+        1
+    );
 }
 
 async fn concurrent_appends_keep_the_balance_equal_to_the_sum_of_events(store: &TestDb) {
-    let ledger = Arc::new(SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock)));
+    let ledger = Arc::new(SeaLedgerRepository::new(
+        store.db.clone(),
+        Arc::new(SystemClock),
+    ));
     let t = tenant("t1");
     let appends = (0..32).map(|i| {
         let ledger = Arc::clone(&ledger);
         let t = t.clone();
-        tokio::spawn(async move { ledger.append(&t, &event("org:hot", &format!("{}.25", i + 1))).await })
+        tokio::spawn(async move {
+            ledger
+                .append(&t, &event("org:hot", &format!("{}.25", i + 1)))
+                .await
+        })
     });
     let mut after: Vec<Decimal> = Vec::new();
     for handle in appends {
         after.push(handle.await.expect("task").expect("append").balance_after);
     }
     let expected: Decimal = (1..=32).map(|i| dec(&format!("{i}.25"))).sum();
-    let balance = ledger.balance(&t, "org:hot").await.expect("read").expect("balance");
+    let balance = ledger
+        .balance(&t, "org:hot")
+        .await
+        .expect("read")
+        .expect("balance");
     assert_eq!(balance.total, expected);
     after.sort();
     after.dedup();
@@ -125,19 +162,40 @@ async fn concurrent_appends_keep_the_balance_equal_to_the_sum_of_events(store: &
 
 async fn one_tenants_ledger_is_unreachable_from_another(store: &TestDb) {
     let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
-    ledger.append(&tenant("t1"), &event("org:shared", "5")).await.expect("append");
-    assert_eq!(ledger.balance(&tenant("t2"), "org:shared").await.expect("read"), None);
-    assert!(ledger.events(&tenant("t2"), "org:shared", 10).await.expect("read").is_empty());
+    ledger
+        .append(&tenant("t1"), &event("org:shared", "5"))
+        .await
+        .expect("append");
+    assert_eq!(
+        ledger
+            .balance(&tenant("t2"), "org:shared")
+            .await
+            .expect("read"),
+        None
+    );
+    assert!(
+        ledger
+            .events(&tenant("t2"), "org:shared", 10)
+            .await
+            .expect("read")
+            .is_empty()
+    );
     assert!(ledger.audit(&tenant("t2")).await.expect("audit").is_empty());
 }
 
 async fn the_invariant_checker_catches_a_tampered_balance(store: &TestDb) {
     let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
     let t = tenant("t1");
-    ledger.append(&t, &event("org:a", "5")).await.expect("append");
+    ledger
+        .append(&t, &event("org:a", "5"))
+        .await
+        .expect("append");
     let tamper = |delta: i64| {
         balances::Entity::update_many()
-            .col_expr(balances::Column::Total, Expr::col(balances::Column::Total).add(delta))
+            .col_expr(
+                balances::Column::Total,
+                Expr::col(balances::Column::Total).add(delta),
+            )
             .filter(balances::Column::TenantId.eq("t1"))
             .exec(&store.db)
     };
@@ -146,7 +204,11 @@ async fn the_invariant_checker_catches_a_tampered_balance(store: &TestDb) {
     assert_eq!(audits.len(), 1);
     assert_eq!(audits[0].violations().len(), 1, "{audits:?}");
     tamper(-1).await.expect("restore");
-    assert!(ledger.audit(&t).await.expect("audit")[0].violations().is_empty());
+    assert!(
+        ledger.audit(&t).await.expect("audit")[0]
+            .violations()
+            .is_empty()
+    );
 }
 
 fn coupon(tenant: &str, id: &str, name: &str) -> coupons::ActiveModel {
@@ -202,17 +264,47 @@ fn redemption(tenant: &str, id: &str, request_id: &str, code: &str) -> redemptio
 
 async fn coupon_names_and_redemption_codes_are_unique_per_tenant(store: &TestDb) {
     let db = &store.db;
-    coupons::Entity::insert(coupon("t1", "c1", "Mug")).exec(db).await.expect("first coupon");
-    let err = coupons::Entity::insert(coupon("t1", "c2", "Mug")).exec(db).await.expect_err("same name");
-    assert!(matches!(one_loyalty::persistence::error::classify(err), RepoError::Conflict(_)));
-    coupons::Entity::insert(coupon("t2", "c1", "Mug")).exec(db).await.expect("same name, other tenant");
+    coupons::Entity::insert(coupon("t1", "c1", "Mug"))
+        .exec(db)
+        .await
+        .expect("first coupon");
+    let err = coupons::Entity::insert(coupon("t1", "c2", "Mug"))
+        .exec(db)
+        .await
+        .expect_err("same name");
+    assert!(matches!(
+        one_loyalty::persistence::error::classify(err),
+        RepoError::Conflict(_)
+    ));
+    coupons::Entity::insert(coupon("t2", "c1", "Mug"))
+        .exec(db)
+        .await
+        .expect("same name, other tenant");
 
-    redemptions::Entity::insert(redemption("t1", "r1", "q1", "CODE-AAAA")).exec(db).await.expect("first");
-    let same_code = redemptions::Entity::insert(redemption("t1", "r2", "q2", "CODE-AAAA")).exec(db).await.expect_err("code");
-    assert!(matches!(one_loyalty::persistence::error::classify(same_code), RepoError::Conflict(_)));
-    let same_request = redemptions::Entity::insert(redemption("t1", "r3", "q1", "CODE-BBBB")).exec(db).await.expect_err("request");
-    assert!(matches!(one_loyalty::persistence::error::classify(same_request), RepoError::Conflict(_)));
-    redemptions::Entity::insert(redemption("t2", "r1", "q1", "CODE-AAAA")).exec(db).await.expect("other tenant");
+    redemptions::Entity::insert(redemption("t1", "r1", "q1", "CODE-AAAA"))
+        .exec(db)
+        .await
+        .expect("first");
+    let same_code = redemptions::Entity::insert(redemption("t1", "r2", "q2", "CODE-AAAA"))
+        .exec(db)
+        .await
+        .expect_err("code");
+    assert!(matches!(
+        one_loyalty::persistence::error::classify(same_code),
+        RepoError::Conflict(_)
+    ));
+    let same_request = redemptions::Entity::insert(redemption("t1", "r3", "q1", "CODE-BBBB"))
+        .exec(db)
+        .await
+        .expect_err("request");
+    assert!(matches!(
+        one_loyalty::persistence::error::classify(same_request),
+        RepoError::Conflict(_)
+    ));
+    redemptions::Entity::insert(redemption("t2", "r1", "q1", "CODE-AAAA"))
+        .exec(db)
+        .await
+        .expect("other tenant");
 }
 
 fn record(request_id: &str, revision: u32) -> IdempotencyRecord {
@@ -227,34 +319,60 @@ fn record(request_id: &str, revision: u32) -> IdempotencyRecord {
 async fn a_settings_revision_can_be_written_once(store: &TestDb) {
     let repo = SeaSettingsRepository::new(store.db.clone());
     let t = tenant("t1");
-    assert_eq!(repo.current(&t).await.expect("defaults"), TenantSettings::default());
+    assert_eq!(
+        repo.current(&t).await.expect("defaults"),
+        TenantSettings::default()
+    );
     let first = TenantSettings {
         revision: 1,
         points_scale: 0,
         updated_at: Some(Utc::now()),
         ..TenantSettings::default()
     };
-    repo.save(&t, &first, &record("a", 1), "k").await.expect("first");
+    repo.save(&t, &first, &record("a", 1), "k")
+        .await
+        .expect("first");
     let rival = TenantSettings {
         points_scale: 3,
         ..first.clone()
     };
-    let err = repo.save(&t, &rival, &record("b", 1), "k").await.expect_err("same revision");
+    let err = repo
+        .save(&t, &rival, &record("b", 1), "k")
+        .await
+        .expect_err("same revision");
     assert!(matches!(err, RepoError::Conflict(_)), "{err:?}");
-    assert_eq!(repo.find_request(&t, "b").await.expect("read"), None, "the failed save left no record");
+    assert_eq!(
+        repo.find_request(&t, "b").await.expect("read"),
+        None,
+        "the failed save left no record"
+    );
     let stored = repo.current(&t).await.expect("current");
     assert_eq!(stored.points_scale, 0);
     assert_eq!(stored.revision, 1);
-    assert_eq!(repo.revision(&t, 1).await.expect("read").map(|s| s.points_scale), Some(0));
-    assert_eq!(repo.find_request(&t, "a").await.expect("read"), Some(record("a", 1)));
-    assert_eq!(repo.current(&tenant("t2")).await.expect("other").revision, 0);
+    assert_eq!(
+        repo.revision(&t, 1)
+            .await
+            .expect("read")
+            .map(|s| s.points_scale),
+        Some(0)
+    );
+    assert_eq!(
+        repo.find_request(&t, "a").await.expect("read"),
+        Some(record("a", 1))
+    );
+    assert_eq!(
+        repo.current(&tenant("t2")).await.expect("other").revision,
+        0
+    );
 }
 
 async fn api_keys_are_found_by_hash_only(store: &TestDb) {
     let repo = SeaAccessRepository::new(store.db.clone());
     let t = tenant("t1");
     repo.ensure_tenant(&t, "T1").await.expect("tenant");
-    repo.ensure_tenant(&t, "T1 again").await.expect("idempotent");
+    repo.ensure_tenant(&t, "T1 again")
+        .await
+        .expect("idempotent");
     assert!(repo.tenant_exists(&t).await.expect("exists"));
     let key = ApiKeyRecord {
         tenant: t.clone(),
@@ -266,12 +384,22 @@ async fn api_keys_are_found_by_hash_only(store: &TestDb) {
         revoked_at: None,
     };
     repo.store_key(&key).await.expect("store");
-    let found = repo.find_key_by_hash(&key.key_hash).await.expect("find").expect("found");
+    let found = repo
+        .find_key_by_hash(&key.key_hash)
+        .await
+        .expect("find")
+        .expect("found");
     assert_eq!((found.tenant, found.roles), (t, key.roles.clone()));
-    assert_eq!(repo.find_key_by_hash(&"cd".repeat(32)).await.expect("find"), None);
+    assert_eq!(
+        repo.find_key_by_hash(&"cd".repeat(32)).await.expect("find"),
+        None
+    );
     let stolen = ApiKeyRecord {
         tenant: tenant("t2"),
         ..key
     };
-    assert!(matches!(repo.store_key(&stolen).await, Err(RepoError::Conflict(_))));
+    assert!(matches!(
+        repo.store_key(&stolen).await,
+        Err(RepoError::Conflict(_))
+    ));
 }

@@ -3,10 +3,10 @@
 
 use one_loyalty::config::{BootstrapApiKey, BootstrapTenant, Overrides, Settings};
 use one_loyalty::domain::tenant::TenantId;
+use one_loyalty::persistence::LedgerRepository;
 use one_loyalty::persistence::db;
 use one_loyalty::persistence::entities::{balances, ledger_events};
 use one_loyalty::persistence::ledger::SeaLedgerRepository;
-use one_loyalty::persistence::LedgerRepository;
 use one_loyalty::proto::loyalty::v1 as pb;
 use one_loyalty::startup::Application;
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QuerySelect};
@@ -68,7 +68,9 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new(backend: Backend) -> Self {
-        let mut settings = Settings::load(None, &Overrides::default()).expect("default settings").database;
+        let mut settings = Settings::load(None, &Overrides::default())
+            .expect("default settings")
+            .database;
         let mut dir = None;
         match backend {
             Backend::Sqlite => {
@@ -77,11 +79,14 @@ impl TestDb {
                 dir = Some(tmp);
             }
             Backend::Postgres => {
-                let url = std::env::var("LOYALTY_TEST_DATABASE_URL").expect("LOYALTY_TEST_DATABASE_URL");
+                let url =
+                    std::env::var("LOYALTY_TEST_DATABASE_URL").expect("LOYALTY_TEST_DATABASE_URL");
                 let schema = format!("t_{}", random_suffix());
                 let admin = sea_orm::Database::connect(url.as_str())
                     .await
-                    .unwrap_or_else(|e| panic!("PostgreSQL at LOYALTY_TEST_DATABASE_URL is unreachable: {e}"));
+                    .unwrap_or_else(|e| {
+                        panic!("PostgreSQL at LOYALTY_TEST_DATABASE_URL is unreachable: {e}")
+                    });
                 admin
                     .execute_unprepared(&format!("CREATE SCHEMA \"{schema}\""))
                     .await
@@ -103,7 +108,10 @@ impl TestDb {
 
     /// Fails the test when any client's balance differs from the sum of its events.
     pub async fn assert_ledger_consistent(&self) {
-        let repo = SeaLedgerRepository::new(self.db.clone(), std::sync::Arc::new(one_loyalty::domain::clock::SystemClock));
+        let repo = SeaLedgerRepository::new(
+            self.db.clone(),
+            std::sync::Arc::new(one_loyalty::domain::clock::SystemClock),
+        );
         let mut ids: Vec<String> = balances::Entity::find()
             .select_only()
             .column(balances::Column::TenantId)
@@ -127,7 +135,10 @@ impl TestDb {
             let tenant = TenantId::parse(&id).expect("tenant id");
             for audit in repo.audit(&tenant).await.expect("audit") {
                 let violations = audit.violations();
-                assert!(violations.is_empty(), "ledger of tenant {id} broken: {violations:?}");
+                assert!(
+                    violations.is_empty(),
+                    "ledger of tenant {id} broken: {violations:?}"
+                );
             }
         }
     }
@@ -151,7 +162,9 @@ pub struct TestApp {
     pub channel: Channel,
     pub store: TestDb,
     shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
-    server: std::sync::Mutex<Option<tokio::task::JoinHandle<Result<(), one_loyalty::startup::StartupError>>>>,
+    server: std::sync::Mutex<
+        Option<tokio::task::JoinHandle<Result<(), one_loyalty::startup::StartupError>>>,
+    >,
 }
 
 impl TestApp {
@@ -159,7 +172,7 @@ impl TestApp {
         Self::with_drain(backend, 0).await
     }
 
-    /// A server whose shutdown keeps answering NOT_SERVING for `drain_ms` before it stops.
+    /// A server whose shutdown keeps answering `NOT_SERVING` for `drain_ms` before it stops.
     pub async fn with_drain(backend: Backend, drain_ms: u64) -> Self {
         let store = TestDb::new(backend).await;
         let mut settings = Settings::load(None, &Overrides::default()).expect("settings");
@@ -177,7 +190,9 @@ impl TestApp {
             label: "test".into(),
             roles: vec!["admin".into()],
         });
-        let app = Application::build(settings).await.expect("build application");
+        let app = Application::build(settings)
+            .await
+            .expect("build application");
         let port = app.port();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
@@ -197,6 +212,7 @@ impl TestApp {
     }
 
     /// A request with the demo tenant's admin credentials.
+    #[allow(clippy::unused_self)] // a method, so that tests read `app.request(..)`
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         request_as(DEMO_TENANT, DEMO_KEY, message)
     }
@@ -213,7 +229,10 @@ impl TestApp {
         }
         let handle = self.server.lock().expect("lock").take();
         if let Some(handle) = handle {
-            handle.await.expect("server task").expect("server stopped cleanly");
+            handle
+                .await
+                .expect("server task")
+                .expect("server stopped cleanly");
         }
     }
 
@@ -227,9 +246,10 @@ impl TestApp {
 pub fn request_as<T>(tenant: &str, key: &str, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     if !tenant.is_empty() {
-        request
-            .metadata_mut()
-            .insert("one-tenant", MetadataValue::try_from(tenant).expect("tenant metadata"));
+        request.metadata_mut().insert(
+            "one-tenant",
+            MetadataValue::try_from(tenant).expect("tenant metadata"),
+        );
     }
     if !key.is_empty() {
         request.metadata_mut().insert(
@@ -240,7 +260,7 @@ pub fn request_as<T>(tenant: &str, key: &str, message: T) -> tonic::Request<T> {
     request
 }
 
-/// The field violations of an INVALID_ARGUMENT status.
+/// The field violations of an `INVALID_ARGUMENT` status.
 pub fn violated_fields(status: &tonic::Status) -> Vec<String> {
     use tonic_types::StatusExt;
     assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");

@@ -3,11 +3,11 @@
 use one_loyalty::proto::loyalty::v1 as pb;
 use one_loyalty::startup::LOYALTY_SERVICES;
 use tokio_stream::StreamExt;
+use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_health::pb::HealthCheckRequest;
-use tonic_reflection::pb::v1alpha as reflection_alpha;
 use tonic_reflection::pb::v1 as reflection;
+use tonic_reflection::pb::v1alpha as reflection_alpha;
 
 use crate::helpers::{Backend, TestApp};
 use crate::on_both_backends;
@@ -20,10 +20,14 @@ on_both_backends!(TestApp:
 );
 
 async fn list_v1alpha(app: &TestApp) -> Vec<String> {
-    let mut client = reflection_alpha::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let mut client = reflection_alpha::server_reflection_client::ServerReflectionClient::new(
+        app.channel.clone(),
+    );
     let request = reflection_alpha::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(reflection_alpha::server_reflection_request::MessageRequest::ListServices(String::new())),
+        message_request: Some(
+            reflection_alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
     };
     let mut responses = client
         .server_reflection_info(tokio_stream::iter([request]))
@@ -32,7 +36,11 @@ async fn list_v1alpha(app: &TestApp) -> Vec<String> {
         .into_inner();
     let response = responses.next().await.expect("one response").expect("ok");
     match response.message_response {
-        Some(reflection_alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) => {
+        Some(
+            reflection_alpha::server_reflection_response::MessageResponse::ListServicesResponse(
+                list,
+            ),
+        ) => {
             let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
             names.sort();
             names
@@ -48,14 +56,20 @@ async fn reflection_v1alpha_lists_exactly_the_eight_loyalty_services_and_health(
     expected.sort_unstable();
     assert_eq!(loyalty, expected);
     assert!(names.contains(&"grpc.health.v1.Health".to_owned()));
-    assert!(!names.iter().any(|n| n.starts_with("one.core.")), "the ONe core services are called, not served");
+    assert!(
+        !names.iter().any(|n| n.starts_with("one.core.")),
+        "the ONe core services are called, not served"
+    );
 }
 
 async fn reflection_v1_lists_the_same_services(app: &TestApp) {
-    let mut client = reflection::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
+    let mut client =
+        reflection::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
     let request = reflection::ServerReflectionRequest {
         host: String::new(),
-        message_request: Some(reflection::server_reflection_request::MessageRequest::ListServices(String::new())),
+        message_request: Some(
+            reflection::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
     };
     let mut responses = client
         .server_reflection_info(tokio_stream::iter([request]))
@@ -63,11 +77,16 @@ async fn reflection_v1_lists_the_same_services(app: &TestApp) {
         .expect("reflection")
         .into_inner();
     let response = responses.next().await.expect("one response").expect("ok");
-    let Some(reflection::server_reflection_response::MessageResponse::ListServicesResponse(list)) = response.message_response else {
+    let Some(reflection::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
         panic!("unexpected reflection answer");
     };
     let without_reflection = |names: Vec<String>| -> Vec<String> {
-        let mut kept: Vec<String> = names.into_iter().filter(|n| !n.starts_with("grpc.reflection.")).collect();
+        let mut kept: Vec<String> = names
+            .into_iter()
+            .filter(|n| !n.starts_with("grpc.reflection."))
+            .collect();
         kept.sort();
         kept
     };
@@ -79,7 +98,9 @@ async fn health_reports_every_loyalty_service_serving_without_credentials(app: &
     let mut health = HealthClient::new(app.channel.clone());
     for service in LOYALTY_SERVICES.iter().chain(&[""]) {
         let status = health
-            .check(HealthCheckRequest { service: (*service).to_owned() })
+            .check(HealthCheckRequest {
+                service: (*service).to_owned(),
+            })
             .await
             .expect("health check")
             .into_inner()
@@ -107,7 +128,9 @@ async fn shutdown_turns_health_not_serving_before_the_server_stops() {
     let app = TestApp::with_drain(Backend::Sqlite, 3_000).await;
     let mut health = HealthClient::new(app.channel.clone());
     let watch = health
-        .watch(HealthCheckRequest { service: "one.loyalty.v1.SettingsService".into() })
+        .watch(HealthCheckRequest {
+            service: "one.loyalty.v1.SettingsService".into(),
+        })
         .await
         .expect("watch")
         .into_inner();
@@ -117,6 +140,12 @@ async fn shutdown_turns_health_not_serving_before_the_server_stops() {
         .map(|r| r.expect("health update").status)
         .collect()
         .await;
-    assert_eq!(statuses, [ServingStatus::Serving as i32, ServingStatus::NotServing as i32]);
+    assert_eq!(
+        statuses,
+        [
+            ServingStatus::Serving as i32,
+            ServingStatus::NotServing as i32
+        ]
+    );
     stopping.await.expect("stopped");
 }

@@ -1,4 +1,4 @@
-//! SettingsService end to end.
+//! `SettingsService` end to end.
 
 use one_loyalty::proto::loyalty::v1 as pb;
 
@@ -16,17 +16,21 @@ on_both_backends!(TestApp:
     concurrent_updates_each_get_their_own_revision,
 );
 
-fn mask(paths: &[&str]) -> Option<prost_types::FieldMask> {
-    Some(prost_types::FieldMask {
+fn mask(paths: &[&str]) -> prost_types::FieldMask {
+    prost_types::FieldMask {
         paths: paths.iter().map(|p| (*p).to_owned()).collect(),
-    })
+    }
 }
 
-fn update(request_id: &str, settings: pb::TenantSettings, paths: &[&str]) -> pb::UpdateSettingsRequest {
+fn update(
+    request_id: &str,
+    settings: pb::TenantSettings,
+    paths: &[&str],
+) -> pb::UpdateSettingsRequest {
     pb::UpdateSettingsRequest {
         request_id: request_id.into(),
         settings: Some(settings),
-        update_mask: mask(paths),
+        update_mask: Some(mask(paths)),
         expected_revision: 0,
     }
 }
@@ -41,7 +45,10 @@ async fn get(app: &TestApp) -> pb::TenantSettings {
         .expect("settings")
 }
 
-async fn put(app: &TestApp, request: pb::UpdateSettingsRequest) -> Result<pb::TenantSettings, tonic::Status> {
+async fn put(
+    app: &TestApp,
+    request: pb::UpdateSettingsRequest,
+) -> Result<pb::TenantSettings, tonic::Status> {
     app.settings_client()
         .update_settings(app.request(request))
         .await
@@ -53,9 +60,19 @@ async fn a_new_tenant_reads_the_documented_defaults(app: &TestApp) {
     assert_eq!(s.points_scale, 2);
     assert_eq!(s.stacking_mode, pb::StackingMode::Max as i32);
     assert!(s.offline_lines_earn);
-    assert_eq!((s.lock_days, s.expiry_months, s.reservation_ttl_seconds), (0, 0, 900));
+    assert_eq!(
+        (s.lock_days, s.expiry_months, s.reservation_ttl_seconds),
+        (0, 0, 900)
+    );
     assert_eq!(s.time_zone, "Europe/Warsaw");
-    assert_eq!((s.day_close_grace_minutes, s.expiring_window_days, s.revision), (60, 30, 0));
+    assert_eq!(
+        (
+            s.day_close_grace_minutes,
+            s.expiring_window_days,
+            s.revision
+        ),
+        (60, 30, 0)
+    );
     assert_eq!(s.updated_at, None);
 }
 
@@ -84,7 +101,9 @@ fn every_field() -> pb::TenantSettings {
 
 async fn an_update_of_every_field_then_a_get_round_trips(app: &TestApp) {
     let wanted = every_field();
-    let updated = put(app, update("all-1", wanted.clone(), &[])).await.expect("update");
+    let updated = put(app, update("all-1", wanted.clone(), &[]))
+        .await
+        .expect("update");
     let read = get(app).await;
     assert_eq!(updated, read);
     assert_eq!(read.revision, 1);
@@ -102,9 +121,16 @@ async fn a_masked_update_changes_only_the_named_fields(app: &TestApp) {
         lock_days: 7,
         ..every_field()
     };
-    put(app, update("m-1", settings, &["lock_days", "document_sync.interval_seconds"]))
-        .await
-        .expect("update");
+    put(
+        app,
+        update(
+            "m-1",
+            settings,
+            &["lock_days", "document_sync.interval_seconds"],
+        ),
+    )
+    .await
+    .expect("update");
     let read = get(app).await;
     assert_eq!(read.lock_days, 7);
     assert_eq!(read.document_sync.expect("sync").interval_seconds, 600);
@@ -120,7 +146,9 @@ async fn an_invalid_update_reports_every_field_and_changes_nothing(app: &TestApp
         reservation_ttl_seconds: 5,
         ..every_field()
     };
-    let status = put(app, update("bad-1", bad, &[])).await.expect_err("invalid");
+    let status = put(app, update("bad-1", bad, &[]))
+        .await
+        .expect_err("invalid");
     assert_eq!(
         violated_fields(&status),
         [
@@ -130,45 +158,74 @@ async fn an_invalid_update_reports_every_field_and_changes_nothing(app: &TestApp
             "settings.time_zone"
         ]
     );
-    let status = put(app, update("bad-2", every_field(), &["revision", "colour"])).await.expect_err("mask");
+    let status = put(app, update("bad-2", every_field(), &["revision", "colour"]))
+        .await
+        .expect_err("mask");
     assert_eq!(violated_fields(&status), ["update_mask", "update_mask"]);
-    let status = put(app, update("", every_field(), &["lock_days"])).await.expect_err("request id");
+    let status = put(app, update("", every_field(), &["lock_days"]))
+        .await
+        .expect_err("request id");
     assert_eq!(violated_fields(&status), ["request_id"]);
     assert_eq!(get(app).await.revision, 0, "nothing changed");
     // The refused request id is still free.
-    assert_eq!(put(app, update("bad-1", every_field(), &["lock_days"])).await.expect("valid").revision, 1);
+    assert_eq!(
+        put(app, update("bad-1", every_field(), &["lock_days"]))
+            .await
+            .expect("valid")
+            .revision,
+        1
+    );
 }
 
 async fn a_retried_update_returns_its_first_result_and_changes_nothing(app: &TestApp) {
-    let first = put(app, update("retry-1", every_field(), &["points_scale"])).await.expect("first");
+    let first = put(app, update("retry-1", every_field(), &["points_scale"]))
+        .await
+        .expect("first");
     let other = pb::TenantSettings {
         points_scale: 3,
         ..every_field()
     };
-    put(app, update("retry-2", other, &["points_scale"])).await.expect("second change");
-    let replayed = put(app, update("retry-1", every_field(), &["points_scale"])).await.expect("retry");
+    put(app, update("retry-2", other, &["points_scale"]))
+        .await
+        .expect("second change");
+    let replayed = put(app, update("retry-1", every_field(), &["points_scale"]))
+        .await
+        .expect("retry");
     assert_eq!(replayed, first, "the retry answers with the first result");
     let now = get(app).await;
-    assert_eq!((now.revision, now.points_scale), (2, 3), "the retry changed nothing");
+    assert_eq!(
+        (now.revision, now.points_scale),
+        (2, 3),
+        "the retry changed nothing"
+    );
 }
 
 async fn a_request_id_reused_with_another_payload_is_already_exists(app: &TestApp) {
-    put(app, update("dup-1", every_field(), &["points_scale"])).await.expect("first");
-    let status = put(app, update("dup-1", every_field(), &["lock_days"])).await.expect_err("reused");
+    put(app, update("dup-1", every_field(), &["points_scale"]))
+        .await
+        .expect("first");
+    let status = put(app, update("dup-1", every_field(), &["lock_days"]))
+        .await
+        .expect_err("reused");
     assert_eq!(status.code(), tonic::Code::AlreadyExists);
     let now = get(app).await;
     assert_eq!((now.revision, now.lock_days), (1, 0));
 }
 
 async fn a_stale_expected_revision_is_aborted(app: &TestApp) {
-    put(app, update("rev-1", every_field(), &["points_scale"])).await.expect("first");
+    put(app, update("rev-1", every_field(), &["points_scale"]))
+        .await
+        .expect("first");
     let mut guarded = update("rev-2", every_field(), &["lock_days"]);
     guarded.expected_revision = 5;
     let status = put(app, guarded.clone()).await.expect_err("stale");
     assert_eq!(status.code(), tonic::Code::Aborted);
     guarded.request_id = "rev-3".into();
     guarded.expected_revision = 1;
-    assert_eq!(put(app, guarded).await.expect("current revision").revision, 2);
+    assert_eq!(
+        put(app, guarded).await.expect("current revision").revision,
+        2
+    );
 }
 
 async fn concurrent_updates_each_get_their_own_revision(app: &TestApp) {
@@ -180,7 +237,10 @@ async fn concurrent_updates_each_get_their_own_revision(app: &TestApp) {
         put(app, update(&format!("conc-{i}"), settings, &["lock_days"]))
     });
     let results = futures::future::join_all(calls).await;
-    let mut revisions: Vec<u32> = results.into_iter().map(|r| r.expect("update").revision).collect();
+    let mut revisions: Vec<u32> = results
+        .into_iter()
+        .map(|r| r.expect("update").revision)
+        .collect();
     revisions.sort_unstable();
     assert_eq!(revisions, (1..=10).collect::<Vec<_>>());
     assert_eq!(get(app).await.revision, 10);
