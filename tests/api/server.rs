@@ -6,8 +6,6 @@ use tokio_stream::StreamExt;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use tonic_reflection::pb::v1 as reflection;
-use tonic_reflection::pb::v1alpha as reflection_alpha;
 
 use crate::helpers::{Backend, TestApp};
 use crate::on_both_backends;
@@ -19,38 +17,43 @@ on_both_backends!(TestApp:
     rpcs_of_later_work_answer_unimplemented_after_authentication,
 );
 
-async fn list_v1alpha(app: &TestApp) -> Vec<String> {
-    let mut client = reflection_alpha::server_reflection_client::ServerReflectionClient::new(
-        app.channel.clone(),
-    );
-    let request = reflection_alpha::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            reflection_alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
-        ),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let response = responses.next().await.expect("one response").expect("ok");
-    match response.message_response {
-        Some(
-            reflection_alpha::server_reflection_response::MessageResponse::ListServicesResponse(
-                list,
-            ),
-        ) => {
-            let mut names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
-            names.sort();
-            names
-        }
-        other => panic!("unexpected reflection answer {other:?}"),
-    }
+/// The services a reflection protocol version lists, sorted, without the reflection service
+/// itself (each version lists only its own).
+macro_rules! listed_services {
+    ($version:ident, $app:expr) => {{
+        use tonic_reflection::pb::$version as r;
+        let mut client =
+            r::server_reflection_client::ServerReflectionClient::new($app.channel.clone());
+        let request = r::ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(r::server_reflection_request::MessageRequest::ListServices(
+                String::new(),
+            )),
+        };
+        let mut responses = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .expect("reflection")
+            .into_inner();
+        let response = responses.next().await.expect("one response").expect("ok");
+        let Some(r::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+            response.message_response
+        else {
+            panic!("unexpected reflection answer");
+        };
+        let mut names: Vec<String> = list
+            .service
+            .into_iter()
+            .map(|s| s.name)
+            .filter(|n| !n.starts_with("grpc.reflection."))
+            .collect();
+        names.sort();
+        names
+    }};
 }
 
 async fn reflection_v1alpha_lists_exactly_the_eight_loyalty_services_and_health(app: &TestApp) {
-    let names = list_v1alpha(app).await;
+    let names = listed_services!(v1alpha, app);
     let loyalty: Vec<&String> = names.iter().filter(|n| n.starts_with("one.")).collect();
     let mut expected: Vec<&str> = LOYALTY_SERVICES.to_vec();
     expected.sort_unstable();
@@ -63,35 +66,7 @@ async fn reflection_v1alpha_lists_exactly_the_eight_loyalty_services_and_health(
 }
 
 async fn reflection_v1_lists_the_same_services(app: &TestApp) {
-    let mut client =
-        reflection::server_reflection_client::ServerReflectionClient::new(app.channel.clone());
-    let request = reflection::ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(
-            reflection::server_reflection_request::MessageRequest::ListServices(String::new()),
-        ),
-    };
-    let mut responses = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .expect("reflection")
-        .into_inner();
-    let response = responses.next().await.expect("one response").expect("ok");
-    let Some(reflection::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
-        response.message_response
-    else {
-        panic!("unexpected reflection answer");
-    };
-    let without_reflection = |names: Vec<String>| -> Vec<String> {
-        let mut kept: Vec<String> = names
-            .into_iter()
-            .filter(|n| !n.starts_with("grpc.reflection."))
-            .collect();
-        kept.sort();
-        kept
-    };
-    let v1 = without_reflection(list.service.into_iter().map(|s| s.name).collect());
-    assert_eq!(v1, without_reflection(list_v1alpha(app).await));
+    assert_eq!(listed_services!(v1, app), listed_services!(v1alpha, app));
 }
 
 async fn health_reports_every_loyalty_service_serving_without_credentials(app: &TestApp) {
