@@ -2,8 +2,11 @@
 //! Nothing here knows about gRPC or the database.
 
 pub mod access;
+pub mod calendar;
 pub mod clock;
+pub mod consent;
 pub mod idempotency;
+pub mod intervals;
 pub mod ledger;
 pub mod points;
 pub mod settings;
