@@ -22,8 +22,9 @@ use crate::grpc::stubs::{
     AgreementGrpc, CouponGrpc, EarnGrpc, LedgerGrpc, RedeemGrpc, RulesGrpc, SyncGrpc,
 };
 use crate::persistence::access::SeaAccessRepository;
+use crate::persistence::idempotency::SeaIdempotencyRepository;
 use crate::persistence::settings::SeaSettingsRepository;
-use crate::persistence::{RepoError, db};
+use crate::persistence::{IdempotencyRepository, RepoError, db};
 use crate::proto::loyalty::v1 as pb;
 use crate::proto::served_descriptor_set;
 use crate::service::access::{AccessError, AccessService};
@@ -97,8 +98,11 @@ impl Application {
             Arc::new(SeaAccessRepository::new(db.clone())),
             Arc::clone(&clock),
         ));
+        let requests: Arc<dyn IdempotencyRepository> =
+            Arc::new(SeaIdempotencyRepository::new(db.clone()));
         let settings_service = Arc::new(SettingsService::new(
             Arc::new(SeaSettingsRepository::new(db.clone())),
+            Arc::clone(&requests),
             clock,
         ));
         bootstrap(&access, &settings).await?;

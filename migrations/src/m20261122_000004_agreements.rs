@@ -52,16 +52,25 @@ impl MigrationTrait for Migration {
                 ],
                 &["tenant_id", "event_id"],
             ),
+            // Derived from consents, users, clients and versions, rewritten in the transaction
+            // that changes any of them; per declaration type, so that changing the configured
+            // type needs no recomputation.
             table(
                 "client_eligibility",
                 vec![
                     tenant(),
+                    id("declaration_type_id"),
                     id("client_id"),
                     // Half-open [valid_from, valid_until); an open end is NULL.
                     instant("valid_from"),
                     opt_instant("valid_until"),
                 ],
-                &["tenant_id", "client_id", "valid_from"],
+                &[
+                    "tenant_id",
+                    "declaration_type_id",
+                    "client_id",
+                    "valid_from",
+                ],
             ),
         ];
         let indexes = vec![
@@ -74,7 +83,7 @@ impl MigrationTrait for Migration {
             index(
                 "consent_events",
                 "ix_consent_events_client",
-                &["tenant_id", "client_id", "occurred_at"],
+                &["tenant_id", "client_id", "declaration_type_id"],
                 false,
             ),
         ];

@@ -16,7 +16,8 @@ pub fn start_of_day(tz: Tz, day: NaiveDate) -> DateTime<Utc> {
         local += Duration::minutes(1);
     }
     // Unreachable for real zones: every day has local times.
-    tz.from_utc_datetime(&day.and_time(NaiveTime::MIN)).with_timezone(&Utc)
+    tz.from_utc_datetime(&day.and_time(NaiveTime::MIN))
+        .with_timezone(&Utc)
 }
 
 /// The instant `day` ends: the start of the next day.
@@ -50,7 +51,10 @@ mod tests {
         assert_eq!(hours(day(2026, 3, 29)), 23);
         assert_eq!(hours(day(2026, 10, 25)), 25);
         assert_eq!(hours(day(2026, 11, 22)), 24);
-        assert_eq!(start_of_day(warsaw, day(2026, 11, 22)).to_rfc3339(), "2026-11-21T23:00:00+00:00");
+        assert_eq!(
+            start_of_day(warsaw, day(2026, 11, 22)).to_rfc3339(),
+            "2026-11-21T23:00:00+00:00"
+        );
     }
 
     #[test]
@@ -59,7 +63,10 @@ mod tests {
         let santiago = chrono_tz::America::Santiago;
         let start = start_of_day(santiago, day(2022, 9, 11));
         assert_eq!(day_of(santiago, start), day(2022, 9, 11));
-        assert_eq!(start.with_timezone(&santiago).format("%H:%M").to_string(), "01:00");
+        assert_eq!(
+            start.with_timezone(&santiago).format("%H:%M").to_string(),
+            "01:00"
+        );
     }
 
     proptest! {

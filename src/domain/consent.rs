@@ -139,7 +139,9 @@ pub fn acceptances(user: &UserFacts, events: &[ConsentEvent]) -> Vec<Acceptance>
 /// Whether the user held an acceptance just before `at` (used to tell a withdrawal that changes
 /// nothing).
 pub fn held_before(user: &UserFacts, events: &[ConsentEvent], at: DateTime<Utc>) -> bool {
-    acceptances(user, events).iter().any(|a| a.span.holds_until(at))
+    acceptances(user, events)
+        .iter()
+        .any(|a| a.span.holds_until(at))
 }
 
 /// The instant from which an acceptance of `version` stops counting: the publication of the
@@ -186,8 +188,15 @@ pub fn eligible_on(eligibility: &[Interval], tz: Tz, day: NaiveDate) -> bool {
 }
 
 /// The eligible days in `first..=last`.
-pub fn eligible_days(eligibility: &[Interval], tz: Tz, first: NaiveDate, last: NaiveDate) -> Vec<NaiveDate> {
-    days(first, last).filter(|d| eligible_on(eligibility, tz, *d)).collect()
+pub fn eligible_days(
+    eligibility: &[Interval],
+    tz: Tz,
+    first: NaiveDate,
+    last: NaiveDate,
+) -> Vec<NaiveDate> {
+    days(first, last)
+        .filter(|d| eligible_on(eligibility, tz, *d))
+        .collect()
 }
 
 #[cfg(test)]

@@ -36,7 +36,10 @@ impl Interval {
             (None, limit) => limit,
             (end, None) => end,
         };
-        Self { start: self.start, end }
+        Self {
+            start: self.start,
+            end,
+        }
     }
 
     /// The part within `[from, to)`.
@@ -89,12 +92,18 @@ mod tests {
     }
 
     fn arb_interval() -> impl Strategy<Value = Interval> {
-        (0_i64..200, proptest::option::weighted(0.8, 0_i64..60)).prop_map(|(s, len)| interval(s, len.map(|l| s + l)))
+        (0_i64..200, proptest::option::weighted(0.8, 0_i64..60))
+            .prop_map(|(s, len)| interval(s, len.map(|l| s + l)))
     }
 
     #[test]
     fn touching_intervals_merge_and_open_ends_absorb() {
-        let merged = union([interval(0, Some(10)), interval(10, Some(20)), interval(30, None), interval(40, Some(50))]);
+        let merged = union([
+            interval(0, Some(10)),
+            interval(10, Some(20)),
+            interval(30, None),
+            interval(40, Some(50)),
+        ]);
         assert_eq!(merged, [interval(0, Some(20)), interval(30, None)]);
     }
 

@@ -7,6 +7,7 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use crate::domain::validation::Invalid;
 use crate::persistence::RepoError;
 use crate::service::access::AccessError;
+use crate::service::idempotency::IdempotencyError;
 use crate::service::settings::SettingsError;
 
 /// `INVALID_ARGUMENT` with one field violation per bad field.
@@ -44,6 +45,15 @@ pub fn repo(err: &RepoError) -> Status {
     }
 }
 
+/// A request id that is malformed or was used for another request.
+pub fn request_id(err: &IdempotencyError) -> Status {
+    match err {
+        IdempotencyError::InvalidRequestId => invalid(&Invalid::field("request_id", err.to_string())),
+        IdempotencyError::Reused(_) => Status::already_exists(err.to_string()),
+        IdempotencyError::Repo(cause) => repo(cause),
+    }
+}
+
 /// INTERNAL with a generic message; the cause goes to the log.
 pub fn internal(cause: &str) -> Status {
     tracing::error!(%cause, "internal error");
@@ -54,7 +64,7 @@ impl From<SettingsError> for Status {
     fn from(err: SettingsError) -> Self {
         match &err {
             SettingsError::Invalid(found) => invalid(found),
-            SettingsError::RequestIdReused(_) => Status::already_exists(err.to_string()),
+            SettingsError::RequestId(cause) => request_id(cause),
             SettingsError::RevisionMismatch { .. } => Status::aborted(err.to_string()),
             SettingsError::Repo(cause) => repo(cause),
         }

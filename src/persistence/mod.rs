@@ -12,6 +12,7 @@ pub mod access;
 pub mod db;
 pub mod entities;
 pub mod error;
+pub mod idempotency;
 pub mod ledger;
 pub mod settings;
 
@@ -60,8 +61,13 @@ pub trait SettingsRepository: Send + Sync {
         request: &IdempotencyRecord,
         changed_by_key_id: &str,
     ) -> Result<(), RepoError>;
-    /// The record of an earlier call with this request id.
-    async fn find_request(
+}
+
+/// What the first call with a request id left behind.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait IdempotencyRepository: Send + Sync {
+    async fn find(
         &self,
         tenant: &TenantId,
         request_id: &str,

@@ -8,7 +8,8 @@ use sea_orm::{
 };
 
 use super::SettingsRepository;
-use super::entities::{idempotency_records, tenant_settings};
+use super::entities::tenant_settings;
+use super::idempotency::insert_record;
 use super::error::{RepoError, classify};
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::settings::{
@@ -59,49 +60,14 @@ impl SettingsRepository for SeaSettingsRepository {
         request: &IdempotencyRecord,
         changed_by_key_id: &str,
     ) -> Result<(), RepoError> {
-        let now = settings
-            .updated_at
-            .unwrap_or_else(|| SystemClock.now())
-            .fixed_offset();
         let row = to_row(tenant, settings, request, changed_by_key_id)?;
-        let record = idempotency_records::ActiveModel {
-            tenant_id: Set(tenant.as_str().to_owned()),
-            request_id: Set(request.request_id.clone()),
-            operation: Set(request.operation.clone()),
-            request_hash: Set(request.request_hash.clone()),
-            result_ref: Set(Some(request.result_ref.clone())),
-            created_at: Set(now),
-        };
         let txn = self.db.begin().await.map_err(classify)?;
         tenant_settings::Entity::insert(row)
             .exec(&txn)
             .await
             .map_err(classify)?;
-        idempotency_records::Entity::insert(record)
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
+        insert_record(&txn, tenant, request).await?;
         txn.commit().await.map_err(classify)
-    }
-
-    async fn find_request(
-        &self,
-        tenant: &TenantId,
-        request_id: &str,
-    ) -> Result<Option<IdempotencyRecord>, RepoError> {
-        let row = idempotency_records::Entity::find_by_id((
-            tenant.as_str().to_owned(),
-            request_id.to_owned(),
-        ))
-        .one(&self.db)
-        .await
-        .map_err(classify)?;
-        Ok(row.map(|r| IdempotencyRecord {
-            request_id: r.request_id,
-            operation: r.operation,
-            request_hash: r.request_hash,
-            result_ref: r.result_ref.unwrap_or_default(),
-        }))
     }
 }
 

@@ -1,4 +1,5 @@
 //! Use cases, one module per gRPC service. Each owns an error enum; none names tonic or the ORM.
 
 pub mod access;
+pub mod idempotency;
 pub mod settings;

@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use crate::domain::access::Caller;
 use crate::domain::clock::Clock;
-use crate::domain::idempotency::{IdempotencyRecord, Replay, valid_request_id};
+use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::settings::{SettingsPatch, TenantSettings};
 use crate::domain::validation::Invalid;
-use crate::persistence::{RepoError, SettingsRepository};
+use crate::persistence::{IdempotencyRepository, RepoError, SettingsRepository};
+use crate::service::idempotency::{IdempotencyError, prior_result};
 
 const OPERATION: &str = "SettingsService/UpdateSettings";
 /// Concurrent changes without an expected revision are retried: each round has one winner, and
@@ -20,15 +21,25 @@ pub enum SettingsError {
     /// → `INVALID_ARGUMENT` with the field violations.
     #[error(transparent)]
     Invalid(#[from] Invalid),
-    /// The request id was used for another call. → `ALREADY_EXISTS`
-    #[error("request id {0:?} was already used for a different request")]
-    RequestIdReused(String),
+    /// A malformed request id, or one used for another call. → `INVALID_ARGUMENT` /
+    /// `ALREADY_EXISTS`
+    #[error(transparent)]
+    RequestId(IdempotencyError),
     /// The settings moved on since the revision the caller saw. → ABORTED
     #[error("settings are at revision {actual}, not {expected}")]
     RevisionMismatch { expected: u32, actual: u32 },
     /// → UNAVAILABLE / INTERNAL by the repository error.
     #[error(transparent)]
     Repo(#[from] RepoError),
+}
+
+impl From<IdempotencyError> for SettingsError {
+    fn from(err: IdempotencyError) -> Self {
+        match err {
+            IdempotencyError::Repo(cause) => Self::Repo(cause),
+            other => Self::RequestId(other),
+        }
+    }
 }
 
 /// A change of settings as the caller asked for it.
@@ -44,12 +55,21 @@ pub struct UpdateSettings {
 
 pub struct SettingsService {
     repo: Arc<dyn SettingsRepository>,
+    requests: Arc<dyn IdempotencyRepository>,
     clock: Arc<dyn Clock>,
 }
 
 impl SettingsService {
-    pub fn new(repo: Arc<dyn SettingsRepository>, clock: Arc<dyn Clock>) -> Self {
-        Self { repo, clock }
+    pub fn new(
+        repo: Arc<dyn SettingsRepository>,
+        requests: Arc<dyn IdempotencyRepository>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            repo,
+            requests,
+            clock,
+        }
     }
 
     /// The settings in force.
@@ -72,13 +92,6 @@ impl SettingsService {
         caller: &Caller,
         command: &UpdateSettings,
     ) -> Result<TenantSettings, SettingsError> {
-        if !valid_request_id(&command.request_id) {
-            return Err(Invalid::field(
-                "request_id",
-                "must be 1 to 128 printable ASCII characters",
-            )
-            .into());
-        }
         for _ in 0..MAX_ATTEMPTS {
             if let Some(first) = self.replay(caller, command).await? {
                 return Ok(first);
@@ -120,27 +133,24 @@ impl SettingsService {
         caller: &Caller,
         command: &UpdateSettings,
     ) -> Result<Option<TenantSettings>, SettingsError> {
-        let Some(record) = self
-            .repo
-            .find_request(&caller.tenant, &command.request_id)
-            .await?
-        else {
+        let prior = prior_result(
+            self.requests.as_ref(),
+            &caller.tenant,
+            &command.request_id,
+            OPERATION,
+            &command.request_hash,
+        )
+        .await?;
+        let Some(result_ref) = prior else {
             return Ok(None);
         };
-        match record.replay(OPERATION, &command.request_hash) {
-            Replay::DifferentRequest => {
-                Err(SettingsError::RequestIdReused(command.request_id.clone()))
-            }
-            Replay::SameRequest { result_ref } => {
-                let revision = result_ref.parse().map_err(|_| {
-                    RepoError::Corrupt(format!("idempotency result {result_ref:?}"))
-                })?;
-                let first = self.repo.revision(&caller.tenant, revision).await?;
-                first.map(Some).ok_or_else(|| {
-                    RepoError::Corrupt(format!("settings revision {revision} is missing")).into()
-                })
-            }
-        }
+        let revision = result_ref
+            .parse()
+            .map_err(|_| RepoError::Corrupt(format!("idempotency result {result_ref:?}")))?;
+        let first = self.repo.revision(&caller.tenant, revision).await?;
+        first.map(Some).ok_or_else(|| {
+            RepoError::Corrupt(format!("settings revision {revision} is missing")).into()
+        })
     }
 }
 
@@ -149,7 +159,13 @@ mod tests {
     use super::*;
     use crate::domain::clock::SystemClock;
     use crate::domain::tenant::TenantId;
-    use crate::persistence::MockSettingsRepository;
+    use crate::persistence::{MockIdempotencyRepository, MockSettingsRepository};
+
+    fn service(repo: MockSettingsRepository, prior: Option<IdempotencyRecord>) -> SettingsService {
+        let mut requests = MockIdempotencyRepository::new();
+        requests.expect_find().returning(move |_, _| Ok(prior.clone()));
+        SettingsService::new(Arc::new(repo), Arc::new(requests), Arc::new(SystemClock))
+    }
 
     fn caller() -> Caller {
         Caller {
@@ -174,7 +190,6 @@ mod tests {
     #[tokio::test]
     async fn an_update_stores_the_next_revision_with_its_request() {
         let mut repo = MockSettingsRepository::new();
-        repo.expect_find_request().returning(|_, _| Ok(None));
         repo.expect_current()
             .returning(|_| Ok(TenantSettings::default()));
         repo.expect_save()
@@ -183,7 +198,7 @@ mod tests {
             })
             .times(1)
             .returning(|_, _, _, _| Ok(()));
-        let service = SettingsService::new(Arc::new(repo), Arc::new(SystemClock));
+        let service = service(repo, None);
         let next = service
             .update(&caller(), &command(0))
             .await
@@ -194,27 +209,24 @@ mod tests {
     #[tokio::test]
     async fn a_reused_request_id_with_another_payload_is_refused_and_nothing_is_saved() {
         let mut repo = MockSettingsRepository::new();
-        repo.expect_find_request().returning(|_, _| {
-            Ok(Some(IdempotencyRecord {
-                request_id: "r1".into(),
-                operation: OPERATION.into(),
-                request_hash: "other".into(),
-                result_ref: "1".into(),
-            }))
-        });
         repo.expect_save().never();
-        let service = SettingsService::new(Arc::new(repo), Arc::new(SystemClock));
+        let prior = IdempotencyRecord {
+            request_id: "r1".into(),
+            operation: OPERATION.into(),
+            request_hash: "other".into(),
+            result_ref: "1".into(),
+        };
+        let service = service(repo, Some(prior));
         let err = service
             .update(&caller(), &command(0))
             .await
             .expect_err("refused");
-        assert!(matches!(err, SettingsError::RequestIdReused(_)));
+        assert!(matches!(err, SettingsError::RequestId(IdempotencyError::Reused(_))));
     }
 
     #[tokio::test]
     async fn a_stale_expected_revision_is_aborted() {
         let mut repo = MockSettingsRepository::new();
-        repo.expect_find_request().returning(|_, _| Ok(None));
         repo.expect_current().returning(|_| {
             Ok(TenantSettings {
                 revision: 3,
@@ -222,7 +234,7 @@ mod tests {
             })
         });
         repo.expect_save().never();
-        let service = SettingsService::new(Arc::new(repo), Arc::new(SystemClock));
+        let service = service(repo, None);
         let err = service
             .update(&caller(), &command(2))
             .await
@@ -240,12 +252,12 @@ mod tests {
     async fn a_bad_request_id_changes_nothing() {
         let mut repo = MockSettingsRepository::new();
         repo.expect_save().never();
-        let service = SettingsService::new(Arc::new(repo), Arc::new(SystemClock));
+        let service = service(repo, None);
         let mut cmd = command(0);
         cmd.request_id = String::new();
         assert!(matches!(
             service.update(&caller(), &cmd).await,
-            Err(SettingsError::Invalid(_))
+            Err(SettingsError::RequestId(IdempotencyError::InvalidRequestId))
         ));
     }
 }

@@ -12,9 +12,12 @@ use one_loyalty::domain::settings::TenantSettings;
 use one_loyalty::domain::tenant::TenantId;
 use one_loyalty::persistence::access::SeaAccessRepository;
 use one_loyalty::persistence::entities::{balances, coupons, redemptions};
+use one_loyalty::persistence::idempotency::SeaIdempotencyRepository;
 use one_loyalty::persistence::ledger::SeaLedgerRepository;
 use one_loyalty::persistence::settings::SeaSettingsRepository;
-use one_loyalty::persistence::{AccessRepository, LedgerRepository, RepoError, SettingsRepository};
+use one_loyalty::persistence::{
+    AccessRepository, IdempotencyRepository, LedgerRepository, RepoError, SettingsRepository,
+};
 use rust_decimal::Decimal;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{ActiveValue::Set, ColumnTrait, EntityTrait, QueryFilter};
@@ -318,6 +321,7 @@ fn record(request_id: &str, revision: u32) -> IdempotencyRecord {
 
 async fn a_settings_revision_can_be_written_once(store: &TestDb) {
     let repo = SeaSettingsRepository::new(store.db.clone());
+    let requests = SeaIdempotencyRepository::new(store.db.clone());
     let t = tenant("t1");
     assert_eq!(
         repo.current(&t).await.expect("defaults"),
@@ -342,7 +346,7 @@ async fn a_settings_revision_can_be_written_once(store: &TestDb) {
         .expect_err("same revision");
     assert!(matches!(err, RepoError::Conflict(_)), "{err:?}");
     assert_eq!(
-        repo.find_request(&t, "b").await.expect("read"),
+        requests.find(&t, "b").await.expect("read"),
         None,
         "the failed save left no record"
     );
@@ -357,7 +361,7 @@ async fn a_settings_revision_can_be_written_once(store: &TestDb) {
         Some(0)
     );
     assert_eq!(
-        repo.find_request(&t, "a").await.expect("read"),
+        requests.find(&t, "a").await.expect("read"),
         Some(record("a", 1))
     );
     assert_eq!(

@@ -8,6 +8,8 @@ pub struct Model {
     #[sea_orm(primary_key, auto_increment = false)]
     pub tenant_id: String,
     #[sea_orm(primary_key, auto_increment = false)]
+    pub declaration_type_id: String,
+    #[sea_orm(primary_key, auto_increment = false)]
     pub client_id: String,
     #[sea_orm(primary_key, auto_increment = false)]
     pub valid_from: DateTimeWithTimeZone,

@@ -1,0 +1,58 @@
+//! Idempotency records: looked up before a mutating call, written in the same transaction as the
+//! change they describe.
+
+use async_trait::async_trait;
+use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait};
+
+use super::IdempotencyRepository;
+use super::entities::idempotency_records;
+use super::error::{RepoError, classify};
+use crate::domain::clock::{Clock, SystemClock};
+use crate::domain::idempotency::IdempotencyRecord;
+use crate::domain::tenant::TenantId;
+
+#[derive(Debug, Clone)]
+pub struct SeaIdempotencyRepository {
+    db: DatabaseConnection,
+}
+
+impl SeaIdempotencyRepository {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl IdempotencyRepository for SeaIdempotencyRepository {
+    async fn find(&self, tenant: &TenantId, request_id: &str) -> Result<Option<IdempotencyRecord>, RepoError> {
+        let key = (tenant.as_str().to_owned(), request_id.to_owned());
+        let row = idempotency_records::Entity::find_by_id(key)
+            .one(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(row.map(|r| IdempotencyRecord {
+            request_id: r.request_id,
+            operation: r.operation,
+            request_hash: r.request_hash,
+            result_ref: r.result_ref.unwrap_or_default(),
+        }))
+    }
+}
+
+/// Writes the record inside the caller's transaction; `Conflict` when the request id is taken.
+pub(crate) async fn insert_record(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    record: &IdempotencyRecord,
+) -> Result<(), RepoError> {
+    let row = idempotency_records::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        request_id: Set(record.request_id.clone()),
+        operation: Set(record.operation.clone()),
+        request_hash: Set(record.request_hash.clone()),
+        result_ref: Set(Some(record.result_ref.clone())),
+        created_at: Set(SystemClock.now().fixed_offset()),
+    };
+    idempotency_records::Entity::insert(row).exec(conn).await.map_err(classify)?;
+    Ok(())
+}
