@@ -15,19 +15,23 @@ use tonic_health::server::HealthReporter;
 
 use crate::config::Settings;
 use crate::domain::clock::{Clock, SystemClock};
+use crate::grpc::agreements::AgreementGrpc;
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::metrics::MetricsLayer;
 use crate::grpc::settings::SettingsGrpc;
-use crate::grpc::stubs::{
-    AgreementGrpc, CouponGrpc, EarnGrpc, LedgerGrpc, RedeemGrpc, RulesGrpc, SyncGrpc,
-};
+use crate::grpc::stubs::{CouponGrpc, EarnGrpc, LedgerGrpc, RedeemGrpc, RulesGrpc, SyncGrpc};
 use crate::persistence::access::SeaAccessRepository;
+use crate::persistence::agreements::SeaAgreementRepository;
+use crate::persistence::directory::SeaDirectoryRepository;
 use crate::persistence::idempotency::SeaIdempotencyRepository;
 use crate::persistence::settings::SeaSettingsRepository;
-use crate::persistence::{IdempotencyRepository, RepoError, db};
+use crate::persistence::{
+    DirectoryRepository, IdempotencyRepository, RepoError, SettingsRepository, db,
+};
 use crate::proto::loyalty::v1 as pb;
 use crate::proto::served_descriptor_set;
 use crate::service::access::{AccessError, AccessService};
+use crate::service::agreements::AgreementService;
 use crate::service::settings::SettingsService;
 
 /// Every loyalty service the server exposes, as health and reflection name them.
@@ -69,8 +73,47 @@ pub struct Application {
     port: u16,
     settings: Settings,
     db: DatabaseConnection,
-    access: Arc<AccessService>,
-    settings_service: Arc<SettingsService>,
+    services: Services,
+}
+
+/// The use cases, wired to their repositories. Cheap to clone.
+#[derive(Clone)]
+pub struct Services {
+    pub access: Arc<AccessService>,
+    pub settings: Arc<SettingsService>,
+    pub agreements: Arc<AgreementService>,
+    pub directory: Arc<dyn DirectoryRepository>,
+}
+
+impl Services {
+    /// Wires every service to the SeaORM repositories over `db`.
+    pub fn wire(db: &DatabaseConnection, clock: &Arc<dyn Clock>) -> Self {
+        let requests: Arc<dyn IdempotencyRepository> =
+            Arc::new(SeaIdempotencyRepository::new(db.clone()));
+        let settings_repo: Arc<dyn SettingsRepository> =
+            Arc::new(SeaSettingsRepository::new(db.clone()));
+        let directory: Arc<dyn DirectoryRepository> =
+            Arc::new(SeaDirectoryRepository::new(db.clone()));
+        Self {
+            access: Arc::new(AccessService::new(
+                Arc::new(SeaAccessRepository::new(db.clone())),
+                Arc::clone(clock),
+            )),
+            settings: Arc::new(SettingsService::new(
+                Arc::clone(&settings_repo),
+                Arc::clone(&requests),
+                Arc::clone(clock),
+            )),
+            agreements: Arc::new(AgreementService::new(
+                Arc::new(SeaAgreementRepository::new(db.clone())),
+                Arc::clone(&directory),
+                settings_repo,
+                requests,
+                Arc::clone(clock),
+            )),
+            directory,
+        }
+    }
 }
 
 impl Application {
@@ -94,18 +137,8 @@ impl Application {
         if settings.database.auto_migrate {
             db::migrate(&db).await?;
         }
-        let access = Arc::new(AccessService::new(
-            Arc::new(SeaAccessRepository::new(db.clone())),
-            Arc::clone(&clock),
-        ));
-        let requests: Arc<dyn IdempotencyRepository> =
-            Arc::new(SeaIdempotencyRepository::new(db.clone()));
-        let settings_service = Arc::new(SettingsService::new(
-            Arc::new(SeaSettingsRepository::new(db.clone())),
-            Arc::clone(&requests),
-            clock,
-        ));
-        bootstrap(&access, &settings).await?;
+        let services = Services::wire(&db, &clock);
+        bootstrap(&services.access, &settings).await?;
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
             .await
@@ -119,14 +152,18 @@ impl Application {
             port,
             settings,
             db,
-            access,
-            settings_service,
+            services,
         })
     }
 
     /// The bound port (useful with port 0).
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The wired services, for tests and tools.
+    pub fn services(&self) -> &Services {
+        &self.services
     }
 
     /// The database connection, for tests and tools.
@@ -179,13 +216,13 @@ impl Application {
         Server::builder()
             .timeout(server.request_timeout())
             .layer(MetricsLayer)
-            .layer(AuthLayer::new(Arc::clone(&self.access)))
+            .layer(AuthLayer::new(Arc::clone(&self.services.access)))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(limited!(
                 pb::settings_service_server::SettingsServiceServer<_>,
-                SettingsGrpc::new(Arc::clone(&self.settings_service))
+                SettingsGrpc::new(Arc::clone(&self.services.settings))
             ))
             .add_service(limited!(
                 pb::earn_service_server::EarnServiceServer<_>,
@@ -205,7 +242,7 @@ impl Application {
             ))
             .add_service(limited!(
                 pb::agreement_service_server::AgreementServiceServer<_>,
-                AgreementGrpc
+                AgreementGrpc::new(Arc::clone(&self.services.agreements))
             ))
             .add_service(limited!(
                 pb::ledger_service_server::LedgerServiceServer<_>,

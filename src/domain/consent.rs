@@ -57,6 +57,32 @@ impl ConsentEvent {
     }
 }
 
+/// What recording one consent event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConsentOutcome {
+    Recorded,
+    /// The event id was recorded before.
+    Duplicate,
+    /// Recorded, but it changes nothing (a withdrawal while nothing was accepted).
+    NoEffect,
+}
+
+impl ConsentOutcome {
+    pub fn code(self) -> char {
+        match self {
+            Self::Recorded => 'R',
+            Self::Duplicate => 'D',
+            Self::NoEffect => 'N',
+        }
+    }
+
+    pub fn from_code(code: char) -> Option<Self> {
+        [Self::Recorded, Self::Duplicate, Self::NoEffect]
+            .into_iter()
+            .find(|o| o.code() == code)
+    }
+}
+
 /// A published version of a declaration type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgreementVersion {
@@ -179,6 +205,53 @@ pub fn client_eligibility(
             .into_iter()
             .map(|a| a.span.cut_at(superseded_at(versions, a.version)))
     }))
+}
+
+/// A user's consent at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UserConsentState {
+    /// Holds an acceptance of the version current at the instant.
+    pub accepted: bool,
+    /// The version of the latest acceptance (0 when never accepted).
+    pub accepted_version: u32,
+    pub current_version: u32,
+    /// Since when `accepted` has had its value (`None`: never accepted).
+    pub since: Option<DateTime<Utc>>,
+}
+
+/// Where a user's consent stands at `at`.
+pub fn user_consent_at(
+    user: &UserFacts,
+    events: &[ConsentEvent],
+    versions: &[AgreementVersion],
+    at: DateTime<Utc>,
+) -> UserConsentState {
+    let held = acceptances(user, events);
+    let counted: Vec<Interval> = held
+        .iter()
+        .map(|a| a.span.cut_at(superseded_at(versions, a.version)))
+        .filter(|span| !span.is_empty() && span.start <= at)
+        .collect();
+    let merged = union(counted);
+    let accepted = merged.iter().any(|span| span.contains(at));
+    let since = merged.last().map(|span| {
+        if accepted {
+            span.start
+        } else {
+            span.end.unwrap_or(span.start)
+        }
+    });
+    UserConsentState {
+        accepted,
+        accepted_version: held
+            .iter()
+            .filter(|a| a.span.start <= at)
+            .map(|a| a.version)
+            .next_back()
+            .unwrap_or(0),
+        current_version: current_version(versions, at),
+        since,
+    }
 }
 
 /// Whether a client counted as agreed on `day`: the state at the end of the day decides.

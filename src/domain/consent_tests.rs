@@ -236,6 +236,40 @@ fn a_withdrawal_without_an_acceptance_changes_nothing() {
 }
 
 #[test]
+fn a_users_state_says_since_when_it_holds() {
+    let versions = [
+        version(1, "2026-01-01 00:00"),
+        version(2, "2026-03-10 12:00"),
+    ];
+    let events = vec![accept("e1", "u", "2026-03-01 10:00", 1)];
+    let before = user_consent_at(&user("u"), &events, &versions, local("2026-03-05 00:00"));
+    assert_eq!(
+        before,
+        UserConsentState {
+            accepted: true,
+            accepted_version: 1,
+            current_version: 1,
+            since: Some(local("2026-03-01 10:00"))
+        }
+    );
+    let after = user_consent_at(&user("u"), &events, &versions, local("2026-03-11 00:00"));
+    assert_eq!(
+        after,
+        UserConsentState {
+            accepted: false,
+            accepted_version: 1,
+            current_version: 2,
+            since: Some(local("2026-03-10 12:00"))
+        }
+    );
+    let never = user_consent_at(&user("u"), &[], &versions, local("2026-03-11 00:00"));
+    assert_eq!(
+        (never.accepted, never.accepted_version, never.since),
+        (false, 0, None)
+    );
+}
+
+#[test]
 fn the_current_version_is_the_latest_published() {
     let versions = [
         version(1, "2026-01-01 00:00"),

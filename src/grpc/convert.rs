@@ -1,6 +1,6 @@
 //! Protos to domain types and back. Bad input becomes a field violation naming the field.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, Utc};
 
 use crate::domain::settings::{SettingsPatch, StackingMode, SyncDocumentKind, TenantSettings};
 use crate::domain::validation::{FieldViolation, Invalid};
@@ -12,6 +12,63 @@ pub fn timestamp(at: DateTime<Utc>) -> prost_types::Timestamp {
         seconds: at.timestamp(),
         nanos: i32::try_from(at.timestamp_subsec_nanos()).unwrap_or(0),
     }
+}
+
+/// A required instant from the wire, to the microsecond (what both databases keep).
+///
+/// # Errors
+/// Unset or out of range.
+pub fn instant(
+    field: &str,
+    value: Option<&prost_types::Timestamp>,
+) -> Result<DateTime<Utc>, FieldViolation> {
+    let ts = value.ok_or_else(|| FieldViolation::new(field, "is required"))?;
+    let nanos =
+        u32::try_from(ts.nanos).map_err(|_| FieldViolation::new(field, "has negative nanos"))?;
+    DateTime::from_timestamp(ts.seconds, nanos)
+        .map(|at| at.trunc_subsecs(6))
+        .ok_or_else(|| FieldViolation::new(field, "is out of range"))
+}
+
+/// A calendar day "YYYY-MM-DD".
+///
+/// # Errors
+/// Not a day in that form.
+pub fn day(field: &str, text: &str) -> Result<NaiveDate, FieldViolation> {
+    NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d").map_err(|_| {
+        FieldViolation::new(
+            field,
+            format!("{text:?} is not a day in the form YYYY-MM-DD"),
+        )
+    })
+}
+
+/// Items per page: 50 when unset, at most 1000.
+pub fn page_size(requested: u32) -> u64 {
+    match requested {
+        0 => 50,
+        n => u64::from(n.min(1000)),
+    }
+}
+
+/// An opaque page token for a position.
+pub fn page_token(position: &str) -> String {
+    hex::encode(position)
+}
+
+/// The position a page token names; empty for the first page.
+///
+/// # Errors
+/// A token this service did not issue.
+pub fn page_position(token: &str) -> Result<Option<String>, FieldViolation> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    hex::decode(token)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .map(Some)
+        .ok_or_else(|| FieldViolation::new("page_token", "is not a token this service issued"))
 }
 
 /// The API's stacking mode.

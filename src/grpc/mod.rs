@@ -1,6 +1,7 @@
 //! Thin gRPC adapters: decode, call the service, encode. `status.rs` is the only place an error
 //! becomes a `tonic::Status`; `convert.rs` turns protos into domain types.
 
+pub mod agreements;
 pub mod auth;
 pub mod convert;
 pub mod metrics;

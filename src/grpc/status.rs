@@ -7,6 +7,7 @@ use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 use crate::domain::validation::Invalid;
 use crate::persistence::RepoError;
 use crate::service::access::AccessError;
+use crate::service::agreements::AgreementError;
 use crate::service::idempotency::IdempotencyError;
 use crate::service::settings::SettingsError;
 
@@ -48,7 +49,9 @@ pub fn repo(err: &RepoError) -> Status {
 /// A request id that is malformed or was used for another request.
 pub fn request_id(err: &IdempotencyError) -> Status {
     match err {
-        IdempotencyError::InvalidRequestId => invalid(&Invalid::field("request_id", err.to_string())),
+        IdempotencyError::InvalidRequestId => {
+            invalid(&Invalid::field("request_id", err.to_string()))
+        }
         IdempotencyError::Reused(_) => Status::already_exists(err.to_string()),
         IdempotencyError::Repo(cause) => repo(cause),
     }
@@ -78,6 +81,18 @@ impl From<AccessError> for Status {
             AccessError::PermissionDenied(msg) => Status::permission_denied(msg.clone()),
             AccessError::Invalid(msg) => Status::invalid_argument(msg.clone()),
             AccessError::Repo(cause) => repo(cause),
+        }
+    }
+}
+
+impl From<AgreementError> for Status {
+    fn from(err: AgreementError) -> Self {
+        match &err {
+            AgreementError::Invalid(found) => invalid(found),
+            AgreementError::NotFound(_) => Status::not_found(err.to_string()),
+            AgreementError::RequestId(cause) => request_id(cause),
+            AgreementError::EventIdReused(_) => Status::already_exists(err.to_string()),
+            AgreementError::Repo(cause) => repo(cause),
         }
     }
 }

@@ -20,10 +20,6 @@ pub struct CouponGrpc;
 impl pb::coupon_service_server::CouponService for CouponGrpc {}
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct AgreementGrpc;
-impl pb::agreement_service_server::AgreementService for AgreementGrpc {}
-
-#[derive(Debug, Default, Clone, Copy)]
 pub struct LedgerGrpc;
 impl pb::ledger_service_server::LedgerService for LedgerGrpc {}
 

@@ -2,7 +2,10 @@
 //! change they describe.
 
 use async_trait::async_trait;
-use sea_orm::{ActiveValue::Set, ConnectionTrait, DatabaseConnection, EntityTrait};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+};
 
 use super::IdempotencyRepository;
 use super::entities::idempotency_records;
@@ -24,7 +27,11 @@ impl SeaIdempotencyRepository {
 
 #[async_trait]
 impl IdempotencyRepository for SeaIdempotencyRepository {
-    async fn find(&self, tenant: &TenantId, request_id: &str) -> Result<Option<IdempotencyRecord>, RepoError> {
+    async fn find(
+        &self,
+        tenant: &TenantId,
+        request_id: &str,
+    ) -> Result<Option<IdempotencyRecord>, RepoError> {
         let key = (tenant.as_str().to_owned(), request_id.to_owned());
         let row = idempotency_records::Entity::find_by_id(key)
             .one(&self.db)
@@ -53,6 +60,29 @@ pub(crate) async fn insert_record(
         result_ref: Set(Some(record.result_ref.clone())),
         created_at: Set(SystemClock.now().fixed_offset()),
     };
-    idempotency_records::Entity::insert(row).exec(conn).await.map_err(classify)?;
+    idempotency_records::Entity::insert(row)
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// Sets what a call produced once it is known, inside the caller's transaction.
+pub(crate) async fn set_result_ref(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    request_id: &str,
+    result_ref: &str,
+) -> Result<(), RepoError> {
+    idempotency_records::Entity::update_many()
+        .col_expr(
+            idempotency_records::Column::ResultRef,
+            Expr::value(result_ref),
+        )
+        .filter(idempotency_records::Column::TenantId.eq(tenant.as_str()))
+        .filter(idempotency_records::Column::RequestId.eq(request_id))
+        .exec(conn)
+        .await
+        .map_err(classify)?;
     Ok(())
 }

@@ -9,7 +9,9 @@
 //! --ignore-tables seaql_migrations --with-copy-enums`.
 
 pub mod access;
+pub mod agreements;
 pub mod db;
+pub mod directory;
 pub mod entities;
 pub mod error;
 pub mod idempotency;
@@ -17,9 +19,13 @@ pub mod ledger;
 pub mod settings;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 use crate::domain::access::ApiKeyRecord;
+use crate::domain::consent::{AgreementVersion, ConsentEvent, ConsentOutcome};
+use crate::domain::directory::{ClientRecord, UserRecord};
 use crate::domain::idempotency::IdempotencyRecord;
+use crate::domain::intervals::Interval;
 use crate::domain::ledger::{Balance, ClientLedgerAudit, LedgerEvent, NewLedgerEvent};
 use crate::domain::settings::TenantSettings;
 use crate::domain::tenant::TenantId;
@@ -99,4 +105,83 @@ pub trait LedgerRepository: Send + Sync {
     ) -> Result<Vec<LedgerEvent>, RepoError>;
     /// Balance rows against event sums, for every client of the tenant.
     async fn audit(&self, tenant: &TenantId) -> Result<Vec<ClientLedgerAudit>, RepoError>;
+}
+
+/// Clients and users as synchronized from ONe.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait DirectoryRepository: Send + Sync {
+    /// Creates or replaces a client with its segment memberships; recomputes its eligibility.
+    async fn save_client(&self, tenant: &TenantId, client: &ClientRecord) -> Result<(), RepoError>;
+    /// Creates or replaces a user; recomputes the eligibility of its client (and of its former
+    /// client when it moved).
+    async fn save_user(&self, tenant: &TenantId, user: &UserRecord) -> Result<(), RepoError>;
+    async fn client(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+    ) -> Result<Option<ClientRecord>, RepoError>;
+    async fn user(&self, tenant: &TenantId, user_id: &str)
+    -> Result<Option<UserRecord>, RepoError>;
+}
+
+/// Consent events, agreement versions and the derived eligibility intervals.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait AgreementRepository: Send + Sync {
+    /// Records events (of known users; `client_id` filled in), recomputes the affected clients'
+    /// eligibility and writes the request's idempotency record, atomically. `Conflict` when an
+    /// event id was recorded with other content, or the request id is taken.
+    async fn record_consents(
+        &self,
+        tenant: &TenantId,
+        events: &[ConsentEvent],
+        request: &IdempotencyRecord,
+    ) -> Result<Vec<ConsentOutcome>, RepoError>;
+    /// Stores a version and recomputes every client with consents of its type, atomically.
+    /// `Conflict` when the version number exists, or the request id is taken.
+    async fn publish_version(
+        &self,
+        tenant: &TenantId,
+        version: &AgreementVersion,
+        request: &IdempotencyRecord,
+    ) -> Result<(), RepoError>;
+    /// The versions of a declaration type, oldest first.
+    async fn versions(
+        &self,
+        tenant: &TenantId,
+        declaration_type: &str,
+    ) -> Result<Vec<AgreementVersion>, RepoError>;
+    /// All of a user's events of a declaration type.
+    async fn user_events(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        declaration_type: &str,
+    ) -> Result<Vec<ConsentEvent>, RepoError>;
+    /// A user's events of every type, newest first, before a (time, event id) position.
+    async fn user_history_page(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        before: Option<(DateTime<Utc>, String)>,
+        limit: u64,
+    ) -> Result<Vec<ConsentEvent>, RepoError>;
+    /// The client's eligibility intervals that overlap `[from, to]`, sorted.
+    async fn eligibility(
+        &self,
+        tenant: &TenantId,
+        declaration_type: &str,
+        client_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Interval>, RepoError>;
+    /// Whether the client was eligible right up to `at` (one index probe).
+    async fn holds_until(
+        &self,
+        tenant: &TenantId,
+        declaration_type: &str,
+        client_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, RepoError>;
 }

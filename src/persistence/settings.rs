@@ -9,8 +9,8 @@ use sea_orm::{
 
 use super::SettingsRepository;
 use super::entities::tenant_settings;
-use super::idempotency::insert_record;
 use super::error::{RepoError, classify};
+use super::idempotency::insert_record;
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::settings::{
     DocumentSyncSettings, StackingMode, SyncDocumentKind, TenantSettings,

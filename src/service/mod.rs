@@ -1,5 +1,6 @@
 //! Use cases, one module per gRPC service. Each owns an error enum; none names tonic or the ORM.
 
 pub mod access;
+pub mod agreements;
 pub mod idempotency;
 pub mod settings;

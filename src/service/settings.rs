@@ -163,7 +163,9 @@ mod tests {
 
     fn service(repo: MockSettingsRepository, prior: Option<IdempotencyRecord>) -> SettingsService {
         let mut requests = MockIdempotencyRepository::new();
-        requests.expect_find().returning(move |_, _| Ok(prior.clone()));
+        requests
+            .expect_find()
+            .returning(move |_, _| Ok(prior.clone()));
         SettingsService::new(Arc::new(repo), Arc::new(requests), Arc::new(SystemClock))
     }
 
@@ -221,7 +223,10 @@ mod tests {
             .update(&caller(), &command(0))
             .await
             .expect_err("refused");
-        assert!(matches!(err, SettingsError::RequestId(IdempotencyError::Reused(_))));
+        assert!(matches!(
+            err,
+            SettingsError::RequestId(IdempotencyError::Reused(_))
+        ));
     }
 
     #[tokio::test]

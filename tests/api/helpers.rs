@@ -8,7 +8,7 @@ use one_loyalty::persistence::db;
 use one_loyalty::persistence::entities::{balances, ledger_events};
 use one_loyalty::persistence::ledger::SeaLedgerRepository;
 use one_loyalty::proto::loyalty::v1 as pb;
-use one_loyalty::startup::Application;
+use one_loyalty::startup::{Application, Services};
 use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QuerySelect};
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
@@ -160,6 +160,7 @@ fn random_suffix() -> String {
 /// A running server on port 0 over a fresh database.
 pub struct TestApp {
     pub channel: Channel,
+    pub services: Services,
     pub store: TestDb,
     shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     server: std::sync::Mutex<
@@ -193,6 +194,7 @@ impl TestApp {
         let app = Application::build(settings)
             .await
             .expect("build application");
+        let services = app.services().clone();
         let port = app.port();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
@@ -205,6 +207,7 @@ impl TestApp {
             .expect("connect to the test server");
         Self {
             channel,
+            services,
             store,
             shutdown: std::sync::Mutex::new(Some(tx)),
             server: std::sync::Mutex::new(Some(server)),

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod agreements;
 mod auth;
 mod contract;
 mod server;

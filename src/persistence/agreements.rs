@@ -1,0 +1,438 @@
+//! SeaORM implementation of [`AgreementRepository`], and the recomputation of a client's
+//! eligibility intervals that every change of consents, versions, users or clients runs inside
+//! its own transaction.
+
+use std::collections::BTreeSet;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::domain::clock::{Clock, SystemClock};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+};
+use sha2::{Digest, Sha256};
+
+use super::AgreementRepository;
+use super::entities::{agreement_versions, client_eligibility, clients, consent_events, users};
+use super::error::{RepoError, classify};
+use super::idempotency::{insert_record, set_result_ref};
+use crate::domain::consent::{
+    AgreementVersion, ClientFacts, ConsentAction, ConsentEvent, ConsentOutcome, UserFacts,
+    client_eligibility as compute_eligibility, held_before,
+};
+use crate::domain::idempotency::IdempotencyRecord;
+use crate::domain::intervals::Interval;
+use crate::domain::tenant::TenantId;
+
+#[derive(Debug, Clone)]
+pub struct SeaAgreementRepository {
+    db: DatabaseConnection,
+}
+
+impl SeaAgreementRepository {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+#[async_trait]
+impl AgreementRepository for SeaAgreementRepository {
+    async fn record_consents(
+        &self,
+        tenant: &TenantId,
+        events: &[ConsentEvent],
+        request: &IdempotencyRecord,
+    ) -> Result<Vec<ConsentOutcome>, RepoError> {
+        let txn = self.db.begin().await.map_err(classify)?;
+        // Written first, so that on SQLite the write lock serializes the rest of the transaction;
+        // the outcomes are filled in at the end.
+        insert_record(&txn, tenant, request).await?;
+        let mut outcomes = Vec::with_capacity(events.len());
+        let mut touched = BTreeSet::new();
+        for event in events {
+            if let Some(stored) = find_event(&txn, tenant, &event.event_id).await? {
+                if !stored.same_as(event) {
+                    return Err(RepoError::Conflict(format!(
+                        "consent event {} was recorded with other content",
+                        event.event_id
+                    )));
+                }
+                outcomes.push(ConsentOutcome::Duplicate);
+                continue;
+            }
+            consent_events::Entity::insert(event_row(tenant, event))
+                .exec(&txn)
+                .await
+                .map_err(classify)?;
+            touched.insert((event.client_id.clone(), event.declaration_type_id.clone()));
+            outcomes.push(ConsentOutcome::Recorded);
+        }
+        for (client_id, declaration_type) in &touched {
+            lock_client(&txn, tenant, client_id).await?;
+            recompute_eligibility(&txn, tenant, client_id, declaration_type).await?;
+        }
+        for (event, outcome) in events.iter().zip(outcomes.iter_mut()) {
+            if *outcome == ConsentOutcome::Recorded && event.action == ConsentAction::Withdraw {
+                let (user, history) =
+                    user_history(&txn, tenant, &event.user_id, &event.declaration_type_id).await?;
+                if !held_before(&user, &history, event.occurred_at) {
+                    *outcome = ConsentOutcome::NoEffect;
+                }
+            }
+        }
+        let codes: String = outcomes.iter().map(|o| o.code()).collect();
+        set_result_ref(&txn, tenant, &request.request_id, &codes).await?;
+        txn.commit().await.map_err(classify)?;
+        Ok(outcomes)
+    }
+
+    async fn publish_version(
+        &self,
+        tenant: &TenantId,
+        version: &AgreementVersion,
+        request: &IdempotencyRecord,
+    ) -> Result<(), RepoError> {
+        let txn = self.db.begin().await.map_err(classify)?;
+        insert_record(&txn, tenant, request).await?;
+        let row = agreement_versions::ActiveModel {
+            tenant_id: Set(tenant.as_str().to_owned()),
+            declaration_type_id: Set(version.declaration_type_id.clone()),
+            version: Set(to_i32(version.version)?),
+            published_at: Set(version.published_at.fixed_offset()),
+            title: Set(version.title.clone()),
+            content_url: Set(version.content_url.clone()),
+            recorded_at: Set(SystemClock.now().fixed_offset()),
+        };
+        agreement_versions::Entity::insert(row)
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        let clients: Vec<String> = consent_events::Entity::find()
+            .select_only()
+            .column(consent_events::Column::ClientId)
+            .distinct()
+            .filter(consent_events::Column::TenantId.eq(tenant.as_str()))
+            .filter(
+                consent_events::Column::DeclarationTypeId.eq(version.declaration_type_id.as_str()),
+            )
+            .order_by_asc(consent_events::Column::ClientId)
+            .into_tuple()
+            .all(&txn)
+            .await
+            .map_err(classify)?;
+        for client_id in &clients {
+            lock_client(&txn, tenant, client_id).await?;
+            recompute_eligibility(&txn, tenant, client_id, &version.declaration_type_id).await?;
+        }
+        txn.commit().await.map_err(classify)
+    }
+
+    async fn versions(
+        &self,
+        tenant: &TenantId,
+        declaration_type: &str,
+    ) -> Result<Vec<AgreementVersion>, RepoError> {
+        load_versions(&self.db, tenant, declaration_type).await
+    }
+
+    async fn user_events(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        declaration_type: &str,
+    ) -> Result<Vec<ConsentEvent>, RepoError> {
+        Ok(user_history(&self.db, tenant, user_id, declaration_type)
+            .await?
+            .1)
+    }
+
+    async fn user_history_page(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        before: Option<(DateTime<Utc>, String)>,
+        limit: u64,
+    ) -> Result<Vec<ConsentEvent>, RepoError> {
+        let mut query = consent_events::Entity::find()
+            .filter(consent_events::Column::TenantId.eq(tenant.as_str()))
+            .filter(consent_events::Column::UserId.eq(user_id));
+        if let Some((at, event_id)) = before {
+            let at = at.fixed_offset();
+            query = query.filter(
+                sea_orm::Condition::any()
+                    .add(consent_events::Column::OccurredAt.lt(at))
+                    .add(
+                        sea_orm::Condition::all()
+                            .add(consent_events::Column::OccurredAt.eq(at))
+                            .add(consent_events::Column::EventId.lt(event_id)),
+                    ),
+            );
+        }
+        let rows = query
+            .order_by_desc(consent_events::Column::OccurredAt)
+            .order_by_desc(consent_events::Column::EventId)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        rows.into_iter().map(event_from_row).collect()
+    }
+
+    async fn eligibility(
+        &self,
+        tenant: &TenantId,
+        declaration_type: &str,
+        client_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    ) -> Result<Vec<Interval>, RepoError> {
+        let rows = client_eligibility::Entity::find()
+            .filter(client_eligibility::Column::TenantId.eq(tenant.as_str()))
+            .filter(client_eligibility::Column::DeclarationTypeId.eq(declaration_type))
+            .filter(client_eligibility::Column::ClientId.eq(client_id))
+            .filter(client_eligibility::Column::ValidFrom.lt(to.fixed_offset()))
+            .filter(
+                sea_orm::Condition::any()
+                    .add(client_eligibility::Column::ValidUntil.is_null())
+                    .add(client_eligibility::Column::ValidUntil.gte(from.fixed_offset())),
+            )
+            .order_by_asc(client_eligibility::Column::ValidFrom)
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|r| Interval::new(r.valid_from.to_utc(), r.valid_until.map(|t| t.to_utc())))
+            .collect())
+    }
+
+    async fn holds_until(
+        &self,
+        tenant: &TenantId,
+        declaration_type: &str,
+        client_id: &str,
+        at: DateTime<Utc>,
+    ) -> Result<bool, RepoError> {
+        // Intervals are disjoint: only the last one starting before `at` can reach it.
+        let last = client_eligibility::Entity::find()
+            .filter(client_eligibility::Column::TenantId.eq(tenant.as_str()))
+            .filter(client_eligibility::Column::DeclarationTypeId.eq(declaration_type))
+            .filter(client_eligibility::Column::ClientId.eq(client_id))
+            .filter(client_eligibility::Column::ValidFrom.lt(at.fixed_offset()))
+            .order_by_desc(client_eligibility::Column::ValidFrom)
+            .one(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(last.is_some_and(|r| r.valid_until.is_none_or(|end| end.to_utc() >= at)))
+    }
+}
+
+fn to_i32(value: u32) -> Result<i32, RepoError> {
+    i32::try_from(value).map_err(|_| RepoError::Other(format!("{value} does not fit a column")))
+}
+
+fn event_row(tenant: &TenantId, e: &ConsentEvent) -> consent_events::ActiveModel {
+    consent_events::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        event_id: Set(e.event_id.clone()),
+        user_id: Set(e.user_id.clone()),
+        client_id: Set(e.client_id.clone()),
+        action: Set(e.action.as_str().to_owned()),
+        occurred_at: Set(e.occurred_at.fixed_offset()),
+        declaration_type_id: Set(e.declaration_type_id.clone()),
+        agreement_version: Set(i32::try_from(e.agreement_version).unwrap_or(i32::MAX)),
+        source: Set(e.source.clone()),
+        recorded_at: Set(e.recorded_at.fixed_offset()),
+    }
+}
+
+fn event_from_row(r: consent_events::Model) -> Result<ConsentEvent, RepoError> {
+    Ok(ConsentEvent {
+        action: ConsentAction::parse(&r.action)
+            .ok_or_else(|| RepoError::Corrupt(format!("consent_events.action {:?}", r.action)))?,
+        agreement_version: u32::try_from(r.agreement_version).map_err(|_| {
+            RepoError::Corrupt(format!(
+                "consent_events.agreement_version {}",
+                r.agreement_version
+            ))
+        })?,
+        event_id: r.event_id,
+        user_id: r.user_id,
+        client_id: r.client_id,
+        occurred_at: r.occurred_at.to_utc(),
+        declaration_type_id: r.declaration_type_id,
+        source: r.source,
+        recorded_at: r.recorded_at.to_utc(),
+    })
+}
+
+async fn find_event(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    event_id: &str,
+) -> Result<Option<ConsentEvent>, RepoError> {
+    let row = consent_events::Entity::find_by_id((tenant.as_str().to_owned(), event_id.to_owned()))
+        .one(conn)
+        .await
+        .map_err(classify)?;
+    row.map(event_from_row).transpose()
+}
+
+async fn load_versions(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    declaration_type: &str,
+) -> Result<Vec<AgreementVersion>, RepoError> {
+    let rows = agreement_versions::Entity::find()
+        .filter(agreement_versions::Column::TenantId.eq(tenant.as_str()))
+        .filter(agreement_versions::Column::DeclarationTypeId.eq(declaration_type))
+        .order_by_asc(agreement_versions::Column::Version)
+        .all(conn)
+        .await
+        .map_err(classify)?;
+    rows.into_iter()
+        .map(|r| {
+            Ok(AgreementVersion {
+                version: u32::try_from(r.version).map_err(|_| {
+                    RepoError::Corrupt(format!("agreement_versions.version {}", r.version))
+                })?,
+                declaration_type_id: r.declaration_type_id,
+                published_at: r.published_at.to_utc(),
+                title: r.title,
+                content_url: r.content_url,
+            })
+        })
+        .collect()
+}
+
+fn user_facts(row: &users::Model) -> UserFacts {
+    crate::domain::directory::UserRecord {
+        user_id: row.user_id.clone(),
+        client_id: row.client_id.clone(),
+        active: row.active,
+        deactivated_at: row.deactivated_at.map(|t| t.to_utc()),
+        updated_at: row.updated_at.to_utc(),
+    }
+    .facts()
+}
+
+/// A user's facts and events of one declaration type.
+async fn user_history(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    user_id: &str,
+    declaration_type: &str,
+) -> Result<(UserFacts, Vec<ConsentEvent>), RepoError> {
+    let user = users::Entity::find_by_id((tenant.as_str().to_owned(), user_id.to_owned()))
+        .one(conn)
+        .await
+        .map_err(classify)?
+        .ok_or_else(|| RepoError::Corrupt(format!("consent events of unknown user {user_id}")))?;
+    let rows = consent_events::Entity::find()
+        .filter(consent_events::Column::TenantId.eq(tenant.as_str()))
+        .filter(consent_events::Column::UserId.eq(user_id))
+        .filter(consent_events::Column::DeclarationTypeId.eq(declaration_type))
+        .all(conn)
+        .await
+        .map_err(classify)?;
+    let events = rows
+        .into_iter()
+        .map(event_from_row)
+        .collect::<Result<_, _>>()?;
+    Ok((user_facts(&user), events))
+}
+
+/// Serializes changes to one client's eligibility. PostgreSQL: a transaction-scoped advisory
+/// lock. SQLite serializes writers already (every transaction here writes first).
+pub(crate) async fn lock_client(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    client_id: &str,
+) -> Result<(), RepoError> {
+    if conn.get_database_backend() != DbBackend::Postgres {
+        return Ok(());
+    }
+    let digest = Sha256::digest(format!("eligibility\0{tenant}\0{client_id}").as_bytes());
+    let mut key = [0_u8; 8];
+    key.copy_from_slice(&digest[..8]);
+    let statement = Statement::from_sql_and_values(
+        DbBackend::Postgres,
+        "SELECT pg_advisory_xact_lock($1)",
+        [i64::from_be_bytes(key).into()],
+    );
+    conn.execute_raw(statement).await.map_err(classify)?;
+    Ok(())
+}
+
+/// Rewrites a client's eligibility intervals for one declaration type from its users, their
+/// events and the published versions.
+pub(crate) async fn recompute_eligibility(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    client_id: &str,
+    declaration_type: &str,
+) -> Result<(), RepoError> {
+    let client = clients::Entity::find_by_id((tenant.as_str().to_owned(), client_id.to_owned()))
+        .one(conn)
+        .await
+        .map_err(classify)?;
+    // A client not synchronized yet cannot be eligible; saving it recomputes.
+    let facts = ClientFacts {
+        client_id: client_id.to_owned(),
+        has_account: client.is_some_and(|c| c.has_account),
+    };
+    let members = users::Entity::find()
+        .filter(users::Column::TenantId.eq(tenant.as_str()))
+        .filter(users::Column::ClientId.eq(client_id))
+        .all(conn)
+        .await
+        .map_err(classify)?;
+    let mut histories = Vec::with_capacity(members.len());
+    for member in &members {
+        histories.push(user_history(conn, tenant, &member.user_id, declaration_type).await?);
+    }
+    let versions = load_versions(conn, tenant, declaration_type).await?;
+    let intervals = compute_eligibility(&facts, &histories, &versions);
+    client_eligibility::Entity::delete_many()
+        .filter(client_eligibility::Column::TenantId.eq(tenant.as_str()))
+        .filter(client_eligibility::Column::DeclarationTypeId.eq(declaration_type))
+        .filter(client_eligibility::Column::ClientId.eq(client_id))
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    if intervals.is_empty() {
+        return Ok(());
+    }
+    let rows = intervals.iter().map(|i| client_eligibility::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        declaration_type_id: Set(declaration_type.to_owned()),
+        client_id: Set(client_id.to_owned()),
+        valid_from: Set(i.start.fixed_offset()),
+        valid_until: Set(i.end.map(|t| t.fixed_offset())),
+    });
+    client_eligibility::Entity::insert_many(rows)
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// The declaration types with consents of a client's users, for recomputing all of them.
+pub(crate) async fn declaration_types_of(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    client_id: &str,
+) -> Result<Vec<String>, RepoError> {
+    consent_events::Entity::find()
+        .select_only()
+        .column(consent_events::Column::DeclarationTypeId)
+        .distinct()
+        .filter(consent_events::Column::TenantId.eq(tenant.as_str()))
+        .filter(consent_events::Column::ClientId.eq(client_id))
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(classify)
+}
