@@ -30,6 +30,7 @@ impl Interval {
     }
 
     /// The part that lies before `limit`, if any.
+    #[must_use]
     pub fn cut_at(&self, limit: Option<DateTime<Utc>>) -> Self {
         let end = match (self.end, limit) {
             (Some(end), Some(limit)) => Some(end.min(limit)),
@@ -43,6 +44,7 @@ impl Interval {
     }
 
     /// The part within `[from, to)`.
+    #[must_use]
     pub fn clip(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
         Self {
             start: self.start.max(from),

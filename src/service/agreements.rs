@@ -26,9 +26,9 @@ use crate::service::idempotency::{IdempotencyError, prior_result};
 
 const RECORD: &str = "AgreementService/RecordConsentEvents";
 const PUBLISH: &str = "AgreementService/PublishAgreementVersion";
-/// Events per RecordConsentEvents call.
+/// Events per `RecordConsentEvents` call.
 pub const MAX_EVENTS_PER_CALL: usize = 1_000;
-/// Days per eligibility query.
+/// Days per eligibility query (a leap year).
 pub const MAX_ELIGIBILITY_DAYS: i64 = 366;
 
 #[derive(Debug, thiserror::Error)]
@@ -187,7 +187,7 @@ impl AgreementService {
             });
         }
         Invalid::check(violations)?;
-        let record = self.record(
+        let record = Self::record(
             &command.request_id,
             RECORD,
             &command.request_hash,
@@ -245,7 +245,7 @@ impl AgreementService {
             content_url: command.content_url.trim().to_owned(),
         };
         check_version(&version, existing.last())?;
-        let record = self.record(
+        let record = Self::record(
             &command.request_id,
             PUBLISH,
             &command.request_hash,
@@ -448,7 +448,6 @@ impl AgreementService {
     }
 
     fn record(
-        &self,
         request_id: &str,
         operation: &str,
         hash: &str,

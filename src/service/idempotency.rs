@@ -6,10 +6,10 @@ use crate::persistence::{IdempotencyRepository, RepoError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdempotencyError {
-    /// → INVALID_ARGUMENT on `request_id`.
+    /// → `INVALID_ARGUMENT` on `request_id`.
     #[error("request_id must be 1 to 128 printable ASCII characters")]
     InvalidRequestId,
-    /// → ALREADY_EXISTS
+    /// → `ALREADY_EXISTS`
     #[error("request id {0:?} was already used for a different request")]
     Reused(String),
     #[error(transparent)]

@@ -1,4 +1,4 @@
-//! AgreementService end to end: consent events, versions, and when a client counts as agreed.
+//! `AgreementService` end to end: consent events, versions, and when a client counts as agreed.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
 use one_loyalty::domain::directory::{ClientRecord, UserRecord};
