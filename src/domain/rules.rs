@@ -1,0 +1,227 @@
+//! The points rules (DOMAIN.md §3): effective-dated base points and segment rates, and multiplier
+//! rules with their targets, window, segments and channel.
+
+use std::collections::{BTreeMap, HashMap};
+
+use chrono::NaiveDate;
+use rust_decimal::Decimal;
+
+/// Where a line was sold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Online,
+    Offline,
+}
+
+impl Channel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Online => "ONLINE",
+            Self::Offline => "OFFLINE",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "ONLINE" => Some(Self::Online),
+            "OFFLINE" => Some(Self::Offline),
+            _ => None,
+        }
+    }
+}
+
+/// What a multiplier rule selects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TargetKind {
+    Product,
+    /// A category and its sub-categories.
+    Category,
+    Label,
+    Manufacturer,
+}
+
+impl TargetKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Product => "PRODUCT",
+            Self::Category => "CATEGORY",
+            Self::Label => "LABEL",
+            Self::Manufacturer => "MANUFACTURER",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Product, Self::Category, Self::Label, Self::Manufacturer]
+            .into_iter()
+            .find(|k| k.as_str() == text)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RuleTarget {
+    pub kind: TargetKind,
+    pub id: String,
+}
+
+impl std::fmt::Display for RuleTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.kind.as_str().to_lowercase(), self.id)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleStatus {
+    Draft,
+    Published,
+    Archived,
+}
+
+impl RuleStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Draft => "DRAFT",
+            Self::Published => "PUBLISHED",
+            Self::Archived => "ARCHIVED",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [Self::Draft, Self::Published, Self::Archived]
+            .into_iter()
+            .find(|s| s.as_str() == text)
+    }
+}
+
+/// One version of a multiplier rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MultiplierRule {
+    pub rule_id: String,
+    pub version: u32,
+    pub status: RuleStatus,
+    pub name: String,
+    pub description: String,
+    pub targets: Vec<RuleTarget>,
+    /// > 0.
+    pub factor: Decimal,
+    /// Inclusive days, matched against the order date.
+    pub valid_from: NaiveDate,
+    pub valid_until: Option<NaiveDate>,
+    /// Empty: every client.
+    pub segment_ids: Vec<String>,
+    /// `None`: both channels.
+    pub channel: Option<Channel>,
+}
+
+impl MultiplierRule {
+    pub fn in_window(&self, day: NaiveDate) -> bool {
+        self.valid_from <= day && self.valid_until.is_none_or(|until| day <= until)
+    }
+}
+
+/// What the rules need to know of a product.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ProductFacts {
+    pub product_id: String,
+    /// Its category and every ancestor, nearest first.
+    pub categories: Vec<String>,
+    pub label_ids: Vec<String>,
+    pub manufacturer_id: Option<String>,
+}
+
+impl ProductFacts {
+    /// Every target that selects this product.
+    pub fn targets(&self) -> Vec<RuleTarget> {
+        let mut targets = vec![RuleTarget {
+            kind: TargetKind::Product,
+            id: self.product_id.clone(),
+        }];
+        let mut add = |kind, ids: &[String]| targets.extend(ids.iter().map(|id| RuleTarget { kind, id: id.clone() }));
+        add(TargetKind::Category, &self.categories);
+        add(TargetKind::Label, &self.label_ids);
+        add(TargetKind::Manufacturer, self.manufacturer_id.as_slice());
+        targets
+    }
+}
+
+/// Rules indexed by target: finding a line's rules costs a few hash probes, not a scan.
+#[derive(Debug, Clone, Default)]
+pub struct RuleIndex {
+    rules: Vec<MultiplierRule>,
+    by_target: HashMap<RuleTarget, Vec<usize>>,
+}
+
+impl RuleIndex {
+    pub fn new(rules: Vec<MultiplierRule>) -> Self {
+        let mut by_target: HashMap<RuleTarget, Vec<usize>> = HashMap::new();
+        for (i, rule) in rules.iter().enumerate() {
+            for target in &rule.targets {
+                by_target.entry(target.clone()).or_default().push(i);
+            }
+        }
+        Self { rules, by_target }
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// Each rule that targets the product once, with the first target that matched, in rule-id
+    /// order.
+    pub fn candidates(&self, product: &ProductFacts) -> Vec<(&MultiplierRule, RuleTarget)> {
+        let mut found: BTreeMap<(&str, u32), (&MultiplierRule, RuleTarget)> = BTreeMap::new();
+        for target in product.targets() {
+            for &i in self.by_target.get(&target).map_or(&[][..], Vec::as_slice) {
+                let rule = &self.rules[i];
+                found.entry((rule.rule_id.as_str(), rule.version)).or_insert_with(|| (rule, target.clone()));
+            }
+        }
+        found.into_values().collect()
+    }
+}
+
+/// Values that change on given days: base points of a product, the rate of a segment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EffectiveDated {
+    /// Sorted by day.
+    entries: Vec<(NaiveDate, Decimal)>,
+}
+
+impl EffectiveDated {
+    pub fn new(mut entries: Vec<(NaiveDate, Decimal)>) -> Self {
+        entries.sort();
+        entries.dedup_by_key(|e| e.0);
+        Self { entries }
+    }
+
+    /// The value in force on `day`: the latest entry on or before it.
+    pub fn on(&self, day: NaiveDate) -> Option<Decimal> {
+        let after = self.entries.partition_point(|(from, _)| *from <= day);
+        after.checked_sub(1).map(|i| self.entries[i].1)
+    }
+
+    pub fn entries(&self) -> &[(NaiveDate, Decimal)] {
+        &self.entries
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn day(text: &str) -> NaiveDate {
+        text.parse().expect("day")
+    }
+
+    #[test]
+    fn effective_dated_values_apply_from_their_day_on() {
+        let book = EffectiveDated::new(vec![(day("2026-03-01"), Decimal::from(5)), (day("2026-01-01"), Decimal::from(2))]);
+        assert_eq!(book.on(day("2025-12-31")), None);
+        assert_eq!(book.on(day("2026-01-01")), Some(Decimal::from(2)));
+        assert_eq!(book.on(day("2026-02-28")), Some(Decimal::from(2)));
+        assert_eq!(book.on(day("2026-03-01")), Some(Decimal::from(5)));
+    }
+}
