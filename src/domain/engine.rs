@@ -8,7 +8,9 @@ use chrono::NaiveDate;
 use rust_decimal::Decimal;
 
 use crate::domain::points::round_points;
-use crate::domain::rules::{Channel, EffectiveDated, MultiplierRule, ProductFacts, RuleIndex, RuleTarget};
+use crate::domain::rules::{
+    Channel, EffectiveDated, MultiplierRule, ProductFacts, RuleIndex, RuleTarget,
+};
 use crate::domain::settings::StackingMode;
 
 /// One line to price.
@@ -86,8 +88,15 @@ pub struct DocumentCalculation {
 }
 
 /// Prices every line; the total is the sum of the rounded lines.
-pub fn calculate(lines: &[LineInput], book: &PricingBook, policy: CalculationPolicy) -> DocumentCalculation {
-    let lines: Vec<LineCalculation> = lines.iter().map(|line| calculate_line(line, book, policy)).collect();
+pub fn calculate(
+    lines: &[LineInput],
+    book: &PricingBook,
+    policy: CalculationPolicy,
+) -> DocumentCalculation {
+    let lines: Vec<LineCalculation> = lines
+        .iter()
+        .map(|line| calculate_line(line, book, policy))
+        .collect();
     let total = lines.iter().map(|l| l.points).sum();
     DocumentCalculation {
         lines,
@@ -97,7 +106,11 @@ pub fn calculate(lines: &[LineInput], book: &PricingBook, policy: CalculationPol
 }
 
 /// Prices one line.
-pub fn calculate_line(line: &LineInput, book: &PricingBook, policy: CalculationPolicy) -> LineCalculation {
+pub fn calculate_line(
+    line: &LineInput,
+    book: &PricingBook,
+    policy: CalculationPolicy,
+) -> LineCalculation {
     let day = line.pricing_date;
     let mut rules: Vec<RuleEvaluation> = book
         .rules
@@ -107,12 +120,23 @@ pub fn calculate_line(line: &LineInput, book: &PricingBook, policy: CalculationP
         .collect();
     let multiplier = stack(&mut rules, policy.stacking_mode);
     let (segment_id, segment_rate) = segment_rate(book, day);
-    let base_points = book.base_points.get(&line.product.product_id).and_then(|b| b.on(day));
+    let base_points = book
+        .base_points
+        .get(&line.product.product_id)
+        .and_then(|b| b.on(day));
     let excluded_offline = line.channel == Channel::Offline && !policy.offline_lines_earn;
     let note = match base_points {
-        _ if excluded_offline => Some("offline lines are excluded by the tenant's settings".to_owned()),
-        None => Some(format!("no base points for product {} on {day}", line.product.product_id)),
-        Some(points) if points.is_zero() => Some(format!("base points of product {} are 0 on {day}", line.product.product_id)),
+        _ if excluded_offline => {
+            Some("offline lines are excluded by the tenant's settings".to_owned())
+        }
+        None => Some(format!(
+            "no base points for product {} on {day}",
+            line.product.product_id
+        )),
+        Some(points) if points.is_zero() => Some(format!(
+            "base points of product {} are 0 on {day}",
+            line.product.product_id
+        )),
         Some(_) => None,
     };
     let unrounded = match (note.is_none(), base_points) {
@@ -139,20 +163,37 @@ pub fn calculate_line(line: &LineInput, book: &PricingBook, policy: CalculationP
 }
 
 /// Whether a rule applies to a line, before stacking.
-fn judge(rule: &MultiplierRule, matched_by: RuleTarget, line: &LineInput, client_segments: &BTreeSet<String>) -> RuleEvaluation {
+fn judge(
+    rule: &MultiplierRule,
+    matched_by: RuleTarget,
+    line: &LineInput,
+    client_segments: &BTreeSet<String>,
+) -> RuleEvaluation {
     let day = line.pricing_date;
     let window = || match rule.valid_until {
         Some(until) => format!("{}..{until}", rule.valid_from),
         None => format!("{}..", rule.valid_from),
     };
     let reason = if day < rule.valid_from {
-        format!("pricing date {day} is before the rule's window {}", window())
+        format!(
+            "pricing date {day} is before the rule's window {}",
+            window()
+        )
     } else if !rule.in_window(day) {
         format!("pricing date {day} is after the rule's window {}", window())
     } else if rule.channel.is_some_and(|c| c != line.channel) {
-        format!("the line is {}; the rule is for {} lines", line.channel.as_str().to_lowercase(), rule.channel.map_or("", |c| c.as_str()).to_lowercase())
-    } else if !rule.segment_ids.is_empty() && !rule.segment_ids.iter().any(|s| client_segments.contains(s)) {
-        format!("the client is in none of the rule's segments {}", rule.segment_ids.join(", "))
+        format!(
+            "the line is {}; the rule is for {} lines",
+            line.channel.as_str().to_lowercase(),
+            rule.channel.map_or("", |c| c.as_str()).to_lowercase()
+        )
+    } else if !rule.segment_ids.is_empty()
+        && !rule.segment_ids.iter().any(|s| client_segments.contains(s))
+    {
+        format!(
+            "the client is in none of the rule's segments {}",
+            rule.segment_ids.join(", ")
+        )
     } else {
         String::new()
     };
@@ -176,16 +217,26 @@ fn stack(rules: &mut [RuleEvaluation], mode: StackingMode) -> Decimal {
         StackingMode::Add => Decimal::ONE + applicable.map(|f| f - Decimal::ONE).sum::<Decimal>(),
         StackingMode::Max => {
             // The highest factor wins; a tie goes to the smallest rule id (rules are in id order).
-            let Some(best) = rules.iter().filter(|r| r.applied).fold(None::<&RuleEvaluation>, |best, r| match best {
-                Some(b) if b.factor >= r.factor => Some(b),
-                _ => Some(r),
-            }) else {
+            let Some(best) =
+                rules
+                    .iter()
+                    .filter(|r| r.applied)
+                    .fold(None::<&RuleEvaluation>, |best, r| match best {
+                        Some(b) if b.factor >= r.factor => Some(b),
+                        _ => Some(r),
+                    })
+            else {
                 return Decimal::ONE;
             };
             let (best_id, best_factor) = (best.rule_id.clone(), best.factor);
-            for rule in rules.iter_mut().filter(|r| r.applied && r.rule_id != best_id) {
+            for rule in rules
+                .iter_mut()
+                .filter(|r| r.applied && r.rule_id != best_id)
+            {
                 rule.applied = false;
-                rule.reason = format!("outranked by rule {best_id} (factor {best_factor}) under MAX stacking");
+                rule.reason = format!(
+                    "outranked by rule {best_id} (factor {best_factor}) under MAX stacking"
+                );
             }
             best_factor
         }
@@ -196,7 +247,12 @@ fn stack(rules: &mut [RuleEvaluation], mode: StackingMode) -> Decimal {
 fn segment_rate(book: &PricingBook, day: NaiveDate) -> (Option<String>, Decimal) {
     book.client_segments
         .iter()
-        .filter_map(|s| book.segment_rates.get(s).and_then(|r| r.on(day)).map(|rate| (s, rate)))
+        .filter_map(|s| {
+            book.segment_rates
+                .get(s)
+                .and_then(|r| r.on(day))
+                .map(|rate| (s, rate))
+        })
         .fold(None::<(&String, Decimal)>, |best, (s, rate)| match best {
             Some((_, b)) if b >= rate => best,
             _ => Some((s, rate)),

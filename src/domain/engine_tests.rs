@@ -10,14 +10,24 @@ fn dec(text: &str) -> Decimal {
     text.parse().expect("decimal")
 }
 
-fn rule(id: &str, kind: TargetKind, target: &str, factor: &str, from: &str, until: Option<&str>) -> MultiplierRule {
+fn rule(
+    id: &str,
+    kind: TargetKind,
+    target: &str,
+    factor: &str,
+    from: &str,
+    until: Option<&str>,
+) -> MultiplierRule {
     MultiplierRule {
         rule_id: id.into(),
         version: 1,
         status: RuleStatus::Published,
         name: format!("rule {id}"),
         description: String::new(),
-        targets: vec![RuleTarget { kind, id: target.into() }],
+        targets: vec![RuleTarget {
+            kind,
+            id: target.into(),
+        }],
         factor: dec(factor),
         valid_from: day(from),
         valid_until: until.map(day),
@@ -26,7 +36,12 @@ fn rule(id: &str, kind: TargetKind, target: &str, factor: &str, from: &str, unti
     }
 }
 
-fn product(id: &str, categories: &[&str], labels: &[&str], manufacturer: Option<&str>) -> ProductFacts {
+fn product(
+    id: &str,
+    categories: &[&str],
+    labels: &[&str],
+    manufacturer: Option<&str>,
+) -> ProductFacts {
     ProductFacts {
         product_id: id.into(),
         categories: categories.iter().map(|c| (*c).to_owned()).collect(),
@@ -64,9 +79,23 @@ fn worked_example() -> (Vec<LineInput>, PricingBook) {
     let mut r4 = rule("R4", TargetKind::Product, "P5", "1.2", "2026-01-01", None);
     r4.channel = Some(Channel::Online);
     let rules = vec![
-        rule("R1", TargetKind::Category, "C-electrical", "2", "2026-03-01", Some("2026-03-31")),
+        rule(
+            "R1",
+            TargetKind::Category,
+            "C-electrical",
+            "2",
+            "2026-03-01",
+            Some("2026-03-31"),
+        ),
         rule("R2", TargetKind::Label, "L-eco", "1.5", "2026-03-01", None),
-        rule("R3", TargetKind::Category, "C-tools", "3", "2026-03-10", Some("2026-03-31")),
+        rule(
+            "R3",
+            TargetKind::Category,
+            "C-tools",
+            "3",
+            "2026-03-10",
+            Some("2026-03-31"),
+        ),
         r4,
     ];
     let base = |points: &str| EffectiveDated::new(vec![(day("2026-01-01"), dec(points))]);
@@ -76,8 +105,15 @@ fn worked_example() -> (Vec<LineInput>, PricingBook) {
             .into_iter()
             .map(|(p, points)| (p.to_owned(), base(points)))
             .collect(),
-        segment_rates: [("gold".to_owned(), base("1.1")), ("silver".to_owned(), base("1.05"))].into_iter().collect(),
-        client_segments: ["gold".to_owned(), "silver".to_owned()].into_iter().collect(),
+        segment_rates: [
+            ("gold".to_owned(), base("1.1")),
+            ("silver".to_owned(), base("1.05")),
+        ]
+        .into_iter()
+        .collect(),
+        client_segments: ["gold".to_owned(), "silver".to_owned()]
+            .into_iter()
+            .collect(),
     };
     let lines = vec![
         line(1, cable, "3", Channel::Online, "2026-03-05"),
@@ -98,9 +134,21 @@ fn points(calc: &DocumentCalculation) -> Vec<Decimal> {
 fn the_worked_example_gives_the_hand_computed_points_in_each_stacking_mode() {
     let (lines, book) = worked_example();
     let expected = [
-        (StackingMode::Max, ["66", "17.6", "0", "9.24", "16.5", "1.83"], "111.17"),
-        (StackingMode::Multiply, ["99", "26.4", "0", "9.24", "16.5", "1.83"], "152.97"),
-        (StackingMode::Add, ["82.5", "22", "0", "9.24", "16.5", "1.83"], "132.07"),
+        (
+            StackingMode::Max,
+            ["66", "17.6", "0", "9.24", "16.5", "1.83"],
+            "111.17",
+        ),
+        (
+            StackingMode::Multiply,
+            ["99", "26.4", "0", "9.24", "16.5", "1.83"],
+            "152.97",
+        ),
+        (
+            StackingMode::Add,
+            ["82.5", "22", "0", "9.24", "16.5", "1.83"],
+            "132.07",
+        ),
     ];
     for (mode, lines_expected, total) in expected {
         let calc = calculate(&lines, &book, policy(mode));
@@ -116,14 +164,30 @@ fn the_breakdown_explains_every_rule_considered() {
     let cable = &calc.lines[0];
     assert_eq!(cable.rules.len(), 2);
     assert!(cable.rules[0].applied && cable.rules[0].rule_id == "R1");
-    assert_eq!(cable.rules[0].matched_by.to_string(), "category:C-electrical");
-    assert_eq!(cable.rules[1].reason, "outranked by rule R1 (factor 2) under MAX stacking");
-    assert_eq!((cable.segment_id.as_deref(), cable.segment_rate), (Some("gold"), dec("1.1")), "the highest rate applies");
+    assert_eq!(
+        cable.rules[0].matched_by.to_string(),
+        "category:C-electrical"
+    );
+    assert_eq!(
+        cable.rules[1].reason,
+        "outranked by rule R1 (factor 2) under MAX stacking"
+    );
+    assert_eq!(
+        (cable.segment_id.as_deref(), cable.segment_rate),
+        (Some("gold"), dec("1.1")),
+        "the highest rate applies"
+    );
     assert_eq!(cable.unrounded_points, dec("66"));
     let sample = &calc.lines[2];
-    assert_eq!(sample.note.as_deref(), Some("no base points for product P3 on 2026-03-05"));
+    assert_eq!(
+        sample.note.as_deref(),
+        Some("no base points for product P3 on 2026-03-05")
+    );
     let drill = &calc.lines[3];
-    assert_eq!(drill.rules[0].reason, "pricing date 2026-03-08 is before the rule's window 2026-03-10..2026-03-31");
+    assert_eq!(
+        drill.rules[0].reason,
+        "pricing date 2026-03-08 is before the rule's window 2026-03-10..2026-03-31"
+    );
     assert!(drill.rules[1].applied, "the online product rule");
     assert_eq!(calc.lines[5].unrounded_points, dec("1.8315"));
 }
@@ -136,29 +200,74 @@ fn channel_and_segment_restrictions_are_explained() {
     vip_only.segment_ids = vec!["vip".into()];
     let book = PricingBook {
         rules: RuleIndex::new(vec![online_only, vip_only]),
-        base_points: [("P1".to_owned(), EffectiveDated::new(vec![(day("2026-01-01"), dec("1"))]))].into_iter().collect(),
+        base_points: [(
+            "P1".to_owned(),
+            EffectiveDated::new(vec![(day("2026-01-01"), dec("1"))]),
+        )]
+        .into_iter()
+        .collect(),
         ..PricingBook::default()
     };
-    let offline = line(1, product("P1", &[], &[], None), "1", Channel::Offline, "2026-03-05");
+    let offline = line(
+        1,
+        product("P1", &[], &[], None),
+        "1",
+        Channel::Offline,
+        "2026-03-05",
+    );
     let calc = calculate_line(&offline, &book, policy(StackingMode::Max));
     let reasons: Vec<&str> = calc.rules.iter().map(|r| r.reason.as_str()).collect();
-    assert_eq!(reasons, ["the client is in none of the rule's segments vip", "the line is offline; the rule is for online lines"]);
+    assert_eq!(
+        reasons,
+        [
+            "the client is in none of the rule's segments vip",
+            "the line is offline; the rule is for online lines"
+        ]
+    );
     assert_eq!((calc.multiplier, calc.points), (Decimal::ONE, Decimal::ONE));
-    let excluded = calculate_line(&offline, &book, CalculationPolicy { offline_lines_earn: false, ..policy(StackingMode::Max) });
+    let excluded = calculate_line(
+        &offline,
+        &book,
+        CalculationPolicy {
+            offline_lines_earn: false,
+            ..policy(StackingMode::Max)
+        },
+    );
     assert_eq!(excluded.points, Decimal::ZERO);
-    assert_eq!(excluded.note.as_deref(), Some("offline lines are excluded by the tenant's settings"));
+    assert_eq!(
+        excluded.note.as_deref(),
+        Some("offline lines are excluded by the tenant's settings")
+    );
 }
 
 #[test]
 fn rules_follow_the_order_date_not_the_time_of_processing() {
     let book = PricingBook {
-        base_points: [("P1".to_owned(), EffectiveDated::new(vec![(day("2026-01-01"), dec("10")), (day("2026-03-01"), dec("20"))]))]
-            .into_iter()
-            .collect(),
+        base_points: [(
+            "P1".to_owned(),
+            EffectiveDated::new(vec![
+                (day("2026-01-01"), dec("10")),
+                (day("2026-03-01"), dec("20")),
+            ]),
+        )]
+        .into_iter()
+        .collect(),
         ..PricingBook::default()
     };
-    let before = line(1, product("P1", &[], &[], None), "1", Channel::Online, "2026-02-28");
-    let after = line(2, product("P1", &[], &[], None), "1", Channel::Online, "2026-03-01");
+    let before = line(
+        1,
+        product("P1", &[], &[], None),
+        "1",
+        Channel::Online,
+        "2026-02-28",
+    );
+    let after = line(
+        2,
+        product("P1", &[], &[], None),
+        "1",
+        Channel::Online,
+        "2026-03-01",
+    );
     let calc = calculate(&[before, after], &book, policy(StackingMode::Max));
     assert_eq!(points(&calc), [dec("10"), dec("20")]);
 }
@@ -167,12 +276,17 @@ fn arb_factor() -> impl Strategy<Value = Decimal> {
     (1_i64..50_000).prop_map(|units| Decimal::new(units, 4))
 }
 
-fn arb_book(factors: Vec<Decimal>) -> PricingBook {
+fn arb_book(factors: &[Decimal]) -> PricingBook {
     let rules = factors
         .iter()
         .enumerate()
         .map(|(i, f)| {
-            let kind = [TargetKind::Product, TargetKind::Category, TargetKind::Label, TargetKind::Manufacturer][i % 4];
+            let kind = [
+                TargetKind::Product,
+                TargetKind::Category,
+                TargetKind::Label,
+                TargetKind::Manufacturer,
+            ][i % 4];
             let target = ["P1", "C1", "L1", "M1"][i % 4];
             let mut r = rule(&format!("R{i:02}"), kind, target, "1", "2026-01-01", None);
             r.factor = *f;
@@ -181,7 +295,12 @@ fn arb_book(factors: Vec<Decimal>) -> PricingBook {
         .collect();
     PricingBook {
         rules: RuleIndex::new(rules),
-        base_points: [("P1".to_owned(), EffectiveDated::new(vec![(day("2026-01-01"), dec("3.3333"))]))].into_iter().collect(),
+        base_points: [(
+            "P1".to_owned(),
+            EffectiveDated::new(vec![(day("2026-01-01"), dec("3.3333"))]),
+        )]
+        .into_iter()
+        .collect(),
         ..PricingBook::default()
     }
 }
@@ -193,7 +312,7 @@ fn the_product() -> ProductFacts {
 proptest! {
     #[test]
     fn stacking_modes_follow_their_definitions(factors in proptest::collection::vec(arb_factor(), 0..6)) {
-        let book = arb_book(factors.clone());
+        let book = arb_book(&factors);
         let input = line(1, the_product(), "1", Channel::Online, "2026-03-05");
         let multiplier = |mode| calculate_line(&input, &book, policy(mode)).multiplier;
         let max = factors.iter().copied().max().unwrap_or(Decimal::ONE);
@@ -214,7 +333,7 @@ proptest! {
 
     #[test]
     fn every_targeting_rule_is_listed_once_and_max_applies_exactly_one(factors in proptest::collection::vec(arb_factor(), 1..6)) {
-        let book = arb_book(factors.clone());
+        let book = arb_book(&factors);
         let calc = calculate_line(&line(1, the_product(), "1", Channel::Online, "2026-03-05"), &book, policy(StackingMode::Max));
         prop_assert_eq!(calc.rules.len(), factors.len());
         prop_assert_eq!(calc.rules.iter().filter(|r| r.applied).count(), 1);
@@ -229,7 +348,7 @@ proptest! {
         scale in 0_u32..=4,
         mode in prop_oneof![Just(StackingMode::Max), Just(StackingMode::Multiply), Just(StackingMode::Add)],
     ) {
-        let book = arb_book(factors);
+        let book = arb_book(&factors);
         let lines: Vec<LineInput> = quantities
             .iter()
             .enumerate()
@@ -247,8 +366,8 @@ proptest! {
 
     #[test]
     fn the_order_rules_were_defined_in_does_not_matter(factors in proptest::collection::vec(arb_factor(), 1..6)) {
-        let book = arb_book(factors.clone());
-        let mut reversed_rules: Vec<MultiplierRule> = arb_book(factors).rules.candidates(&the_product()).into_iter().map(|(r, _)| r.clone()).collect();
+        let book = arb_book(&factors);
+        let mut reversed_rules: Vec<MultiplierRule> = arb_book(&factors).rules.candidates(&the_product()).into_iter().map(|(r, _)| r.clone()).collect();
         reversed_rules.reverse();
         let reversed = PricingBook { rules: RuleIndex::new(reversed_rules), ..book.clone() };
         for mode in [StackingMode::Max, StackingMode::Multiply, StackingMode::Add] {

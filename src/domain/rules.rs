@@ -51,9 +51,14 @@ impl TargetKind {
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [Self::Product, Self::Category, Self::Label, Self::Manufacturer]
-            .into_iter()
-            .find(|k| k.as_str() == text)
+        [
+            Self::Product,
+            Self::Category,
+            Self::Label,
+            Self::Manufacturer,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == text)
     }
 }
 
@@ -135,7 +140,12 @@ impl ProductFacts {
             kind: TargetKind::Product,
             id: self.product_id.clone(),
         }];
-        let mut add = |kind, ids: &[String]| targets.extend(ids.iter().map(|id| RuleTarget { kind, id: id.clone() }));
+        let mut add = |kind, ids: &[String]| {
+            targets.extend(ids.iter().map(|id| RuleTarget {
+                kind,
+                id: id.clone(),
+            }))
+        };
         add(TargetKind::Category, &self.categories);
         add(TargetKind::Label, &self.label_ids);
         add(TargetKind::Manufacturer, self.manufacturer_id.as_slice());
@@ -176,7 +186,9 @@ impl RuleIndex {
         for target in product.targets() {
             for &i in self.by_target.get(&target).map_or(&[][..], Vec::as_slice) {
                 let rule = &self.rules[i];
-                found.entry((rule.rule_id.as_str(), rule.version)).or_insert_with(|| (rule, target.clone()));
+                found
+                    .entry((rule.rule_id.as_str(), rule.version))
+                    .or_insert_with(|| (rule, target.clone()));
             }
         }
         found.into_values().collect()
@@ -218,7 +230,10 @@ mod tests {
 
     #[test]
     fn effective_dated_values_apply_from_their_day_on() {
-        let book = EffectiveDated::new(vec![(day("2026-03-01"), Decimal::from(5)), (day("2026-01-01"), Decimal::from(2))]);
+        let book = EffectiveDated::new(vec![
+            (day("2026-03-01"), Decimal::from(5)),
+            (day("2026-01-01"), Decimal::from(2)),
+        ]);
         assert_eq!(book.on(day("2025-12-31")), None);
         assert_eq!(book.on(day("2026-01-01")), Some(Decimal::from(2)));
         assert_eq!(book.on(day("2026-02-28")), Some(Decimal::from(2)));
