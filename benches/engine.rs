@@ -1,6 +1,10 @@
-//! The calculation engine: a 100-line invoice against 100, 1,000 and 10,000 active rules. Rule
-//! lookup is indexed, so the per-line cost should stay roughly flat as rules grow; the ratios to
-//! the 100-rule run are printed at the end.
+//! The calculation engine: a 100-line invoice against 100, 1,000 and 10,000 active rules, with
+//! the ratios to the 100-rule run printed at the end. Two catalogues:
+//! - `fixed_matches`: the invoice's lines always meet the same 50 rules; the other rules target
+//!   the rest of the catalogue. Rule lookup is indexed, so the cost per line should stay flat.
+//! - `growing_matches`: rules drawn over the whole catalogue, so more of them target the
+//!   invoice's products as the total grows; every matching rule is evaluated and explained, so
+//!   the cost follows the number of matches (reported per evaluation).
 //!
 //! `cargo bench --bench engine`
 
@@ -93,7 +97,32 @@ fn rules(count: usize, rng: &mut StdRng) -> Vec<MultiplierRule> {
         .collect()
 }
 
-fn setup(rule_count: usize) -> (Vec<LineInput>, PricingBook) {
+/// The rules the invoice meets in the `fixed_matches` catalogue: one per line's product.
+fn matching_rules(lines: &[LineInput]) -> Vec<MultiplierRule> {
+    lines
+        .iter()
+        .take(50)
+        .enumerate()
+        .map(|(i, line)| MultiplierRule {
+            rule_id: format!("M{i:05}"),
+            version: 1,
+            status: RuleStatus::Published,
+            name: format!("matching rule {i}"),
+            description: String::new(),
+            targets: vec![RuleTarget {
+                kind: TargetKind::Product,
+                id: line.product.product_id.clone(),
+            }],
+            factor: Decimal::new(15, 1),
+            valid_from: day(2026, 1, 1),
+            valid_until: None,
+            segment_ids: vec![],
+            channel: None,
+        })
+        .collect()
+}
+
+fn setup(rule_count: usize, fixed_matches: bool) -> (Vec<LineInput>, PricingBook) {
     let mut rng = StdRng::seed_from_u64(7);
     let lines: Vec<LineInput> = (0..LINES)
         .map(|i| LineInput {
@@ -119,7 +148,13 @@ fn setup(rule_count: usize) -> (Vec<LineInput>, PricingBook) {
         })
         .collect();
     let book = PricingBook {
-        rules: RuleIndex::new(rules(rule_count, &mut rng)),
+        rules: RuleIndex::new(if fixed_matches {
+            let mut all = matching_rules(&lines);
+            all.extend(rules(rule_count - all.len(), 1_000_000, 0, &mut rng));
+            all
+        } else {
+            rules(rule_count, 0, 0, &mut rng)
+        }),
         base_points,
         segment_rates: [(
             "gold".to_owned(),
@@ -138,10 +173,20 @@ fn bench(c: &mut Criterion) {
         stacking_mode: StackingMode::Multiply,
         offline_lines_earn: true,
     };
-    let mut group = c.benchmark_group("engine/100_line_invoice");
+    let mut report = Vec::new();
+    for (scenario, fixed) in [("fixed_matches", true), ("growing_matches", false)] {
+        report.push(run(c, scenario, fixed, policy));
+    }
+    for line in report.concat() {
+        println!("{line}");
+    }
+}
+
+fn run(c: &mut Criterion, scenario: &str, fixed: bool, policy: CalculationPolicy) -> Vec<String> {
+    let mut group = c.benchmark_group(format!("engine/100_line_invoice/{scenario}"));
     let mut per_line = Vec::new();
     for rule_count in [100, 1_000, 10_000] {
-        let (lines, book) = setup(rule_count);
+        let (lines, book) = setup(rule_count, fixed);
         let considered: usize = calculate(&lines, &book, policy)
             .lines
             .iter()
@@ -167,12 +212,15 @@ fn bench(c: &mut Criterion) {
     }
     group.finish();
     let baseline = per_line[0].1.as_secs_f64();
-    for (rules, cost, considered) in per_line {
-        println!(
-            "{rules} rules: {cost:?} per line ({:.2}x the 100-rule run), {considered} rule evaluations in the invoice",
-            cost.as_secs_f64() / baseline
-        );
-    }
+    per_line
+        .into_iter()
+        .map(|(rules, cost, considered)| {
+            format!(
+                "{scenario}: {rules} rules: {cost:?} per line ({:.2}x the 100-rule run), {considered} rule evaluations in the invoice",
+                cost.as_secs_f64() / baseline
+            )
+        })
+        .collect()
 }
 
 criterion_group! {

@@ -11,6 +11,7 @@ pub mod idempotency;
 pub mod intervals;
 pub mod ledger;
 pub mod points;
+pub mod rule_spec;
 pub mod rules;
 pub mod settings;
 pub mod tenant;

@@ -144,7 +144,7 @@ impl ProductFacts {
             targets.extend(ids.iter().map(|id| RuleTarget {
                 kind,
                 id: id.clone(),
-            }))
+            }));
         };
         add(TargetKind::Category, &self.categories);
         add(TargetKind::Label, &self.label_ids);
@@ -218,6 +218,15 @@ impl EffectiveDated {
     pub fn entries(&self) -> &[(NaiveDate, Decimal)] {
         &self.entries
     }
+}
+
+/// A rule version as stored, with its life-cycle times.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredRule {
+    pub rule: MultiplierRule,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub published_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub archived_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[cfg(test)]

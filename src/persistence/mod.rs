@@ -16,10 +16,14 @@ pub mod entities;
 pub mod error;
 pub mod idempotency;
 pub mod ledger;
+pub mod rules;
 pub mod settings;
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
+use rust_decimal::Decimal;
 
 use crate::domain::access::ApiKeyRecord;
 use crate::domain::consent::{AgreementVersion, ConsentEvent, ConsentOutcome};
@@ -27,6 +31,7 @@ use crate::domain::directory::{ClientRecord, UserRecord};
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::intervals::Interval;
 use crate::domain::ledger::{Balance, ClientLedgerAudit, LedgerEvent, NewLedgerEvent};
+use crate::domain::rules::{EffectiveDated, MultiplierRule, RuleTarget, StoredRule};
 use crate::domain::settings::TenantSettings;
 use crate::domain::tenant::TenantId;
 pub use error::RepoError;
@@ -184,4 +189,85 @@ pub trait AgreementRepository: Send + Sync {
         client_id: &str,
         at: DateTime<Utc>,
     ) -> Result<bool, RepoError>;
+}
+
+/// Base points, segment rates and multiplier rules.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait RulesRepository: Send + Sync {
+    /// Sets base points from a day on for many products, with the request's record, atomically.
+    async fn set_base_points(
+        &self,
+        tenant: &TenantId,
+        effective_from: NaiveDate,
+        entries: &[(String, Decimal)],
+        request: &IdempotencyRecord,
+    ) -> Result<(), RepoError>;
+    /// Every base-points entry of these products.
+    async fn base_points(
+        &self,
+        tenant: &TenantId,
+        product_ids: &[String],
+    ) -> Result<HashMap<String, EffectiveDated>, RepoError>;
+    /// Products with base points after `after`, in id order, with their entries.
+    async fn base_points_page(
+        &self,
+        tenant: &TenantId,
+        after: Option<String>,
+        products: u64,
+    ) -> Result<Vec<(String, EffectiveDated)>, RepoError>;
+    /// Stores a rule version: a new one, or a draft edited in place (`Conflict` if it is no
+    /// longer a draft), with the request's record, atomically.
+    async fn save_rule(
+        &self,
+        tenant: &TenantId,
+        rule: &StoredRule,
+        request: &IdempotencyRecord,
+    ) -> Result<(), RepoError>;
+    /// `publish: Some(v)` publishes draft v and archives the version in force (`Conflict` when v
+    /// is not a draft); `None` archives every version.
+    async fn change_status(
+        &self,
+        tenant: &TenantId,
+        rule_id: &str,
+        publish: Option<u32>,
+        at: DateTime<Utc>,
+        request: &IdempotencyRecord,
+    ) -> Result<(), RepoError>;
+    /// Every version of a rule, oldest first.
+    async fn rule_versions(
+        &self,
+        tenant: &TenantId,
+        rule_id: &str,
+    ) -> Result<Vec<StoredRule>, RepoError>;
+    /// Rules after `after` in id order, each with all its versions.
+    async fn rules_page(
+        &self,
+        tenant: &TenantId,
+        after: Option<String>,
+        rules: u64,
+    ) -> Result<Vec<Vec<StoredRule>>, RepoError>;
+    /// Published rules targeting any of `targets` whose window overlaps `from..=to`.
+    async fn published_rules_for(
+        &self,
+        tenant: &TenantId,
+        targets: &[RuleTarget],
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> Result<Vec<MultiplierRule>, RepoError>;
+    /// Sets a segment's rate from a day on, with the request's record, atomically.
+    async fn set_segment_rate(
+        &self,
+        tenant: &TenantId,
+        segment_id: &str,
+        effective_from: NaiveDate,
+        rate: Decimal,
+        request: &IdempotencyRecord,
+    ) -> Result<(), RepoError>;
+    /// The rates of these segments (all when `None`).
+    async fn segment_rates(
+        &self,
+        tenant: &TenantId,
+        segment_ids: Option<Vec<String>>,
+    ) -> Result<HashMap<String, EffectiveDated>, RepoError>;
 }
