@@ -38,38 +38,41 @@ fn day(y: i32, m: u32, d: u32) -> NaiveDate {
 fn product(rng: &mut StdRng) -> ProductFacts {
     let leaf = rng.random_range(0..CATEGORIES);
     ProductFacts {
-        product_id: format!("P{}", rng.random_range(0..PRODUCTS)),
+        product_id: format!("P{}", offset + rng.random_range(0..PRODUCTS)),
         categories: vec![
             format!("C{leaf}"),
             format!("C{}", CATEGORIES + leaf / 20),
             format!("C{}", CATEGORIES + 100),
         ],
         label_ids: (0..2)
-            .map(|_| format!("L{}", rng.random_range(0..LABELS)))
+            .map(|_| format!("L{}", offset + rng.random_range(0..LABELS)))
             .collect(),
-        manufacturer_id: Some(format!("M{}", rng.random_range(0..MANUFACTURERS))),
+        manufacturer_id: Some(format!("M{}", offset + rng.random_range(0..MANUFACTURERS))),
     }
 }
 
-fn rules(count: usize, rng: &mut StdRng) -> Vec<MultiplierRule> {
+/// Rules whose targets are drawn from the catalogue, shifted by `offset` ids (an offset past the
+/// catalogue makes them target products, categories, labels and manufacturers the invoice does
+/// not have).
+fn rules(count: usize, offset: usize, rng: &mut StdRng) -> Vec<MultiplierRule> {
     (0..count)
         .map(|i| {
             let (kind, id) = match i % 10 {
                 0..=5 => (
                     TargetKind::Product,
-                    format!("P{}", rng.random_range(0..PRODUCTS)),
+                    format!("P{}", offset + rng.random_range(0..PRODUCTS)),
                 ),
                 6 | 7 => (
                     TargetKind::Category,
-                    format!("C{}", rng.random_range(0..CATEGORIES)),
+                    format!("C{}", offset + rng.random_range(0..CATEGORIES)),
                 ),
                 8 => (
                     TargetKind::Label,
-                    format!("L{}", rng.random_range(0..LABELS)),
+                    format!("L{}", offset + rng.random_range(0..LABELS)),
                 ),
                 _ => (
                     TargetKind::Manufacturer,
-                    format!("M{}", rng.random_range(0..MANUFACTURERS)),
+                    format!("M{}", offset + rng.random_range(0..MANUFACTURERS)),
                 ),
             };
             MultiplierRule {
@@ -150,10 +153,10 @@ fn setup(rule_count: usize, fixed_matches: bool) -> (Vec<LineInput>, PricingBook
     let book = PricingBook {
         rules: RuleIndex::new(if fixed_matches {
             let mut all = matching_rules(&lines);
-            all.extend(rules(rule_count - all.len(), 1_000_000, 0, &mut rng));
+            all.extend(rules(rule_count - all.len(), 1_000_000, &mut rng));
             all
         } else {
-            rules(rule_count, 0, 0, &mut rng)
+            rules(rule_count, 0, &mut rng)
         }),
         base_points,
         segment_rates: [(
