@@ -38,16 +38,16 @@ fn day(y: i32, m: u32, d: u32) -> NaiveDate {
 fn product(rng: &mut StdRng) -> ProductFacts {
     let leaf = rng.random_range(0..CATEGORIES);
     ProductFacts {
-        product_id: format!("P{}", offset + rng.random_range(0..PRODUCTS)),
+        product_id: format!("P{}", rng.random_range(0..PRODUCTS)),
         categories: vec![
             format!("C{leaf}"),
             format!("C{}", CATEGORIES + leaf / 20),
             format!("C{}", CATEGORIES + 100),
         ],
         label_ids: (0..2)
-            .map(|_| format!("L{}", offset + rng.random_range(0..LABELS)))
+            .map(|_| format!("L{}", rng.random_range(0..LABELS)))
             .collect(),
-        manufacturer_id: Some(format!("M{}", offset + rng.random_range(0..MANUFACTURERS))),
+        manufacturer_id: Some(format!("M{}", rng.random_range(0..MANUFACTURERS))),
     }
 }
 
