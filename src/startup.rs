@@ -18,12 +18,14 @@ use crate::domain::clock::{Clock, SystemClock};
 use crate::grpc::agreements::AgreementGrpc;
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::metrics::MetricsLayer;
+use crate::grpc::rules::RulesGrpc;
 use crate::grpc::settings::SettingsGrpc;
-use crate::grpc::stubs::{CouponGrpc, EarnGrpc, LedgerGrpc, RedeemGrpc, RulesGrpc, SyncGrpc};
+use crate::grpc::stubs::{CouponGrpc, EarnGrpc, LedgerGrpc, RedeemGrpc, SyncGrpc};
 use crate::persistence::access::SeaAccessRepository;
 use crate::persistence::agreements::SeaAgreementRepository;
 use crate::persistence::directory::SeaDirectoryRepository;
 use crate::persistence::idempotency::SeaIdempotencyRepository;
+use crate::persistence::rules::SeaRulesRepository;
 use crate::persistence::settings::SeaSettingsRepository;
 use crate::persistence::{
     DirectoryRepository, IdempotencyRepository, RepoError, SettingsRepository, db,
@@ -32,6 +34,7 @@ use crate::proto::loyalty::v1 as pb;
 use crate::proto::served_descriptor_set;
 use crate::service::access::{AccessError, AccessService};
 use crate::service::agreements::AgreementService;
+use crate::service::rules::RulesService;
 use crate::service::settings::SettingsService;
 
 /// Every loyalty service the server exposes, as health and reflection name them.
@@ -82,6 +85,7 @@ pub struct Services {
     pub access: Arc<AccessService>,
     pub settings: Arc<SettingsService>,
     pub agreements: Arc<AgreementService>,
+    pub rules: Arc<RulesService>,
     pub directory: Arc<dyn DirectoryRepository>,
 }
 
@@ -107,6 +111,12 @@ impl Services {
             agreements: Arc::new(AgreementService::new(
                 Arc::new(SeaAgreementRepository::new(db.clone())),
                 Arc::clone(&directory),
+                Arc::clone(&settings_repo),
+                Arc::clone(&requests),
+                Arc::clone(clock),
+            )),
+            rules: Arc::new(RulesService::new(
+                Arc::new(SeaRulesRepository::new(db.clone())),
                 settings_repo,
                 requests,
                 Arc::clone(clock),
@@ -234,7 +244,7 @@ impl Application {
             ))
             .add_service(limited!(
                 pb::rules_service_server::RulesServiceServer<_>,
-                RulesGrpc
+                RulesGrpc::new(Arc::clone(&self.services.rules))
             ))
             .add_service(limited!(
                 pb::coupon_service_server::CouponServiceServer<_>,

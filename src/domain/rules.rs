@@ -229,12 +229,155 @@ pub struct StoredRule {
     pub archived_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// What editing a rule does, from its versions (oldest first).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditPlan {
+    /// The latest version is a draft: it is edited in place.
+    ReplaceDraft { version: u32 },
+    /// The latest version is published: the edit becomes the next version, as a draft.
+    NewVersion { version: u32 },
+}
+
+/// Why a life-cycle step is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("rule {0} does not exist")]
+    NoSuchRule(String),
+    #[error("rule {rule_id} has no version {version}")]
+    NoSuchVersion { rule_id: String, version: u32 },
+    #[error("rule {0} is archived; create a new rule instead")]
+    Archived(String),
+    #[error("rule {rule_id} version {version} is {status}, only a draft can be published")]
+    NotADraft {
+        rule_id: String,
+        version: u32,
+        status: &'static str,
+    },
+}
+
+/// How an edit of a rule is stored.
+///
+/// # Errors
+/// An unknown or archived rule.
+pub fn plan_edit(rule_id: &str, versions: &[StoredRule]) -> Result<EditPlan, LifecycleError> {
+    let latest = versions
+        .last()
+        .ok_or_else(|| LifecycleError::NoSuchRule(rule_id.to_owned()))?;
+    match latest.rule.status {
+        RuleStatus::Draft => Ok(EditPlan::ReplaceDraft {
+            version: latest.rule.version,
+        }),
+        RuleStatus::Published => Ok(EditPlan::NewVersion {
+            version: latest.rule.version + 1,
+        }),
+        RuleStatus::Archived => Err(LifecycleError::Archived(rule_id.to_owned())),
+    }
+}
+
+/// Checks that `version` can be published.
+///
+/// # Errors
+/// An unknown rule or version, or a version that is not a draft.
+pub fn check_publish(
+    rule_id: &str,
+    versions: &[StoredRule],
+    version: u32,
+) -> Result<(), LifecycleError> {
+    if versions.is_empty() {
+        return Err(LifecycleError::NoSuchRule(rule_id.to_owned()));
+    }
+    let found = versions
+        .iter()
+        .find(|v| v.rule.version == version)
+        .ok_or_else(|| LifecycleError::NoSuchVersion {
+            rule_id: rule_id.to_owned(),
+            version,
+        })?;
+    if found.rule.status == RuleStatus::Draft {
+        Ok(())
+    } else {
+        Err(LifecycleError::NotADraft {
+            rule_id: rule_id.to_owned(),
+            version,
+            status: found.rule.status.as_str(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn day(text: &str) -> NaiveDate {
         text.parse().expect("day")
+    }
+
+    fn stored(version: u32, status: RuleStatus) -> StoredRule {
+        StoredRule {
+            rule: MultiplierRule {
+                rule_id: "r".into(),
+                version,
+                status,
+                name: String::new(),
+                description: String::new(),
+                targets: vec![],
+                factor: Decimal::ONE,
+                valid_from: day("2026-01-01"),
+                valid_until: None,
+                segment_ids: vec![],
+                channel: None,
+            },
+            created_at: chrono::Utc::now(),
+            published_at: None,
+            archived_at: None,
+        }
+    }
+
+    #[test]
+    fn a_draft_is_edited_in_place_and_a_published_rule_gets_a_new_version() {
+        assert_eq!(
+            plan_edit("r", &[stored(1, RuleStatus::Draft)]),
+            Ok(EditPlan::ReplaceDraft { version: 1 })
+        );
+        assert_eq!(
+            plan_edit("r", &[stored(1, RuleStatus::Published)]),
+            Ok(EditPlan::NewVersion { version: 2 })
+        );
+        assert_eq!(
+            plan_edit(
+                "r",
+                &[
+                    stored(1, RuleStatus::Published),
+                    stored(2, RuleStatus::Draft)
+                ]
+            ),
+            Ok(EditPlan::ReplaceDraft { version: 2 })
+        );
+        assert!(matches!(
+            plan_edit("r", &[stored(1, RuleStatus::Archived)]),
+            Err(LifecycleError::Archived(_))
+        ));
+        assert!(matches!(
+            plan_edit("r", &[]),
+            Err(LifecycleError::NoSuchRule(_))
+        ));
+    }
+
+    #[test]
+    fn only_a_draft_can_be_published() {
+        let versions = [
+            stored(1, RuleStatus::Published),
+            stored(2, RuleStatus::Draft),
+        ];
+        assert_eq!(check_publish("r", &versions, 2), Ok(()));
+        assert!(matches!(
+            check_publish("r", &versions, 1),
+            Err(LifecycleError::NotADraft { .. })
+        ));
+        assert!(matches!(
+            check_publish("r", &versions, 3),
+            Err(LifecycleError::NoSuchVersion { .. })
+        ));
     }
 
     #[test]

@@ -43,6 +43,15 @@ pub fn day(field: &str, text: &str) -> Result<NaiveDate, FieldViolation> {
     })
 }
 
+/// A decimal amount from the wire (points, factors, rates, quantities).
+///
+/// # Errors
+/// Not a plain decimal with at most 4 fractional digits.
+pub fn amount(field: &str, text: &str) -> Result<rust_decimal::Decimal, FieldViolation> {
+    crate::domain::points::parse_amount(text.trim())
+        .map_err(|e| FieldViolation::new(field, e.to_string()))
+}
+
 /// Items per page: 50 when unset, at most 1000.
 pub fn page_size(requested: u32) -> u64 {
     match requested {

@@ -5,6 +5,7 @@ pub mod agreements;
 pub mod auth;
 pub mod convert;
 pub mod metrics;
+pub mod rules;
 pub mod settings;
 pub mod status;
 pub mod stubs;

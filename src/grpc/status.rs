@@ -4,11 +4,13 @@
 use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
+use crate::domain::rules::LifecycleError;
 use crate::domain::validation::Invalid;
 use crate::persistence::RepoError;
 use crate::service::access::AccessError;
 use crate::service::agreements::AgreementError;
 use crate::service::idempotency::IdempotencyError;
+use crate::service::rules::RulesError;
 use crate::service::settings::SettingsError;
 
 /// `INVALID_ARGUMENT` with one field violation per bad field.
@@ -93,6 +95,22 @@ impl From<AgreementError> for Status {
             AgreementError::RequestId(cause) => request_id(cause),
             AgreementError::EventIdReused(_) => Status::already_exists(err.to_string()),
             AgreementError::Repo(cause) => repo(cause),
+        }
+    }
+}
+
+impl From<RulesError> for Status {
+    fn from(err: RulesError) -> Self {
+        match &err {
+            RulesError::Invalid(found) => invalid(found),
+            RulesError::Lifecycle(
+                LifecycleError::NoSuchRule(_) | LifecycleError::NoSuchVersion { .. },
+            ) => Status::not_found(err.to_string()),
+            RulesError::Lifecycle(
+                LifecycleError::Archived(_) | LifecycleError::NotADraft { .. },
+            ) => Status::failed_precondition(err.to_string()),
+            RulesError::RequestId(cause) => request_id(cause),
+            RulesError::Repo(cause) => repo(cause),
         }
     }
 }

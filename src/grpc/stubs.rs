@@ -12,10 +12,6 @@ pub struct RedeemGrpc;
 impl pb::redeem_service_server::RedeemService for RedeemGrpc {}
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct RulesGrpc;
-impl pb::rules_service_server::RulesService for RulesGrpc {}
-
-#[derive(Debug, Default, Clone, Copy)]
 pub struct CouponGrpc;
 impl pb::coupon_service_server::CouponService for CouponGrpc {}
 

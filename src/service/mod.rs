@@ -3,4 +3,5 @@
 pub mod access;
 pub mod agreements;
 pub mod idempotency;
+pub mod rules;
 pub mod settings;

@@ -6,5 +6,6 @@ mod helpers;
 mod agreements;
 mod auth;
 mod contract;
+mod rules;
 mod server;
 mod settings;
