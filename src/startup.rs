@@ -17,14 +17,16 @@ use crate::config::Settings;
 use crate::domain::clock::{Clock, SystemClock};
 use crate::grpc::agreements::AgreementGrpc;
 use crate::grpc::auth::AuthLayer;
+use crate::grpc::ledger::LedgerGrpc;
 use crate::grpc::metrics::MetricsLayer;
 use crate::grpc::rules::RulesGrpc;
 use crate::grpc::settings::SettingsGrpc;
-use crate::grpc::stubs::{CouponGrpc, EarnGrpc, LedgerGrpc, RedeemGrpc, SyncGrpc};
+use crate::grpc::stubs::{CouponGrpc, EarnGrpc, RedeemGrpc, SyncGrpc};
 use crate::persistence::access::SeaAccessRepository;
 use crate::persistence::agreements::SeaAgreementRepository;
 use crate::persistence::directory::SeaDirectoryRepository;
 use crate::persistence::idempotency::SeaIdempotencyRepository;
+use crate::persistence::ledger::SeaLedgerRepository;
 use crate::persistence::rules::SeaRulesRepository;
 use crate::persistence::settings::SeaSettingsRepository;
 use crate::persistence::{
@@ -34,6 +36,7 @@ use crate::proto::loyalty::v1 as pb;
 use crate::proto::served_descriptor_set;
 use crate::service::access::{AccessError, AccessService};
 use crate::service::agreements::AgreementService;
+use crate::service::ledger::LedgerService;
 use crate::service::rules::RulesService;
 use crate::service::settings::SettingsService;
 
@@ -86,6 +89,7 @@ pub struct Services {
     pub settings: Arc<SettingsService>,
     pub agreements: Arc<AgreementService>,
     pub rules: Arc<RulesService>,
+    pub ledger: Arc<LedgerService>,
     pub directory: Arc<dyn DirectoryRepository>,
 }
 
@@ -117,6 +121,13 @@ impl Services {
             )),
             rules: Arc::new(RulesService::new(
                 Arc::new(SeaRulesRepository::new(db.clone())),
+                Arc::clone(&settings_repo),
+                Arc::clone(&requests),
+                Arc::clone(clock),
+            )),
+            ledger: Arc::new(LedgerService::new(
+                Arc::new(SeaLedgerRepository::new(db.clone(), Arc::clone(clock))),
+                Arc::clone(&directory),
                 settings_repo,
                 requests,
                 Arc::clone(clock),
@@ -256,7 +267,7 @@ impl Application {
             ))
             .add_service(limited!(
                 pb::ledger_service_server::LedgerServiceServer<_>,
-                LedgerGrpc
+                LedgerGrpc::new(Arc::clone(&self.services.ledger))
             ))
             .add_service(limited!(
                 pb::sync_service_server::SyncServiceServer<_>,

@@ -53,6 +53,8 @@ pub struct NewLedgerEvent {
     pub reason_code: Option<String>,
     pub reason: Option<String>,
     pub actor_key_id: Option<String>,
+    /// The person acting (an administrator, or a client's user in the front office).
+    pub actor_user_id: Option<String>,
 }
 
 /// An appended event.
@@ -63,6 +65,20 @@ pub struct LedgerEvent {
     /// The client's total after this event.
     pub balance_after: Decimal,
     pub recorded_at: DateTime<Utc>,
+}
+
+/// Which events of a client to list, newest first.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HistoryQuery {
+    pub client_id: String,
+    /// All types when empty.
+    pub types: Vec<EventType>,
+    /// Recorded in `[from, to)`.
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    /// Events older than this one (the previous page's last).
+    pub before_event_id: Option<i64>,
+    pub limit: u64,
 }
 
 /// A client's maintained balance.

@@ -4,6 +4,7 @@
 pub mod agreements;
 pub mod auth;
 pub mod convert;
+pub mod ledger;
 pub mod metrics;
 pub mod rules;
 pub mod settings;
@@ -31,4 +32,15 @@ pub fn caller<T>(request: &Request<T>) -> Result<Caller, Status> {
 /// A hash of a request message, to tell a retry from a different call with the same request id.
 pub fn request_hash<M: Message>(message: &M) -> String {
     hex::encode(Sha256::digest(message.encode_to_vec()))
+}
+
+/// The identity of a mutating call: its request id and the hash of the whole message.
+pub fn request_key<M: Message>(
+    request_id: &str,
+    message: &M,
+) -> crate::service::idempotency::RequestKey {
+    crate::service::idempotency::RequestKey {
+        request_id: request_id.to_owned(),
+        request_hash: request_hash(message),
+    }
 }

@@ -6,12 +6,12 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{amount, day, page_position, page_size, page_token, timestamp};
 use super::status::invalid;
-use super::{caller, request_hash};
+use super::{caller, request_key as key};
 use crate::domain::rule_spec::RuleSpec;
 use crate::domain::rules::{Channel, RuleStatus, RuleTarget, StoredRule, TargetKind};
 use crate::domain::validation::{FieldViolation, Invalid};
 use crate::proto::loyalty::v1 as pb;
-use crate::service::rules::{DatedValue, DatedView, RequestKey, RulesService};
+use crate::service::rules::{DatedValue, DatedView, RulesService};
 
 pub struct RulesGrpc {
     service: Arc<RulesService>,
@@ -24,13 +24,6 @@ impl RulesGrpc {
 }
 
 type Reply<T> = Result<Response<T>, Status>;
-
-fn key<M: prost::Message>(request_id: &str, message: &M) -> RequestKey {
-    RequestKey {
-        request_id: request_id.to_owned(),
-        request_hash: request_hash(message),
-    }
-}
 
 fn bad(found: Vec<FieldViolation>) -> Status {
     invalid(&Invalid(found))

@@ -10,6 +10,7 @@ use crate::persistence::RepoError;
 use crate::service::access::AccessError;
 use crate::service::agreements::AgreementError;
 use crate::service::idempotency::IdempotencyError;
+use crate::service::ledger::LedgerError;
 use crate::service::rules::RulesError;
 use crate::service::settings::SettingsError;
 
@@ -111,6 +112,17 @@ impl From<RulesError> for Status {
             ) => Status::failed_precondition(err.to_string()),
             RulesError::RequestId(cause) => request_id(cause),
             RulesError::Repo(cause) => repo(cause),
+        }
+    }
+}
+
+impl From<LedgerError> for Status {
+    fn from(err: LedgerError) -> Self {
+        match &err {
+            LedgerError::Invalid(found) => invalid(found),
+            LedgerError::NotFound(_) => Status::not_found(err.to_string()),
+            LedgerError::RequestId(cause) => request_id(cause),
+            LedgerError::Repo(cause) => repo(cause),
         }
     }
 }

@@ -16,9 +16,5 @@ pub struct CouponGrpc;
 impl pb::coupon_service_server::CouponService for CouponGrpc {}
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct LedgerGrpc;
-impl pb::ledger_service_server::LedgerService for LedgerGrpc {}
-
-#[derive(Debug, Default, Clone, Copy)]
 pub struct SyncGrpc;
 impl pb::sync_service_server::SyncService for SyncGrpc {}

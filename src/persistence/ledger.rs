@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -14,10 +16,14 @@ use sea_orm::{
 };
 
 use super::LedgerRepository;
-use super::entities::{balances, ledger_events};
+use super::entities::{balances, earn_lots, ledger_events};
 use super::error::{RepoError, classify};
+use super::idempotency::{insert_record, set_result_ref};
 use crate::domain::clock::Clock;
-use crate::domain::ledger::{Balance, ClientLedgerAudit, EventType, LedgerEvent, NewLedgerEvent};
+use crate::domain::idempotency::IdempotencyRecord;
+use crate::domain::ledger::{
+    Balance, ClientLedgerAudit, EventType, HistoryQuery, LedgerEvent, NewLedgerEvent,
+};
 use crate::domain::points::{from_minor_units, to_minor_units};
 use crate::domain::tenant::TenantId;
 
@@ -40,14 +46,18 @@ fn units(value: rust_decimal::Decimal) -> Result<i64, RepoError> {
 
 #[async_trait]
 impl LedgerRepository for SeaLedgerRepository {
-    async fn append(
+    async fn append<'r>(
         &self,
         tenant: &TenantId,
         event: &NewLedgerEvent,
+        request: Option<&'r IdempotencyRecord>,
     ) -> Result<LedgerEvent, RepoError> {
         let points = units(event.points)?;
         let now = self.clock.now();
         let txn = self.db.begin().await.map_err(classify)?;
+        if let Some(record) = request {
+            insert_record(&txn, tenant, record).await?;
+        }
         let empty = balances::ActiveModel {
             tenant_id: Set(tenant.as_str().to_owned()),
             client_id: Set(event.client_id.clone()),
@@ -103,7 +113,7 @@ impl LedgerRepository for SeaLedgerRepository {
             reason_code: Set(event.reason_code.clone()),
             reason: Set(event.reason.clone()),
             actor_key_id: Set(event.actor_key_id.clone()),
-            actor_user_id: Set(None),
+            actor_user_id: Set(event.actor_user_id.clone()),
             stacking_mode: Set(None),
         };
         let event_id = ledger_events::Entity::insert(row)
@@ -118,6 +128,9 @@ impl LedgerRepository for SeaLedgerRepository {
             .exec(&txn)
             .await
             .map_err(classify)?;
+        if let Some(record) = request {
+            set_result_ref(&txn, tenant, &record.request_id, &event_id.to_string()).await?;
+        }
         txn.commit().await.map_err(classify)?;
         Ok(LedgerEvent {
             event_id,
@@ -147,21 +160,72 @@ impl LedgerRepository for SeaLedgerRepository {
         }))
     }
 
-    async fn events(
+    async fn event(
         &self,
         tenant: &TenantId,
-        client_id: &str,
-        limit: u64,
-    ) -> Result<Vec<LedgerEvent>, RepoError> {
-        let rows = ledger_events::Entity::find()
+        event_id: i64,
+    ) -> Result<Option<LedgerEvent>, RepoError> {
+        let row = ledger_events::Entity::find()
             .filter(ledger_events::Column::TenantId.eq(tenant.as_str()))
-            .filter(ledger_events::Column::ClientId.eq(client_id))
+            .filter(ledger_events::Column::EventId.eq(event_id))
+            .one(&self.db)
+            .await
+            .map_err(classify)?;
+        row.map(event_from_row).transpose()
+    }
+
+    async fn history(
+        &self,
+        tenant: &TenantId,
+        query: &HistoryQuery,
+    ) -> Result<Vec<LedgerEvent>, RepoError> {
+        let mut select = ledger_events::Entity::find()
+            .filter(ledger_events::Column::TenantId.eq(tenant.as_str()))
+            .filter(ledger_events::Column::ClientId.eq(query.client_id.as_str()));
+        if !query.types.is_empty() {
+            select = select.filter(
+                ledger_events::Column::EventType.is_in(query.types.iter().map(|t| t.as_str())),
+            );
+        }
+        if let Some(from) = query.from {
+            select = select.filter(ledger_events::Column::RecordedAt.gte(from.fixed_offset()));
+        }
+        if let Some(to) = query.to {
+            select = select.filter(ledger_events::Column::RecordedAt.lt(to.fixed_offset()));
+        }
+        if let Some(before) = query.before_event_id {
+            select = select.filter(ledger_events::Column::EventId.lt(before));
+        }
+        let rows = select
             .order_by_desc(ledger_events::Column::EventId)
-            .limit(limit)
+            .limit(query.limit)
             .all(&self.db)
             .await
             .map_err(classify)?;
         rows.into_iter().map(event_from_row).collect()
+    }
+
+    async fn expiring(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+        until: DateTime<Utc>,
+    ) -> Result<Decimal, RepoError> {
+        let sum: Option<i64> = earn_lots::Entity::find()
+            .select_only()
+            .column_as(
+                Expr::cust("CAST(COALESCE(SUM(remaining), 0) AS BIGINT)"),
+                "expiring",
+            )
+            .filter(earn_lots::Column::TenantId.eq(tenant.as_str()))
+            .filter(earn_lots::Column::ClientId.eq(client_id))
+            .filter(earn_lots::Column::Remaining.gt(0))
+            .filter(earn_lots::Column::ExpiresAt.lte(until.fixed_offset()))
+            .into_tuple()
+            .one(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(from_minor_units(sum.unwrap_or(0)))
     }
 
     async fn audit(&self, tenant: &TenantId) -> Result<Vec<ClientLedgerAudit>, RepoError> {
@@ -244,6 +308,7 @@ fn event_from_row(row: ledger_events::Model) -> Result<LedgerEvent, RepoError> {
             reason_code: row.reason_code,
             reason: row.reason,
             actor_key_id: row.actor_key_id,
+            actor_user_id: row.actor_user_id,
         },
         balance_after: from_minor_units(row.balance_after),
         recorded_at: row.recorded_at.to_utc(),

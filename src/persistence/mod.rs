@@ -30,7 +30,9 @@ use crate::domain::consent::{AgreementVersion, ConsentEvent, ConsentOutcome};
 use crate::domain::directory::{ClientRecord, UserRecord};
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::intervals::Interval;
-use crate::domain::ledger::{Balance, ClientLedgerAudit, LedgerEvent, NewLedgerEvent};
+use crate::domain::ledger::{
+    Balance, ClientLedgerAudit, HistoryQuery, LedgerEvent, NewLedgerEvent,
+};
 use crate::domain::rules::{EffectiveDated, MultiplierRule, RuleTarget, StoredRule};
 use crate::domain::settings::TenantSettings;
 use crate::domain::tenant::TenantId;
@@ -86,28 +88,45 @@ pub trait IdempotencyRepository: Send + Sync {
 }
 
 /// The append-only ledger and the maintained balances.
+// mockall's generated expectations take `&Option<&T>`.
+#[cfg_attr(test, allow(clippy::ref_option_ref))]
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait LedgerRepository: Send + Sync {
-    /// Appends an event and updates the client's balance in one transaction.
-    async fn append(
+    /// Appends an event and updates the client's balance in one transaction, with the request's
+    /// idempotency record (its `result_ref` becomes the event id) when given. `Conflict` when the
+    /// document, request id or redemption already has its event.
+    async fn append<'r>(
         &self,
         tenant: &TenantId,
         event: &NewLedgerEvent,
+        request: Option<&'r IdempotencyRecord>,
     ) -> Result<LedgerEvent, RepoError>;
+    /// One event.
+    async fn event(
+        &self,
+        tenant: &TenantId,
+        event_id: i64,
+    ) -> Result<Option<LedgerEvent>, RepoError>;
     /// The client's balance row, if it has one.
     async fn balance(
         &self,
         tenant: &TenantId,
         client_id: &str,
     ) -> Result<Option<Balance>, RepoError>;
-    /// The client's events, newest first.
-    async fn events(
+    /// A client's events, newest first, filtered.
+    async fn history(
+        &self,
+        tenant: &TenantId,
+        query: &HistoryQuery,
+    ) -> Result<Vec<LedgerEvent>, RepoError>;
+    /// Points of the client's lots that expire by `until`.
+    async fn expiring(
         &self,
         tenant: &TenantId,
         client_id: &str,
-        limit: u64,
-    ) -> Result<Vec<LedgerEvent>, RepoError>;
+        until: DateTime<Utc>,
+    ) -> Result<Decimal, RepoError>;
     /// Balance rows against event sums, for every client of the tenant.
     async fn audit(&self, tenant: &TenantId) -> Result<Vec<ClientLedgerAudit>, RepoError>;
 }

@@ -4,6 +4,13 @@ use crate::domain::idempotency::{Replay, valid_request_id};
 use crate::domain::tenant::TenantId;
 use crate::persistence::{IdempotencyRepository, RepoError};
 
+/// A mutating call's identity: the caller's request id and a hash of the whole request.
+#[derive(Debug, Clone)]
+pub struct RequestKey {
+    pub request_id: String,
+    pub request_hash: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum IdempotencyError {
     /// → `INVALID_ARGUMENT` on `request_id`.

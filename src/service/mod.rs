@@ -3,5 +3,6 @@
 pub mod access;
 pub mod agreements;
 pub mod idempotency;
+pub mod ledger;
 pub mod rules;
 pub mod settings;

@@ -20,7 +20,7 @@ use crate::domain::rules::{
 use crate::domain::tenant::TenantId;
 use crate::domain::validation::Invalid;
 use crate::persistence::{IdempotencyRepository, RepoError, RulesRepository, SettingsRepository};
-use crate::service::idempotency::{IdempotencyError, prior_result};
+use crate::service::idempotency::{IdempotencyError, RequestKey, prior_result};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RulesError {
@@ -45,13 +45,6 @@ impl From<IdempotencyError> for RulesError {
             other => Self::RequestId(other),
         }
     }
-}
-
-/// A mutating call's identity.
-#[derive(Debug, Clone)]
-pub struct RequestKey {
-    pub request_id: String,
-    pub request_hash: String,
 }
 
 /// A dated value as listed: from its day until the next entry's day.

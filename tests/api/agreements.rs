@@ -1,7 +1,7 @@
 //! `AgreementService` end to end: consent events, versions, and when a client counts as agreed.
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, TimeZone, Utc};
-use one_loyalty::domain::directory::{ClientRecord, UserRecord};
+use one_loyalty::domain::directory::UserRecord;
 use one_loyalty::domain::tenant::TenantId;
 use one_loyalty::proto::loyalty::v1 as pb;
 use pb::agreement_service_client::AgreementServiceClient;
@@ -47,39 +47,6 @@ fn ts(at: DateTime<Utc>) -> prost_types::Timestamp {
 
 fn client(app: &TestApp) -> AgreementServiceClient<Channel> {
     AgreementServiceClient::new(app.channel.clone())
-}
-
-async fn seed_client(app: &TestApp, client_id: &str, has_account: bool) {
-    let record = ClientRecord {
-        client_id: client_id.into(),
-        name: client_id.into(),
-        status: "ACTIVE".into(),
-        has_account,
-        segment_ids: vec![],
-        updated_at: Utc::now(),
-    };
-    let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
-    app.services
-        .directory
-        .save_client(&tenant, &record)
-        .await
-        .expect("save client");
-}
-
-async fn seed_user(app: &TestApp, user_id: &str, client_id: &str) {
-    let record = UserRecord {
-        user_id: user_id.into(),
-        client_id: client_id.into(),
-        active: true,
-        deactivated_at: None,
-        updated_at: Utc::now(),
-    };
-    let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
-    app.services
-        .directory
-        .save_user(&tenant, &record)
-        .await
-        .expect("save user");
 }
 
 fn consent(
@@ -173,8 +140,8 @@ async fn publish(
 }
 
 async fn one_client_one_user(app: &TestApp) {
-    seed_client(app, "org:c", true).await;
-    seed_user(app, "u1", "org:c").await;
+    app.seed_client("org:c", true).await;
+    app.seed_user("u1", "org:c").await;
 }
 
 async fn agreed_today_withdrawn_tomorrow_agreed_again_the_day_after_gives_days_one_and_three(
@@ -202,7 +169,7 @@ async fn two_users_with_overlapping_consents_make_their_client_eligible_on_the_u
     app: &TestApp,
 ) {
     one_client_one_user(app).await;
-    seed_user(app, "u2", "org:c").await;
+    app.seed_user("u2", "org:c").await;
     record(
         app,
         "r1",
@@ -234,8 +201,8 @@ async fn a_version_published_mid_day_counts_only_acceptances_of_it_made_before_t
         ("org:new", "u-new"),
         ("org:late", "u-late"),
     ] {
-        seed_client(app, client_id, true).await;
-        seed_user(app, user_id, client_id).await;
+        app.seed_client(client_id, true).await;
+        app.seed_user(user_id, client_id).await;
     }
     publish(app, "v1", 1, "2026-01-01 00:00").await.expect("v1");
     record(
@@ -283,8 +250,8 @@ async fn events_delivered_in_reverse_order_give_the_same_days(app: &TestApp) {
         ]
     };
     for (client_id, user_id) in [("org:in-order", "u-a"), ("org:reversed", "u-b")] {
-        seed_client(app, client_id, true).await;
-        seed_user(app, user_id, client_id).await;
+        app.seed_client(client_id, true).await;
+        app.seed_user(user_id, client_id).await;
     }
     for (i, event) in history("u-a", "a").into_iter().enumerate() {
         record(app, &format!("in-order-{i}"), vec![event]).await;
@@ -309,10 +276,10 @@ async fn events_delivered_in_reverse_order_give_the_same_days(app: &TestApp) {
 }
 
 async fn an_individual_client_and_a_client_without_an_account_are_never_eligible(app: &TestApp) {
-    seed_client(app, "ind:person", true).await;
-    seed_user(app, "u-ind", "ind:person").await;
-    seed_client(app, "org:no-account", false).await;
-    seed_user(app, "u-noacc", "org:no-account").await;
+    app.seed_client("ind:person", true).await;
+    app.seed_user("u-ind", "ind:person").await;
+    app.seed_client("org:no-account", false).await;
+    app.seed_user("u-noacc", "org:no-account").await;
     let outcomes = record(
         app,
         "r1",
@@ -338,7 +305,7 @@ async fn an_individual_client_and_a_client_without_an_account_are_never_eligible
             .is_empty()
     );
     // Gaining an account makes the recorded consent count.
-    seed_client(app, "org:no-account", true).await;
+    app.seed_client("org:no-account", true).await;
     assert_eq!(
         days(app, "org:no-account", "2026-03-01", "2026-03-02").await,
         ["2026-03-01", "2026-03-02"]
@@ -346,10 +313,10 @@ async fn an_individual_client_and_a_client_without_an_account_are_never_eligible
 }
 
 async fn the_tenants_time_zone_decides_which_day_an_acceptance_counts_for(app: &TestApp) {
-    seed_client(app, "org:evening", true).await;
-    seed_user(app, "u-e", "org:evening").await;
-    seed_client(app, "org:night", true).await;
-    seed_user(app, "u-n", "org:night").await;
+    app.seed_client("org:evening", true).await;
+    app.seed_user("u-e", "org:evening").await;
+    app.seed_client("org:night", true).await;
+    app.seed_user("u-n", "org:night").await;
     // 23:30 in Warsaw is 22:30 UTC the same day; 00:30 is 23:30 UTC the day before.
     record(
         app,

@@ -7,7 +7,7 @@ use chrono::{NaiveDate, Utc};
 use one_loyalty::domain::access::ApiKeyRecord;
 use one_loyalty::domain::clock::SystemClock;
 use one_loyalty::domain::idempotency::IdempotencyRecord;
-use one_loyalty::domain::ledger::{EventType, NewLedgerEvent};
+use one_loyalty::domain::ledger::{EventType, HistoryQuery, NewLedgerEvent};
 use one_loyalty::domain::settings::TenantSettings;
 use one_loyalty::domain::tenant::TenantId;
 use one_loyalty::persistence::access::SeaAccessRepository;
@@ -41,6 +41,14 @@ fn tenant(id: &str) -> TenantId {
     TenantId::parse(id).expect("tenant")
 }
 
+fn recent(client_id: &str) -> HistoryQuery {
+    HistoryQuery {
+        client_id: client_id.into(),
+        limit: 10,
+        ..HistoryQuery::default()
+    }
+}
+
 fn dec(text: &str) -> Decimal {
     text.parse().expect("decimal")
 }
@@ -56,6 +64,7 @@ fn event(client: &str, points: &str) -> NewLedgerEvent {
         reason_code: Some("TEST".into()),
         reason: Some("contract test".into()),
         actor_key_id: None,
+        actor_user_id: None,
     }
 }
 
@@ -63,16 +72,16 @@ async fn points_round_trip_exactly_including_large_and_tiny_amounts(store: &Test
     let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
     let t = tenant("t1");
     let big = ledger
-        .append(&t, &event("org:a", "12345678901234.5678"))
+        .append(&t, &event("org:a", "12345678901234.5678"), None)
         .await
         .expect("big");
     let tiny = ledger
-        .append(&t, &event("org:a", "0.0001"))
+        .append(&t, &event("org:a", "0.0001"), None)
         .await
         .expect("tiny");
     assert_eq!(big.balance_after, dec("12345678901234.5678"));
     assert_eq!(tiny.balance_after, dec("12345678901234.5679"));
-    let events = ledger.events(&t, "org:a", 10).await.expect("events");
+    let events = ledger.history(&t, &recent("org:a")).await.expect("events");
     let points: Vec<Decimal> = events.iter().map(|e| e.event.points).collect();
     assert_eq!(points, [dec("0.0001"), dec("12345678901234.5678")]);
     let balance = ledger
@@ -84,11 +93,11 @@ async fn points_round_trip_exactly_including_large_and_tiny_amounts(store: &Test
     assert_eq!(balance.available, dec("12345678901234.5679"));
     assert_eq!(balance.last_event_id, Some(tiny.event_id));
     let negative = ledger
-        .append(&t, &event("org:b", "-0.0001"))
+        .append(&t, &event("org:b", "-0.0001"), None)
         .await
         .expect("negative");
     assert_eq!(negative.balance_after, dec("-0.0001"));
-    let too_precise = ledger.append(&t, &event("org:a", "0.00001")).await;
+    let too_precise = ledger.append(&t, &event("org:a", "0.00001"), None).await;
     assert!(
         too_precise.is_err(),
         "five decimals cannot be stored exactly and are refused"
@@ -101,8 +110,8 @@ async fn one_event_per_document_is_enforced_by_the_database(store: &TestDb) {
     let mut earn = event("org:a", "10");
     earn.event_type = EventType::Earn;
     earn.document_id = Some("inv-1".into());
-    ledger.append(&t, &earn).await.expect("first");
-    let again = ledger.append(&t, &earn).await.expect_err("second");
+    ledger.append(&t, &earn, None).await.expect("first");
+    let again = ledger.append(&t, &earn, None).await.expect_err("second");
     assert!(matches!(again, RepoError::Conflict(_)), "{again:?}");
     let balance = ledger
         .balance(&t, "org:a")
@@ -111,7 +120,7 @@ async fn one_event_per_document_is_enforced_by_the_database(store: &TestDb) {
         .expect("balance");
     assert_eq!(balance.total, dec("10"), "the refused event left no trace");
     ledger
-        .append(&tenant("t2"), &earn)
+        .append(&tenant("t2"), &earn, None)
         .await
         .expect("the same document id in another tenant");
 }
@@ -122,11 +131,15 @@ async fn one_event_per_request_id_is_enforced_by_the_database(store: &TestDb) {
     let mut spend = event("org:a", "-3");
     spend.event_type = EventType::Use;
     spend.request_id = Some("req-1".into());
-    ledger.append(&t, &spend).await.expect("first");
-    let again = ledger.append(&t, &spend).await.expect_err("second");
+    ledger.append(&t, &spend, None).await.expect("first");
+    let again = ledger.append(&t, &spend, None).await.expect_err("second");
     assert!(matches!(again, RepoError::Conflict(_)), "{again:?}");
     assert_eq!(
-        ledger.events(&t, "org:a", 10).await.expect("events").len(),
+        ledger
+            .history(&t, &recent("org:a"))
+            .await
+            .expect("events")
+            .len(),
         1
     );
 }
@@ -142,7 +155,7 @@ async fn concurrent_appends_keep_the_balance_equal_to_the_sum_of_events(store: &
         let t = t.clone();
         tokio::spawn(async move {
             ledger
-                .append(&t, &event("org:hot", &format!("{}.25", i + 1)))
+                .append(&t, &event("org:hot", &format!("{}.25", i + 1)), None)
                 .await
         })
     });
@@ -166,7 +179,7 @@ async fn concurrent_appends_keep_the_balance_equal_to_the_sum_of_events(store: &
 async fn one_tenants_ledger_is_unreachable_from_another(store: &TestDb) {
     let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
     ledger
-        .append(&tenant("t1"), &event("org:shared", "5"))
+        .append(&tenant("t1"), &event("org:shared", "5"), None)
         .await
         .expect("append");
     assert_eq!(
@@ -178,7 +191,7 @@ async fn one_tenants_ledger_is_unreachable_from_another(store: &TestDb) {
     );
     assert!(
         ledger
-            .events(&tenant("t2"), "org:shared", 10)
+            .history(&tenant("t2"), &recent("org:shared"))
             .await
             .expect("read")
             .is_empty()
@@ -190,7 +203,7 @@ async fn the_invariant_checker_catches_a_tampered_balance(store: &TestDb) {
     let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
     let t = tenant("t1");
     ledger
-        .append(&t, &event("org:a", "5"))
+        .append(&t, &event("org:a", "5"), None)
         .await
         .expect("append");
     let tamper = |delta: i64| {

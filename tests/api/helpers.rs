@@ -2,6 +2,7 @@
 //! ledger-invariant check every scenario ends with.
 
 use one_loyalty::config::{BootstrapApiKey, BootstrapTenant, Overrides, Settings};
+use one_loyalty::domain::directory::{ClientRecord, UserRecord};
 use one_loyalty::domain::tenant::TenantId;
 use one_loyalty::persistence::LedgerRepository;
 use one_loyalty::persistence::db;
@@ -218,6 +219,41 @@ impl TestApp {
     #[allow(clippy::unused_self)] // a method, so that tests read `app.request(..)`
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         request_as(DEMO_TENANT, DEMO_KEY, message)
+    }
+
+    /// Creates or replaces a client of the demo tenant (synchronization does this in service).
+    pub async fn seed_client(&self, client_id: &str, has_account: bool) {
+        let record = ClientRecord {
+            client_id: client_id.into(),
+            name: client_id.into(),
+            status: "ACTIVE".into(),
+            has_account,
+            segment_ids: vec![],
+            updated_at: chrono::Utc::now(),
+        };
+        let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
+        self.services
+            .directory
+            .save_client(&tenant, &record)
+            .await
+            .expect("save client");
+    }
+
+    /// Creates or replaces an active user of a demo-tenant client.
+    pub async fn seed_user(&self, user_id: &str, client_id: &str) {
+        let record = UserRecord {
+            user_id: user_id.into(),
+            client_id: client_id.into(),
+            active: true,
+            deactivated_at: None,
+            updated_at: chrono::Utc::now(),
+        };
+        let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
+        self.services
+            .directory
+            .save_user(&tenant, &record)
+            .await
+            .expect("save user");
     }
 
     pub fn settings_client(&self) -> pb::settings_service_client::SettingsServiceClient<Channel> {

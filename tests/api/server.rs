@@ -85,14 +85,14 @@ async fn health_reports_every_loyalty_service_serving_without_credentials(app: &
 }
 
 async fn rpcs_of_later_work_answer_unimplemented_after_authentication(app: &TestApp) {
-    let mut ledger = pb::ledger_service_client::LedgerServiceClient::new(app.channel.clone());
-    let status = ledger
-        .get_balance(app.request(pb::GetBalanceRequest::default()))
+    let mut earn = pb::earn_service_client::EarnServiceClient::new(app.channel.clone());
+    let status = earn
+        .explain_document(app.request(pb::ExplainDocumentRequest::default()))
         .await
         .expect_err("not yet");
     assert_eq!(status.code(), tonic::Code::Unimplemented);
-    let status = ledger
-        .get_balance(pb::GetBalanceRequest::default())
+    let status = earn
+        .explain_document(pb::ExplainDocumentRequest::default())
         .await
         .expect_err("no key");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);

@@ -1,0 +1,324 @@
+//! A client's points: the balance (one row, never a sum of history), the history, one event, and
+//! administrators' adjustments, idempotent by request id.
+
+use std::sync::Arc;
+
+use chrono::Duration;
+use rust_decimal::Decimal;
+
+use crate::domain::access::Caller;
+use crate::domain::clock::Clock;
+use crate::domain::idempotency::IdempotencyRecord;
+use crate::domain::ledger::{Balance, EventType, HistoryQuery, LedgerEvent, NewLedgerEvent};
+use crate::domain::validation::{FieldViolation, Invalid};
+use crate::persistence::{
+    DirectoryRepository, IdempotencyRepository, LedgerRepository, RepoError, SettingsRepository,
+};
+use crate::service::idempotency::{IdempotencyError, RequestKey, prior_result};
+
+const ADJUST: &str = "LedgerService/AdjustPoints";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// → `INVALID_ARGUMENT`
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// → `NOT_FOUND`
+    #[error("{0} not found")]
+    NotFound(String),
+    /// → `INVALID_ARGUMENT` / `ALREADY_EXISTS`
+    #[error(transparent)]
+    RequestId(IdempotencyError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+impl From<IdempotencyError> for LedgerError {
+    fn from(err: IdempotencyError) -> Self {
+        match err {
+            IdempotencyError::Repo(cause) => Self::Repo(cause),
+            other => Self::RequestId(other),
+        }
+    }
+}
+
+/// A balance as shown: the row, the points expiring soon and the scale to show them at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalanceView {
+    pub balance: Balance,
+    pub expiring: Decimal,
+    pub expiring_within_days: u32,
+    pub points_scale: u32,
+}
+
+/// An administrator's correction.
+#[derive(Debug, Clone)]
+pub struct Adjustment {
+    pub client_id: String,
+    /// Signed, not zero.
+    pub points: Decimal,
+    pub reason_code: String,
+    pub reason: String,
+    pub user_id: String,
+}
+
+pub struct LedgerService {
+    repo: Arc<dyn LedgerRepository>,
+    directory: Arc<dyn DirectoryRepository>,
+    settings: Arc<dyn SettingsRepository>,
+    requests: Arc<dyn IdempotencyRepository>,
+    clock: Arc<dyn Clock>,
+}
+
+impl LedgerService {
+    pub fn new(
+        repo: Arc<dyn LedgerRepository>,
+        directory: Arc<dyn DirectoryRepository>,
+        settings: Arc<dyn SettingsRepository>,
+        requests: Arc<dyn IdempotencyRepository>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            repo,
+            directory,
+            settings,
+            requests,
+            clock,
+        }
+    }
+
+    /// The points scale the tenant shows points at.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn points_scale(&self, caller: &Caller) -> Result<u32, LedgerError> {
+        Ok(self.settings.current(&caller.tenant).await?.points_scale)
+    }
+
+    /// A client's balance; zero for a known client without events.
+    ///
+    /// # Errors
+    /// An unknown client, or the database.
+    #[tracing::instrument(skip_all, fields(tenant = %caller.tenant, client_id))]
+    pub async fn balance(
+        &self,
+        caller: &Caller,
+        client_id: &str,
+        window_days: Option<u32>,
+    ) -> Result<BalanceView, LedgerError> {
+        let settings = self.settings.current(&caller.tenant).await?;
+        let balance = if let Some(balance) = self.repo.balance(&caller.tenant, client_id).await? {
+            balance
+        } else {
+            self.known_client(caller, client_id).await?;
+            Balance {
+                client_id: client_id.to_owned(),
+                total: Decimal::ZERO,
+                available: Decimal::ZERO,
+                locked: Decimal::ZERO,
+                reserved: Decimal::ZERO,
+                last_event_id: None,
+                updated_at: self.clock.now(),
+            }
+        };
+        let window = window_days
+            .filter(|d| *d > 0)
+            .unwrap_or(settings.expiring_window_days)
+            .min(3_660);
+        let expiring = if settings.expiry_months == 0 {
+            Decimal::ZERO
+        } else {
+            let until = self.clock.now() + Duration::days(i64::from(window));
+            self.repo.expiring(&caller.tenant, client_id, until).await?
+        };
+        Ok(BalanceView {
+            balance,
+            expiring,
+            expiring_within_days: window,
+            points_scale: settings.points_scale,
+        })
+    }
+
+    /// A page of a client's events, newest first, and where the next page starts.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn history(
+        &self,
+        caller: &Caller,
+        query: HistoryQuery,
+    ) -> Result<(Vec<LedgerEvent>, Option<i64>), LedgerError> {
+        let page_size = query.limit;
+        let mut events = self
+            .repo
+            .history(
+                &caller.tenant,
+                &HistoryQuery {
+                    limit: page_size + 1,
+                    ..query
+                },
+            )
+            .await?;
+        let next = if events.len() as u64 > page_size {
+            events.truncate(usize::try_from(page_size).unwrap_or(usize::MAX));
+            events.last().map(|e| e.event_id)
+        } else {
+            None
+        };
+        Ok((events, next))
+    }
+
+    /// One event of the tenant.
+    ///
+    /// # Errors
+    /// An unknown event, or the database.
+    pub async fn event(&self, caller: &Caller, event_id: i64) -> Result<LedgerEvent, LedgerError> {
+        self.repo
+            .event(&caller.tenant, event_id)
+            .await?
+            .ok_or_else(|| LedgerError::NotFound(format!("event {event_id}")))
+    }
+
+    /// Adds points or takes them away; a penalty may take the balance below zero.
+    ///
+    /// # Errors
+    /// Bad fields, an unknown client, a reused request id, or the database.
+    #[tracing::instrument(skip_all, fields(tenant = %caller.tenant, request_id = %key.request_id))]
+    pub async fn adjust(
+        &self,
+        caller: &Caller,
+        key: &RequestKey,
+        adjustment: &Adjustment,
+    ) -> Result<LedgerEvent, LedgerError> {
+        if let Some(event_id) = self.prior(caller, key).await? {
+            return self.replayed(caller, &event_id).await;
+        }
+        let scale = self.points_scale(caller).await?;
+        check_adjustment(adjustment, scale)?;
+        self.known_client(caller, &adjustment.client_id).await?;
+        let event = NewLedgerEvent {
+            client_id: adjustment.client_id.clone(),
+            event_type: EventType::Adjust,
+            points: adjustment.points,
+            occurred_at: self.clock.now(),
+            document_id: None,
+            request_id: Some(key.request_id.clone()),
+            reason_code: Some(adjustment.reason_code.clone()),
+            reason: Some(adjustment.reason.trim().to_owned()),
+            actor_key_id: Some(caller.key_id.clone()),
+            actor_user_id: Some(adjustment.user_id.trim().to_owned()).filter(|u| !u.is_empty()),
+        };
+        let record = IdempotencyRecord {
+            request_id: key.request_id.clone(),
+            operation: ADJUST.into(),
+            request_hash: key.request_hash.clone(),
+            result_ref: String::new(),
+        };
+        match self
+            .repo
+            .append(&caller.tenant, &event, Some(&record))
+            .await
+        {
+            Ok(appended) => Ok(appended),
+            Err(RepoError::Conflict(cause)) => match self.prior(caller, key).await? {
+                Some(event_id) => self.replayed(caller, &event_id).await,
+                None => Err(RepoError::Aborted(cause).into()),
+            },
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    async fn known_client(&self, caller: &Caller, client_id: &str) -> Result<(), LedgerError> {
+        match self.directory.client(&caller.tenant, client_id).await? {
+            Some(_) => Ok(()),
+            None => Err(LedgerError::NotFound(format!("client {client_id}"))),
+        }
+    }
+
+    async fn prior(
+        &self,
+        caller: &Caller,
+        key: &RequestKey,
+    ) -> Result<Option<String>, LedgerError> {
+        Ok(prior_result(
+            self.requests.as_ref(),
+            &caller.tenant,
+            &key.request_id,
+            ADJUST,
+            &key.request_hash,
+        )
+        .await?)
+    }
+
+    async fn replayed(&self, caller: &Caller, event_id: &str) -> Result<LedgerEvent, LedgerError> {
+        let id = event_id
+            .parse()
+            .map_err(|_| RepoError::Corrupt(format!("recorded event id {event_id:?}")))?;
+        self.event(caller, id).await
+    }
+}
+
+/// The checks on an adjustment that need nothing stored.
+fn check_adjustment(a: &Adjustment, points_scale: u32) -> Result<(), Invalid> {
+    let mut found = Vec::new();
+    if a.client_id.trim().is_empty() {
+        found.push(FieldViolation::new("client_id", "is required"));
+    }
+    if a.points.is_zero() {
+        found.push(FieldViolation::new("points", "must not be zero"));
+    } else if a.points.normalize().scale() > points_scale {
+        found.push(FieldViolation::new(
+            "points",
+            format!("must have at most {points_scale} decimals (the tenant's points scale)"),
+        ));
+    }
+    let code_ok = (1..=32).contains(&a.reason_code.len())
+        && a.reason_code
+            .chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+    if !code_ok {
+        found.push(FieldViolation::new(
+            "reason_code",
+            "must be 1 to 32 of A-Z, 0-9 and _ (e.g. GOODWILL, PENALTY)",
+        ));
+    }
+    if a.reason.trim().is_empty() || a.reason.len() > 500 {
+        found.push(FieldViolation::new("reason", "must be 1 to 500 characters"));
+    }
+    if a.user_id.len() > 128 {
+        found.push(FieldViolation::new(
+            "user_id",
+            "must be at most 128 characters",
+        ));
+    }
+    Invalid::check(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adjustment(points: &str) -> Adjustment {
+        Adjustment {
+            client_id: "org:c".into(),
+            points: points.parse().expect("decimal"),
+            reason_code: "GOODWILL".into(),
+            reason: "late delivery".into(),
+            user_id: "admin-1".into(),
+        }
+    }
+
+    #[test]
+    fn an_adjustment_needs_points_within_the_scale_a_code_and_a_reason() {
+        assert!(check_adjustment(&adjustment("-12.5"), 2).is_ok());
+        let bad = Adjustment {
+            reason_code: "goodwill".into(),
+            reason: " ".into(),
+            ..adjustment("0.001")
+        };
+        let Invalid(found) = check_adjustment(&bad, 2).expect_err("invalid");
+        let fields: Vec<&str> = found.iter().map(|v| v.field.as_str()).collect();
+        assert_eq!(fields, ["points", "reason_code", "reason"]);
+        assert!(check_adjustment(&adjustment("0"), 2).is_err());
+    }
+}
