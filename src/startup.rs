@@ -17,26 +17,31 @@ use crate::config::Settings;
 use crate::domain::clock::{Clock, SystemClock};
 use crate::grpc::agreements::AgreementGrpc;
 use crate::grpc::auth::AuthLayer;
+use crate::grpc::earn::EarnGrpc;
 use crate::grpc::ledger::LedgerGrpc;
 use crate::grpc::metrics::MetricsLayer;
 use crate::grpc::rules::RulesGrpc;
 use crate::grpc::settings::SettingsGrpc;
-use crate::grpc::stubs::{CouponGrpc, EarnGrpc, RedeemGrpc, SyncGrpc};
+use crate::grpc::stubs::{CouponGrpc, RedeemGrpc, SyncGrpc};
 use crate::persistence::access::SeaAccessRepository;
 use crate::persistence::agreements::SeaAgreementRepository;
+use crate::persistence::catalog::SeaCatalogRepository;
 use crate::persistence::directory::SeaDirectoryRepository;
 use crate::persistence::idempotency::SeaIdempotencyRepository;
 use crate::persistence::ledger::SeaLedgerRepository;
 use crate::persistence::rules::SeaRulesRepository;
 use crate::persistence::settings::SeaSettingsRepository;
 use crate::persistence::{
-    DirectoryRepository, IdempotencyRepository, RepoError, SettingsRepository, db,
+    CatalogRepository, DirectoryRepository, IdempotencyRepository, RepoError, RulesRepository,
+    SettingsRepository, db,
 };
 use crate::proto::loyalty::v1 as pb;
 use crate::proto::served_descriptor_set;
 use crate::service::access::{AccessError, AccessService};
 use crate::service::agreements::AgreementService;
+use crate::service::earn::EarnService;
 use crate::service::ledger::LedgerService;
+use crate::service::pricing::Pricing;
 use crate::service::rules::RulesService;
 use crate::service::settings::SettingsService;
 
@@ -91,6 +96,8 @@ pub struct Services {
     pub rules: Arc<RulesService>,
     pub ledger: Arc<LedgerService>,
     pub directory: Arc<dyn DirectoryRepository>,
+    pub catalog: Arc<dyn CatalogRepository>,
+    pub earn: Arc<EarnService>,
 }
 
 impl Services {
@@ -102,6 +109,8 @@ impl Services {
             Arc::new(SeaSettingsRepository::new(db.clone()));
         let directory: Arc<dyn DirectoryRepository> =
             Arc::new(SeaDirectoryRepository::new(db.clone()));
+        let catalog: Arc<dyn CatalogRepository> = Arc::new(SeaCatalogRepository::new(db.clone()));
+        let rules_repo: Arc<dyn RulesRepository> = Arc::new(SeaRulesRepository::new(db.clone()));
         Self {
             access: Arc::new(AccessService::new(
                 Arc::new(SeaAccessRepository::new(db.clone())),
@@ -119,8 +128,14 @@ impl Services {
                 Arc::clone(&requests),
                 Arc::clone(clock),
             )),
+            earn: Arc::new(EarnService::new(
+                Pricing::new(Arc::clone(&catalog), Arc::clone(&rules_repo)),
+                Arc::clone(&directory),
+                Arc::clone(&settings_repo),
+                Arc::clone(clock),
+            )),
             rules: Arc::new(RulesService::new(
-                Arc::new(SeaRulesRepository::new(db.clone())),
+                rules_repo,
                 Arc::clone(&settings_repo),
                 Arc::clone(&requests),
                 Arc::clone(clock),
@@ -133,6 +148,7 @@ impl Services {
                 Arc::clone(clock),
             )),
             directory,
+            catalog,
         }
     }
 }
@@ -247,7 +263,7 @@ impl Application {
             ))
             .add_service(limited!(
                 pb::earn_service_server::EarnServiceServer<_>,
-                EarnGrpc
+                EarnGrpc::new(Arc::clone(&self.services.earn))
             ))
             .add_service(limited!(
                 pb::redeem_service_server::RedeemServiceServer<_>,

@@ -60,9 +60,91 @@ impl UserRecord {
     }
 }
 
+/// A product of the tenant's catalogue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProductRecord {
+    pub product_id: String,
+    pub name: String,
+    pub sku: String,
+    /// The leaf category.
+    pub category_id: Option<String>,
+    pub label_ids: Vec<String>,
+    pub manufacturer_id: Option<String>,
+    pub is_ecommerce: bool,
+    pub active: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A node of the category tree.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CategoryRecord {
+    pub category_id: String,
+    pub parent_id: Option<String>,
+    pub name: String,
+}
+
+/// An order placed in the ONe shop: its number makes invoice lines online, its date prices them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrderRecord {
+    pub order_number: String,
+    pub order_id: String,
+    pub client_id: String,
+    pub order_date: DateTime<Utc>,
+    pub status: String,
+    /// A REMOVED order no longer counts as online.
+    pub removed: bool,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Every (category, ancestor-or-self, depth) of a tree given as child → parent. A cycle or a
+/// missing parent ends a chain where it is detected.
+pub fn category_closure<S: std::hash::BuildHasher>(
+    parents: &std::collections::HashMap<String, Option<String>, S>,
+) -> Vec<(String, String, u32)> {
+    let mut pairs = Vec::new();
+    for category in parents.keys() {
+        let mut seen = std::collections::HashSet::new();
+        let mut current = Some(category.clone());
+        let mut depth = 0;
+        while let Some(node) = current.filter(|n| seen.insert(n.clone())) {
+            pairs.push((category.clone(), node.clone(), depth));
+            depth += 1;
+            current = parents.get(&node).cloned().flatten();
+        }
+    }
+    pairs.sort();
+    pairs
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_closure_pairs_each_category_with_itself_and_every_ancestor_and_survives_cycles() {
+        let parents: std::collections::HashMap<String, Option<String>> = [
+            ("leaf", Some("mid")),
+            ("mid", Some("root")),
+            ("root", None),
+            ("a", Some("b")),
+            ("b", Some("a")),
+        ]
+        .into_iter()
+        .map(|(c, p)| (c.to_owned(), p.map(str::to_owned)))
+        .collect();
+        let closure = category_closure(&parents);
+        let of_leaf: Vec<(&str, u32)> = closure
+            .iter()
+            .filter(|p| p.0 == "leaf")
+            .map(|p| (p.1.as_str(), p.2))
+            .collect();
+        assert_eq!(of_leaf, [("leaf", 0), ("mid", 1), ("root", 2)]);
+        assert_eq!(
+            closure.iter().filter(|p| p.0 == "a").count(),
+            2,
+            "the cycle a -> b -> a stops"
+        );
+    }
 
     #[test]
     fn an_inactive_user_without_a_deactivation_time_stops_counting_at_its_last_update() {

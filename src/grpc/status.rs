@@ -9,6 +9,7 @@ use crate::domain::validation::Invalid;
 use crate::persistence::RepoError;
 use crate::service::access::AccessError;
 use crate::service::agreements::AgreementError;
+use crate::service::earn::EarnError;
 use crate::service::idempotency::IdempotencyError;
 use crate::service::ledger::LedgerError;
 use crate::service::rules::RulesError;
@@ -123,6 +124,16 @@ impl From<LedgerError> for Status {
             LedgerError::NotFound(_) => Status::not_found(err.to_string()),
             LedgerError::RequestId(cause) => request_id(cause),
             LedgerError::Repo(cause) => repo(cause),
+        }
+    }
+}
+
+impl From<EarnError> for Status {
+    fn from(err: EarnError) -> Self {
+        match &err {
+            EarnError::Invalid(found) => invalid(found),
+            EarnError::NotFound(_) => Status::not_found(err.to_string()),
+            EarnError::Repo(cause) => repo(cause),
         }
     }
 }

@@ -4,10 +4,6 @@
 use crate::proto::loyalty::v1 as pb;
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct EarnGrpc;
-impl pb::earn_service_server::EarnService for EarnGrpc {}
-
-#[derive(Debug, Default, Clone, Copy)]
 pub struct RedeemGrpc;
 impl pb::redeem_service_server::RedeemService for RedeemGrpc {}
 

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod agreements;
+pub mod catalog;
 pub mod db;
 pub mod directory;
 pub mod entities;
@@ -27,13 +28,15 @@ use rust_decimal::Decimal;
 
 use crate::domain::access::ApiKeyRecord;
 use crate::domain::consent::{AgreementVersion, ConsentEvent, ConsentOutcome};
-use crate::domain::directory::{ClientRecord, UserRecord};
+use crate::domain::directory::{
+    CategoryRecord, ClientRecord, OrderRecord, ProductRecord, UserRecord,
+};
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::intervals::Interval;
 use crate::domain::ledger::{
     Balance, ClientLedgerAudit, HistoryQuery, LedgerEvent, NewLedgerEvent,
 };
-use crate::domain::rules::{EffectiveDated, MultiplierRule, RuleTarget, StoredRule};
+use crate::domain::rules::{EffectiveDated, MultiplierRule, ProductFacts, RuleTarget, StoredRule};
 use crate::domain::settings::TenantSettings;
 use crate::domain::tenant::TenantId;
 pub use error::RepoError;
@@ -266,13 +269,12 @@ pub trait RulesRepository: Send + Sync {
         after: Option<String>,
         rules: u64,
     ) -> Result<Vec<Vec<StoredRule>>, RepoError>;
-    /// Published rules targeting any of `targets` whose window overlaps `from..=to`.
+    /// Every published rule targeting any of `targets`, whatever its window: a line's breakdown
+    /// lists the rules outside their window too, with the reason.
     async fn published_rules_for(
         &self,
         tenant: &TenantId,
         targets: &[RuleTarget],
-        from: NaiveDate,
-        to: NaiveDate,
     ) -> Result<Vec<MultiplierRule>, RepoError>;
     /// Sets a segment's rate from a day on, with the request's record, atomically.
     async fn set_segment_rate(
@@ -289,4 +291,36 @@ pub trait RulesRepository: Send + Sync {
         tenant: &TenantId,
         segment_ids: Option<Vec<String>>,
     ) -> Result<HashMap<String, EffectiveDated>, RepoError>;
+}
+
+/// The catalogue and the orders, as synchronized from ONe.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait CatalogRepository: Send + Sync {
+    /// Creates or replaces a product with its labels.
+    async fn save_product(
+        &self,
+        tenant: &TenantId,
+        product: &ProductRecord,
+    ) -> Result<(), RepoError>;
+    /// Creates or replaces a category and keeps every category's ancestors current.
+    async fn save_category(
+        &self,
+        tenant: &TenantId,
+        category: &CategoryRecord,
+    ) -> Result<(), RepoError>;
+    /// Creates or replaces an order.
+    async fn save_order(&self, tenant: &TenantId, order: &OrderRecord) -> Result<(), RepoError>;
+    /// What the rules need of these products (the known ones).
+    async fn product_facts(
+        &self,
+        tenant: &TenantId,
+        product_ids: &[String],
+    ) -> Result<HashMap<String, ProductFacts>, RepoError>;
+    /// These orders (the known ones), by number.
+    async fn orders(
+        &self,
+        tenant: &TenantId,
+        order_numbers: &[String],
+    ) -> Result<HashMap<String, OrderRecord>, RepoError>;
 }

@@ -329,8 +329,6 @@ impl RulesRepository for SeaRulesRepository {
         &self,
         tenant: &TenantId,
         targets: &[RuleTarget],
-        from: NaiveDate,
-        to: NaiveDate,
     ) -> Result<Vec<MultiplierRule>, RepoError> {
         let mut keys: Vec<(String, i32)> = Vec::new();
         for chunk in targets.chunks(CHUNK / 2) {
@@ -370,12 +368,6 @@ impl RulesRepository for SeaRulesRepository {
                 multiplier_rules::Entity::find()
                     .filter(multiplier_rules::Column::TenantId.eq(tenant.as_str()))
                     .filter(multiplier_rules::Column::Status.eq(RuleStatus::Published.as_str()))
-                    .filter(multiplier_rules::Column::ValidFrom.lte(to))
-                    .filter(
-                        Condition::any()
-                            .add(multiplier_rules::Column::ValidUntil.is_null())
-                            .add(multiplier_rules::Column::ValidUntil.gte(from)),
-                    )
                     .filter(any_key)
                     .all(&self.db)
                     .await

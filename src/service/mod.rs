@@ -2,7 +2,9 @@
 
 pub mod access;
 pub mod agreements;
+pub mod earn;
 pub mod idempotency;
 pub mod ledger;
+pub mod pricing;
 pub mod rules;
 pub mod settings;
