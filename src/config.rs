@@ -16,6 +16,7 @@ pub struct Settings {
     pub metrics: MetricsSettings,
     pub database: DatabaseSettings,
     pub telemetry: TelemetrySettings,
+    pub jobs: JobsSettings,
     #[serde(default)]
     pub bootstrap: BootstrapSettings,
 }
@@ -45,6 +46,13 @@ pub struct DatabaseSettings {
     /// PostgreSQL only: the schema to use instead of `public` (tests use one per test).
     #[serde(default)]
     pub schema: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct JobsSettings {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub batch_size: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

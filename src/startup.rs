@@ -13,7 +13,7 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::Settings;
+use crate::config::{JobsSettings, Settings};
 use crate::domain::clock::{Clock, SystemClock};
 use crate::grpc::agreements::AgreementGrpc;
 use crate::grpc::auth::AuthLayer;
@@ -27,19 +27,20 @@ use crate::persistence::access::SeaAccessRepository;
 use crate::persistence::agreements::SeaAgreementRepository;
 use crate::persistence::catalog::SeaCatalogRepository;
 use crate::persistence::directory::SeaDirectoryRepository;
+use crate::persistence::documents::SeaDocumentRepository;
 use crate::persistence::idempotency::SeaIdempotencyRepository;
 use crate::persistence::ledger::SeaLedgerRepository;
 use crate::persistence::rules::SeaRulesRepository;
 use crate::persistence::settings::SeaSettingsRepository;
 use crate::persistence::{
-    CatalogRepository, DirectoryRepository, IdempotencyRepository, RepoError, RulesRepository,
-    SettingsRepository, db,
+    CatalogRepository, DirectoryRepository, IdempotencyRepository, LedgerRepository, RepoError,
+    RulesRepository, SettingsRepository, db,
 };
 use crate::proto::loyalty::v1 as pb;
 use crate::proto::served_descriptor_set;
 use crate::service::access::{AccessError, AccessService};
 use crate::service::agreements::AgreementService;
-use crate::service::earn::EarnService;
+use crate::service::earn::{EarnDependencies, EarnService};
 use crate::service::ledger::LedgerService;
 use crate::service::pricing::Pricing;
 use crate::service::rules::RulesService;
@@ -111,6 +112,25 @@ impl Services {
             Arc::new(SeaDirectoryRepository::new(db.clone()));
         let catalog: Arc<dyn CatalogRepository> = Arc::new(SeaCatalogRepository::new(db.clone()));
         let rules_repo: Arc<dyn RulesRepository> = Arc::new(SeaRulesRepository::new(db.clone()));
+        let ledger_repo: Arc<dyn LedgerRepository> =
+            Arc::new(SeaLedgerRepository::new(db.clone(), Arc::clone(clock)));
+        let agreements = Arc::new(AgreementService::new(
+            Arc::new(SeaAgreementRepository::new(db.clone())),
+            Arc::clone(&directory),
+            Arc::clone(&settings_repo),
+            Arc::clone(&requests),
+            Arc::clone(clock),
+        ));
+        let earn = Arc::new(EarnService::new(EarnDependencies {
+            pricing: Pricing::new(Arc::clone(&catalog), Arc::clone(&rules_repo)),
+            documents: Arc::new(SeaDocumentRepository::new(db.clone(), Arc::clone(clock))),
+            catalog: Arc::clone(&catalog),
+            ledger: Arc::clone(&ledger_repo),
+            agreements: Arc::clone(&agreements),
+            directory: Arc::clone(&directory),
+            settings: Arc::clone(&settings_repo),
+            clock: Arc::clone(clock),
+        }));
         Self {
             access: Arc::new(AccessService::new(
                 Arc::new(SeaAccessRepository::new(db.clone())),
@@ -121,19 +141,8 @@ impl Services {
                 Arc::clone(&requests),
                 Arc::clone(clock),
             )),
-            agreements: Arc::new(AgreementService::new(
-                Arc::new(SeaAgreementRepository::new(db.clone())),
-                Arc::clone(&directory),
-                Arc::clone(&settings_repo),
-                Arc::clone(&requests),
-                Arc::clone(clock),
-            )),
-            earn: Arc::new(EarnService::new(
-                Pricing::new(Arc::clone(&catalog), Arc::clone(&rules_repo)),
-                Arc::clone(&directory),
-                Arc::clone(&settings_repo),
-                Arc::clone(clock),
-            )),
+            agreements,
+            earn,
             rules: Arc::new(RulesService::new(
                 rules_repo,
                 Arc::clone(&settings_repo),
@@ -141,7 +150,7 @@ impl Services {
                 Arc::clone(clock),
             )),
             ledger: Arc::new(LedgerService::new(
-                Arc::new(SeaLedgerRepository::new(db.clone(), Arc::clone(clock))),
+                ledger_repo,
                 Arc::clone(&directory),
                 settings_repo,
                 requests,
@@ -249,6 +258,7 @@ impl Application {
             set_health(&draining_health, ServingStatus::NotServing).await;
             tokio::time::sleep(drain).await;
         };
+        let jobs = spawn_jobs(&self.settings.jobs, &self.services);
         tracing::info!(port = self.port, "serving gRPC");
         Server::builder()
             .timeout(server.request_timeout())
@@ -291,10 +301,35 @@ impl Application {
             ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal)
             .await?;
+        if let Some(jobs) = jobs {
+            jobs.abort();
+        }
         self.db.close_by_ref().await.ok();
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// Runs the due documents every interval until the server stops.
+fn spawn_jobs(settings: &JobsSettings, services: &Services) -> Option<tokio::task::JoinHandle<()>> {
+    if !settings.enabled {
+        return None;
+    }
+    let earn = Arc::clone(&services.earn);
+    let interval = Duration::from_millis(settings.interval_ms.max(100));
+    let batch = settings.batch_size.max(1);
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match earn.run_due(batch).await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "processed due documents"),
+                Err(err) => tracing::warn!(%err, "due documents not processed; retried next tick"),
+            }
+        }
+    }))
 }
 
 /// Creates the configured tenants and keys (the local demo key by default).

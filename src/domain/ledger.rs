@@ -55,6 +55,10 @@ pub struct NewLedgerEvent {
     pub actor_key_id: Option<String>,
     /// The person acting (an administrator, or a client's user in the front office).
     pub actor_user_id: Option<String>,
+    /// The event this one follows or reverses (a Lose of an Earn).
+    pub related_event_id: Option<i64>,
+    /// Earn and Lose events: the stacking mode the lines were priced with.
+    pub stacking_mode: Option<crate::domain::settings::StackingMode>,
 }
 
 /// An appended event.

@@ -6,6 +6,7 @@ pub mod calendar;
 pub mod clock;
 pub mod consent;
 pub mod directory;
+pub mod documents;
 pub mod engine;
 pub mod idempotency;
 pub mod intervals;

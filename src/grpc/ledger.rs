@@ -154,9 +154,14 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
             .parse::<i64>()
             .map_err(|_| bad(vec![FieldViolation::new("event_id", "is not an event id")]))?;
         let scale = self.service.points_scale(&caller).await?;
-        let event = self.service.event(&caller, id).await?;
+        let (event, lines) = self.service.event_detail(&caller, id).await?;
+        let mut detail = event_to_proto(&event, scale);
+        detail.lines = lines
+            .iter()
+            .map(|l| super::earn::line_to_proto(l, scale))
+            .collect();
         Ok(Response::new(pb::GetEventResponse {
-            event: Some(event_to_proto(&event, scale)),
+            event: Some(detail),
         }))
     }
 
@@ -222,6 +227,14 @@ fn event_to_proto(e: &LedgerEvent, scale: u32) -> pb::LedgerEvent {
         request_id: n.request_id.clone().unwrap_or_default(),
         reason_code: n.reason_code.clone().unwrap_or_default(),
         reason: n.reason.clone().unwrap_or_default(),
+        related_event_id: n
+            .related_event_id
+            .map(|id| id.to_string())
+            .unwrap_or_default(),
+        stacking_mode: n.stacking_mode.map_or(
+            pb::StackingMode::Unspecified,
+            super::convert::stacking_mode_to_proto,
+        ) as i32,
         actor: Some(pb::Actor {
             key_id: n.actor_key_id.clone().unwrap_or_default(),
             user_id: n.actor_user_id.clone().unwrap_or_default(),

@@ -133,6 +133,7 @@ impl From<EarnError> for Status {
         match &err {
             EarnError::Invalid(found) => invalid(found),
             EarnError::NotFound(_) => Status::not_found(err.to_string()),
+            EarnError::DocumentChanged(_) => Status::already_exists(err.to_string()),
             EarnError::Repo(cause) => repo(cause),
         }
     }

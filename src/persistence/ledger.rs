@@ -11,8 +11,8 @@ use rust_decimal::Decimal;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, QuerySelect,
-    TransactionTrait,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    QuerySelect, TransactionTrait,
 };
 
 use super::LedgerRepository;
@@ -52,92 +52,23 @@ impl LedgerRepository for SeaLedgerRepository {
         event: &NewLedgerEvent,
         request: Option<&'r IdempotencyRecord>,
     ) -> Result<LedgerEvent, RepoError> {
-        let points = units(event.points)?;
         let now = self.clock.now();
         let txn = self.db.begin().await.map_err(classify)?;
         if let Some(record) = request {
             insert_record(&txn, tenant, record).await?;
         }
-        let empty = balances::ActiveModel {
-            tenant_id: Set(tenant.as_str().to_owned()),
-            client_id: Set(event.client_id.clone()),
-            total: Set(0),
-            available: Set(0),
-            locked: Set(0),
-            reserved: Set(0),
-            last_event_id: Set(None),
-            event_count: Set(0),
-            updated_at: Set(now.fixed_offset()),
-        };
-        balances::Entity::insert(empty)
-            .on_conflict_do_nothing_on([balances::Column::TenantId, balances::Column::ClientId])
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
-        let updated = balances::Entity::update_many()
-            .col_expr(
-                balances::Column::Total,
-                Expr::col(balances::Column::Total).add(points),
-            )
-            .col_expr(
-                balances::Column::Available,
-                Expr::col(balances::Column::Available).add(points),
-            )
-            .col_expr(
-                balances::Column::EventCount,
-                Expr::col(balances::Column::EventCount).add(1),
-            )
-            .col_expr(balances::Column::UpdatedAt, Expr::value(now.fixed_offset()))
-            .filter(balances::Column::TenantId.eq(tenant.as_str()))
-            .filter(balances::Column::ClientId.eq(event.client_id.as_str()))
-            .exec_with_returning(&txn)
-            .await
-            .map_err(classify)?;
-        let balance_after = updated.first().map(|b| b.total).ok_or_else(|| {
-            RepoError::Other("balance row vanished inside its transaction".into())
-        })?;
-        let row = ledger_events::ActiveModel {
-            event_id: NotSet,
-            tenant_id: Set(tenant.as_str().to_owned()),
-            client_id: Set(event.client_id.clone()),
-            event_type: Set(event.event_type.as_str().to_owned()),
-            points: Set(points),
-            balance_after: Set(balance_after),
-            occurred_at: Set(event.occurred_at.fixed_offset()),
-            recorded_at: Set(now.fixed_offset()),
-            document_id: Set(event.document_id.clone()),
-            redemption_id: Set(None),
-            reservation_id: Set(None),
-            related_event_id: Set(None),
-            request_id: Set(event.request_id.clone()),
-            reason_code: Set(event.reason_code.clone()),
-            reason: Set(event.reason.clone()),
-            actor_key_id: Set(event.actor_key_id.clone()),
-            actor_user_id: Set(event.actor_user_id.clone()),
-            stacking_mode: Set(None),
-        };
-        let event_id = ledger_events::Entity::insert(row)
-            .exec(&txn)
-            .await
-            .map_err(classify)?
-            .last_insert_id;
-        balances::Entity::update_many()
-            .col_expr(balances::Column::LastEventId, Expr::value(event_id))
-            .filter(balances::Column::TenantId.eq(tenant.as_str()))
-            .filter(balances::Column::ClientId.eq(event.client_id.as_str()))
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
+        let appended = append_in(&txn, tenant, event, now).await?;
         if let Some(record) = request {
-            set_result_ref(&txn, tenant, &record.request_id, &event_id.to_string()).await?;
+            set_result_ref(
+                &txn,
+                tenant,
+                &record.request_id,
+                &appended.event_id.to_string(),
+            )
+            .await?;
         }
         txn.commit().await.map_err(classify)?;
-        Ok(LedgerEvent {
-            event_id,
-            event: event.clone(),
-            balance_after: from_minor_units(balance_after),
-            recorded_at: now,
-        })
+        Ok(appended)
     }
 
     async fn balance(
@@ -172,6 +103,24 @@ impl LedgerRepository for SeaLedgerRepository {
             .await
             .map_err(classify)?;
         row.map(event_from_row).transpose()
+    }
+
+    async fn event_lines(
+        &self,
+        tenant: &TenantId,
+        event_id: i64,
+    ) -> Result<Vec<crate::domain::engine::LineCalculation>, RepoError> {
+        let mut lines = super::event_lines::read_lines(&self.db, tenant, event_id).await?;
+        if let Some(mode) = self
+            .event(tenant, event_id)
+            .await?
+            .and_then(|e| e.event.stacking_mode)
+        {
+            for line in &mut lines {
+                line.stacking_mode = mode;
+            }
+        }
+        Ok(lines)
     }
 
     async fn history(
@@ -292,6 +241,94 @@ impl LedgerRepository for SeaLedgerRepository {
     }
 }
 
+/// Appends an event inside the caller's transaction: the balance row first (its row lock orders
+/// concurrent appends for one client), then the event with the running balance.
+pub(crate) async fn append_in(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    event: &NewLedgerEvent,
+    now: DateTime<Utc>,
+) -> Result<LedgerEvent, RepoError> {
+    let points = units(event.points)?;
+    let empty = balances::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        client_id: Set(event.client_id.clone()),
+        total: Set(0),
+        available: Set(0),
+        locked: Set(0),
+        reserved: Set(0),
+        last_event_id: Set(None),
+        event_count: Set(0),
+        updated_at: Set(now.fixed_offset()),
+    };
+    balances::Entity::insert(empty)
+        .on_conflict_do_nothing_on([balances::Column::TenantId, balances::Column::ClientId])
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    let updated = balances::Entity::update_many()
+        .col_expr(
+            balances::Column::Total,
+            Expr::col(balances::Column::Total).add(points),
+        )
+        .col_expr(
+            balances::Column::Available,
+            Expr::col(balances::Column::Available).add(points),
+        )
+        .col_expr(
+            balances::Column::EventCount,
+            Expr::col(balances::Column::EventCount).add(1),
+        )
+        .col_expr(balances::Column::UpdatedAt, Expr::value(now.fixed_offset()))
+        .filter(balances::Column::TenantId.eq(tenant.as_str()))
+        .filter(balances::Column::ClientId.eq(event.client_id.as_str()))
+        .exec_with_returning(conn)
+        .await
+        .map_err(classify)?;
+    let balance_after = updated
+        .first()
+        .map(|b| b.total)
+        .ok_or_else(|| RepoError::Other("balance row vanished inside its transaction".into()))?;
+    let row = ledger_events::ActiveModel {
+        event_id: NotSet,
+        tenant_id: Set(tenant.as_str().to_owned()),
+        client_id: Set(event.client_id.clone()),
+        event_type: Set(event.event_type.as_str().to_owned()),
+        points: Set(points),
+        balance_after: Set(balance_after),
+        occurred_at: Set(event.occurred_at.fixed_offset()),
+        recorded_at: Set(now.fixed_offset()),
+        document_id: Set(event.document_id.clone()),
+        redemption_id: Set(None),
+        reservation_id: Set(None),
+        related_event_id: Set(event.related_event_id),
+        request_id: Set(event.request_id.clone()),
+        reason_code: Set(event.reason_code.clone()),
+        reason: Set(event.reason.clone()),
+        actor_key_id: Set(event.actor_key_id.clone()),
+        actor_user_id: Set(event.actor_user_id.clone()),
+        stacking_mode: Set(event.stacking_mode.map(|m| m.as_str().to_owned())),
+    };
+    let event_id = ledger_events::Entity::insert(row)
+        .exec(conn)
+        .await
+        .map_err(classify)?
+        .last_insert_id;
+    balances::Entity::update_many()
+        .col_expr(balances::Column::LastEventId, Expr::value(event_id))
+        .filter(balances::Column::TenantId.eq(tenant.as_str()))
+        .filter(balances::Column::ClientId.eq(event.client_id.as_str()))
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    Ok(LedgerEvent {
+        event_id,
+        event: event.clone(),
+        balance_after: from_minor_units(balance_after),
+        recorded_at: now,
+    })
+}
+
 fn event_from_row(row: ledger_events::Model) -> Result<LedgerEvent, RepoError> {
     let event_type = EventType::parse(&row.event_type).ok_or_else(|| {
         RepoError::Corrupt(format!("ledger_events.event_type {:?}", row.event_type))
@@ -309,6 +346,11 @@ fn event_from_row(row: ledger_events::Model) -> Result<LedgerEvent, RepoError> {
             reason: row.reason,
             actor_key_id: row.actor_key_id,
             actor_user_id: row.actor_user_id,
+            related_event_id: row.related_event_id,
+            stacking_mode: row
+                .stacking_mode
+                .as_deref()
+                .and_then(crate::domain::settings::StackingMode::parse),
         },
         balance_after: from_minor_units(row.balance_after),
         recorded_at: row.recorded_at.to_utc(),

@@ -13,8 +13,10 @@ pub mod agreements;
 pub mod catalog;
 pub mod db;
 pub mod directory;
+pub mod documents;
 pub mod entities;
 pub mod error;
+pub mod event_lines;
 pub mod idempotency;
 pub mod ledger;
 pub mod rules;
@@ -31,6 +33,8 @@ use crate::domain::consent::{AgreementVersion, ConsentEvent, ConsentOutcome};
 use crate::domain::directory::{
     CategoryRecord, ClientRecord, OrderRecord, ProductRecord, UserRecord,
 };
+use crate::domain::documents::DocumentRecord;
+use crate::domain::engine::LineCalculation;
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::intervals::Interval;
 use crate::domain::ledger::{
@@ -117,6 +121,12 @@ pub trait LedgerRepository: Send + Sync {
         tenant: &TenantId,
         client_id: &str,
     ) -> Result<Option<Balance>, RepoError>;
+    /// The per-line calculation of an event (empty for events without lines).
+    async fn event_lines(
+        &self,
+        tenant: &TenantId,
+        event_id: i64,
+    ) -> Result<Vec<LineCalculation>, RepoError>;
     /// A client's events, newest first, filtered.
     async fn history(
         &self,
@@ -323,4 +333,36 @@ pub trait CatalogRepository: Send + Sync {
         tenant: &TenantId,
         order_numbers: &[String],
     ) -> Result<HashMap<String, OrderRecord>, RepoError>;
+}
+
+/// Invoices and corrections, received then completed once.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait DocumentRepository: Send + Sync {
+    /// Stores a newly arrived document with its lines; when the document id is stored already,
+    /// stores nothing and returns the stored one.
+    async fn receive(
+        &self,
+        tenant: &TenantId,
+        record: &DocumentRecord,
+    ) -> Result<Option<DocumentRecord>, RepoError>;
+    async fn find(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<Option<DocumentRecord>, RepoError>;
+    /// Decides a document (or sets it waiting): its event with lines and the balance, and its
+    /// status, in one transaction. `Conflict` when it was decided already.
+    async fn complete(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+        completion: &documents::Completion,
+    ) -> Result<(), RepoError>;
+    /// Documents of every tenant that a job may take now.
+    async fn due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<(TenantId, String)>, RepoError>;
 }

@@ -1,19 +1,32 @@
-//! Earning points from documents (DOMAIN.md §3). This part: previewing the points a cart or a
-//! product list would earn for a client on a day, with the full breakdown; nothing is written.
+//! Earning points from documents (DOMAIN.md §3): invoices earn once their sale day has closed
+//! and the client counted as agreed that day; quantitative corrections lose what the returned
+//! quantity earned; previews price a cart without writing anything. Every document goes through
+//! one path, whether pushed through the API, imported or synchronized.
 
 use std::sync::Arc;
 
-use chrono::NaiveDate;
+use chrono::{Duration, NaiveDate};
 use rust_decimal::Decimal;
 
 use crate::domain::access::Caller;
-use crate::domain::calendar::day_of;
+use crate::domain::calendar::{day_of, end_of_day, start_of_day};
 use crate::domain::clock::Clock;
+use crate::domain::documents::{
+    CorrectionType, Document, DocumentKind, DocumentRecord, DocumentSource, DocumentStatus,
+    NonEarningReason, calculation_shortfall, correction_losses,
+};
+use crate::domain::engine::LineCalculation;
 use crate::domain::engine::{CalculationPolicy, DocumentCalculation, LineInput, calculate};
+use crate::domain::idempotency::valid_request_id;
+use crate::domain::ledger::{EventType, NewLedgerEvent};
 use crate::domain::rules::Channel;
 use crate::domain::settings::TenantSettings;
+use crate::domain::tenant::TenantId;
 use crate::domain::validation::{FieldViolation, Invalid};
+use crate::persistence::documents::Completion;
+use crate::persistence::{CatalogRepository, DocumentRepository, LedgerRepository};
 use crate::persistence::{DirectoryRepository, RepoError, SettingsRepository};
+use crate::service::agreements::AgreementService;
 use crate::service::pricing::Pricing;
 
 /// Lines per preview.
@@ -27,6 +40,9 @@ pub enum EarnError {
     /// → `NOT_FOUND`
     #[error("{0} not found")]
     NotFound(String),
+    /// A document id delivered again with other content. → `ALREADY_EXISTS`
+    #[error("document {0} was delivered before with other content")]
+    DocumentChanged(String),
     #[error(transparent)]
     Repo(#[from] RepoError),
 }
@@ -47,26 +63,359 @@ pub struct Preview {
     pub points_scale: u32,
 }
 
+/// How long a document waiting for data (its client, or the invoice a correction corrects)
+/// waits before the job looks again.
+pub const RETRY_WAITING_AFTER: Duration = Duration::minutes(5);
+
+/// What earning reads and writes.
+pub struct EarnDependencies {
+    pub pricing: Pricing,
+    pub documents: Arc<dyn DocumentRepository>,
+    pub catalog: Arc<dyn CatalogRepository>,
+    pub ledger: Arc<dyn LedgerRepository>,
+    pub agreements: Arc<AgreementService>,
+    pub directory: Arc<dyn DirectoryRepository>,
+    pub settings: Arc<dyn SettingsRepository>,
+    pub clock: Arc<dyn Clock>,
+}
+
+/// A processed (or waiting) document with its calculation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Explanation {
+    pub record: DocumentRecord,
+    pub lines: Vec<LineCalculation>,
+    pub stacking_mode: Option<crate::domain::settings::StackingMode>,
+    /// A correction: the event of the invoice it corrects.
+    pub corrected_event_id: Option<i64>,
+    pub points_scale: u32,
+}
+
 pub struct EarnService {
     pricing: Pricing,
+    documents: Arc<dyn DocumentRepository>,
+    catalog: Arc<dyn CatalogRepository>,
+    ledger: Arc<dyn LedgerRepository>,
+    agreements: Arc<AgreementService>,
     directory: Arc<dyn DirectoryRepository>,
     settings: Arc<dyn SettingsRepository>,
     clock: Arc<dyn Clock>,
 }
 
 impl EarnService {
-    pub fn new(
-        pricing: Pricing,
-        directory: Arc<dyn DirectoryRepository>,
-        settings: Arc<dyn SettingsRepository>,
-        clock: Arc<dyn Clock>,
-    ) -> Self {
+    pub fn new(deps: EarnDependencies) -> Self {
+        let EarnDependencies {
+            pricing,
+            documents,
+            catalog,
+            ledger,
+            agreements,
+            directory,
+            settings,
+            clock,
+        } = deps;
         Self {
             pricing,
+            documents,
+            catalog,
+            ledger,
+            agreements,
             directory,
             settings,
             clock,
         }
+    }
+
+    /// Receives an invoice or a correction and decides it as far as it can now. A document
+    /// delivered again answers with what the first delivery led to.
+    ///
+    /// # Errors
+    /// A bad request id or document, the document id delivered with other content, or the
+    /// database.
+    #[tracing::instrument(skip_all, fields(tenant = %caller.tenant, document_id = %document.document_id))]
+    pub async fn receive(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        document: Document,
+        source: DocumentSource,
+    ) -> Result<(DocumentRecord, bool), EarnError> {
+        if !valid_request_id(request_id) {
+            return Err(Invalid::field(
+                "request_id",
+                "must be 1 to 128 printable ASCII characters",
+            )
+            .into());
+        }
+        let prefix = match document.kind {
+            DocumentKind::Invoice => "invoice.",
+            DocumentKind::Correction => "correction.",
+        };
+        document.check(prefix)?;
+        let now = self.clock.now();
+        let record = DocumentRecord {
+            document,
+            source,
+            status: DocumentStatus::Received,
+            non_earning_reason: None,
+            points: Decimal::ZERO,
+            event_id: None,
+            received_at: now,
+            processed_at: None,
+            earn_after: Some(now),
+        };
+        let id = record.document.document_id.clone();
+        let replayed = match self.documents.receive(&caller.tenant, &record).await? {
+            Some(stored) if stored.document != record.document => {
+                return Err(EarnError::DocumentChanged(id));
+            }
+            Some(_) => true,
+            None => false,
+        };
+        Ok((self.process(&caller.tenant, &id).await?, replayed))
+    }
+
+    /// Decides a stored document if it is due; returns where it stands. Safe to run from several
+    /// places at once: one decision wins, the others read it.
+    ///
+    /// # Errors
+    /// An unknown document, or the database.
+    pub async fn process(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<DocumentRecord, EarnError> {
+        let record = self.stored(tenant, document_id).await?;
+        if record.status.is_final() || record.earn_after.is_some_and(|at| at > self.clock.now()) {
+            return Ok(record);
+        }
+        let completion = match record.document.kind {
+            DocumentKind::Invoice => self.decide_invoice(tenant, &record).await?,
+            DocumentKind::Correction => self.decide_correction(tenant, &record).await?,
+        };
+        match self
+            .documents
+            .complete(tenant, document_id, &completion)
+            .await
+        {
+            Ok(()) | Err(RepoError::Conflict(_)) => self.stored(tenant, document_id).await,
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// Processes every document that is due (sale days closed, waits over). Returns how many
+    /// were looked at.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn run_due(&self, limit: u64) -> Result<usize, EarnError> {
+        let due = self.documents.due(self.clock.now(), limit).await?;
+        for (tenant, document_id) in &due {
+            if let Err(err) = self.process(tenant, document_id).await {
+                tracing::warn!(%tenant, %document_id, %err, "document not processed; retried later");
+            }
+        }
+        Ok(due.len())
+    }
+
+    /// The points scale the tenant shows points at.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn points_scale(&self, caller: &Caller) -> Result<u32, EarnError> {
+        Ok(self.settings.current(&caller.tenant).await?.points_scale)
+    }
+
+    /// A document with the calculation behind its points.
+    ///
+    /// # Errors
+    /// An unknown document, or the database.
+    pub async fn explain(
+        &self,
+        caller: &Caller,
+        document_id: &str,
+    ) -> Result<Explanation, EarnError> {
+        let record = self.stored(&caller.tenant, document_id).await?;
+        let (lines, stacking_mode) = match record.event_id {
+            Some(event_id) => {
+                let event = self.ledger.event(&caller.tenant, event_id).await?;
+                (
+                    self.ledger.event_lines(&caller.tenant, event_id).await?,
+                    event.and_then(|e| e.event.stacking_mode),
+                )
+            }
+            None => (Vec::new(), None),
+        };
+        let corrected_event_id = match &record.document.corrected_document_id {
+            Some(original) => self
+                .documents
+                .find(&caller.tenant, original)
+                .await?
+                .and_then(|o| o.event_id),
+            None => None,
+        };
+        let points_scale = self.settings.current(&caller.tenant).await?.points_scale;
+        Ok(Explanation {
+            record,
+            lines,
+            stacking_mode,
+            corrected_event_id,
+            points_scale,
+        })
+    }
+
+    async fn stored(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<DocumentRecord, EarnError> {
+        self.documents
+            .find(tenant, document_id)
+            .await?
+            .ok_or_else(|| EarnError::NotFound(format!("document {document_id}")))
+    }
+
+    async fn decide_invoice(
+        &self,
+        tenant: &TenantId,
+        record: &DocumentRecord,
+    ) -> Result<Completion, EarnError> {
+        let d = &record.document;
+        let settings = self.settings.current(tenant).await?;
+        let now = self.clock.now();
+        let day_closed = end_of_day(settings.time_zone, d.sale_date)
+            + Duration::minutes(i64::from(settings.day_close_grace_minutes));
+        if now < day_closed {
+            return Ok(waiting(DocumentStatus::PendingDayClose, day_closed));
+        }
+        if d.client_id.starts_with("ind:") {
+            return Ok(not_earning(NonEarningReason::IndividualClient));
+        }
+        let Some(client) = self.directory.client(tenant, &d.client_id).await? else {
+            return Ok(waiting(
+                DocumentStatus::WaitingForData,
+                now + RETRY_WAITING_AFTER,
+            ));
+        };
+        if !client.has_account {
+            return Ok(not_earning(NonEarningReason::NoAccount));
+        }
+        if !self
+            .agreements
+            .eligible_on(tenant, &client.client_id, d.sale_date)
+            .await
+            .map_err(agreement_error)?
+        {
+            return Ok(not_earning(NonEarningReason::NoAgreement));
+        }
+        let numbers: Vec<String> = d
+            .lines
+            .iter()
+            .filter_map(|l| l.order_number.clone())
+            .collect();
+        let orders = self.catalog.orders(tenant, &numbers).await?;
+        let ids: Vec<String> = d.lines.iter().map(|l| l.product_id.clone()).collect();
+        let (facts, book) = self.pricing.book(tenant, &client, &ids).await?;
+        let lines: Vec<LineInput> = d
+            .lines
+            .iter()
+            .map(|line| {
+                let order = line
+                    .order_number
+                    .as_ref()
+                    .and_then(|n| orders.get(n))
+                    .filter(|o| !o.removed);
+                LineInput {
+                    line_no: line.line_no,
+                    product: facts[&line.product_id].clone(),
+                    quantity: line.quantity,
+                    channel: if order.is_some() && !d.offline {
+                        Channel::Online
+                    } else {
+                        Channel::Offline
+                    },
+                    order_number: line.order_number.clone(),
+                    pricing_date: order
+                        .map_or(d.sale_date, |o| day_of(settings.time_zone, o.order_date)),
+                }
+            })
+            .collect();
+        let calc = calculate(&lines, &book, policy(&settings));
+        if let Some(reason) = calculation_shortfall(&calc, settings.offline_lines_earn) {
+            return Ok(not_earning(reason));
+        }
+        let event = NewLedgerEvent {
+            client_id: d.client_id.clone(),
+            event_type: EventType::Earn,
+            points: calc.total,
+            occurred_at: d
+                .issued_at
+                .unwrap_or_else(|| start_of_day(settings.time_zone, d.sale_date)),
+            document_id: Some(d.document_id.clone()),
+            request_id: None,
+            reason_code: None,
+            reason: Some(format!("invoice {}", d.number)),
+            actor_key_id: None,
+            actor_user_id: None,
+            related_event_id: None,
+            stacking_mode: Some(calc.stacking_mode),
+        };
+        Ok(processed(Some((event, calc.lines))))
+    }
+
+    async fn decide_correction(
+        &self,
+        tenant: &TenantId,
+        record: &DocumentRecord,
+    ) -> Result<Completion, EarnError> {
+        let d = &record.document;
+        let now = self.clock.now();
+        if d.correction_type == Some(CorrectionType::Valuable) {
+            return Ok(processed(None));
+        }
+        let original_id = d.corrected_document_id.clone().unwrap_or_default();
+        let Some(original) = self.documents.find(tenant, &original_id).await? else {
+            return Ok(waiting(
+                DocumentStatus::WaitingForData,
+                now + RETRY_WAITING_AFTER,
+            ));
+        };
+        if !original.status.is_final() {
+            let after = original.earn_after.unwrap_or(now).max(now) + RETRY_WAITING_AFTER;
+            return Ok(waiting(DocumentStatus::WaitingForData, after));
+        }
+        let Some(earn_event) = original.event_id else {
+            return Ok(processed(None));
+        };
+        let scale = self.settings.current(tenant).await?.points_scale;
+        let earned = self.ledger.event_lines(tenant, earn_event).await?;
+        let losses = correction_losses(&earned, &d.lines, &d.document_id, scale);
+        let total: Decimal = losses.iter().map(|l| l.points).sum();
+        if total.is_zero() {
+            return Ok(processed(None));
+        }
+        let stacking_mode = self
+            .ledger
+            .event(tenant, earn_event)
+            .await?
+            .and_then(|e| e.event.stacking_mode);
+        let event = NewLedgerEvent {
+            client_id: original.document.client_id.clone(),
+            event_type: EventType::Lose,
+            points: total,
+            occurred_at: d.issued_at.unwrap_or(now),
+            document_id: Some(d.document_id.clone()),
+            request_id: None,
+            reason_code: Some("RETURN".into()),
+            reason: Some(format!(
+                "quantitative correction {} of invoice {}",
+                d.number, original.document.number
+            )),
+            actor_key_id: None,
+            actor_user_id: None,
+            related_event_id: Some(earn_event),
+            stacking_mode,
+        };
+        Ok(processed(Some((event, losses))))
     }
 
     /// The points the items would earn for the client on `day` (today when `None`).
@@ -108,6 +457,40 @@ impl EarnService {
             day,
             points_scale: settings.points_scale,
         })
+    }
+}
+
+fn waiting(status: DocumentStatus, until: chrono::DateTime<chrono::Utc>) -> Completion {
+    Completion {
+        status,
+        reason: None,
+        earn_after: Some(until),
+        event: None,
+    }
+}
+
+fn not_earning(reason: NonEarningReason) -> Completion {
+    Completion {
+        status: DocumentStatus::NotEarning,
+        reason: Some(reason),
+        earn_after: None,
+        event: None,
+    }
+}
+
+fn processed(event: Option<(NewLedgerEvent, Vec<LineCalculation>)>) -> Completion {
+    Completion {
+        status: DocumentStatus::Processed,
+        reason: None,
+        earn_after: None,
+        event,
+    }
+}
+
+fn agreement_error(err: crate::service::agreements::AgreementError) -> EarnError {
+    match err {
+        crate::service::agreements::AgreementError::Repo(cause) => EarnError::Repo(cause),
+        other => EarnError::Repo(RepoError::Other(other.to_string())),
     }
 }
 

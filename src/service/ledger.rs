@@ -179,6 +179,20 @@ impl LedgerService {
             .ok_or_else(|| LedgerError::NotFound(format!("event {event_id}")))
     }
 
+    /// An event with its per-line calculation (earn and lose events have one).
+    ///
+    /// # Errors
+    /// An unknown event, or the database.
+    pub async fn event_detail(
+        &self,
+        caller: &Caller,
+        event_id: i64,
+    ) -> Result<(LedgerEvent, Vec<crate::domain::engine::LineCalculation>), LedgerError> {
+        let event = self.event(caller, event_id).await?;
+        let lines = self.repo.event_lines(&caller.tenant, event_id).await?;
+        Ok((event, lines))
+    }
+
     /// Adds points or takes them away; a penalty may take the balance below zero.
     ///
     /// # Errors
@@ -207,6 +221,8 @@ impl LedgerService {
             reason: Some(adjustment.reason.trim().to_owned()),
             actor_key_id: Some(caller.key_id.clone()),
             actor_user_id: Some(adjustment.user_id.trim().to_owned()).filter(|u| !u.is_empty()),
+            related_event_id: None,
+            stacking_mode: None,
         };
         let record = IdempotencyRecord {
             request_id: key.request_id.clone(),

@@ -65,6 +65,8 @@ fn event(client: &str, points: &str) -> NewLedgerEvent {
         reason: Some("contract test".into()),
         actor_key_id: None,
         actor_user_id: None,
+        related_event_id: None,
+        stacking_mode: None,
     }
 }
 

@@ -21,7 +21,7 @@ fn tenant() -> TenantId {
 }
 
 /// The rules, catalogue and client of docs/EARNING.md.
-async fn worked_example(app: &TestApp) {
+pub async fn worked_example(app: &TestApp) {
     seed_catalogue(app).await;
     seed_rules(app).await;
 }

@@ -1,7 +1,10 @@
 //! `spawn_app()` and friends: a server on port 0 with a fresh database, typed clients, and the
 //! ledger-invariant check every scenario ends with.
 
+use std::sync::Arc;
+
 use one_loyalty::config::{BootstrapApiKey, BootstrapTenant, Overrides, Settings};
+use one_loyalty::domain::clock::{Clock, FixedClock, SystemClock};
 use one_loyalty::domain::directory::{ClientRecord, UserRecord};
 use one_loyalty::domain::tenant::TenantId;
 use one_loyalty::persistence::LedgerRepository;
@@ -176,11 +179,22 @@ impl TestApp {
 
     /// A server whose shutdown keeps answering `NOT_SERVING` for `drain_ms` before it stops.
     pub async fn with_drain(backend: Backend, drain_ms: u64) -> Self {
+        Self::build(backend, drain_ms, Arc::new(SystemClock)).await
+    }
+
+    /// A server whose clock stays where the test puts it.
+    pub async fn with_clock(backend: Backend, clock: Arc<FixedClock>) -> Self {
+        Self::build(backend, 0, clock).await
+    }
+
+    async fn build(backend: Backend, drain_ms: u64, clock: Arc<dyn Clock>) -> Self {
         let store = TestDb::new(backend).await;
         let mut settings = Settings::load(None, &Overrides::default()).expect("settings");
         settings.server.listen = "127.0.0.1:0".parse().expect("address");
         settings.server.shutdown_drain_ms = drain_ms;
         settings.metrics.listen = String::new();
+        // Tests run the jobs themselves, under a pinned clock where it matters.
+        settings.jobs.enabled = false;
         settings.database = store.settings.clone();
         settings.bootstrap.tenants.push(BootstrapTenant {
             id: OTHER_TENANT.into(),
@@ -192,7 +206,7 @@ impl TestApp {
             label: "test".into(),
             roles: vec!["admin".into()],
         });
-        let app = Application::build(settings)
+        let app = Application::build_with_clock(settings, clock)
             .await
             .expect("build application");
         let services = app.services().clone();
@@ -278,6 +292,35 @@ impl TestApp {
     pub async fn finish(&self) {
         self.store.assert_ledger_consistent().await;
         self.stop().await;
+    }
+}
+
+/// A server on a pinned clock, starting 2026-03-20 12:00 UTC.
+pub struct ClockedApp {
+    pub app: TestApp,
+    pub clock: Arc<FixedClock>,
+}
+
+impl ClockedApp {
+    pub async fn new(backend: Backend) -> Self {
+        let start = chrono::DateTime::parse_from_rfc3339("2026-03-20T12:00:00Z")
+            .expect("instant")
+            .to_utc();
+        let clock = Arc::new(FixedClock::new(start));
+        let app = TestApp::with_clock(backend, Arc::clone(&clock)).await;
+        Self { app, clock }
+    }
+
+    pub async fn finish(&self) {
+        self.app.finish().await;
+    }
+}
+
+impl std::ops::Deref for ClockedApp {
+    type Target = TestApp;
+
+    fn deref(&self) -> &TestApp {
+        &self.app
     }
 }
 

@@ -6,6 +6,7 @@ mod helpers;
 mod agreements;
 mod auth;
 mod contract;
+mod documents;
 mod earn;
 mod ledger;
 mod rules;

@@ -85,14 +85,14 @@ async fn health_reports_every_loyalty_service_serving_without_credentials(app: &
 }
 
 async fn rpcs_of_later_work_answer_unimplemented_after_authentication(app: &TestApp) {
-    let mut earn = pb::earn_service_client::EarnServiceClient::new(app.channel.clone());
-    let status = earn
-        .explain_document(app.request(pb::ExplainDocumentRequest::default()))
+    let mut coupons = pb::coupon_service_client::CouponServiceClient::new(app.channel.clone());
+    let status = coupons
+        .list_coupons(app.request(pb::ListCouponsRequest::default()))
         .await
         .expect_err("not yet");
     assert_eq!(status.code(), tonic::Code::Unimplemented);
-    let status = earn
-        .explain_document(pb::ExplainDocumentRequest::default())
+    let status = coupons
+        .list_coupons(pb::ListCouponsRequest::default())
         .await
         .expect_err("no key");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);

@@ -1,0 +1,294 @@
+//! SeaORM implementation of [`DocumentRepository`]: documents are stored on arrival (the primary
+//! key decides which of several concurrent deliveries stores one), then completed once: the event,
+//! its lines, the balance and the document's status in one transaction.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use super::DocumentRepository;
+use super::entities::{document_lines, documents};
+use super::error::{RepoError, classify};
+use super::event_lines::insert_lines;
+use super::ledger::append_in;
+use crate::domain::clock::Clock;
+use crate::domain::documents::{
+    CorrectionType, Document, DocumentKind, DocumentLine, DocumentRecord, DocumentSource,
+    DocumentStatus, NonEarningReason,
+};
+use crate::domain::engine::LineCalculation;
+use crate::domain::ledger::NewLedgerEvent;
+use crate::domain::points::{from_minor_units, to_minor_units};
+use crate::domain::tenant::TenantId;
+
+const CHUNK: usize = 1_000;
+
+/// How a document ends (or waits).
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub status: DocumentStatus,
+    pub reason: Option<NonEarningReason>,
+    /// For a waiting document: when to look again.
+    pub earn_after: Option<DateTime<Utc>>,
+    /// The Earn or Lose event and its lines, if points move.
+    pub event: Option<(NewLedgerEvent, Vec<LineCalculation>)>,
+}
+
+#[derive(Clone)]
+pub struct SeaDocumentRepository {
+    db: DatabaseConnection,
+    clock: std::sync::Arc<dyn Clock>,
+}
+
+impl SeaDocumentRepository {
+    pub fn new(db: DatabaseConnection, clock: std::sync::Arc<dyn Clock>) -> Self {
+        Self { db, clock }
+    }
+}
+
+fn units(value: Decimal) -> Result<i64, RepoError> {
+    to_minor_units(value).map_err(|e| RepoError::Other(e.to_string()))
+}
+
+#[async_trait]
+impl DocumentRepository for SeaDocumentRepository {
+    async fn receive(
+        &self,
+        tenant: &TenantId,
+        record: &DocumentRecord,
+    ) -> Result<Option<DocumentRecord>, RepoError> {
+        let d = &record.document;
+        let txn = self.db.begin().await.map_err(classify)?;
+        let row = documents::ActiveModel {
+            tenant_id: Set(tenant.as_str().to_owned()),
+            document_id: Set(d.document_id.clone()),
+            number: Set(d.number.clone()),
+            kind: Set(d.kind.as_str().to_owned()),
+            client_id: Set(d.client_id.clone()),
+            sale_date: Set(d.sale_date),
+            issued_at: Set(d.issued_at.map(|t| t.fixed_offset())),
+            customer_purchase_numbers: Set(serde_json::to_string(&d.customer_purchase_numbers)
+                .map_err(|e| RepoError::Other(e.to_string()))?),
+            correction_type: Set(d.correction_type.map(|c| c.as_str().to_owned())),
+            corrected_document_id: Set(d.corrected_document_id.clone()),
+            offline: Set(d.offline),
+            source: Set(record.source.as_str().to_owned()),
+            status: Set(record.status.as_str().to_owned()),
+            non_earning_reason: Set(None),
+            points: Set(0),
+            event_id: Set(None),
+            earn_after: Set(record.earn_after.map(|t| t.fixed_offset())),
+            attempts: Set(0),
+            received_at: Set(record.received_at.fixed_offset()),
+            processed_at: Set(None),
+        };
+        let inserted = documents::Entity::insert(row)
+            .on_conflict_do_nothing_on([documents::Column::TenantId, documents::Column::DocumentId])
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        if matches!(inserted, sea_orm::TryInsertResult::Conflicted) {
+            drop(txn);
+            return self.find(tenant, &d.document_id).await;
+        }
+        for chunk in d.lines.chunks(CHUNK) {
+            let rows = chunk
+                .iter()
+                .map(|l| {
+                    Ok(document_lines::ActiveModel {
+                        tenant_id: Set(tenant.as_str().to_owned()),
+                        document_id: Set(d.document_id.clone()),
+                        line_no: Set(i32::try_from(l.line_no)
+                            .map_err(|_| RepoError::Other("line number out of range".into()))?),
+                        product_id: Set(l.product_id.clone()),
+                        quantity: Set(units(l.quantity)?),
+                        order_number: Set(l.order_number.clone()),
+                        corrected_line_no: Set(l
+                            .corrected_line_no
+                            .and_then(|n| i32::try_from(n).ok())),
+                    })
+                })
+                .collect::<Result<Vec<_>, RepoError>>()?;
+            document_lines::Entity::insert_many(rows)
+                .exec(&txn)
+                .await
+                .map_err(classify)?;
+        }
+        txn.commit().await.map_err(classify)?;
+        Ok(None)
+    }
+
+    async fn find(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+    ) -> Result<Option<DocumentRecord>, RepoError> {
+        let Some(row) =
+            documents::Entity::find_by_id((tenant.as_str().to_owned(), document_id.to_owned()))
+                .one(&self.db)
+                .await
+                .map_err(classify)?
+        else {
+            return Ok(None);
+        };
+        let lines = document_lines::Entity::find()
+            .filter(document_lines::Column::TenantId.eq(tenant.as_str()))
+            .filter(document_lines::Column::DocumentId.eq(document_id))
+            .order_by_asc(document_lines::Column::LineNo)
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        from_rows(&row, lines).map(Some)
+    }
+
+    async fn complete(
+        &self,
+        tenant: &TenantId,
+        document_id: &str,
+        completion: &Completion,
+    ) -> Result<(), RepoError> {
+        let now = self.clock.now();
+        let txn = self.db.begin().await.map_err(classify)?;
+        // Only a document not yet decided can be completed: a concurrent delivery that got here
+        // first makes this one a no-op.
+        let not_final = Condition::all()
+            .add(documents::Column::TenantId.eq(tenant.as_str()))
+            .add(documents::Column::DocumentId.eq(document_id))
+            .add(documents::Column::Status.is_not_in([
+                DocumentStatus::Processed.as_str(),
+                DocumentStatus::NotEarning.as_str(),
+            ]));
+        let claimed = documents::Entity::update_many()
+            .col_expr(
+                documents::Column::Attempts,
+                Expr::col(documents::Column::Attempts).add(1),
+            )
+            .filter(not_final.clone())
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        if claimed.rows_affected == 0 {
+            return Err(RepoError::Conflict(format!(
+                "document {document_id} was decided already"
+            )));
+        }
+        let (event_id, points) = match &completion.event {
+            Some((event, lines)) => {
+                let appended = append_in(&txn, tenant, event, now).await?;
+                insert_lines(&txn, tenant, appended.event_id, lines).await?;
+                (Some(appended.event_id), units(event.points)?)
+            }
+            None => (None, 0),
+        };
+        let processed_at = completion.status.is_final().then(|| now.fixed_offset());
+        documents::Entity::update_many()
+            .col_expr(
+                documents::Column::Status,
+                Expr::value(completion.status.as_str()),
+            )
+            .col_expr(
+                documents::Column::NonEarningReason,
+                Expr::value(completion.reason.map(|r| r.as_str().to_owned())),
+            )
+            .col_expr(documents::Column::Points, Expr::value(points))
+            .col_expr(documents::Column::EventId, Expr::value(event_id))
+            .col_expr(
+                documents::Column::EarnAfter,
+                Expr::value(completion.earn_after.map(|t| t.fixed_offset())),
+            )
+            .col_expr(documents::Column::ProcessedAt, Expr::value(processed_at))
+            .filter(not_final)
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        txn.commit().await.map_err(classify)
+    }
+
+    async fn due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<(TenantId, String)>, RepoError> {
+        let rows: Vec<(String, String)> = documents::Entity::find()
+            .select_only()
+            .column(documents::Column::TenantId)
+            .column(documents::Column::DocumentId)
+            .filter(documents::Column::Status.is_in([
+                DocumentStatus::Received.as_str(),
+                DocumentStatus::PendingDayClose.as_str(),
+                DocumentStatus::WaitingForData.as_str(),
+            ]))
+            .filter(documents::Column::EarnAfter.lte(now.fixed_offset()))
+            .order_by_asc(documents::Column::EarnAfter)
+            .limit(limit)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        rows.into_iter()
+            .map(|(tenant, id)| {
+                Ok((
+                    TenantId::parse(&tenant).map_err(|e| RepoError::Corrupt(e.to_string()))?,
+                    id,
+                ))
+            })
+            .collect()
+    }
+}
+
+fn from_rows(
+    row: &documents::Model,
+    lines: Vec<document_lines::Model>,
+) -> Result<DocumentRecord, RepoError> {
+    let corrupt =
+        |what: &str| RepoError::Corrupt(format!("documents.{what} of {}", row.document_id));
+    let lines = lines
+        .into_iter()
+        .map(|l| {
+            Ok(DocumentLine {
+                line_no: u32::try_from(l.line_no).map_err(|_| corrupt("line_no"))?,
+                product_id: l.product_id,
+                quantity: from_minor_units(l.quantity),
+                order_number: l.order_number,
+                corrected_line_no: l.corrected_line_no.and_then(|n| u32::try_from(n).ok()),
+            })
+        })
+        .collect::<Result<Vec<_>, RepoError>>()?;
+    Ok(DocumentRecord {
+        document: Document {
+            kind: DocumentKind::parse(&row.kind).ok_or_else(|| corrupt("kind"))?,
+            correction_type: row
+                .correction_type
+                .as_deref()
+                .map(|c| CorrectionType::parse(c).ok_or_else(|| corrupt("correction_type")))
+                .transpose()?,
+            customer_purchase_numbers: serde_json::from_str(&row.customer_purchase_numbers)
+                .map_err(|_| corrupt("customer_purchase_numbers"))?,
+            lines,
+            document_id: row.document_id.clone(),
+            number: row.number.clone(),
+            client_id: row.client_id.clone(),
+            sale_date: row.sale_date,
+            corrected_document_id: row.corrected_document_id.clone(),
+            offline: row.offline,
+            issued_at: row.issued_at.map(|t| t.to_utc()),
+        },
+        source: DocumentSource::parse(&row.source).ok_or_else(|| corrupt("source"))?,
+        status: DocumentStatus::parse(&row.status).ok_or_else(|| corrupt("status"))?,
+        non_earning_reason: row
+            .non_earning_reason
+            .as_deref()
+            .map(|r| NonEarningReason::parse(r).ok_or_else(|| corrupt("non_earning_reason")))
+            .transpose()?,
+        points: from_minor_units(row.points),
+        event_id: row.event_id,
+        received_at: row.received_at.to_utc(),
+        processed_at: row.processed_at.map(|t| t.to_utc()),
+        earn_after: row.earn_after.map(|t| t.to_utc()),
+    })
+}

@@ -1,0 +1,510 @@
+//! Processing invoices and corrections end to end: the worked example, the agreement gate, the
+//! day close, concurrent deliveries, corrections and the reasons a document earns nothing.
+
+use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
+use one_loyalty::domain::directory::OrderRecord;
+use one_loyalty::domain::tenant::TenantId;
+use one_loyalty::proto::loyalty::v1 as pb;
+use pb::earn_service_client::EarnServiceClient;
+use pb::{DocumentStatus as Status, NonEarningReason as Reason};
+
+use crate::earn::worked_example;
+use crate::helpers::{ClockedApp, DEMO_TENANT};
+use crate::on_both_backends;
+
+on_both_backends!(ClockedApp:
+    the_worked_example_invoice_earns_the_hand_computed_points_with_its_breakdown,
+    an_invoice_waits_for_its_sale_day_to_close_and_the_job_earns_it,
+    agreed_not_agreed_agreed_again_earns_on_the_first_and_third_days_only,
+    thirty_two_concurrent_deliveries_of_one_invoice_write_one_event,
+    a_quantitative_correction_loses_the_points_of_the_returned_quantity,
+    a_valuable_correction_and_a_correction_of_a_non_earning_invoice_change_nothing,
+    a_correction_that_arrives_before_its_invoice_waits_and_is_applied_later,
+    documents_that_earn_nothing_say_why,
+    a_document_delivered_again_with_other_content_is_refused,
+);
+
+const TZ: chrono_tz::Tz = chrono_tz::Europe::Warsaw;
+
+fn local(text: &str) -> DateTime<Utc> {
+    let naive = NaiveDateTime::parse_from_str(text, "%Y-%m-%d %H:%M").expect("local time");
+    TZ.from_local_datetime(&naive)
+        .single()
+        .expect("unambiguous")
+        .with_timezone(&Utc)
+}
+
+fn tenant() -> TenantId {
+    TenantId::parse(DEMO_TENANT).expect("tenant")
+}
+
+fn ts(at: DateTime<Utc>) -> prost_types::Timestamp {
+    prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: 0,
+    }
+}
+
+async fn order(app: &ClockedApp, number: &str, at: &str) {
+    let record = OrderRecord {
+        order_number: number.into(),
+        order_id: format!("id-{number}"),
+        client_id: "org:acme".into(),
+        order_date: local(at),
+        status: "ACCEPTED".into(),
+        removed: false,
+        updated_at: Utc::now(),
+    };
+    app.services
+        .catalog
+        .save_order(&tenant(), &record)
+        .await
+        .expect("order");
+}
+
+/// A user of org:acme who accepts the agreement at `at`.
+async fn agree(app: &ClockedApp, event_id: &str, action: pb::ConsentAction, at: &str) {
+    app.seed_user("u-acme", "org:acme").await;
+    let request = pb::RecordConsentEventsRequest {
+        request_id: format!("consent-{event_id}"),
+        events: vec![pb::ConsentEvent {
+            event_id: event_id.into(),
+            user_id: "u-acme".into(),
+            action: action as i32,
+            occurred_at: Some(ts(local(at))),
+            agreement_version: 1,
+            ..Default::default()
+        }],
+    };
+    pb::agreement_service_client::AgreementServiceClient::new(app.channel.clone())
+        .record_consent_events(app.request(request))
+        .await
+        .expect("consent");
+}
+
+/// The worked example's rules, orders and an agreed client.
+async fn setting(app: &ClockedApp) {
+    worked_example(app).await;
+    order(app, "ORD-A", "2026-03-05 10:00").await;
+    order(app, "ORD-B", "2026-03-08 10:00").await;
+    agree(app, "c1", pb::ConsentAction::Accept, "2026-02-01 10:00").await;
+}
+
+fn line(no: u32, product: &str, quantity: &str, order: &str) -> pb::DocumentLine {
+    pb::DocumentLine {
+        line_no: no,
+        product_id: product.into(),
+        quantity: quantity.into(),
+        order_number: order.into(),
+        corrected_line_no: 0,
+    }
+}
+
+fn invoice(id: &str, sale_date: &str, lines: Vec<pb::DocumentLine>) -> pb::Document {
+    pb::Document {
+        document_id: id.into(),
+        number: format!("FV/{id}"),
+        client_id: "org:acme".into(),
+        sale_date: sale_date.into(),
+        lines,
+        ..Default::default()
+    }
+}
+
+/// The worked example's six lines; line 2's order is an ERP order ONe does not know: offline.
+fn example_invoice(id: &str) -> pb::Document {
+    invoice(
+        id,
+        "2026-03-09",
+        vec![
+            line(1, "P1", "3", "ORD-A"),
+            line(2, "P2", "2", "ERP-77"),
+            line(3, "P3", "5", "ORD-A"),
+            line(4, "P5", "1", "ORD-B"),
+            line(5, "P4", "3", "ORD-A"),
+            line(6, "P4", "0.333", "ORD-A"),
+        ],
+    )
+}
+
+async fn process(
+    app: &ClockedApp,
+    document: pb::Document,
+) -> Result<pb::ProcessInvoiceResponse, tonic::Status> {
+    let request = pb::ProcessInvoiceRequest {
+        request_id: format!("deliver-{}", document.document_id),
+        invoice: Some(document),
+    };
+    EarnServiceClient::new(app.channel.clone())
+        .process_invoice(app.request(request))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn earned(app: &ClockedApp, document: pb::Document) -> pb::DocumentResult {
+    process(app, document)
+        .await
+        .expect("process")
+        .result
+        .expect("result")
+}
+
+async fn correct(
+    app: &ClockedApp,
+    id: &str,
+    of: &str,
+    kind: pb::CorrectionType,
+    lines: Vec<pb::DocumentLine>,
+) -> pb::DocumentResult {
+    let correction = pb::Document {
+        document_id: id.into(),
+        number: format!("KOR/{id}"),
+        kind: pb::DocumentKind::Correction as i32,
+        client_id: "org:acme".into(),
+        sale_date: "2026-03-12".into(),
+        lines,
+        correction_type: kind as i32,
+        corrected_document_id: of.into(),
+        ..Default::default()
+    };
+    let request = pb::ProcessCorrectionRequest {
+        request_id: format!("deliver-{id}"),
+        correction: Some(correction),
+    };
+    EarnServiceClient::new(app.channel.clone())
+        .process_correction(app.request(request))
+        .await
+        .expect("correction")
+        .into_inner()
+        .result
+        .expect("result")
+}
+
+async fn balance(app: &ClockedApp) -> String {
+    let request = pb::GetBalanceRequest {
+        client_id: "org:acme".into(),
+        expiring_within_days: 0,
+    };
+    pb::ledger_service_client::LedgerServiceClient::new(app.channel.clone())
+        .get_balance(app.request(request))
+        .await
+        .expect("balance")
+        .into_inner()
+        .balance
+        .expect("balance")
+        .total
+}
+
+fn returned(no: u32, of_line: u32, product: &str, quantity: &str) -> pb::DocumentLine {
+    pb::DocumentLine {
+        corrected_line_no: of_line,
+        ..line(no, product, quantity, "")
+    }
+}
+
+async fn the_worked_example_invoice_earns_the_hand_computed_points_with_its_breakdown(
+    app: &ClockedApp,
+) {
+    setting(app).await;
+    let result = earned(app, example_invoice("INV-1")).await;
+    assert_eq!(result.status, Status::Processed as i32);
+    assert_eq!(result.points, "111.17");
+    assert_eq!(balance(app).await, "111.17");
+    let explained = EarnServiceClient::new(app.channel.clone())
+        .explain_document(app.request(pb::ExplainDocumentRequest {
+            document_id: "INV-1".into(),
+        }))
+        .await
+        .expect("explain")
+        .into_inner();
+    let points: Vec<&str> = explained.lines.iter().map(|l| l.points.as_str()).collect();
+    assert_eq!(points, ["66.00", "17.60", "0.00", "9.24", "16.50", "1.83"]);
+    let channels: Vec<i32> = explained.lines.iter().map(|l| l.channel).collect();
+    assert_eq!(
+        channels[..2],
+        [pb::Channel::Online as i32, pb::Channel::Offline as i32]
+    );
+    let drill = &explained.lines[3];
+    assert_eq!(
+        drill.pricing_date, "2026-03-08",
+        "line 4 is priced on its order's day"
+    );
+    assert!(drill.rules.iter().any(|r| r.reason
+        == "pricing date 2026-03-08 is before the rule's window 2026-03-10..2026-03-31"));
+    assert_eq!(
+        explained.lines[1].pricing_date, "2026-03-09",
+        "a line without a known order is priced on the sale date"
+    );
+    assert_eq!(explained.stacking_mode, pb::StackingMode::Max as i32);
+    let event = pb::ledger_service_client::LedgerServiceClient::new(app.channel.clone())
+        .get_event(app.request(pb::GetEventRequest {
+            event_id: result.event_id.clone(),
+        }))
+        .await
+        .expect("event")
+        .into_inner()
+        .event
+        .expect("event");
+    assert_eq!(
+        (event.document_id.as_str(), event.lines.len()),
+        ("INV-1", 6)
+    );
+    assert_eq!(event.lines[5].unrounded_points, "1.8315");
+}
+
+async fn an_invoice_waits_for_its_sale_day_to_close_and_the_job_earns_it(app: &ClockedApp) {
+    setting(app).await;
+    app.clock.set(local("2026-03-20 14:00"));
+    let pending = earned(
+        app,
+        invoice("INV-T", "2026-03-20", vec![line(1, "P1", "1", "")]),
+    )
+    .await;
+    assert_eq!(pending.status, Status::PendingDayClose as i32);
+    assert_eq!(balance(app).await, "0.00");
+    // The day closes at midnight; the grace period (60 minutes) leaves time for late consents.
+    app.clock.set(local("2026-03-21 00:30"));
+    assert_eq!(
+        app.services.earn.run_due(100).await.expect("job"),
+        0,
+        "not due yet"
+    );
+    app.clock.set(local("2026-03-21 01:00"));
+    assert_eq!(app.services.earn.run_due(100).await.expect("job"), 1);
+    let done = earned(
+        app,
+        invoice("INV-T", "2026-03-20", vec![line(1, "P1", "1", "")]),
+    )
+    .await;
+    assert_eq!(done.status, Status::Processed as i32);
+    assert_eq!(
+        balance(app).await,
+        "22.00",
+        "10 x R1 2 (outranks R2 1.5) x gold 1.1"
+    );
+}
+
+async fn agreed_not_agreed_agreed_again_earns_on_the_first_and_third_days_only(app: &ClockedApp) {
+    worked_example(app).await;
+    agree(app, "d1", pb::ConsentAction::Accept, "2026-03-01 10:00").await;
+    agree(app, "d2", pb::ConsentAction::Withdraw, "2026-03-02 10:00").await;
+    agree(app, "d3", pb::ConsentAction::Accept, "2026-03-03 10:00").await;
+    let statuses: Vec<(i32, i32)> =
+        futures::future::join_all(["2026-03-01", "2026-03-02", "2026-03-03"].map(|day| {
+            earned(
+                app,
+                invoice(&format!("INV-{day}"), day, vec![line(1, "P4", "1", "")]),
+            )
+        }))
+        .await
+        .into_iter()
+        .map(|r| (r.status, r.non_earning_reason))
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (Status::Processed as i32, Reason::Unspecified as i32),
+            (Status::NotEarning as i32, Reason::NoAgreement as i32),
+            (Status::Processed as i32, Reason::Unspecified as i32),
+        ]
+    );
+    assert_eq!(
+        balance(app).await,
+        "11.00",
+        "two invoices of 2.5 x 2 x 1.1 = 5.50"
+    );
+}
+
+async fn thirty_two_concurrent_deliveries_of_one_invoice_write_one_event(app: &ClockedApp) {
+    setting(app).await;
+    let deliveries = (0..32).map(|_| process(app, example_invoice("INV-RACE")));
+    let replies: Vec<pb::DocumentResult> = futures::future::join_all(deliveries)
+        .await
+        .into_iter()
+        .map(|r| r.expect("delivery").result.expect("result"))
+        .collect();
+    assert!(
+        replies
+            .iter()
+            .all(|r| r.status == Status::Processed as i32 && r.event_id == replies[0].event_id),
+        "every delivery answers with the one event"
+    );
+    assert_eq!(balance(app).await, "111.17");
+    let events = pb::ledger_service_client::LedgerServiceClient::new(app.channel.clone())
+        .list_events(app.request(pb::ListEventsRequest {
+            client_id: "org:acme".into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("events")
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 1);
+}
+
+async fn a_quantitative_correction_loses_the_points_of_the_returned_quantity(app: &ClockedApp) {
+    setting(app).await;
+    earned(app, example_invoice("INV-1")).await;
+    // Two of line 1's three cables come back: 66 / 3 x 2 = 44 points.
+    let result = correct(
+        app,
+        "K-1",
+        "INV-1",
+        pb::CorrectionType::Quantitative,
+        vec![returned(1, 1, "P1", "2")],
+    )
+    .await;
+    assert_eq!(
+        (result.status, result.points.as_str()),
+        (Status::Processed as i32, "-44.00")
+    );
+    assert_eq!(balance(app).await, "67.17");
+    let explained = EarnServiceClient::new(app.channel.clone())
+        .explain_document(app.request(pb::ExplainDocumentRequest {
+            document_id: "K-1".into(),
+        }))
+        .await
+        .expect("explain")
+        .into_inner();
+    assert_eq!(explained.lines.len(), 1);
+    assert_eq!(
+        (
+            explained.lines[0].quantity.as_str(),
+            explained.lines[0].points.as_str()
+        ),
+        ("-2", "-44.00")
+    );
+    assert!(!explained.corrected_event_id.is_empty());
+}
+
+async fn a_valuable_correction_and_a_correction_of_a_non_earning_invoice_change_nothing(
+    app: &ClockedApp,
+) {
+    setting(app).await;
+    earned(app, example_invoice("INV-1")).await;
+    let valuable = correct(
+        app,
+        "K-V",
+        "INV-1",
+        pb::CorrectionType::Valuable,
+        vec![line(1, "P1", "3", "")],
+    )
+    .await;
+    assert_eq!(
+        (
+            valuable.status,
+            valuable.points.as_str(),
+            valuable.event_id.as_str()
+        ),
+        (Status::Processed as i32, "0.00", "")
+    );
+    let nothing = earned(
+        app,
+        invoice("INV-0", "2026-03-09", vec![line(1, "P3", "5", "ORD-A")]),
+    )
+    .await;
+    assert_eq!(nothing.non_earning_reason, Reason::NoBasePoints as i32);
+    let correction = correct(
+        app,
+        "K-0",
+        "INV-0",
+        pb::CorrectionType::Quantitative,
+        vec![returned(1, 1, "P3", "5")],
+    )
+    .await;
+    assert_eq!(
+        (correction.status, correction.points.as_str()),
+        (Status::Processed as i32, "0.00")
+    );
+    assert_eq!(balance(app).await, "111.17");
+}
+
+async fn a_correction_that_arrives_before_its_invoice_waits_and_is_applied_later(app: &ClockedApp) {
+    setting(app).await;
+    let early = correct(
+        app,
+        "K-E",
+        "INV-L",
+        pb::CorrectionType::Quantitative,
+        vec![returned(1, 5, "P4", "3")],
+    )
+    .await;
+    assert_eq!(early.status, Status::WaitingForData as i32);
+    earned(app, example_invoice("INV-L")).await;
+    app.clock.set(local("2026-03-20 14:00"));
+    app.services.earn.run_due(100).await.expect("job");
+    assert_eq!(balance(app).await, "94.67", "111.17 - line 5's 16.50");
+}
+
+async fn documents_that_earn_nothing_say_why(app: &ClockedApp) {
+    setting(app).await;
+    let individual = pb::Document {
+        client_id: "ind:person".into(),
+        ..invoice("INV-IND", "2026-03-09", vec![line(1, "P1", "1", "")])
+    };
+    assert_eq!(
+        earned(app, individual).await.non_earning_reason,
+        Reason::IndividualClient as i32
+    );
+    app.seed_client("org:no-account", false).await;
+    let no_account = pb::Document {
+        client_id: "org:no-account".into(),
+        ..invoice("INV-NA", "2026-03-09", vec![line(1, "P1", "1", "")])
+    };
+    assert_eq!(
+        earned(app, no_account).await.non_earning_reason,
+        Reason::NoAccount as i32
+    );
+    app.seed_client("org:unagreed", true).await;
+    let unagreed = pb::Document {
+        client_id: "org:unagreed".into(),
+        ..invoice("INV-NO", "2026-03-09", vec![line(1, "P1", "1", "")])
+    };
+    assert_eq!(
+        earned(app, unagreed).await.non_earning_reason,
+        Reason::NoAgreement as i32
+    );
+    let request = pb::UpdateSettingsRequest {
+        request_id: "offline-off".into(),
+        settings: Some(pb::TenantSettings {
+            offline_lines_earn: false,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["offline_lines_earn".into()],
+        }),
+        expected_revision: 0,
+    };
+    app.settings_client()
+        .update_settings(app.request(request))
+        .await
+        .expect("settings");
+    let offline = earned(
+        app,
+        invoice("INV-OFF", "2026-03-09", vec![line(1, "P1", "1", "ERP-1")]),
+    )
+    .await;
+    assert_eq!(offline.non_earning_reason, Reason::OfflineExcluded as i32);
+    let unknown_client = pb::Document {
+        client_id: "org:later".into(),
+        ..invoice("INV-LATER", "2026-03-09", vec![line(1, "P1", "1", "")])
+    };
+    assert_eq!(
+        earned(app, unknown_client).await.status,
+        Status::WaitingForData as i32
+    );
+    assert_eq!(balance(app).await, "0.00");
+}
+
+async fn a_document_delivered_again_with_other_content_is_refused(app: &ClockedApp) {
+    setting(app).await;
+    let first = process(app, example_invoice("INV-1")).await.expect("first");
+    let again = process(app, example_invoice("INV-1")).await.expect("again");
+    assert!(again.replayed && !first.replayed);
+    assert_eq!(again.result, first.result);
+    let mut changed = example_invoice("INV-1");
+    changed.lines.truncate(1);
+    let status = process(app, changed).await.expect_err("changed");
+    assert_eq!(status.code(), tonic::Code::AlreadyExists);
+    assert_eq!(balance(app).await, "111.17");
+}
