@@ -28,6 +28,25 @@ impl EarnGrpc {
     }
 }
 
+impl EarnGrpc {
+    /// Receives a pushed invoice or correction; answers with where it stands.
+    async fn receive(
+        &self,
+        caller: &crate::domain::access::Caller,
+        request_id: &str,
+        document: Option<&pb::Document>,
+        kind: DocumentKind,
+    ) -> Result<(pb::DocumentResult, bool), Status> {
+        let document = document_from_proto(document, kind).map_err(|e| invalid(&e))?;
+        let (record, replayed) = self
+            .service
+            .receive(caller, request_id, document, DocumentSource::Api)
+            .await?;
+        let scale = self.service.points_scale(caller).await?;
+        Ok((result_to_proto(&record, scale), replayed))
+    }
+}
+
 #[tonic::async_trait]
 impl pb::earn_service_server::EarnService for EarnGrpc {
     async fn process_invoice(
@@ -36,15 +55,16 @@ impl pb::earn_service_server::EarnService for EarnGrpc {
     ) -> Result<Response<pb::ProcessInvoiceResponse>, Status> {
         let caller = caller(&request)?;
         let m = request.into_inner();
-        let document = document_from_proto(m.invoice.as_ref(), DocumentKind::Invoice)
-            .map_err(|e| invalid(&e))?;
-        let (record, replayed) = self
-            .service
-            .receive(&caller, &m.request_id, document, DocumentSource::Api)
+        let (result, replayed) = self
+            .receive(
+                &caller,
+                &m.request_id,
+                m.invoice.as_ref(),
+                DocumentKind::Invoice,
+            )
             .await?;
-        let scale = self.service.points_scale(&caller).await?;
         Ok(Response::new(pb::ProcessInvoiceResponse {
-            result: Some(result_to_proto(&record, scale)),
+            result: Some(result),
             replayed,
         }))
     }
@@ -55,15 +75,16 @@ impl pb::earn_service_server::EarnService for EarnGrpc {
     ) -> Result<Response<pb::ProcessCorrectionResponse>, Status> {
         let caller = caller(&request)?;
         let m = request.into_inner();
-        let document = document_from_proto(m.correction.as_ref(), DocumentKind::Correction)
-            .map_err(|e| invalid(&e))?;
-        let (record, replayed) = self
-            .service
-            .receive(&caller, &m.request_id, document, DocumentSource::Api)
+        let (result, replayed) = self
+            .receive(
+                &caller,
+                &m.request_id,
+                m.correction.as_ref(),
+                DocumentKind::Correction,
+            )
             .await?;
-        let scale = self.service.points_scale(&caller).await?;
         Ok(Response::new(pb::ProcessCorrectionResponse {
-            result: Some(result_to_proto(&record, scale)),
+            result: Some(result),
             replayed,
         }))
     }

@@ -49,14 +49,7 @@ pub enum AgreementError {
     Repo(#[from] RepoError),
 }
 
-impl From<IdempotencyError> for AgreementError {
-    fn from(err: IdempotencyError) -> Self {
-        match err {
-            IdempotencyError::Repo(cause) => Self::Repo(cause),
-            other => Self::RequestId(other),
-        }
-    }
-}
+crate::request_id_error!(AgreementError);
 
 /// A consent event as a caller sends it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -45,3 +45,21 @@ pub async fn prior_result(
         },
     }
 }
+
+/// Implements `From<IdempotencyError>` for a service error with `RequestId(IdempotencyError)` and
+/// `Repo(RepoError)` variants: database faults stay database faults.
+#[macro_export]
+macro_rules! request_id_error {
+    ($error:ty) => {
+        impl From<$crate::service::idempotency::IdempotencyError> for $error {
+            fn from(err: $crate::service::idempotency::IdempotencyError) -> Self {
+                match err {
+                    $crate::service::idempotency::IdempotencyError::Repo(cause) => {
+                        Self::Repo(cause)
+                    }
+                    other => Self::RequestId(other),
+                }
+            }
+        }
+    };
+}

@@ -33,14 +33,7 @@ pub enum LedgerError {
     Repo(#[from] RepoError),
 }
 
-impl From<IdempotencyError> for LedgerError {
-    fn from(err: IdempotencyError) -> Self {
-        match err {
-            IdempotencyError::Repo(cause) => Self::Repo(cause),
-            other => Self::RequestId(other),
-        }
-    }
-}
+crate::request_id_error!(LedgerError);
 
 /// A balance as shown: the row, the points expiring soon and the scale to show them at.
 #[derive(Debug, Clone, PartialEq, Eq)]

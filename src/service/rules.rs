@@ -38,14 +38,7 @@ pub enum RulesError {
     Repo(#[from] RepoError),
 }
 
-impl From<IdempotencyError> for RulesError {
-    fn from(err: IdempotencyError) -> Self {
-        match err {
-            IdempotencyError::Repo(cause) => Self::Repo(cause),
-            other => Self::RequestId(other),
-        }
-    }
-}
+crate::request_id_error!(RulesError);
 
 /// A dated value as listed: from its day until the next entry's day.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -33,14 +33,7 @@ pub enum SettingsError {
     Repo(#[from] RepoError),
 }
 
-impl From<IdempotencyError> for SettingsError {
-    fn from(err: IdempotencyError) -> Self {
-        match err {
-            IdempotencyError::Repo(cause) => Self::Repo(cause),
-            other => Self::RequestId(other),
-        }
-    }
-}
+crate::request_id_error!(SettingsError);
 
 /// A change of settings as the caller asked for it.
 #[derive(Debug, Clone)]
