@@ -316,6 +316,7 @@ fn spawn_jobs(settings: &JobsSettings, services: &Services) -> Option<tokio::tas
         return None;
     }
     let earn = Arc::clone(&services.earn);
+    let ledger = Arc::clone(&services.ledger);
     let interval = Duration::from_millis(settings.interval_ms.max(100));
     let batch = settings.batch_size.max(1);
     Some(tokio::spawn(async move {
@@ -327,6 +328,13 @@ fn spawn_jobs(settings: &JobsSettings, services: &Services) -> Option<tokio::tas
                 Ok(0) => {}
                 Ok(count) => tracing::info!(count, "processed due documents"),
                 Err(err) => tracing::warn!(%err, "due documents not processed; retried next tick"),
+            }
+            match ledger.run_lot_jobs(batch).await {
+                Ok((0, 0)) => {}
+                Ok((unlocked, expired)) => {
+                    tracing::info!(unlocked, expired, "earn lots unlocked and expired");
+                }
+                Err(err) => tracing::warn!(%err, "lots not unlocked or expired; retried next tick"),
             }
         }
     }))

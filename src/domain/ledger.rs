@@ -41,6 +41,43 @@ impl EventType {
     }
 }
 
+/// When an earn lot unlocks and expires, from the tenant's lock and expiry settings (0 = off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LotTerms {
+    pub unlocks_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl LotTerms {
+    pub fn new(earned_at: DateTime<Utc>, lock_days: u32, expiry_months: u32) -> Self {
+        Self {
+            unlocks_at: (lock_days > 0)
+                .then(|| earned_at + chrono::Duration::days(i64::from(lock_days))),
+            expires_at: (expiry_months > 0)
+                .then(|| earned_at.checked_add_months(chrono::Months::new(expiry_months)))
+                .flatten(),
+        }
+    }
+
+    /// Locked when earned.
+    pub fn locked(&self) -> bool {
+        self.unlocks_at.is_some()
+    }
+}
+
+/// An earn lot a job should look at: to unlock, to expire, or both.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DueLot {
+    pub tenant: crate::domain::tenant::TenantId,
+    /// The earn event that created it.
+    pub event_id: i64,
+    pub client_id: String,
+    pub remaining: Decimal,
+    pub locked: bool,
+    pub unlocks_at: Option<DateTime<Utc>>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
 /// An event to append. Points are signed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewLedgerEvent {
@@ -59,6 +96,9 @@ pub struct NewLedgerEvent {
     pub related_event_id: Option<i64>,
     /// Earn and Lose events: the stacking mode the lines were priced with.
     pub stacking_mode: Option<crate::domain::settings::StackingMode>,
+    /// Earn events: the lot the points form. Lose and Expire events that name an earn event in
+    /// `related_event_id` take their points from that event's lot first.
+    pub lot: Option<LotTerms>,
 }
 
 /// An appended event.
@@ -168,6 +208,29 @@ impl ClientLedgerAudit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lot_terms_follow_the_lock_days_and_expiry_months() {
+        let at = DateTime::parse_from_rfc3339("2026-01-31T10:00:00Z")
+            .expect("instant")
+            .to_utc();
+        let terms = LotTerms::new(at, 14, 1);
+        assert_eq!(
+            terms.unlocks_at.map(|t| t.to_rfc3339()),
+            Some("2026-02-14T10:00:00+00:00".into())
+        );
+        assert_eq!(
+            terms.expires_at.map(|t| t.to_rfc3339()),
+            Some("2026-02-28T10:00:00+00:00".into()),
+            "month ends clamp"
+        );
+        assert!(terms.locked());
+        let off = LotTerms::new(at, 0, 0);
+        assert_eq!(
+            (off.unlocks_at, off.expires_at, off.locked()),
+            (None, None, false)
+        );
+    }
 
     fn audit(total: i64, sum: i64, last: i64, counted: u64, held: u64) -> ClientLedgerAudit {
         ClientLedgerAudit {

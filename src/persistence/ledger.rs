@@ -22,7 +22,7 @@ use super::idempotency::{insert_record, set_result_ref};
 use crate::domain::clock::Clock;
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::ledger::{
-    Balance, ClientLedgerAudit, EventType, HistoryQuery, LedgerEvent, NewLedgerEvent,
+    Balance, ClientLedgerAudit, DueLot, EventType, HistoryQuery, LedgerEvent, NewLedgerEvent,
 };
 use crate::domain::points::{from_minor_units, to_minor_units};
 use crate::domain::tenant::TenantId;
@@ -154,6 +154,84 @@ impl LedgerRepository for SeaLedgerRepository {
         rows.into_iter().map(event_from_row).collect()
     }
 
+    async fn due_lots(&self, now: DateTime<Utc>, limit: u64) -> Result<Vec<DueLot>, RepoError> {
+        let at = now.fixed_offset();
+        let rows = earn_lots::Entity::find()
+            .filter(
+                sea_orm::Condition::any()
+                    .add(
+                        sea_orm::Condition::all()
+                            .add(earn_lots::Column::Locked.eq(true))
+                            .add(earn_lots::Column::UnlocksAt.lte(at)),
+                    )
+                    .add(
+                        sea_orm::Condition::all()
+                            .add(earn_lots::Column::Remaining.gt(0))
+                            .add(earn_lots::Column::ExpiresAt.lte(at)),
+                    ),
+            )
+            .order_by_asc(earn_lots::Column::EventId)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(DueLot {
+                    tenant: TenantId::parse(&r.tenant_id)
+                        .map_err(|e| RepoError::Corrupt(e.to_string()))?,
+                    event_id: r.event_id,
+                    client_id: r.client_id,
+                    remaining: from_minor_units(r.remaining),
+                    locked: r.locked,
+                    unlocks_at: r.unlocks_at.map(|t| t.to_utc()),
+                    expires_at: r.expires_at.map(|t| t.to_utc()),
+                })
+            })
+            .collect()
+    }
+
+    async fn unlock_lot(&self, tenant: &TenantId, event_id: i64) -> Result<bool, RepoError> {
+        let now = self.clock.now();
+        let txn = self.db.begin().await.map_err(classify)?;
+        // The conditional update is the lease: of two runs, one changes the row.
+        let unlocked = earn_lots::Entity::update_many()
+            .col_expr(earn_lots::Column::Locked, Expr::value(false))
+            .filter(earn_lots::Column::TenantId.eq(tenant.as_str()))
+            .filter(earn_lots::Column::EventId.eq(event_id))
+            .filter(earn_lots::Column::Locked.eq(true))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        if unlocked.rows_affected != 1 {
+            return Ok(false);
+        }
+        let lot = earn_lots::Entity::find_by_id((tenant.as_str().to_owned(), event_id))
+            .one(&txn)
+            .await
+            .map_err(classify)?
+            .ok_or_else(|| {
+                RepoError::Other(format!("lot {event_id} vanished inside its transaction"))
+            })?;
+        balances::Entity::update_many()
+            .col_expr(
+                balances::Column::Locked,
+                Expr::col(balances::Column::Locked).sub(lot.remaining),
+            )
+            .col_expr(
+                balances::Column::Available,
+                Expr::col(balances::Column::Available).add(lot.remaining),
+            )
+            .col_expr(balances::Column::UpdatedAt, Expr::value(now.fixed_offset()))
+            .filter(balances::Column::TenantId.eq(tenant.as_str()))
+            .filter(balances::Column::ClientId.eq(lot.client_id.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        txn.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
     async fn expiring(
         &self,
         tenant: &TenantId,
@@ -250,22 +328,16 @@ pub(crate) async fn append_in(
     now: DateTime<Utc>,
 ) -> Result<LedgerEvent, RepoError> {
     let points = units(event.points)?;
-    let empty = balances::ActiveModel {
-        tenant_id: Set(tenant.as_str().to_owned()),
-        client_id: Set(event.client_id.clone()),
-        total: Set(0),
-        available: Set(0),
-        locked: Set(0),
-        reserved: Set(0),
-        last_event_id: Set(None),
-        event_count: Set(0),
-        updated_at: Set(now.fixed_offset()),
+    ensure_balance_row(conn, tenant, &event.client_id, now).await?;
+    // Points that enter (a locked earn) or leave (taken from a locked lot) the locked part.
+    let mut into_locked = if event.lot.is_some_and(|l| l.locked()) && points > 0 {
+        points
+    } else {
+        0
     };
-    balances::Entity::insert(empty)
-        .on_conflict_do_nothing_on([balances::Column::TenantId, balances::Column::ClientId])
-        .exec(conn)
-        .await
-        .map_err(classify)?;
+    if let Some(taken_from_locked) = take_from_lot(conn, tenant, event, points).await? {
+        into_locked = -taken_from_locked;
+    }
     let updated = balances::Entity::update_many()
         .col_expr(
             balances::Column::Total,
@@ -273,7 +345,11 @@ pub(crate) async fn append_in(
         )
         .col_expr(
             balances::Column::Available,
-            Expr::col(balances::Column::Available).add(points),
+            Expr::col(balances::Column::Available).add(points - into_locked),
+        )
+        .col_expr(
+            balances::Column::Locked,
+            Expr::col(balances::Column::Locked).add(into_locked),
         )
         .col_expr(
             balances::Column::EventCount,
@@ -321,12 +397,104 @@ pub(crate) async fn append_in(
         .exec(conn)
         .await
         .map_err(classify)?;
+    if let (Some(terms), true) = (event.lot, points > 0) {
+        let lot = earn_lots::ActiveModel {
+            tenant_id: Set(tenant.as_str().to_owned()),
+            event_id: Set(event_id),
+            client_id: Set(event.client_id.clone()),
+            points: Set(points),
+            remaining: Set(points),
+            locked: Set(terms.locked()),
+            unlocks_at: Set(terms.unlocks_at.map(|t| t.fixed_offset())),
+            expires_at: Set(terms.expires_at.map(|t| t.fixed_offset())),
+            earned_at: Set(now.fixed_offset()),
+        };
+        earn_lots::Entity::insert(lot)
+            .exec(conn)
+            .await
+            .map_err(classify)?;
+    }
     Ok(LedgerEvent {
         event_id,
         event: event.clone(),
         balance_after: from_minor_units(balance_after),
         recorded_at: now,
     })
+}
+
+/// Creates the client's balance row at zero if it has none.
+async fn ensure_balance_row(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    client_id: &str,
+    now: DateTime<Utc>,
+) -> Result<(), RepoError> {
+    let empty = balances::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        client_id: Set(client_id.to_owned()),
+        total: Set(0),
+        available: Set(0),
+        locked: Set(0),
+        reserved: Set(0),
+        last_event_id: Set(None),
+        event_count: Set(0),
+        updated_at: Set(now.fixed_offset()),
+    };
+    balances::Entity::insert(empty)
+        .on_conflict_do_nothing_on([balances::Column::TenantId, balances::Column::ClientId])
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// A Lose or Expire that names an earn event takes its points from that event's lot first.
+/// Returns how much came out of the lot's locked points (`None` when no lot was touched). An
+/// Expire must take exactly what the lot still holds, or it is stale (`Conflict`).
+async fn take_from_lot(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    event: &NewLedgerEvent,
+    points: i64,
+) -> Result<Option<i64>, RepoError> {
+    let takes = matches!(event.event_type, EventType::Lose | EventType::Expire) && points < 0;
+    let Some(lot_id) = event.related_event_id.filter(|_| takes) else {
+        return Ok(None);
+    };
+    let Some(lot) = earn_lots::Entity::find_by_id((tenant.as_str().to_owned(), lot_id))
+        .one(conn)
+        .await
+        .map_err(classify)?
+    else {
+        return Ok(None);
+    };
+    if event.event_type == EventType::Expire && lot.remaining != -points {
+        return Err(RepoError::Conflict(format!(
+            "lot {lot_id} changed since its expiry was planned"
+        )));
+    }
+    let take = std::cmp::min(lot.remaining, -points);
+    if take <= 0 {
+        return Ok(None);
+    }
+    let update = earn_lots::Entity::update_many()
+        .col_expr(
+            earn_lots::Column::Remaining,
+            Expr::col(earn_lots::Column::Remaining).sub(take),
+        )
+        .filter(earn_lots::Column::TenantId.eq(tenant.as_str()))
+        .filter(earn_lots::Column::EventId.eq(lot_id))
+        .filter(earn_lots::Column::Remaining.gte(take))
+        .filter(earn_lots::Column::Locked.eq(lot.locked))
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    if update.rows_affected != 1 {
+        return Err(RepoError::Conflict(format!(
+            "lot {lot_id} changed concurrently"
+        )));
+    }
+    Ok(Some(if lot.locked { take } else { 0 }))
 }
 
 fn event_from_row(row: ledger_events::Model) -> Result<LedgerEvent, RepoError> {
@@ -347,6 +515,7 @@ fn event_from_row(row: ledger_events::Model) -> Result<LedgerEvent, RepoError> {
             actor_key_id: row.actor_key_id,
             actor_user_id: row.actor_user_id,
             related_event_id: row.related_event_id,
+            lot: None,
             stacking_mode: row
                 .stacking_mode
                 .as_deref()

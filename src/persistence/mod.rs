@@ -38,7 +38,7 @@ use crate::domain::engine::LineCalculation;
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::intervals::Interval;
 use crate::domain::ledger::{
-    Balance, ClientLedgerAudit, HistoryQuery, LedgerEvent, NewLedgerEvent,
+    Balance, ClientLedgerAudit, DueLot, HistoryQuery, LedgerEvent, NewLedgerEvent,
 };
 use crate::domain::rules::{EffectiveDated, MultiplierRule, ProductFacts, RuleTarget, StoredRule};
 use crate::domain::settings::TenantSettings;
@@ -133,6 +133,12 @@ pub trait LedgerRepository: Send + Sync {
         tenant: &TenantId,
         query: &HistoryQuery,
     ) -> Result<Vec<LedgerEvent>, RepoError>;
+    /// Lots of every tenant due to unlock (locked, unlock time passed) or expire (points left,
+    /// expiry passed) at `now`.
+    async fn due_lots(&self, now: DateTime<Utc>, limit: u64) -> Result<Vec<DueLot>, RepoError>;
+    /// Unlocks a lot: its remaining points move from locked to available. `false` when another
+    /// run unlocked it first.
+    async fn unlock_lot(&self, tenant: &TenantId, event_id: i64) -> Result<bool, RepoError>;
     /// Points of the client's lots that expire by `until`.
     async fn expiring(
         &self,

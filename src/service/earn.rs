@@ -18,7 +18,7 @@ use crate::domain::documents::{
 use crate::domain::engine::LineCalculation;
 use crate::domain::engine::{CalculationPolicy, DocumentCalculation, LineInput, calculate};
 use crate::domain::idempotency::valid_request_id;
-use crate::domain::ledger::{EventType, NewLedgerEvent};
+use crate::domain::ledger::{EventType, LotTerms, NewLedgerEvent};
 use crate::domain::rules::Channel;
 use crate::domain::settings::TenantSettings;
 use crate::domain::tenant::TenantId;
@@ -358,6 +358,11 @@ impl EarnService {
             actor_user_id: None,
             related_event_id: None,
             stacking_mode: Some(calc.stacking_mode),
+            lot: Some(LotTerms::new(
+                now,
+                settings.lock_days,
+                settings.expiry_months,
+            )),
         };
         Ok(processed(Some((event, calc.lines))))
     }
@@ -414,6 +419,7 @@ impl EarnService {
             actor_user_id: None,
             related_event_id: Some(earn_event),
             stacking_mode,
+            lot: None,
         };
         Ok(processed(Some((event, losses))))
     }

@@ -216,6 +216,7 @@ impl LedgerService {
             actor_user_id: Some(adjustment.user_id.trim().to_owned()).filter(|u| !u.is_empty()),
             related_event_id: None,
             stacking_mode: None,
+            lot: None,
         };
         let record = IdempotencyRecord {
             request_id: key.request_id.clone(),
@@ -235,6 +236,53 @@ impl LedgerService {
             },
             Err(other) => Err(other.into()),
         }
+    }
+
+    /// Unlocks and expires the lots that are due, in every tenant. Two replicas may run it at
+    /// once: each lot is unlocked once (a conditional update) and expired once (the Expire event
+    /// is unique per lot). Returns how many lots were unlocked and expired.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn run_lot_jobs(&self, limit: u64) -> Result<(usize, usize), LedgerError> {
+        let now = self.clock.now();
+        let (mut unlocked, mut expired) = (0, 0);
+        for lot in self.repo.due_lots(now, limit).await? {
+            if lot.locked
+                && lot.unlocks_at.is_some_and(|at| at <= now)
+                && self.repo.unlock_lot(&lot.tenant, lot.event_id).await?
+            {
+                unlocked += 1;
+            }
+            let Some(expires_at) = lot
+                .expires_at
+                .filter(|at| *at <= now && !lot.remaining.is_zero())
+            else {
+                continue;
+            };
+            let event = NewLedgerEvent {
+                client_id: lot.client_id.clone(),
+                event_type: EventType::Expire,
+                points: -lot.remaining,
+                occurred_at: expires_at,
+                document_id: None,
+                request_id: None,
+                reason_code: Some("EXPIRY".into()),
+                reason: Some(format!("points of event {} expired", lot.event_id)),
+                actor_key_id: None,
+                actor_user_id: None,
+                related_event_id: Some(lot.event_id),
+                stacking_mode: None,
+                lot: None,
+            };
+            match self.repo.append(&lot.tenant, &event, None).await {
+                Ok(_) => expired += 1,
+                // Expired by another run, or changed since it was read: the next run sees it.
+                Err(RepoError::Conflict(_)) => {}
+                Err(other) => return Err(other.into()),
+            }
+        }
+        Ok((unlocked, expired))
     }
 
     async fn known_client(&self, caller: &Caller, client_id: &str) -> Result<(), LedgerError> {

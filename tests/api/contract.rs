@@ -67,6 +67,7 @@ fn event(client: &str, points: &str) -> NewLedgerEvent {
         actor_user_id: None,
         related_event_id: None,
         stacking_mode: None,
+        lot: None,
     }
 }
 

@@ -22,6 +22,8 @@ on_both_backends!(ClockedApp:
     a_correction_that_arrives_before_its_invoice_waits_and_is_applied_later,
     documents_that_earn_nothing_say_why,
     a_document_delivered_again_with_other_content_is_refused,
+    earned_points_stay_locked_for_the_lock_period_then_expire_after_the_expiry_period,
+    a_correction_of_locked_points_takes_them_from_the_locked_part,
 );
 
 const TZ: chrono_tz::Tz = chrono_tz::Europe::Warsaw;
@@ -507,4 +509,159 @@ async fn a_document_delivered_again_with_other_content_is_refused(app: &ClockedA
     let status = process(app, changed).await.expect_err("changed");
     assert_eq!(status.code(), tonic::Code::AlreadyExists);
     assert_eq!(balance(app).await, "111.17");
+}
+
+async fn lock_and_expire(app: &ClockedApp, lock_days: u32, expiry_months: u32) {
+    let request = pb::UpdateSettingsRequest {
+        request_id: "lots".into(),
+        settings: Some(pb::TenantSettings {
+            lock_days,
+            expiry_months,
+            ..Default::default()
+        }),
+        update_mask: Some(prost_types::FieldMask {
+            paths: vec!["lock_days".into(), "expiry_months".into()],
+        }),
+        expected_revision: 0,
+    };
+    app.settings_client()
+        .update_settings(app.request(request))
+        .await
+        .expect("settings");
+}
+
+/// total, available, locked, expiring within 31 days.
+async fn parts(app: &ClockedApp) -> (String, String, String, String) {
+    let request = pb::GetBalanceRequest {
+        client_id: "org:acme".into(),
+        expiring_within_days: 31,
+    };
+    let b = pb::ledger_service_client::LedgerServiceClient::new(app.channel.clone())
+        .get_balance(app.request(request))
+        .await
+        .expect("balance")
+        .into_inner()
+        .balance
+        .expect("balance");
+    (b.total, b.available, b.locked, b.expiring)
+}
+
+fn four(
+    total: &str,
+    available: &str,
+    locked: &str,
+    expiring: &str,
+) -> (String, String, String, String) {
+    (
+        total.into(),
+        available.into(),
+        locked.into(),
+        expiring.into(),
+    )
+}
+
+async fn earned_points_stay_locked_for_the_lock_period_then_expire_after_the_expiry_period(
+    app: &ClockedApp,
+) {
+    setting(app).await;
+    lock_and_expire(app, 14, 1).await;
+    earned(app, example_invoice("INV-1")).await;
+    assert_eq!(
+        parts(app).await,
+        four("111.17", "0.00", "111.17", "111.17"),
+        "locked, and expiring on 04-20 12:00, inside 31 days"
+    );
+    assert_eq!(
+        app.services.ledger.run_lot_jobs(100).await.expect("jobs"),
+        (0, 0)
+    );
+    app.clock.set(
+        DateTime::parse_from_rfc3339("2026-04-03T12:00:00Z")
+            .expect("instant")
+            .to_utc(),
+    );
+    assert_eq!(
+        app.services.ledger.run_lot_jobs(100).await.expect("jobs"),
+        (1, 0),
+        "14 days later it unlocks"
+    );
+    assert_eq!(parts(app).await, four("111.17", "111.17", "0.00", "111.17"));
+    assert_eq!(
+        app.services.ledger.run_lot_jobs(100).await.expect("jobs"),
+        (0, 0),
+        "once"
+    );
+    correct(
+        app,
+        "K-1",
+        "INV-1",
+        pb::CorrectionType::Quantitative,
+        vec![returned(1, 1, "P1", "2")],
+    )
+    .await;
+    assert_eq!(
+        parts(app).await,
+        four("67.17", "67.17", "0.00", "67.17"),
+        "the return came out of the lot"
+    );
+    app.clock.set(
+        DateTime::parse_from_rfc3339("2026-04-20T12:00:00Z")
+            .expect("instant")
+            .to_utc(),
+    );
+    assert_eq!(
+        app.services.ledger.run_lot_jobs(100).await.expect("jobs"),
+        (0, 1),
+        "a month after earning the rest expires"
+    );
+    assert_eq!(parts(app).await, four("0.00", "0.00", "0.00", "0.00"));
+    assert_eq!(
+        app.services.ledger.run_lot_jobs(100).await.expect("jobs"),
+        (0, 0),
+        "once"
+    );
+    let events = pb::ledger_service_client::LedgerServiceClient::new(app.channel.clone())
+        .list_events(app.request(pb::ListEventsRequest {
+            client_id: "org:acme".into(),
+            types: vec![pb::EventType::Expire as i32],
+            ..Default::default()
+        }))
+        .await
+        .expect("events")
+        .into_inner()
+        .events;
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].points.as_str(), events[0].reason_code.as_str()),
+        ("-67.17", "EXPIRY")
+    );
+}
+
+async fn a_correction_of_locked_points_takes_them_from_the_locked_part(app: &ClockedApp) {
+    setting(app).await;
+    lock_and_expire(app, 14, 0).await;
+    earned(app, example_invoice("INV-1")).await;
+    correct(
+        app,
+        "K-1",
+        "INV-1",
+        pb::CorrectionType::Quantitative,
+        vec![returned(1, 1, "P1", "2")],
+    )
+    .await;
+    assert_eq!(parts(app).await, four("67.17", "0.00", "67.17", "0.00"));
+    app.clock.set(
+        DateTime::parse_from_rfc3339("2026-04-03T12:00:00Z")
+            .expect("instant")
+            .to_utc(),
+    );
+    assert_eq!(
+        app.services.ledger.run_lot_jobs(100).await.expect("jobs"),
+        (1, 0)
+    );
+    assert_eq!(
+        parts(app).await,
+        four("67.17", "67.17", "0.00", "0.00"),
+        "what is left unlocks"
+    );
 }
