@@ -335,8 +335,10 @@ pub(crate) async fn append_in(
     } else {
         0
     };
-    if let Some(taken_from_locked) = take_from_lot(conn, tenant, event, points).await? {
-        into_locked = -taken_from_locked;
+    match take_from_lot(conn, tenant, event, points).await? {
+        Some(taken_from_locked) => into_locked = -taken_from_locked,
+        None if points < 0 => consume_oldest_lots(conn, tenant, &event.client_id, -points).await?,
+        None => {}
     }
     let updated = balances::Entity::update_many()
         .col_expr(
@@ -445,6 +447,58 @@ async fn ensure_balance_row(
         .exec(conn)
         .await
         .map_err(classify)?;
+    Ok(())
+}
+
+/// Points that leave without naming a lot (a penalty, a spend) come out of the client's unlocked
+/// lots, oldest first, so that what later expires is only what is left. Points beyond the lots
+/// leave nothing to consume.
+async fn consume_oldest_lots(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    client_id: &str,
+    mut amount: i64,
+) -> Result<(), RepoError> {
+    while amount > 0 {
+        let lots = earn_lots::Entity::find()
+            .filter(earn_lots::Column::TenantId.eq(tenant.as_str()))
+            .filter(earn_lots::Column::ClientId.eq(client_id))
+            .filter(earn_lots::Column::Locked.eq(false))
+            .filter(earn_lots::Column::Remaining.gt(0))
+            .order_by_asc(earn_lots::Column::EarnedAt)
+            .order_by_asc(earn_lots::Column::EventId)
+            .limit(64)
+            .all(conn)
+            .await
+            .map_err(classify)?;
+        if lots.is_empty() {
+            return Ok(());
+        }
+        for lot in lots {
+            let take = std::cmp::min(lot.remaining, amount);
+            let update = earn_lots::Entity::update_many()
+                .col_expr(
+                    earn_lots::Column::Remaining,
+                    Expr::col(earn_lots::Column::Remaining).sub(take),
+                )
+                .filter(earn_lots::Column::TenantId.eq(tenant.as_str()))
+                .filter(earn_lots::Column::EventId.eq(lot.event_id))
+                .filter(earn_lots::Column::Remaining.gte(take))
+                .exec(conn)
+                .await
+                .map_err(classify)?;
+            if update.rows_affected != 1 {
+                return Err(RepoError::Conflict(format!(
+                    "lot {} changed concurrently",
+                    lot.event_id
+                )));
+            }
+            amount -= take;
+            if amount == 0 {
+                return Ok(());
+            }
+        }
+    }
     Ok(())
 }
 

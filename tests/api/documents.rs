@@ -24,6 +24,7 @@ on_both_backends!(ClockedApp:
     a_document_delivered_again_with_other_content_is_refused,
     earned_points_stay_locked_for_the_lock_period_then_expire_after_the_expiry_period,
     a_correction_of_locked_points_takes_them_from_the_locked_part,
+    a_penalty_consumes_the_oldest_lots_so_expiry_takes_only_what_is_left,
 );
 
 const TZ: chrono_tz::Tz = chrono_tz::Europe::Warsaw;
@@ -663,5 +664,42 @@ async fn a_correction_of_locked_points_takes_them_from_the_locked_part(app: &Clo
         parts(app).await,
         four("67.17", "67.17", "0.00", "0.00"),
         "what is left unlocks"
+    );
+}
+
+async fn a_penalty_consumes_the_oldest_lots_so_expiry_takes_only_what_is_left(app: &ClockedApp) {
+    setting(app).await;
+    lock_and_expire(app, 0, 1).await;
+    earned(app, example_invoice("INV-1")).await;
+    let penalty = pb::AdjustPointsRequest {
+        request_id: "penalty-1".into(),
+        client_id: "org:acme".into(),
+        points: "-100".into(),
+        reason_code: "PENALTY".into(),
+        reason: "returned pallets not paid".into(),
+        user_id: "admin".into(),
+    };
+    pb::ledger_service_client::LedgerServiceClient::new(app.channel.clone())
+        .adjust_points(app.request(penalty))
+        .await
+        .expect("penalty");
+    assert_eq!(
+        parts(app).await,
+        four("11.17", "11.17", "0.00", "11.17"),
+        "the penalty came out of the lot"
+    );
+    app.clock.set(
+        DateTime::parse_from_rfc3339("2026-04-20T12:00:00Z")
+            .expect("instant")
+            .to_utc(),
+    );
+    assert_eq!(
+        app.services.ledger.run_lot_jobs(100).await.expect("jobs"),
+        (0, 1)
+    );
+    assert_eq!(
+        parts(app).await,
+        four("0.00", "0.00", "0.00", "0.00"),
+        "nothing was taken twice"
     );
 }
