@@ -17,15 +17,17 @@ use crate::config::{JobsSettings, Settings};
 use crate::domain::clock::{Clock, SystemClock};
 use crate::grpc::agreements::AgreementGrpc;
 use crate::grpc::auth::AuthLayer;
+use crate::grpc::coupons::CouponGrpc;
 use crate::grpc::earn::EarnGrpc;
 use crate::grpc::ledger::LedgerGrpc;
 use crate::grpc::metrics::MetricsLayer;
 use crate::grpc::rules::RulesGrpc;
 use crate::grpc::settings::SettingsGrpc;
-use crate::grpc::stubs::{CouponGrpc, RedeemGrpc, SyncGrpc};
+use crate::grpc::stubs::{RedeemGrpc, SyncGrpc};
 use crate::persistence::access::SeaAccessRepository;
 use crate::persistence::agreements::SeaAgreementRepository;
 use crate::persistence::catalog::SeaCatalogRepository;
+use crate::persistence::coupons::SeaCouponRepository;
 use crate::persistence::directory::SeaDirectoryRepository;
 use crate::persistence::documents::SeaDocumentRepository;
 use crate::persistence::idempotency::SeaIdempotencyRepository;
@@ -33,13 +35,14 @@ use crate::persistence::ledger::SeaLedgerRepository;
 use crate::persistence::rules::SeaRulesRepository;
 use crate::persistence::settings::SeaSettingsRepository;
 use crate::persistence::{
-    CatalogRepository, DirectoryRepository, IdempotencyRepository, LedgerRepository, RepoError,
-    RulesRepository, SettingsRepository, db,
+    CatalogRepository, CouponRepository, DirectoryRepository, IdempotencyRepository,
+    LedgerRepository, RepoError, RulesRepository, SettingsRepository, db,
 };
 use crate::proto::loyalty::v1 as pb;
 use crate::proto::served_descriptor_set;
 use crate::service::access::{AccessError, AccessService};
 use crate::service::agreements::AgreementService;
+use crate::service::coupons::CouponService;
 use crate::service::earn::{EarnDependencies, EarnService};
 use crate::service::ledger::LedgerService;
 use crate::service::pricing::Pricing;
@@ -99,6 +102,8 @@ pub struct Services {
     pub directory: Arc<dyn DirectoryRepository>,
     pub catalog: Arc<dyn CatalogRepository>,
     pub earn: Arc<EarnService>,
+    pub coupons: Arc<CouponService>,
+    pub coupon_repo: Arc<dyn CouponRepository>,
 }
 
 impl Services {
@@ -131,7 +136,16 @@ impl Services {
             settings: Arc::clone(&settings_repo),
             clock: Arc::clone(clock),
         }));
+        let coupon_repo: Arc<dyn CouponRepository> = Arc::new(SeaCouponRepository::new(db.clone()));
+        let coupons = Arc::new(CouponService::new(
+            Arc::clone(&coupon_repo),
+            Arc::clone(&settings_repo),
+            Arc::clone(&requests),
+            Arc::clone(clock),
+        ));
         Self {
+            coupons,
+            coupon_repo,
             access: Arc::new(AccessService::new(
                 Arc::new(SeaAccessRepository::new(db.clone())),
                 Arc::clone(clock),
@@ -285,7 +299,7 @@ impl Application {
             ))
             .add_service(limited!(
                 pb::coupon_service_server::CouponServiceServer<_>,
-                CouponGrpc
+                CouponGrpc::new(Arc::clone(&self.services.coupons))
             ))
             .add_service(limited!(
                 pb::agreement_service_server::AgreementServiceServer<_>,

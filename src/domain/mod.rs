@@ -5,6 +5,7 @@ pub mod access;
 pub mod calendar;
 pub mod clock;
 pub mod consent;
+pub mod coupons;
 pub mod directory;
 pub mod documents;
 pub mod engine;

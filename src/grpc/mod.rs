@@ -4,6 +4,7 @@
 pub mod agreements;
 pub mod auth;
 pub mod convert;
+pub mod coupons;
 pub mod earn;
 pub mod ledger;
 pub mod metrics;

@@ -9,6 +9,7 @@ use crate::domain::validation::Invalid;
 use crate::persistence::RepoError;
 use crate::service::access::AccessError;
 use crate::service::agreements::AgreementError;
+use crate::service::coupons::CouponError;
 use crate::service::earn::EarnError;
 use crate::service::idempotency::IdempotencyError;
 use crate::service::ledger::LedgerError;
@@ -135,6 +136,19 @@ impl From<EarnError> for Status {
             EarnError::NotFound(_) => Status::not_found(err.to_string()),
             EarnError::DocumentChanged(_) => Status::already_exists(err.to_string()),
             EarnError::Repo(cause) => repo(cause),
+        }
+    }
+}
+
+impl From<CouponError> for Status {
+    fn from(err: CouponError) -> Self {
+        match &err {
+            CouponError::Invalid(found) => invalid(found),
+            CouponError::NotFound(_) => Status::not_found(err.to_string()),
+            CouponError::NameTaken(_) => Status::already_exists(err.to_string()),
+            CouponError::RevisionMismatch { .. } => Status::aborted(err.to_string()),
+            CouponError::RequestId(cause) => request_id(cause),
+            CouponError::Repo(cause) => repo(cause),
         }
     }
 }

@@ -8,9 +8,5 @@ pub struct RedeemGrpc;
 impl pb::redeem_service_server::RedeemService for RedeemGrpc {}
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct CouponGrpc;
-impl pb::coupon_service_server::CouponService for CouponGrpc {}
-
-#[derive(Debug, Default, Clone, Copy)]
 pub struct SyncGrpc;
 impl pb::sync_service_server::SyncService for SyncGrpc {}

@@ -11,6 +11,7 @@
 pub mod access;
 pub mod agreements;
 pub mod catalog;
+pub mod coupons;
 pub mod db;
 pub mod directory;
 pub mod documents;
@@ -30,6 +31,7 @@ use rust_decimal::Decimal;
 
 use crate::domain::access::ApiKeyRecord;
 use crate::domain::consent::{AgreementVersion, ConsentEvent, ConsentOutcome};
+use crate::domain::coupons::Coupon;
 use crate::domain::directory::{
     CategoryRecord, ClientRecord, OrderRecord, ProductRecord, UserRecord,
 };
@@ -371,4 +373,53 @@ pub trait DocumentRepository: Send + Sync {
         now: DateTime<Utc>,
         limit: u64,
     ) -> Result<Vec<(TenantId, String)>, RepoError>;
+}
+
+/// The reward catalogue and the ONe coupon pools.
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait CouponRepository: Send + Sync {
+    /// Creates a coupon (`previous_revision: None`) or replaces the revision it was changed from,
+    /// with the request's record, atomically. `Conflict`: the name or the request id is taken;
+    /// `Aborted`: the coupon changed meanwhile.
+    async fn save(
+        &self,
+        tenant: &TenantId,
+        coupon: &Coupon,
+        previous_revision: Option<u32>,
+        request: &IdempotencyRecord,
+    ) -> Result<(), RepoError>;
+    async fn get(&self, tenant: &TenantId, coupon_id: &str) -> Result<Option<Coupon>, RepoError>;
+    /// Whether another coupon has this name.
+    async fn name_taken(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        except: &str,
+    ) -> Result<bool, RepoError>;
+    /// Coupons after `after` in id order.
+    async fn page(
+        &self,
+        tenant: &TenantId,
+        after: Option<String>,
+        limit: u64,
+    ) -> Result<Vec<Coupon>, RepoError>;
+    /// Creates or replaces a pool (synchronization).
+    async fn save_pool(
+        &self,
+        tenant: &TenantId,
+        pool: &coupons::CouponPoolRecord,
+    ) -> Result<(), RepoError>;
+    async fn pool(
+        &self,
+        tenant: &TenantId,
+        pool_id: &str,
+    ) -> Result<Option<coupons::CouponPoolRecord>, RepoError>;
+    /// Pools after `after` in id order.
+    async fn pools(
+        &self,
+        tenant: &TenantId,
+        after: Option<String>,
+        limit: u64,
+    ) -> Result<Vec<coupons::CouponPoolRecord>, RepoError>;
 }

@@ -4,8 +4,6 @@
 use std::sync::Arc;
 
 use chrono::NaiveDate;
-use rand::Rng;
-use rand::distr::Alphanumeric;
 use rust_decimal::Decimal;
 
 use crate::domain::access::Caller;
@@ -153,7 +151,7 @@ impl RulesService {
             return self.version(&caller.tenant, &rule_id, 1).await;
         }
         spec.check("spec.")?;
-        let rule = self.stored(format!("rule_{}", random_id()), 1, spec, None);
+        let rule = self.stored(format!("rule_{}", super::random_id()), 1, spec, None);
         let record = record(key, OP, rule.rule.rule_id.clone());
         self.with_replay(
             caller,
@@ -491,14 +489,6 @@ fn record(key: &RequestKey, operation: &str, result_ref: String) -> IdempotencyR
 fn parse_version(text: &str) -> Result<u32, RulesError> {
     text.parse()
         .map_err(|_| RepoError::Corrupt(format!("recorded version {text:?}")).into())
-}
-
-fn random_id() -> String {
-    rand::rng()
-        .sample_iter(&Alphanumeric)
-        .take(16)
-        .map(|c| char::from(c).to_ascii_lowercase())
-        .collect()
 }
 
 fn paged(

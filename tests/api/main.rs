@@ -6,6 +6,7 @@ mod helpers;
 mod agreements;
 mod auth;
 mod contract;
+mod coupons;
 mod documents;
 mod earn;
 mod ledger;

@@ -1,0 +1,345 @@
+//! SeaORM implementation of [`CouponRepository`]: coupons with their segment restrictions, and
+//! the ONe coupon pools as synchronization mirrors them.
+
+use async_trait::async_trait;
+use rust_decimal::Decimal;
+use sea_orm::sea_query::OnConflict;
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use super::CouponRepository;
+use super::entities::{coupon_pools, coupon_segments, coupons};
+use super::error::{RepoError, classify};
+use super::idempotency::insert_record;
+use crate::domain::coupons::{Coupon, CouponSpec, CouponStatus, CouponType, Discount};
+use crate::domain::idempotency::IdempotencyRecord;
+use crate::domain::points::{from_minor_units, to_minor_units};
+use crate::domain::tenant::TenantId;
+
+/// A coupon pool of the ONe promotions service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CouponPoolRecord {
+    pub pool_id: String,
+    pub name: String,
+    pub campaign_id: String,
+    pub campaign_name: String,
+    pub active: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SeaCouponRepository {
+    db: DatabaseConnection,
+}
+
+impl SeaCouponRepository {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+fn to_i32(value: u32) -> Result<i32, RepoError> {
+    i32::try_from(value).map_err(|_| RepoError::Other(format!("{value} does not fit a column")))
+}
+
+#[async_trait]
+impl CouponRepository for SeaCouponRepository {
+    async fn save(
+        &self,
+        tenant: &TenantId,
+        coupon: &Coupon,
+        previous_revision: Option<u32>,
+        request: &IdempotencyRecord,
+    ) -> Result<(), RepoError> {
+        let txn = self.db.begin().await.map_err(classify)?;
+        insert_record(&txn, tenant, request).await?;
+        let row = to_row(tenant, coupon)?;
+        match previous_revision {
+            None => {
+                coupons::Entity::insert(row)
+                    .exec(&txn)
+                    .await
+                    .map_err(classify)?;
+            }
+            Some(previous) => {
+                // Optimistic: only the revision the change was made from can be replaced.
+                let updated = coupons::Entity::update_many()
+                    .set(row)
+                    .filter(coupons::Column::TenantId.eq(tenant.as_str()))
+                    .filter(coupons::Column::CouponId.eq(coupon.coupon_id.as_str()))
+                    .filter(coupons::Column::Revision.eq(to_i32(previous)?))
+                    .exec(&txn)
+                    .await
+                    .map_err(classify)?;
+                if updated.rows_affected != 1 {
+                    return Err(RepoError::Aborted(format!(
+                        "coupon {} changed concurrently",
+                        coupon.coupon_id
+                    )));
+                }
+            }
+        }
+        replace_segments(&txn, tenant, coupon).await?;
+        txn.commit().await.map_err(classify)
+    }
+
+    async fn get(&self, tenant: &TenantId, coupon_id: &str) -> Result<Option<Coupon>, RepoError> {
+        let row = coupons::Entity::find_by_id((tenant.as_str().to_owned(), coupon_id.to_owned()))
+            .one(&self.db)
+            .await
+            .map_err(classify)?;
+        match row {
+            Some(row) => Ok(Some(self.with_segments(tenant, row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn name_taken(
+        &self,
+        tenant: &TenantId,
+        name: &str,
+        except: &str,
+    ) -> Result<bool, RepoError> {
+        let found = coupons::Entity::find()
+            .filter(coupons::Column::TenantId.eq(tenant.as_str()))
+            .filter(coupons::Column::Name.eq(name))
+            .filter(coupons::Column::CouponId.ne(except))
+            .one(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(found.is_some())
+    }
+
+    async fn page(
+        &self,
+        tenant: &TenantId,
+        after: Option<String>,
+        limit: u64,
+    ) -> Result<Vec<Coupon>, RepoError> {
+        let mut query =
+            coupons::Entity::find().filter(coupons::Column::TenantId.eq(tenant.as_str()));
+        if let Some(after) = after {
+            query = query.filter(coupons::Column::CouponId.gt(after));
+        }
+        let rows = query
+            .order_by_asc(coupons::Column::CouponId)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        let mut found = Vec::with_capacity(rows.len());
+        for row in rows {
+            found.push(self.with_segments(tenant, row).await?);
+        }
+        Ok(found)
+    }
+
+    async fn save_pool(&self, tenant: &TenantId, pool: &CouponPoolRecord) -> Result<(), RepoError> {
+        let row = coupon_pools::ActiveModel {
+            tenant_id: Set(tenant.as_str().to_owned()),
+            pool_id: Set(pool.pool_id.clone()),
+            name: Set(pool.name.clone()),
+            campaign_id: Set(pool.campaign_id.clone()),
+            campaign_name: Set(pool.campaign_name.clone()),
+            active: Set(pool.active),
+            updated_at: Set(
+                crate::domain::clock::Clock::now(&crate::domain::clock::SystemClock).fixed_offset(),
+            ),
+        };
+        coupon_pools::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([coupon_pools::Column::TenantId, coupon_pools::Column::PoolId])
+                    .update_columns([
+                        coupon_pools::Column::Name,
+                        coupon_pools::Column::CampaignId,
+                        coupon_pools::Column::CampaignName,
+                        coupon_pools::Column::Active,
+                        coupon_pools::Column::UpdatedAt,
+                    ])
+                    .to_owned(),
+            )
+            .exec(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+
+    async fn pool(
+        &self,
+        tenant: &TenantId,
+        pool_id: &str,
+    ) -> Result<Option<CouponPoolRecord>, RepoError> {
+        let row =
+            coupon_pools::Entity::find_by_id((tenant.as_str().to_owned(), pool_id.to_owned()))
+                .one(&self.db)
+                .await
+                .map_err(classify)?;
+        Ok(row.map(pool_from_row))
+    }
+
+    async fn pools(
+        &self,
+        tenant: &TenantId,
+        after: Option<String>,
+        limit: u64,
+    ) -> Result<Vec<CouponPoolRecord>, RepoError> {
+        let mut query =
+            coupon_pools::Entity::find().filter(coupon_pools::Column::TenantId.eq(tenant.as_str()));
+        if let Some(after) = after {
+            query = query.filter(coupon_pools::Column::PoolId.gt(after));
+        }
+        let rows = query
+            .order_by_asc(coupon_pools::Column::PoolId)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(rows.into_iter().map(pool_from_row).collect())
+    }
+}
+
+impl SeaCouponRepository {
+    async fn with_segments(
+        &self,
+        tenant: &TenantId,
+        row: coupons::Model,
+    ) -> Result<Coupon, RepoError> {
+        let segments = coupon_segments::Entity::find()
+            .filter(coupon_segments::Column::TenantId.eq(tenant.as_str()))
+            .filter(coupon_segments::Column::CouponId.eq(row.coupon_id.as_str()))
+            .order_by_asc(coupon_segments::Column::SegmentId)
+            .all(&self.db)
+            .await
+            .map_err(classify)?
+            .into_iter()
+            .map(|s| s.segment_id)
+            .collect();
+        from_row(row, segments)
+    }
+}
+
+fn pool_from_row(r: coupon_pools::Model) -> CouponPoolRecord {
+    CouponPoolRecord {
+        pool_id: r.pool_id,
+        name: r.name,
+        campaign_id: r.campaign_id,
+        campaign_name: r.campaign_name,
+        active: r.active,
+    }
+}
+
+async fn replace_segments(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    coupon: &Coupon,
+) -> Result<(), RepoError> {
+    coupon_segments::Entity::delete_many()
+        .filter(coupon_segments::Column::TenantId.eq(tenant.as_str()))
+        .filter(coupon_segments::Column::CouponId.eq(coupon.coupon_id.as_str()))
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    if coupon.spec.segment_ids.is_empty() {
+        return Ok(());
+    }
+    let rows = coupon
+        .spec
+        .segment_ids
+        .iter()
+        .map(|s| coupon_segments::ActiveModel {
+            tenant_id: Set(tenant.as_str().to_owned()),
+            coupon_id: Set(coupon.coupon_id.clone()),
+            segment_id: Set(s.clone()),
+        });
+    coupon_segments::Entity::insert_many(rows)
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+fn to_row(tenant: &TenantId, c: &Coupon) -> Result<coupons::ActiveModel, RepoError> {
+    let s = &c.spec;
+    let (kind, value, currency) = match &s.discount {
+        None => (None, None, None),
+        Some(Discount::Percentage(p)) => (Some("PERCENTAGE"), Some(p.to_string()), None),
+        Some(Discount::FixedAmount { amount, currency }) => (
+            Some("FIXED_AMOUNT"),
+            Some(amount.to_string()),
+            Some(currency.clone()),
+        ),
+    };
+    Ok(coupons::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        coupon_id: Set(c.coupon_id.clone()),
+        name: Set(s.name.clone()),
+        coupon_type: Set(s.coupon_type.as_str().to_owned()),
+        description: Set(s.description.clone()),
+        pool_id: Set(s.pool_id.clone()),
+        email: Set(s.email.clone()),
+        point_value: Set(
+            to_minor_units(s.point_value).map_err(|e| RepoError::Other(e.to_string()))?
+        ),
+        image_url: Set(s.image_url.clone()),
+        appearance_date: Set(s.appearance_date),
+        expiration_date: Set(s.expiration_date),
+        redemption_deadline: Set(s.redemption_deadline),
+        stock: Set(s.stock.map(to_i32).transpose()?),
+        per_client_limit: Set(s.per_client_limit.map(to_i32).transpose()?),
+        redeemed_count: Set(to_i32(c.redeemed_count)?),
+        discount_kind: Set(kind.map(str::to_owned)),
+        discount_value: Set(value),
+        discount_currency: Set(currency),
+        status: Set(c.status.as_str().to_owned()),
+        revision: Set(to_i32(c.revision)?),
+        created_at: Set(c.created_at.fixed_offset()),
+        updated_at: Set(c.updated_at.fixed_offset()),
+    })
+}
+
+fn from_row(r: coupons::Model, segment_ids: Vec<String>) -> Result<Coupon, RepoError> {
+    let corrupt = |what: &str| RepoError::Corrupt(format!("coupons.{what} of {}", r.coupon_id));
+    let count = |v: i32, what: &str| u32::try_from(v).map_err(|_| corrupt(what));
+    let discount = match (r.discount_kind.as_deref(), r.discount_value.as_deref()) {
+        (Some("PERCENTAGE"), Some(v)) => Some(Discount::Percentage(
+            v.parse::<Decimal>()
+                .map_err(|_| corrupt("discount_value"))?,
+        )),
+        (Some("FIXED_AMOUNT"), Some(v)) => Some(Discount::FixedAmount {
+            amount: v
+                .parse::<Decimal>()
+                .map_err(|_| corrupt("discount_value"))?,
+            currency: r.discount_currency.clone().unwrap_or_default(),
+        }),
+        (None, _) => None,
+        _ => return Err(corrupt("discount_kind")),
+    };
+    Ok(Coupon {
+        spec: CouponSpec {
+            coupon_type: CouponType::parse(&r.coupon_type).ok_or_else(|| corrupt("coupon_type"))?,
+            name: r.name.clone(),
+            description: r.description.clone(),
+            pool_id: r.pool_id.clone(),
+            email: r.email.clone(),
+            point_value: from_minor_units(r.point_value),
+            image_url: r.image_url.clone(),
+            appearance_date: r.appearance_date,
+            expiration_date: r.expiration_date,
+            redemption_deadline: r.redemption_deadline,
+            segment_ids,
+            stock: r.stock.map(|v| count(v, "stock")).transpose()?,
+            per_client_limit: r
+                .per_client_limit
+                .map(|v| count(v, "per_client_limit"))
+                .transpose()?,
+            discount,
+        },
+        status: CouponStatus::parse(&r.status).ok_or_else(|| corrupt("status"))?,
+        redeemed_count: count(r.redeemed_count, "redeemed_count")?,
+        revision: count(r.revision, "revision")?,
+        created_at: r.created_at.to_utc(),
+        updated_at: r.updated_at.to_utc(),
+        coupon_id: r.coupon_id,
+    })
+}

@@ -1,0 +1,333 @@
+//! The reward catalogue an administrator maintains (DOMAIN.md §5), and the ONe coupon pools its
+//! codes go to.
+
+use std::sync::Arc;
+
+use chrono::NaiveDate;
+
+use crate::domain::access::Caller;
+use crate::domain::calendar::day_of;
+use crate::domain::clock::Clock;
+use crate::domain::coupons::{Coupon, CouponSpec, CouponStatus, CouponType, SpecContext};
+use crate::domain::idempotency::IdempotencyRecord;
+use crate::domain::validation::Invalid;
+use crate::persistence::coupons::CouponPoolRecord;
+use crate::persistence::{CouponRepository, IdempotencyRepository, RepoError, SettingsRepository};
+use crate::service::idempotency::{IdempotencyError, RequestKey, prior_result};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CouponError {
+    /// → `INVALID_ARGUMENT`
+    #[error(transparent)]
+    Invalid(#[from] Invalid),
+    /// → `NOT_FOUND`
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Another coupon has the name. → `ALREADY_EXISTS`
+    #[error("a coupon named {0:?} exists already")]
+    NameTaken(String),
+    /// The coupon changed since the revision the caller saw. → `ABORTED`
+    #[error("coupon {coupon_id} is at revision {actual}, not {expected}")]
+    RevisionMismatch {
+        coupon_id: String,
+        expected: u32,
+        actual: u32,
+    },
+    /// → `INVALID_ARGUMENT` / `ALREADY_EXISTS`
+    #[error(transparent)]
+    RequestId(IdempotencyError),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+}
+
+crate::request_id_error!(CouponError);
+
+/// Which coupons to list.
+#[derive(Debug, Clone, Default)]
+pub struct CouponFilter {
+    pub status: Option<CouponStatus>,
+    pub coupon_type: Option<CouponType>,
+    pub offered_on: Option<NaiveDate>,
+}
+
+pub struct CouponService {
+    repo: Arc<dyn CouponRepository>,
+    settings: Arc<dyn SettingsRepository>,
+    requests: Arc<dyn IdempotencyRepository>,
+    clock: Arc<dyn Clock>,
+}
+
+impl CouponService {
+    pub fn new(
+        repo: Arc<dyn CouponRepository>,
+        settings: Arc<dyn SettingsRepository>,
+        requests: Arc<dyn IdempotencyRepository>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            repo,
+            settings,
+            requests,
+            clock,
+        }
+    }
+
+    /// Creates a coupon.
+    ///
+    /// # Errors
+    /// Broken rules, a taken name, a reused request id, or the database.
+    pub async fn create(
+        &self,
+        caller: &Caller,
+        key: &RequestKey,
+        spec: CouponSpec,
+    ) -> Result<Coupon, CouponError> {
+        const OP: &str = "CouponService/CreateCoupon";
+        if let Some(id) = self.prior(caller, key, OP).await? {
+            return self.get(caller, &id).await;
+        }
+        self.check(caller, &spec, None, 0).await?;
+        let now = self.clock.now();
+        let coupon = Coupon {
+            coupon_id: format!("cpn_{}", super::random_id()),
+            spec,
+            status: CouponStatus::Active,
+            redeemed_count: 0,
+            revision: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        self.save(caller, key, OP, &coupon, None).await?;
+        Ok(coupon)
+    }
+
+    /// Replaces a coupon's fields; redemptions already made keep their terms.
+    ///
+    /// # Errors
+    /// An unknown coupon, broken rules, a taken name, a stale revision, a reused request id, or
+    /// the database.
+    pub async fn update(
+        &self,
+        caller: &Caller,
+        key: &RequestKey,
+        coupon_id: &str,
+        spec: CouponSpec,
+        expected_revision: u32,
+    ) -> Result<Coupon, CouponError> {
+        const OP: &str = "CouponService/UpdateCoupon";
+        if self.prior(caller, key, OP).await?.is_some() {
+            return self.get(caller, coupon_id).await;
+        }
+        let current = self.get(caller, coupon_id).await?;
+        if expected_revision != 0 && expected_revision != current.revision {
+            return Err(CouponError::RevisionMismatch {
+                coupon_id: coupon_id.into(),
+                expected: expected_revision,
+                actual: current.revision,
+            });
+        }
+        self.check(
+            caller,
+            &spec,
+            Some(current.spec.appearance_date),
+            current.redeemed_count,
+        )
+        .await?;
+        let coupon = Coupon {
+            spec,
+            revision: current.revision + 1,
+            updated_at: self.clock.now(),
+            ..current.clone()
+        };
+        self.save(caller, key, OP, &coupon, Some(current.revision))
+            .await?;
+        Ok(coupon)
+    }
+
+    /// Withdraws a coupon from the catalogue; codes issued stay valid. Idempotent.
+    ///
+    /// # Errors
+    /// An unknown coupon, a reused request id, or the database.
+    pub async fn archive(
+        &self,
+        caller: &Caller,
+        key: &RequestKey,
+        coupon_id: &str,
+    ) -> Result<Coupon, CouponError> {
+        const OP: &str = "CouponService/ArchiveCoupon";
+        let current = self.get(caller, coupon_id).await?;
+        if self.prior(caller, key, OP).await?.is_some() || current.status == CouponStatus::Archived
+        {
+            return Ok(current);
+        }
+        let coupon = Coupon {
+            status: CouponStatus::Archived,
+            revision: current.revision + 1,
+            updated_at: self.clock.now(),
+            ..current.clone()
+        };
+        self.save(caller, key, OP, &coupon, Some(current.revision))
+            .await?;
+        Ok(coupon)
+    }
+
+    /// One coupon.
+    ///
+    /// # Errors
+    /// An unknown coupon, or the database.
+    pub async fn get(&self, caller: &Caller, coupon_id: &str) -> Result<Coupon, CouponError> {
+        self.repo
+            .get(&caller.tenant, coupon_id)
+            .await?
+            .ok_or_else(|| CouponError::NotFound(format!("coupon {coupon_id}")))
+    }
+
+    /// A page of coupons matching the filter, and where the next page starts.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn list(
+        &self,
+        caller: &Caller,
+        filter: &CouponFilter,
+        mut after: Option<String>,
+        page_size: u64,
+    ) -> Result<(Vec<Coupon>, Option<String>), CouponError> {
+        let mut page = Vec::new();
+        loop {
+            let batch = self
+                .repo
+                .page(&caller.tenant, after.clone(), page_size)
+                .await?;
+            let exhausted = (batch.len() as u64) < page_size;
+            for coupon in batch {
+                after = Some(coupon.coupon_id.clone());
+                let keep = filter.status.is_none_or(|s| coupon.status == s)
+                    && filter
+                        .coupon_type
+                        .is_none_or(|t| coupon.spec.coupon_type == t)
+                    && filter.offered_on.is_none_or(|d| coupon.offered_on(d));
+                if keep {
+                    page.push(coupon);
+                }
+                if page.len() as u64 == page_size {
+                    return Ok((page, after));
+                }
+            }
+            if exhausted {
+                return Ok((page, None));
+            }
+        }
+    }
+
+    /// A page of the tenant's ONe coupon pools.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn pools(
+        &self,
+        caller: &Caller,
+        after: Option<String>,
+        page_size: u64,
+    ) -> Result<(Vec<CouponPoolRecord>, Option<String>), CouponError> {
+        let mut pools = self
+            .repo
+            .pools(&caller.tenant, after, page_size + 1)
+            .await?;
+        let size = usize::try_from(page_size).unwrap_or(usize::MAX);
+        let next = (pools.len() > size).then(|| {
+            pools.truncate(size);
+            pools.last().map(|p| p.pool_id.clone())
+        });
+        Ok((pools, next.flatten()))
+    }
+
+    async fn check(
+        &self,
+        caller: &Caller,
+        spec: &CouponSpec,
+        previous_appearance: Option<NaiveDate>,
+        redeemed: u32,
+    ) -> Result<(), CouponError> {
+        let today = day_of(
+            self.settings.current(&caller.tenant).await?.time_zone,
+            self.clock.now(),
+        );
+        let pool_known = match &spec.pool_id {
+            Some(pool) => self
+                .repo
+                .pool(&caller.tenant, pool)
+                .await?
+                .is_some_and(|p| p.active),
+            None => false,
+        };
+        spec.check(SpecContext {
+            today,
+            previous_appearance,
+            pool_known,
+            redeemed,
+        })?;
+        Ok(())
+    }
+
+    async fn save(
+        &self,
+        caller: &Caller,
+        key: &RequestKey,
+        operation: &str,
+        coupon: &Coupon,
+        previous: Option<u32>,
+    ) -> Result<(), CouponError> {
+        let record = IdempotencyRecord {
+            request_id: key.request_id.clone(),
+            operation: operation.to_owned(),
+            request_hash: key.request_hash.clone(),
+            result_ref: coupon.coupon_id.clone(),
+        };
+        match self
+            .repo
+            .save(&caller.tenant, coupon, previous, &record)
+            .await
+        {
+            Ok(()) => Ok(()),
+            Err(RepoError::Conflict(cause)) => {
+                if self.prior(caller, key, operation).await?.is_some() {
+                    Ok(())
+                } else if self
+                    .repo
+                    .name_taken(&caller.tenant, &coupon.spec.name, &coupon.coupon_id)
+                    .await?
+                {
+                    Err(CouponError::NameTaken(coupon.spec.name.clone()))
+                } else {
+                    Err(RepoError::Aborted(cause).into())
+                }
+            }
+            Err(RepoError::Aborted(_)) => {
+                let actual = self.get(caller, &coupon.coupon_id).await?.revision;
+                Err(CouponError::RevisionMismatch {
+                    coupon_id: coupon.coupon_id.clone(),
+                    expected: previous.unwrap_or(0),
+                    actual,
+                })
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    async fn prior(
+        &self,
+        caller: &Caller,
+        key: &RequestKey,
+        operation: &str,
+    ) -> Result<Option<String>, CouponError> {
+        Ok(prior_result(
+            self.requests.as_ref(),
+            &caller.tenant,
+            &key.request_id,
+            operation,
+            &key.request_hash,
+        )
+        .await?)
+    }
+}
