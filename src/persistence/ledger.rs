@@ -424,7 +424,7 @@ pub(crate) async fn append_in(
     })
 }
 
-/// Creates the client's balance row at zero if it has none.
+/// Creates the client's balance row at zero if it has none, and locks it for the transaction.
 async fn ensure_balance_row(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
@@ -444,6 +444,15 @@ async fn ensure_balance_row(
     };
     balances::Entity::insert(empty)
         .on_conflict_do_nothing_on([balances::Column::TenantId, balances::Column::ClientId])
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    // Lock the row now, before any lot is read: concurrent appends for one client then run one
+    // after the other (PostgreSQL row lock; SQLite serializes writers anyway).
+    balances::Entity::update_many()
+        .col_expr(balances::Column::UpdatedAt, Expr::value(now.fixed_offset()))
+        .filter(balances::Column::TenantId.eq(tenant.as_str()))
+        .filter(balances::Column::ClientId.eq(client_id))
         .exec(conn)
         .await
         .map_err(classify)?;

@@ -7,7 +7,7 @@ use chrono::{NaiveDate, Utc};
 use one_loyalty::domain::access::ApiKeyRecord;
 use one_loyalty::domain::clock::SystemClock;
 use one_loyalty::domain::idempotency::IdempotencyRecord;
-use one_loyalty::domain::ledger::{EventType, HistoryQuery, NewLedgerEvent};
+use one_loyalty::domain::ledger::{EventType, HistoryQuery, LotTerms, NewLedgerEvent};
 use one_loyalty::domain::settings::TenantSettings;
 use one_loyalty::domain::tenant::TenantId;
 use one_loyalty::persistence::access::SeaAccessRepository;
@@ -31,6 +31,7 @@ on_both_backends!(TestDb:
     one_event_per_request_id_is_enforced_by_the_database,
     concurrent_appends_keep_the_balance_equal_to_the_sum_of_events,
     one_tenants_ledger_is_unreachable_from_another,
+    concurrent_penalties_consume_a_lot_without_conflicts,
     the_invariant_checker_catches_a_tampered_balance,
     coupon_names_and_redemption_codes_are_unique_per_tenant,
     a_settings_revision_can_be_written_once,
@@ -422,4 +423,46 @@ async fn api_keys_are_found_by_hash_only(store: &TestDb) {
         repo.store_key(&stolen).await,
         Err(RepoError::Conflict(_))
     ));
+}
+
+async fn concurrent_penalties_consume_a_lot_without_conflicts(store: &TestDb) {
+    let ledger = Arc::new(SeaLedgerRepository::new(
+        store.db.clone(),
+        Arc::new(SystemClock),
+    ));
+    let t = tenant("t1");
+    let mut earn = event("org:lots", "100");
+    earn.event_type = EventType::Earn;
+    earn.lot = Some(LotTerms::new(Utc::now(), 0, 12));
+    ledger.append(&t, &earn, None).await.expect("earn");
+    let penalties = (0..20).map(|_| {
+        let ledger = Arc::clone(&ledger);
+        let t = t.clone();
+        tokio::spawn(async move { ledger.append(&t, &event("org:lots", "-8"), None).await })
+    });
+    for handle in penalties {
+        handle
+            .await
+            .expect("task")
+            .expect("every penalty lands: the client's row lock orders them");
+    }
+    let balance = ledger
+        .balance(&t, "org:lots")
+        .await
+        .expect("read")
+        .expect("balance");
+    assert_eq!(
+        balance.total,
+        dec("-60"),
+        "20 penalties of 8 exhaust the lot of 100 and go on"
+    );
+    let far = Utc::now() + chrono::Duration::days(400);
+    assert_eq!(
+        ledger
+            .expiring(&t, "org:lots", far)
+            .await
+            .expect("expiring"),
+        Decimal::ZERO,
+        "the lot is used up"
+    );
 }
