@@ -149,6 +149,8 @@ pub struct ClientLedgerAudit {
     pub last_balance_after: Decimal,
     pub event_count: u64,
     pub balance_event_count: u64,
+    /// The balance row's parts: `available + locked + reserved` must equal its total.
+    pub balance_parts: Decimal,
 }
 
 /// A broken invariant.
@@ -174,6 +176,14 @@ pub enum LedgerViolation {
         counted: u64,
         held: u64,
     },
+    #[error(
+        "client {client_id}: available + locked + reserved is {parts}, the total {balance_total}"
+    )]
+    PartsDifferFromTotal {
+        client_id: String,
+        parts: Decimal,
+        balance_total: Decimal,
+    },
 }
 
 impl ClientLedgerAudit {
@@ -192,6 +202,13 @@ impl ClientLedgerAudit {
                 client_id: self.client_id.clone(),
                 last_balance_after: self.last_balance_after,
                 events_sum: self.events_sum,
+            });
+        }
+        if self.balance_parts != self.balance_total {
+            found.push(LedgerViolation::PartsDifferFromTotal {
+                client_id: self.client_id.clone(),
+                parts: self.balance_parts,
+                balance_total: self.balance_total,
             });
         }
         if self.balance_event_count != self.event_count {
@@ -240,6 +257,7 @@ mod tests {
             last_balance_after: last.into(),
             event_count: held,
             balance_event_count: counted,
+            balance_parts: total.into(),
         }
     }
 
@@ -254,5 +272,14 @@ mod tests {
         assert_eq!(audit(10, 10, 9, 2, 2).violations().len(), 1);
         assert_eq!(audit(10, 10, 10, 3, 2).violations().len(), 1);
         assert_eq!(audit(1, 10, 2, 3, 2).violations().len(), 3);
+        let split_wrong = ClientLedgerAudit {
+            balance_parts: 9.into(),
+            ..audit(10, 10, 10, 2, 2)
+        };
+        assert_eq!(
+            split_wrong.violations().len(),
+            1,
+            "available + locked + reserved must be the total"
+        );
     }
 }

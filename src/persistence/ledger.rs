@@ -295,6 +295,7 @@ impl LedgerRepository for SeaLedgerRepository {
                     last_balance_after: 0.into(),
                     event_count: 0,
                     balance_event_count: u64::try_from(b.event_count).unwrap_or(u64::MAX),
+                    balance_parts: from_minor_units(b.available + b.locked + b.reserved),
                 };
                 (b.client_id, audit)
             })
@@ -309,6 +310,7 @@ impl LedgerRepository for SeaLedgerRepository {
                     last_balance_after: 0.into(),
                     event_count: 0,
                     balance_event_count: 0,
+                    balance_parts: 0.into(),
                 });
             audit.events_sum = from_minor_units(sum);
             audit.event_count = u64::try_from(count).unwrap_or(u64::MAX);

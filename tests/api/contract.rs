@@ -222,7 +222,8 @@ async fn the_invariant_checker_catches_a_tampered_balance(store: &TestDb) {
     tamper(1).await.expect("tamper");
     let audits = ledger.audit(&t).await.expect("audit");
     assert_eq!(audits.len(), 1);
-    assert_eq!(audits[0].violations().len(), 1, "{audits:?}");
+    // A total raised behind the ledger's back no longer matches its events, nor its own parts.
+    assert_eq!(audits[0].violations().len(), 2, "{audits:?}");
     tamper(-1).await.expect("restore");
     assert!(
         ledger.audit(&t).await.expect("audit")[0]
