@@ -188,11 +188,26 @@ impl TestApp {
     }
 
     async fn build(backend: Backend, drain_ms: u64, clock: Arc<dyn Clock>) -> Self {
+        Self::build_with_metrics(backend, drain_ms, clock, String::new()).await
+    }
+
+    /// A server that also serves Prometheus metrics on `metrics_listen`. The recorder is global
+    /// to the process: only one test may turn metrics on.
+    pub async fn with_metrics(backend: Backend, metrics_listen: String) -> Self {
+        Self::build_with_metrics(backend, 0, Arc::new(SystemClock), metrics_listen).await
+    }
+
+    async fn build_with_metrics(
+        backend: Backend,
+        drain_ms: u64,
+        clock: Arc<dyn Clock>,
+        metrics_listen: String,
+    ) -> Self {
         let store = TestDb::new(backend).await;
         let mut settings = Settings::load(None, &Overrides::default()).expect("settings");
         settings.server.listen = "127.0.0.1:0".parse().expect("address");
         settings.server.shutdown_drain_ms = drain_ms;
-        settings.metrics.listen = String::new();
+        settings.metrics.listen = metrics_listen;
         // Tests run the jobs themselves, under a pinned clock where it matters.
         settings.jobs.enabled = false;
         settings.database = store.settings.clone();

@@ -124,3 +124,59 @@ async fn shutdown_turns_health_not_serving_before_the_server_stops() {
     );
     stopping.await.expect("stopped");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_calls_by_method_and_status_code() {
+    // A free port for the exporter, which binds its own listener.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("address")
+        .port();
+    let app = TestApp::with_metrics(Backend::Sqlite, format!("127.0.0.1:{port}")).await;
+    let mut settings = pb::settings_service_client::SettingsServiceClient::new(app.channel.clone());
+    settings
+        .get_settings(app.request(pb::GetSettingsRequest {}))
+        .await
+        .expect("allowed");
+    settings
+        .get_settings(pb::GetSettingsRequest {})
+        .await
+        .expect_err("no key");
+    let mut body = String::new();
+    for _ in 0..50 {
+        body = scrape(port).await;
+        if body.contains("UNAUTHENTICATED") {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let line = |code: &str| {
+        body.lines().any(|l| {
+            l.starts_with("grpc_server_requests_total")
+                && l.contains("SettingsService/GetSettings")
+                && l.contains(&format!("code=\"{code}\""))
+        })
+    };
+    assert!(line("OK") && line("UNAUTHENTICATED"), "{body}");
+    assert!(
+        body.contains("grpc_server_request_duration_seconds"),
+        "{body}"
+    );
+    app.stop().await;
+}
+
+/// GET /metrics over a plain TCP connection.
+async fn scrape(port: u16) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return String::new();
+    };
+    let request = "GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n";
+    if stream.write_all(request.as_bytes()).await.is_err() {
+        return String::new();
+    }
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response).await;
+    response
+}
