@@ -441,32 +441,24 @@ async fn a_correction_that_arrives_before_its_invoice_waits_and_is_applied_later
 
 async fn documents_that_earn_nothing_say_why(app: &ClockedApp) {
     setting(app).await;
-    let individual = pb::Document {
-        client_id: "ind:person".into(),
-        ..invoice("INV-IND", "2026-03-09", vec![line(1, "P1", "1", "")])
-    };
-    assert_eq!(
-        earned(app, individual).await.non_earning_reason,
-        Reason::IndividualClient as i32
-    );
     app.seed_client("org:no-account", false).await;
-    let no_account = pb::Document {
-        client_id: "org:no-account".into(),
-        ..invoice("INV-NA", "2026-03-09", vec![line(1, "P1", "1", "")])
-    };
-    assert_eq!(
-        earned(app, no_account).await.non_earning_reason,
-        Reason::NoAccount as i32
-    );
     app.seed_client("org:unagreed", true).await;
-    let unagreed = pb::Document {
-        client_id: "org:unagreed".into(),
-        ..invoice("INV-NO", "2026-03-09", vec![line(1, "P1", "1", "")])
-    };
-    assert_eq!(
-        earned(app, unagreed).await.non_earning_reason,
-        Reason::NoAgreement as i32
-    );
+    let cases = [
+        ("ind:person", "INV-IND", Reason::IndividualClient),
+        ("org:no-account", "INV-NA", Reason::NoAccount),
+        ("org:unagreed", "INV-NO", Reason::NoAgreement),
+    ];
+    for (client_id, id, reason) in cases {
+        let document = pb::Document {
+            client_id: client_id.into(),
+            ..invoice(id, "2026-03-09", vec![line(1, "P1", "1", "")])
+        };
+        assert_eq!(
+            earned(app, document).await.non_earning_reason,
+            reason as i32,
+            "{client_id}"
+        );
+    }
     let request = pb::UpdateSettingsRequest {
         request_id: "offline-off".into(),
         settings: Some(pb::TenantSettings {
