@@ -21,9 +21,10 @@ use crate::grpc::coupons::CouponGrpc;
 use crate::grpc::earn::EarnGrpc;
 use crate::grpc::ledger::LedgerGrpc;
 use crate::grpc::metrics::MetricsLayer;
+use crate::grpc::redeem::RedeemGrpc;
 use crate::grpc::rules::RulesGrpc;
 use crate::grpc::settings::SettingsGrpc;
-use crate::grpc::stubs::{RedeemGrpc, SyncGrpc};
+use crate::grpc::stubs::SyncGrpc;
 use crate::persistence::access::SeaAccessRepository;
 use crate::persistence::agreements::SeaAgreementRepository;
 use crate::persistence::catalog::SeaCatalogRepository;
@@ -46,6 +47,7 @@ use crate::service::coupons::CouponService;
 use crate::service::earn::{EarnDependencies, EarnService};
 use crate::service::ledger::LedgerService;
 use crate::service::pricing::Pricing;
+use crate::service::redeem::RedeemService;
 use crate::service::rules::RulesService;
 use crate::service::settings::SettingsService;
 
@@ -103,6 +105,7 @@ pub struct Services {
     pub catalog: Arc<dyn CatalogRepository>,
     pub earn: Arc<EarnService>,
     pub coupons: Arc<CouponService>,
+    pub redeem: Arc<RedeemService>,
     pub coupon_repo: Arc<dyn CouponRepository>,
 }
 
@@ -143,9 +146,17 @@ impl Services {
             Arc::clone(&requests),
             Arc::clone(clock),
         ));
+        let redeem = Arc::new(RedeemService::new(
+            Arc::clone(&coupon_repo),
+            Arc::clone(&directory),
+            Arc::clone(&ledger_repo),
+            Arc::clone(&settings_repo),
+            Arc::clone(clock),
+        ));
         Self {
             coupons,
             coupon_repo,
+            redeem,
             access: Arc::new(AccessService::new(
                 Arc::new(SeaAccessRepository::new(db.clone())),
                 Arc::clone(clock),
@@ -291,7 +302,7 @@ impl Application {
             ))
             .add_service(limited!(
                 pb::redeem_service_server::RedeemServiceServer<_>,
-                RedeemGrpc
+                RedeemGrpc::new(Arc::clone(&self.services.redeem))
             ))
             .add_service(limited!(
                 pb::rules_service_server::RulesServiceServer<_>,

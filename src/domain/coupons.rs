@@ -106,6 +106,50 @@ impl Coupon {
     }
 }
 
+/// A coupon as one client sees it on one day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OfferView {
+    /// The client's available points cover the point value.
+    pub affordable: bool,
+    /// `None`: unlimited.
+    pub remaining_stock: Option<u32>,
+    pub remaining_for_client: Option<u32>,
+}
+
+impl Coupon {
+    /// The coupon as offered to a client on `day`, or `None` when the client cannot have it:
+    /// not on offer that day, restricted to segments the client is not in, out of stock, or the
+    /// client's limit reached.
+    pub fn offer_for(
+        &self,
+        day: NaiveDate,
+        client_segments: &std::collections::BTreeSet<String>,
+        available: Decimal,
+        redeemed_by_client: u32,
+    ) -> Option<OfferView> {
+        let in_segment = self.spec.segment_ids.is_empty()
+            || self
+                .spec
+                .segment_ids
+                .iter()
+                .any(|s| client_segments.contains(s));
+        let remaining_stock = self
+            .spec
+            .stock
+            .map(|s| s.saturating_sub(self.redeemed_count));
+        let remaining_for_client = self
+            .spec
+            .per_client_limit
+            .map(|l| l.saturating_sub(redeemed_by_client));
+        let exhausted = remaining_stock == Some(0) || remaining_for_client == Some(0);
+        (self.offered_on(day) && in_segment && !exhausted).then(|| OfferView {
+            affordable: available >= self.spec.point_value,
+            remaining_stock,
+            remaining_for_client,
+        })
+    }
+}
+
 /// What the checks of a spec need to know beyond the spec.
 #[derive(Debug, Clone, Copy)]
 pub struct SpecContext {
@@ -315,6 +359,67 @@ mod tests {
         assert!(
             today.violations(unchanged).is_empty(),
             "an update may keep a past appearance day"
+        );
+    }
+
+    #[test]
+    fn an_offer_needs_the_day_the_segment_stock_and_the_clients_limit() {
+        let coupon = Coupon {
+            coupon_id: "c".into(),
+            spec: CouponSpec {
+                segment_ids: vec!["gold".into()],
+                ..spec()
+            },
+            status: CouponStatus::Active,
+            redeemed_count: 99,
+            revision: 1,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        let gold: std::collections::BTreeSet<String> = ["gold".to_owned()].into_iter().collect();
+        let offer = coupon
+            .offer_for(day("2026-04-01"), &gold, Decimal::from(499), 1)
+            .expect("offered");
+        assert_eq!(
+            offer,
+            OfferView {
+                affordable: false,
+                remaining_stock: Some(1),
+                remaining_for_client: Some(1)
+            }
+        );
+        assert!(
+            coupon
+                .offer_for(day("2026-03-20"), &gold, Decimal::from(500), 0)
+                .is_none(),
+            "not yet on offer"
+        );
+        assert!(
+            coupon
+                .offer_for(
+                    day("2026-04-01"),
+                    &std::collections::BTreeSet::new(),
+                    Decimal::from(500),
+                    0
+                )
+                .is_none(),
+            "segment"
+        );
+        assert!(
+            coupon
+                .offer_for(day("2026-04-01"), &gold, Decimal::from(500), 2)
+                .is_none(),
+            "client limit reached"
+        );
+        let sold_out = Coupon {
+            redeemed_count: 100,
+            ..coupon
+        };
+        assert!(
+            sold_out
+                .offer_for(day("2026-04-01"), &gold, Decimal::from(500), 0)
+                .is_none(),
+            "out of stock"
         );
     }
 

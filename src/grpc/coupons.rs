@@ -235,7 +235,8 @@ fn spec_from_proto(spec: Option<&pb::CouponSpec>) -> Result<CouponSpec, Invalid>
     })
 }
 
-fn coupon_to_proto(c: &Coupon) -> pb::Coupon {
+/// A coupon for the wire.
+pub fn coupon_to_proto(c: &Coupon) -> pb::Coupon {
     let s = &c.spec;
     pb::Coupon {
         coupon_id: c.coupon_id.clone(),

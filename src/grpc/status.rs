@@ -13,6 +13,7 @@ use crate::service::coupons::CouponError;
 use crate::service::earn::EarnError;
 use crate::service::idempotency::IdempotencyError;
 use crate::service::ledger::LedgerError;
+use crate::service::redeem::RedeemError;
 use crate::service::rules::RulesError;
 use crate::service::settings::SettingsError;
 
@@ -149,6 +150,15 @@ impl From<CouponError> for Status {
             CouponError::RevisionMismatch { .. } => Status::aborted(err.to_string()),
             CouponError::RequestId(cause) => request_id(cause),
             CouponError::Repo(cause) => repo(cause),
+        }
+    }
+}
+
+impl From<RedeemError> for Status {
+    fn from(err: RedeemError) -> Self {
+        match &err {
+            RedeemError::NotFound(_) => Status::not_found(err.to_string()),
+            RedeemError::Repo(cause) => repo(cause),
         }
     }
 }

@@ -4,9 +4,5 @@
 use crate::proto::loyalty::v1 as pb;
 
 #[derive(Debug, Default, Clone, Copy)]
-pub struct RedeemGrpc;
-impl pb::redeem_service_server::RedeemService for RedeemGrpc {}
-
-#[derive(Debug, Default, Clone, Copy)]
 pub struct SyncGrpc;
 impl pb::sync_service_server::SyncService for SyncGrpc {}

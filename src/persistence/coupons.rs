@@ -10,7 +10,7 @@ use sea_orm::{
 };
 
 use super::CouponRepository;
-use super::entities::{coupon_pools, coupon_segments, coupons};
+use super::entities::{coupon_pools, coupon_segments, coupons, redemptions};
 use super::error::{RepoError, classify};
 use super::idempotency::insert_record;
 use crate::domain::coupons::{Coupon, CouponSpec, CouponStatus, CouponType, Discount};
@@ -133,6 +133,32 @@ impl CouponRepository for SeaCouponRepository {
             found.push(self.with_segments(tenant, row).await?);
         }
         Ok(found)
+    }
+
+    async fn redeemed_by_client(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+    ) -> Result<std::collections::HashMap<String, u32>, RepoError> {
+        let rows: Vec<(String, i64)> = redemptions::Entity::find()
+            .select_only()
+            .column(redemptions::Column::CouponId)
+            .column_as(
+                sea_orm::sea_query::Expr::cust("CAST(COUNT(*) AS BIGINT)"),
+                "redeemed",
+            )
+            .filter(redemptions::Column::TenantId.eq(tenant.as_str()))
+            .filter(redemptions::Column::ClientId.eq(client_id))
+            .filter(redemptions::Column::Status.is_not_in(["FAILED", "CANCELLED"]))
+            .group_by(redemptions::Column::CouponId)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(rows
+            .into_iter()
+            .map(|(coupon, n)| (coupon, u32::try_from(n).unwrap_or(u32::MAX)))
+            .collect())
     }
 
     async fn save_pool(&self, tenant: &TenantId, pool: &CouponPoolRecord) -> Result<(), RepoError> {

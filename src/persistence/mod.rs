@@ -404,6 +404,13 @@ pub trait CouponRepository: Send + Sync {
         after: Option<String>,
         limit: u64,
     ) -> Result<Vec<Coupon>, RepoError>;
+    /// How many times the client redeemed each coupon (failed and cancelled redemptions do not
+    /// count).
+    async fn redeemed_by_client(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+    ) -> Result<HashMap<String, u32>, RepoError>;
     /// Creates or replaces a pool (synchronization).
     async fn save_pool(
         &self,

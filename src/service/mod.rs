@@ -7,6 +7,7 @@ pub mod earn;
 pub mod idempotency;
 pub mod ledger;
 pub mod pricing;
+pub mod redeem;
 pub mod rules;
 pub mod settings;
 

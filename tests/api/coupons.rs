@@ -18,6 +18,7 @@ on_both_backends!(ClockedApp:
     pool_coupons_need_an_active_one_pool_and_pools_are_listed,
     coupons_are_listed_by_status_type_and_day,
     creating_a_coupon_is_idempotent_by_request_id,
+    a_client_is_offered_what_is_on_offer_in_its_segments_with_an_affordable_flag,
 );
 
 async fn pools(app: &ClockedApp) {
@@ -354,4 +355,155 @@ async fn creating_a_coupon_is_idempotent_by_request_id(app: &ClockedApp) {
             .len(),
         1
     );
+}
+
+/// org:buyer, in segment gold, with 600 available points.
+async fn seed_buyer(app: &ClockedApp) {
+    pools(app).await;
+    let buyer = one_loyalty::domain::directory::ClientRecord {
+        client_id: "org:buyer".into(),
+        name: "Buyer".into(),
+        status: "ACTIVE".into(),
+        has_account: true,
+        segment_ids: vec!["gold".into()],
+        updated_at: chrono::Utc::now(),
+    };
+    let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
+    app.services
+        .directory
+        .save_client(&tenant, &buyer)
+        .await
+        .expect("client");
+    let grant = pb::AdjustPointsRequest {
+        request_id: "grant".into(),
+        client_id: "org:buyer".into(),
+        points: "600".into(),
+        reason_code: "WELCOME".into(),
+        reason: "welcome points".into(),
+        user_id: "admin".into(),
+    };
+    pb::ledger_service_client::LedgerServiceClient::new(app.channel.clone())
+        .adjust_points(app.request(grant))
+        .await
+        .expect("points");
+}
+
+/// Five coupons: on offer to all (500 and 800 points), to gold only, to silver only, and later.
+async fn seed_offers(app: &ClockedApp) {
+    create(app, "o1", spec("Cart")).await.expect("cart");
+    create(
+        app,
+        "o2",
+        pb::CouponSpec {
+            point_value: "800".into(),
+            ..special("Trip")
+        },
+    )
+    .await
+    .expect("trip");
+    create(
+        app,
+        "o3",
+        pb::CouponSpec {
+            point_value: "100".into(),
+            segment_ids: vec!["gold".into()],
+            ..special("Gold only")
+        },
+    )
+    .await
+    .expect("gold");
+    create(
+        app,
+        "o4",
+        pb::CouponSpec {
+            segment_ids: vec!["silver".into()],
+            ..special("Silver only")
+        },
+    )
+    .await
+    .expect("silver");
+    let later = pb::CouponSpec {
+        appearance_date: "2026-05-01".into(),
+        expiration_date: "2026-05-31".into(),
+        redemption_deadline: "2026-06-30".into(),
+        ..special("Later")
+    };
+    create(app, "o5", later).await.expect("later");
+}
+
+async fn a_client_is_offered_what_is_on_offer_in_its_segments_with_an_affordable_flag(
+    app: &ClockedApp,
+) {
+    seed_buyer(app).await;
+    seed_offers(app).await;
+    let offers = |affordable_only: bool| {
+        let request = pb::ListOffersRequest {
+            client_id: "org:buyer".into(),
+            date: "2026-04-10".into(),
+            affordable_only,
+            ..Default::default()
+        };
+        async move {
+            pb::redeem_service_client::RedeemServiceClient::new(app.channel.clone())
+                .list_offers(app.request(request))
+                .await
+        }
+    };
+    let all = offers(false).await.expect("offers").into_inner();
+    assert_eq!(all.available_points, "600.00");
+    let mut seen: Vec<(String, bool)> = all
+        .offers
+        .iter()
+        .map(|o| {
+            (
+                o.coupon
+                    .as_ref()
+                    .and_then(|c| c.spec.as_ref())
+                    .map(|s| s.name.clone())
+                    .unwrap_or_default(),
+                o.affordable,
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            ("Cart".to_owned(), true),
+            ("Gold only".to_owned(), true),
+            ("Trip".to_owned(), false)
+        ]
+    );
+    let cart = all
+        .offers
+        .iter()
+        .find(|o| {
+            o.coupon
+                .as_ref()
+                .and_then(|c| c.spec.as_ref())
+                .is_some_and(|s| s.name == "Cart")
+        })
+        .expect("cart");
+    assert_eq!(
+        (cart.remaining_stock, cart.remaining_for_client),
+        (Some(100), Some(2))
+    );
+    assert_eq!(
+        offers(true)
+            .await
+            .expect("offers")
+            .into_inner()
+            .offers
+            .len(),
+        2
+    );
+    let request = pb::ListOffersRequest {
+        client_id: "org:ghost".into(),
+        ..Default::default()
+    };
+    let status = pb::redeem_service_client::RedeemServiceClient::new(app.channel.clone())
+        .list_offers(app.request(request))
+        .await
+        .expect_err("unknown");
+    assert_eq!(status.code(), tonic::Code::NotFound);
 }

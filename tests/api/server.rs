@@ -85,14 +85,14 @@ async fn health_reports_every_loyalty_service_serving_without_credentials(app: &
 }
 
 async fn rpcs_of_later_work_answer_unimplemented_after_authentication(app: &TestApp) {
-    let mut redeem = pb::redeem_service_client::RedeemServiceClient::new(app.channel.clone());
-    let status = redeem
-        .list_offers(app.request(pb::ListOffersRequest::default()))
+    let mut sync = pb::sync_service_client::SyncServiceClient::new(app.channel.clone());
+    let status = sync
+        .get_sync_status(app.request(pb::GetSyncStatusRequest::default()))
         .await
         .expect_err("not yet");
     assert_eq!(status.code(), tonic::Code::Unimplemented);
-    let status = redeem
-        .list_offers(pb::ListOffersRequest::default())
+    let status = sync
+        .get_sync_status(pb::GetSyncStatusRequest::default())
         .await
         .expect_err("no key");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
