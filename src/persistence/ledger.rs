@@ -105,22 +105,21 @@ impl LedgerRepository for SeaLedgerRepository {
         row.map(event_from_row).transpose()
     }
 
-    async fn event_lines(
+    async fn event_detail(
         &self,
         tenant: &TenantId,
         event_id: i64,
-    ) -> Result<Vec<crate::domain::engine::LineCalculation>, RepoError> {
+    ) -> Result<Option<(LedgerEvent, Vec<crate::domain::engine::LineCalculation>)>, RepoError> {
+        let Some(event) = self.event(tenant, event_id).await? else {
+            return Ok(None);
+        };
         let mut lines = super::event_lines::read_lines(&self.db, tenant, event_id).await?;
-        if let Some(mode) = self
-            .event(tenant, event_id)
-            .await?
-            .and_then(|e| e.event.stacking_mode)
-        {
+        if let Some(mode) = event.event.stacking_mode {
             for line in &mut lines {
                 line.stacking_mode = mode;
             }
         }
-        Ok(lines)
+        Ok(Some((event, lines)))
     }
 
     async fn history(

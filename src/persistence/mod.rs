@@ -123,12 +123,13 @@ pub trait LedgerRepository: Send + Sync {
         tenant: &TenantId,
         client_id: &str,
     ) -> Result<Option<Balance>, RepoError>;
-    /// The per-line calculation of an event (empty for events without lines).
-    async fn event_lines(
+    /// An event with its per-line calculation (empty for events without lines), each line
+    /// carrying the event's stacking mode.
+    async fn event_detail(
         &self,
         tenant: &TenantId,
         event_id: i64,
-    ) -> Result<Vec<LineCalculation>, RepoError>;
+    ) -> Result<Option<(LedgerEvent, Vec<LineCalculation>)>, RepoError>;
     /// A client's events, newest first, filtered.
     async fn history(
         &self,

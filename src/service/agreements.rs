@@ -407,20 +407,28 @@ impl AgreementService {
         client_id: &str,
         day: NaiveDate,
     ) -> Result<bool, AgreementError> {
-        let TenantSettings {
-            time_zone,
-            declaration_type_id,
-            ..
-        } = self.settings.current(tenant).await?;
+        let settings = self.settings.current(tenant).await?;
         Ok(self
-            .repo
-            .holds_until(
-                tenant,
-                &declaration_type_id,
-                client_id,
-                end_of_day(time_zone, day),
-            )
+            .eligible_under(tenant, &settings, client_id, day)
             .await?)
+    }
+
+    /// [`Self::eligible_on`] for a caller that holds the tenant's settings already (earning
+    /// reads them once per document).
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn eligible_under(
+        &self,
+        tenant: &TenantId,
+        settings: &TenantSettings,
+        client_id: &str,
+        day: NaiveDate,
+    ) -> Result<bool, RepoError> {
+        let end = end_of_day(settings.time_zone, day);
+        self.repo
+            .holds_until(tenant, &settings.declaration_type_id, client_id, end)
+            .await
     }
 
     async fn prior(

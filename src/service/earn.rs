@@ -235,16 +235,13 @@ impl EarnService {
         document_id: &str,
     ) -> Result<Explanation, EarnError> {
         let record = self.stored(&caller.tenant, document_id).await?;
-        let (lines, stacking_mode) = match record.event_id {
-            Some(event_id) => {
-                let event = self.ledger.event(&caller.tenant, event_id).await?;
-                (
-                    self.ledger.event_lines(&caller.tenant, event_id).await?,
-                    event.and_then(|e| e.event.stacking_mode),
-                )
-            }
-            None => (Vec::new(), None),
+        let detail = match record.event_id {
+            Some(event_id) => self.ledger.event_detail(&caller.tenant, event_id).await?,
+            None => None,
         };
+        let (stacking_mode, lines) = detail.map_or((None, Vec::new()), |(event, lines)| {
+            (event.event.stacking_mode, lines)
+        });
         let corrected_event_id = match &record.document.corrected_document_id {
             Some(original) => self
                 .documents
@@ -301,9 +298,8 @@ impl EarnService {
         }
         if !self
             .agreements
-            .eligible_on(tenant, &client.client_id, d.sale_date)
-            .await
-            .map_err(agreement_error)?
+            .eligible_under(tenant, &settings, &client.client_id, d.sale_date)
+            .await?
         {
             return Ok(not_earning(NonEarningReason::NoAgreement));
         }
@@ -392,17 +388,17 @@ impl EarnService {
             return Ok(processed(None));
         };
         let scale = self.settings.current(tenant).await?.points_scale;
-        let earned = self.ledger.event_lines(tenant, earn_event).await?;
+        let Some((earn, earned)) = self.ledger.event_detail(tenant, earn_event).await? else {
+            return Err(RepoError::Corrupt(format!(
+                "document {original_id} names a missing event {earn_event}"
+            ))
+            .into());
+        };
         let losses = correction_losses(&earned, &d.lines, &d.document_id, scale);
         let total: Decimal = losses.iter().map(|l| l.points).sum();
         if total.is_zero() {
             return Ok(processed(None));
         }
-        let stacking_mode = self
-            .ledger
-            .event(tenant, earn_event)
-            .await?
-            .and_then(|e| e.event.stacking_mode);
         let event = NewLedgerEvent {
             client_id: original.document.client_id.clone(),
             event_type: EventType::Lose,
@@ -418,7 +414,7 @@ impl EarnService {
             actor_key_id: None,
             actor_user_id: None,
             related_event_id: Some(earn_event),
-            stacking_mode,
+            stacking_mode: earn.event.stacking_mode,
             lot: None,
         };
         Ok(processed(Some((event, losses))))
@@ -490,13 +486,6 @@ fn processed(event: Option<(NewLedgerEvent, Vec<LineCalculation>)>) -> Completio
         reason: None,
         earn_after: None,
         event,
-    }
-}
-
-fn agreement_error(err: crate::service::agreements::AgreementError) -> EarnError {
-    match err {
-        crate::service::agreements::AgreementError::Repo(cause) => EarnError::Repo(cause),
-        other => EarnError::Repo(RepoError::Other(other.to_string())),
     }
 }
 

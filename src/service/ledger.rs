@@ -181,9 +181,10 @@ impl LedgerService {
         caller: &Caller,
         event_id: i64,
     ) -> Result<(LedgerEvent, Vec<crate::domain::engine::LineCalculation>), LedgerError> {
-        let event = self.event(caller, event_id).await?;
-        let lines = self.repo.event_lines(&caller.tenant, event_id).await?;
-        Ok((event, lines))
+        self.repo
+            .event_detail(&caller.tenant, event_id)
+            .await?
+            .ok_or_else(|| LedgerError::NotFound(format!("event {event_id}")))
     }
 
     /// Adds points or takes them away; a penalty may take the balance below zero.
