@@ -190,34 +190,27 @@ impl CouponService {
         &self,
         caller: &Caller,
         filter: &CouponFilter,
-        mut after: Option<String>,
+        after: Option<String>,
         page_size: u64,
     ) -> Result<(Vec<Coupon>, Option<String>), CouponError> {
-        let mut page = Vec::new();
-        loop {
-            let batch = self
-                .repo
-                .page(&caller.tenant, after.clone(), page_size)
-                .await?;
-            let exhausted = (batch.len() as u64) < page_size;
-            for coupon in batch {
-                after = Some(coupon.coupon_id.clone());
-                let keep = filter.status.is_none_or(|s| coupon.status == s)
-                    && filter
-                        .coupon_type
-                        .is_none_or(|t| coupon.spec.coupon_type == t)
-                    && filter.offered_on.is_none_or(|d| coupon.offered_on(d));
-                if keep {
-                    page.push(coupon);
-                }
-                if page.len() as u64 == page_size {
-                    return Ok((page, after));
-                }
-            }
-            if exhausted {
-                return Ok((page, None));
-            }
-        }
+        let (repo, tenant) = (&self.repo, &caller.tenant);
+        let fetch = move |after| repo.page(tenant, after, page_size);
+        let keep = |coupon: Coupon| {
+            let wanted = filter.status.is_none_or(|s| coupon.status == s)
+                && filter
+                    .coupon_type
+                    .is_none_or(|t| coupon.spec.coupon_type == t)
+                && filter.offered_on.is_none_or(|d| coupon.offered_on(d));
+            wanted.then_some(coupon)
+        };
+        Ok(super::filtered_page(
+            page_size,
+            after,
+            fetch,
+            |c: &Coupon| c.coupon_id.clone(),
+            keep,
+        )
+        .await?)
     }
 
     /// A page of the tenant's ONe coupon pools.

@@ -21,3 +21,76 @@ pub(crate) fn random_id() -> String {
         .map(|c| char::from(c).to_ascii_lowercase())
         .collect()
 }
+
+/// A page of the items that pass `keep`, read from `fetch` in id order, `page_size` at a time,
+/// until the page is full or the source ends. Returns the page and the id to continue after
+/// (`None` on the last page). Filtering after reading keeps the stores' queries simple; a page
+/// may need several reads when the filter is selective.
+pub(crate) async fn filtered_page<T, U, E, F>(
+    page_size: u64,
+    mut after: Option<String>,
+    mut fetch: impl FnMut(Option<String>) -> F,
+    key: impl Fn(&T) -> String,
+    mut keep: impl FnMut(T) -> Option<U>,
+) -> Result<(Vec<U>, Option<String>), E>
+where
+    F: std::future::Future<Output = Result<Vec<T>, E>>,
+{
+    let page_size = page_size.max(1);
+    let mut page = Vec::new();
+    loop {
+        let batch = fetch(after.clone()).await?;
+        let exhausted = (batch.len() as u64) < page_size;
+        for item in batch {
+            after = Some(key(&item));
+            page.extend(keep(item));
+            if page.len() as u64 == page_size {
+                return Ok((page, after));
+            }
+        }
+        if exhausted {
+            return Ok((page, None));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filtered_page;
+
+    /// Items 1..=9 read in id order, `size` per read as the stores do; the filter keeps the
+    /// even ones.
+    async fn page_of_evens(after: Option<String>, size: u64) -> (Vec<u32>, Option<String>) {
+        let items: Vec<u32> = (1..=9).collect();
+        let fetch = |after: Option<String>| {
+            let start = after.map_or(0, |a| a.parse::<u32>().unwrap_or(0));
+            let batch: Vec<u32> = items
+                .iter()
+                .copied()
+                .filter(|i| *i > start)
+                .take(usize::try_from(size).unwrap_or(usize::MAX))
+                .collect();
+            async move { Ok::<_, std::convert::Infallible>(batch) }
+        };
+        let keep = |i: u32| i.is_multiple_of(2).then_some(i);
+        match filtered_page(size, after, fetch, u32::to_string, keep).await {
+            Ok(page) => page,
+            Err(never) => match never {},
+        }
+    }
+
+    #[tokio::test]
+    async fn a_filtered_page_reads_on_until_full_and_says_where_to_continue() {
+        assert_eq!(page_of_evens(None, 2).await, (vec![2, 4], Some("4".into())));
+        assert_eq!(
+            page_of_evens(Some("4".into()), 2).await,
+            (vec![6, 8], Some("8".into()))
+        );
+        assert_eq!(
+            page_of_evens(Some("8".into()), 2).await,
+            (vec![], None),
+            "the source ends"
+        );
+        assert_eq!(page_of_evens(None, 10).await, (vec![2, 4, 6, 8], None));
+    }
+}

@@ -67,7 +67,7 @@ impl RedeemService {
         client_id: &str,
         day: Option<NaiveDate>,
         affordable_only: bool,
-        mut after: Option<String>,
+        after: Option<String>,
         page_size: u64,
     ) -> Result<Offers, RedeemError> {
         let client = self
@@ -87,39 +87,28 @@ impl RedeemService {
             .redeemed_by_client(&caller.tenant, client_id)
             .await?;
         let segments: BTreeSet<String> = client.segment_ids.into_iter().collect();
-        let mut offers = Vec::new();
-        loop {
-            let batch = self
-                .coupons
-                .page(&caller.tenant, after.clone(), page_size)
-                .await?;
-            let exhausted = (batch.len() as u64) < page_size;
-            for coupon in batch {
-                after = Some(coupon.coupon_id.clone());
-                let used = redeemed.get(&coupon.coupon_id).copied().unwrap_or(0);
-                if let Some(view) = coupon
-                    .offer_for(day, &segments, available, used)
-                    .filter(|v| v.affordable || !affordable_only)
-                {
-                    offers.push((coupon, view));
-                }
-                if offers.len() as u64 == page_size {
-                    return Ok(Offers {
-                        offers,
-                        available,
-                        points_scale: settings.points_scale,
-                        next: after,
-                    });
-                }
-            }
-            if exhausted {
-                return Ok(Offers {
-                    offers,
-                    available,
-                    points_scale: settings.points_scale,
-                    next: None,
-                });
-            }
-        }
+        let (coupons, tenant) = (&self.coupons, &caller.tenant);
+        let fetch = move |after| coupons.page(tenant, after, page_size);
+        let keep = |coupon: Coupon| {
+            let used = redeemed.get(&coupon.coupon_id).copied().unwrap_or(0);
+            let view = coupon
+                .offer_for(day, &segments, available, used)
+                .filter(|v| v.affordable || !affordable_only)?;
+            Some((coupon, view))
+        };
+        let (offers, next) = super::filtered_page(
+            page_size,
+            after,
+            fetch,
+            |c: &Coupon| c.coupon_id.clone(),
+            keep,
+        )
+        .await?;
+        Ok(Offers {
+            offers,
+            available,
+            points_scale: settings.points_scale,
+            next,
+        })
     }
 }

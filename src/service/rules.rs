@@ -289,35 +289,28 @@ impl RulesService {
         status: Option<RuleStatus>,
         target: Option<RuleTarget>,
         active_on: Option<NaiveDate>,
-        mut after: Option<String>,
+        after: Option<String>,
         page_size: u64,
     ) -> Result<(Vec<StoredRule>, Option<String>), RulesError> {
-        let mut page = Vec::new();
-        loop {
-            let batch = self
-                .repo
-                .rules_page(&caller.tenant, after.clone(), page_size)
-                .await?;
-            let exhausted = (batch.len() as u64) < page_size;
-            for versions in batch {
-                after = versions.last().map(|v| v.rule.rule_id.clone());
-                let chosen = versions
-                    .into_iter()
-                    .rev()
-                    .find(|v| status.is_none_or(|s| v.rule.status == s));
-                let keep = chosen.filter(|v| {
-                    target.as_ref().is_none_or(|t| v.rule.targets.contains(t))
-                        && active_on.is_none_or(|d| v.rule.in_window(d))
-                });
-                page.extend(keep);
-                if page.len() as u64 == page_size {
-                    return Ok((page, after));
-                }
-            }
-            if exhausted {
-                return Ok((page, None));
-            }
-        }
+        let (repo, tenant) = (&self.repo, &caller.tenant);
+        let fetch = move |after| repo.rules_page(tenant, after, page_size);
+        let key = |versions: &Vec<StoredRule>| {
+            versions
+                .last()
+                .map(|v| v.rule.rule_id.clone())
+                .unwrap_or_default()
+        };
+        let keep = |versions: Vec<StoredRule>| {
+            let chosen = versions
+                .into_iter()
+                .rev()
+                .find(|v| status.is_none_or(|s| v.rule.status == s));
+            chosen.filter(|v| {
+                target.as_ref().is_none_or(|t| v.rule.targets.contains(t))
+                    && active_on.is_none_or(|d| v.rule.in_window(d))
+            })
+        };
+        Ok(super::filtered_page(page_size, after, fetch, key, keep).await?)
     }
 
     /// Sets a segment's rate from a day on.
