@@ -60,7 +60,10 @@ async fn fixture(postgres: Option<String>) -> Fixture {
     let conn = db::connect(&settings).await.expect("connect");
     db::migrate(&conn).await.expect("migrate");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let services = Services::wire(&conn, &clock);
+    let config =
+        one_loyalty::config::Settings::load(None, &one_loyalty::config::Overrides::default())
+            .expect("default settings");
+    let services = Services::wire(&conn, &clock, &config).expect("wire services");
     let tenant = TenantId::parse("bench").expect("tenant");
     let caller = Caller {
         tenant: tenant.clone(),

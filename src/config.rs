@@ -17,8 +17,80 @@ pub struct Settings {
     pub database: DatabaseSettings,
     pub telemetry: TelemetrySettings,
     pub jobs: JobsSettings,
+    pub core: CoreSettings,
+    pub outbox: OutboxSettings,
+    pub smtp: SmtpSettings,
+    pub codes: CodeSettings,
     #[serde(default)]
     pub bootstrap: BootstrapSettings,
+}
+
+/// The ONe core services this plugin calls (the promotions service receives coupon codes).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CoreSettings {
+    /// e.g. `http://one-core:50061`; empty: not connected, deliveries wait in the outbox.
+    #[serde(default)]
+    pub endpoint: String,
+    /// Sent as `authorization: Bearer …` when not empty.
+    #[serde(default)]
+    pub token: String,
+    pub connect_timeout_ms: u64,
+    pub request_timeout_ms: u64,
+}
+
+/// The dispatcher of the outbox (codes into ONe pools, SPECIAL e-mails).
+#[derive(Debug, Clone, Deserialize)]
+pub struct OutboxSettings {
+    pub enabled: bool,
+    pub interval_ms: u64,
+    pub batch_size: u64,
+    /// How long a replica owns a message it is delivering.
+    pub lease_ms: u64,
+    pub retry_base_ms: u64,
+    pub retry_max_ms: u64,
+}
+
+/// SMTP for the SPECIAL coupons' alert e-mails.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SmtpSettings {
+    /// Empty: not configured, e-mails wait in the outbox.
+    #[serde(default)]
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    #[serde(default)]
+    pub username: String,
+    #[serde(default)]
+    pub password: String,
+    pub from: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum SmtpSecurity {
+    /// Plain text: only for a relay on the same host or a test listener.
+    None,
+    Starttls,
+    Tls,
+}
+
+/// How coupon codes look.
+#[derive(Debug, Clone, Deserialize)]
+pub struct CodeSettings {
+    pub prefix: String,
+    pub length: usize,
+    pub alphabet: String,
+}
+
+impl CodeSettings {
+    pub fn format(&self) -> crate::domain::redemption::CodeFormat {
+        crate::domain::redemption::CodeFormat {
+            prefix: self.prefix.clone(),
+            length: self.length,
+            alphabet: self.alphabet.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -3,8 +3,10 @@
 pub mod config;
 pub mod domain;
 pub mod grpc;
+pub mod mail;
 pub mod persistence;
 pub mod proto;
 pub mod service;
 pub mod startup;
+pub mod sync;
 pub mod telemetry;

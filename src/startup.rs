@@ -13,8 +13,9 @@ use tonic::transport::Server;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::{JobsSettings, Settings};
+use crate::config::{JobsSettings, OutboxSettings, Settings};
 use crate::domain::clock::{Clock, SystemClock};
+use crate::domain::redemption::Backoff;
 use crate::grpc::agreements::AgreementGrpc;
 use crate::grpc::auth::AuthLayer;
 use crate::grpc::coupons::CouponGrpc;
@@ -25,6 +26,7 @@ use crate::grpc::redeem::RedeemGrpc;
 use crate::grpc::rules::RulesGrpc;
 use crate::grpc::settings::SettingsGrpc;
 use crate::grpc::stubs::SyncGrpc;
+use crate::mail::SmtpMailer;
 use crate::persistence::access::SeaAccessRepository;
 use crate::persistence::agreements::SeaAgreementRepository;
 use crate::persistence::catalog::SeaCatalogRepository;
@@ -33,6 +35,8 @@ use crate::persistence::directory::SeaDirectoryRepository;
 use crate::persistence::documents::SeaDocumentRepository;
 use crate::persistence::idempotency::SeaIdempotencyRepository;
 use crate::persistence::ledger::SeaLedgerRepository;
+use crate::persistence::redemptions::SeaRedemptionRepository;
+use crate::persistence::reservations::SeaReservationRepository;
 use crate::persistence::rules::SeaRulesRepository;
 use crate::persistence::settings::SeaSettingsRepository;
 use crate::persistence::{
@@ -46,10 +50,12 @@ use crate::service::agreements::AgreementService;
 use crate::service::coupons::CouponService;
 use crate::service::earn::{EarnDependencies, EarnService};
 use crate::service::ledger::LedgerService;
+use crate::service::outbox::{DispatchPolicy, DispatchReport, OutboxDispatcher};
 use crate::service::pricing::Pricing;
-use crate::service::redeem::RedeemService;
+use crate::service::redeem::{RedeemDependencies, RedeemService};
 use crate::service::rules::RulesService;
 use crate::service::settings::SettingsService;
+use crate::sync::gateway::CoreClient;
 
 /// Every loyalty service the server exposes, as health and reflection name them.
 pub const LOYALTY_SERVICES: &[&str] = &[
@@ -82,6 +88,8 @@ pub enum StartupError {
     Descriptors(#[from] prost::DecodeError),
     #[error("server: {0}")]
     Serve(#[from] tonic::transport::Error),
+    #[error("configuration: {0}")]
+    Config(String),
 }
 
 /// A built, bound server, ready to run.
@@ -107,11 +115,28 @@ pub struct Services {
     pub coupons: Arc<CouponService>,
     pub redeem: Arc<RedeemService>,
     pub coupon_repo: Arc<dyn CouponRepository>,
+    pub outbox: Arc<OutboxDispatcher>,
 }
 
 impl Services {
-    /// Wires every service to the SeaORM repositories over `db`.
-    pub fn wire(db: &DatabaseConnection, clock: &Arc<dyn Clock>) -> Self {
+    /// Wires every service to the SeaORM repositories over `db`, and the outbox to the ONe core
+    /// and the SMTP relay of `settings`.
+    ///
+    /// # Errors
+    /// Malformed code format, core endpoint or SMTP settings.
+    pub fn wire(
+        db: &DatabaseConnection,
+        clock: &Arc<dyn Clock>,
+        settings: &Settings,
+    ) -> Result<Self, StartupError> {
+        let codes = settings.codes.format();
+        codes
+            .validate()
+            .map_err(|e| StartupError::Config(format!("codes: {e}")))?;
+        let core = CoreClient::new(&settings.core)
+            .map_err(|e| StartupError::Config(format!("core.endpoint: {e}")))?;
+        let mailer =
+            SmtpMailer::new(&settings.smtp).map_err(|e| StartupError::Config(e.to_string()))?;
         let requests: Arc<dyn IdempotencyRepository> =
             Arc::new(SeaIdempotencyRepository::new(db.clone()));
         let settings_repo: Arc<dyn SettingsRepository> =
@@ -146,14 +171,33 @@ impl Services {
             Arc::clone(&requests),
             Arc::clone(clock),
         ));
-        let redeem = Arc::new(RedeemService::new(
-            Arc::clone(&coupon_repo),
-            Arc::clone(&directory),
-            Arc::clone(&ledger_repo),
-            Arc::clone(&settings_repo),
+        let redeem = Arc::new(RedeemService::new(RedeemDependencies {
+            coupons: Arc::clone(&coupon_repo),
+            redemptions: Arc::new(SeaRedemptionRepository::new(db.clone(), Arc::clone(clock))),
+            reservations: Arc::new(SeaReservationRepository::new(db.clone(), Arc::clone(clock))),
+            directory: Arc::clone(&directory),
+            ledger: Arc::clone(&ledger_repo),
+            settings: Arc::clone(&settings_repo),
+            requests: Arc::clone(&requests),
+            clock: Arc::clone(clock),
+            codes,
+        }));
+        let outbox = Arc::new(OutboxDispatcher::new(
+            Arc::clone(&redeem),
+            Arc::new(core),
+            Arc::new(mailer),
             Arc::clone(clock),
+            DispatchPolicy {
+                lease: Duration::from_millis(settings.outbox.lease_ms.max(1_000)),
+                backoff: Backoff {
+                    base: Duration::from_millis(settings.outbox.retry_base_ms.max(1)),
+                    max: Duration::from_millis(settings.outbox.retry_max_ms.max(1)),
+                    jitter: 0.2,
+                },
+            },
         ));
-        Self {
+        Ok(Self {
+            outbox,
             coupons,
             coupon_repo,
             redeem,
@@ -183,7 +227,7 @@ impl Services {
             )),
             directory,
             catalog,
-        }
+        })
     }
 }
 
@@ -208,7 +252,7 @@ impl Application {
         if settings.database.auto_migrate {
             db::migrate(&db).await?;
         }
-        let services = Services::wire(&db, &clock);
+        let services = Services::wire(&db, &clock, &settings)?;
         bootstrap(&services.access, &settings).await?;
         let addr = settings.server.listen;
         let listener = TcpListener::bind(addr)
@@ -284,6 +328,7 @@ impl Application {
             tokio::time::sleep(drain).await;
         };
         let jobs = spawn_jobs(&self.settings.jobs, &self.services);
+        let outbox = spawn_outbox(&self.settings.outbox, &self.services);
         tracing::info!(port = self.port, "serving gRPC");
         Server::builder()
             .timeout(server.request_timeout())
@@ -326,8 +371,8 @@ impl Application {
             ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal)
             .await?;
-        if let Some(jobs) = jobs {
-            jobs.abort();
+        for task in [jobs, outbox].into_iter().flatten() {
+            task.abort();
         }
         self.db.close_by_ref().await.ok();
         tracing::info!("stopped");
@@ -342,6 +387,7 @@ fn spawn_jobs(settings: &JobsSettings, services: &Services) -> Option<tokio::tas
     }
     let earn = Arc::clone(&services.earn);
     let ledger = Arc::clone(&services.ledger);
+    let redeem = Arc::clone(&services.redeem);
     let interval = Duration::from_millis(settings.interval_ms.max(100));
     let batch = settings.batch_size.max(1);
     Some(tokio::spawn(async move {
@@ -360,6 +406,36 @@ fn spawn_jobs(settings: &JobsSettings, services: &Services) -> Option<tokio::tas
                     tracing::info!(unlocked, expired, "earn lots unlocked and expired");
                 }
                 Err(err) => tracing::warn!(%err, "lots not unlocked or expired; retried next tick"),
+            }
+            match redeem.release_expired(batch).await {
+                Ok(0) => {}
+                Ok(count) => tracing::info!(count, "expired reservations released"),
+                Err(err) => tracing::warn!(%err, "reservations not released; retried next tick"),
+            }
+        }
+    }))
+}
+
+/// Delivers the outbox every interval until the server stops.
+fn spawn_outbox(
+    settings: &OutboxSettings,
+    services: &Services,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if !settings.enabled {
+        return None;
+    }
+    let outbox = Arc::clone(&services.outbox);
+    let interval = Duration::from_millis(settings.interval_ms.max(50));
+    let batch = settings.batch_size.max(1);
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match outbox.run_once(batch).await {
+                Ok(report) if report == DispatchReport::default() => {}
+                Ok(report) => tracing::info!(?report, "outbox dispatched"),
+                Err(err) => tracing::warn!(%err, "outbox not dispatched; retried next tick"),
             }
         }
     }))

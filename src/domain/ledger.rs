@@ -15,6 +15,14 @@ pub enum EventType {
     Refund,
 }
 
+impl NewLedgerEvent {
+    /// A spend that must be covered by the client's available points: a Use that does not
+    /// settle a reservation (those points were set aside when reserved).
+    pub fn spends_available(&self) -> bool {
+        self.event_type == EventType::Use && self.reservation_id.is_none()
+    }
+}
+
 impl EventType {
     pub fn as_str(self) -> &'static str {
         match self {
@@ -94,6 +102,10 @@ pub struct NewLedgerEvent {
     pub actor_user_id: Option<String>,
     /// The event this one follows or reverses (a Lose of an Earn).
     pub related_event_id: Option<i64>,
+    /// Use and Refund events of a redemption.
+    pub redemption_id: Option<String>,
+    /// The Use event that commits a reservation: its points come out of the reserved part.
+    pub reservation_id: Option<String>,
     /// Earn and Lose events: the stacking mode the lines were priced with.
     pub stacking_mode: Option<crate::domain::settings::StackingMode>,
     /// Earn events: the lot the points form. Lose and Expire events that name an earn event in

@@ -13,6 +13,7 @@ pub mod idempotency;
 pub mod intervals;
 pub mod ledger;
 pub mod points;
+pub mod redemption;
 pub mod rule_spec;
 pub mod rules;
 pub mod settings;

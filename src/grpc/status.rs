@@ -46,6 +46,7 @@ pub fn repo(err: &RepoError) -> Status {
             tracing::info!(%cause, "unexpected conflict");
             Status::aborted("a concurrent change won; retry")
         }
+        RepoError::Precondition(why) => Status::failed_precondition(why.clone()),
         RepoError::Corrupt(cause) | RepoError::Config(cause) | RepoError::Other(cause) => {
             internal(cause)
         }
@@ -157,7 +158,10 @@ impl From<CouponError> for Status {
 impl From<RedeemError> for Status {
     fn from(err: RedeemError) -> Self {
         match &err {
+            RedeemError::Invalid(found) => invalid(found),
             RedeemError::NotFound(_) => Status::not_found(err.to_string()),
+            RedeemError::Refused(why) => Status::failed_precondition(why.clone()),
+            RedeemError::RequestId(cause) => request_id(cause),
             RedeemError::Repo(cause) => repo(cause),
         }
     }

@@ -63,6 +63,9 @@ impl CouponRepository for SeaCouponRepository {
                     .map_err(classify)?;
             }
             Some(previous) => {
+                // Redemptions move the count under their own lock; an edit never writes it.
+                let mut row = row;
+                row.redeemed_count = sea_orm::ActiveValue::NotSet;
                 // Optimistic: only the revision the change was made from can be replaced.
                 let updated = coupons::Entity::update_many()
                     .set(row)

@@ -11,6 +11,10 @@ pub enum RepoError {
     /// A concurrent transaction won; the operation can be retried.
     #[error("aborted: {0}")]
     Aborted(String),
+    /// A condition checked under the database's locks does not hold (not enough points, out of
+    /// stock, a reservation no longer held); nothing was written.
+    #[error("{0}")]
+    Precondition(String),
     /// The database cannot be reached.
     #[error("database unavailable: {0}")]
     Unavailable(String),

@@ -330,6 +330,7 @@ pub(crate) async fn append_in(
 ) -> Result<LedgerEvent, RepoError> {
     let points = units(event.points)?;
     ensure_balance_row(conn, tenant, &event.client_id, now).await?;
+    let from_reserved = spend_source(conn, tenant, event, points).await?;
     // Points that enter (a locked earn) or leave (taken from a locked lot) the locked part.
     let mut into_locked = if event.lot.is_some_and(|l| l.locked()) && points > 0 {
         points
@@ -338,7 +339,9 @@ pub(crate) async fn append_in(
     };
     match take_from_lot(conn, tenant, event, points).await? {
         Some(taken_from_locked) => into_locked = -taken_from_locked,
-        None if points < 0 => consume_oldest_lots(conn, tenant, &event.client_id, -points).await?,
+        None if points < 0 => {
+            consume_oldest_lots(conn, tenant, &event.client_id, -points).await?;
+        }
         None => {}
     }
     let updated = balances::Entity::update_many()
@@ -348,7 +351,11 @@ pub(crate) async fn append_in(
         )
         .col_expr(
             balances::Column::Available,
-            Expr::col(balances::Column::Available).add(points - into_locked),
+            Expr::col(balances::Column::Available).add(points - into_locked + from_reserved),
+        )
+        .col_expr(
+            balances::Column::Reserved,
+            Expr::col(balances::Column::Reserved).sub(from_reserved),
         )
         .col_expr(
             balances::Column::Locked,
@@ -378,8 +385,8 @@ pub(crate) async fn append_in(
         occurred_at: Set(event.occurred_at.fixed_offset()),
         recorded_at: Set(now.fixed_offset()),
         document_id: Set(event.document_id.clone()),
-        redemption_id: Set(None),
-        reservation_id: Set(None),
+        redemption_id: Set(event.redemption_id.clone()),
+        reservation_id: Set(event.reservation_id.clone()),
         related_event_id: Set(event.related_event_id),
         request_id: Set(event.request_id.clone()),
         reason_code: Set(event.reason_code.clone()),
@@ -401,21 +408,7 @@ pub(crate) async fn append_in(
         .await
         .map_err(classify)?;
     if let (Some(terms), true) = (event.lot, points > 0) {
-        let lot = earn_lots::ActiveModel {
-            tenant_id: Set(tenant.as_str().to_owned()),
-            event_id: Set(event_id),
-            client_id: Set(event.client_id.clone()),
-            points: Set(points),
-            remaining: Set(points),
-            locked: Set(terms.locked()),
-            unlocks_at: Set(terms.unlocks_at.map(|t| t.fixed_offset())),
-            expires_at: Set(terms.expires_at.map(|t| t.fixed_offset())),
-            earned_at: Set(now.fixed_offset()),
-        };
-        earn_lots::Entity::insert(lot)
-            .exec(conn)
-            .await
-            .map_err(classify)?;
+        insert_lot(conn, tenant, &event.client_id, event_id, points, terms, now).await?;
     }
     Ok(LedgerEvent {
         event_id,
@@ -425,8 +418,80 @@ pub(crate) async fn append_in(
     })
 }
 
+/// The lot an earn (or a refund) forms: the points later spends, penalties and expiry take from.
+async fn insert_lot(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    client_id: &str,
+    event_id: i64,
+    points: i64,
+    terms: crate::domain::ledger::LotTerms,
+    now: DateTime<Utc>,
+) -> Result<(), RepoError> {
+    let lot = earn_lots::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        event_id: Set(event_id),
+        client_id: Set(client_id.to_owned()),
+        points: Set(points),
+        remaining: Set(points),
+        locked: Set(terms.locked()),
+        unlocks_at: Set(terms.unlocks_at.map(|t| t.fixed_offset())),
+        expires_at: Set(terms.expires_at.map(|t| t.fixed_offset())),
+        earned_at: Set(now.fixed_offset()),
+    };
+    earn_lots::Entity::insert(lot)
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// Checks a spend against the locked balance row: a Use must be covered by the available
+/// points. Returns how much of it comes out of the reserved part (a committed reservation's
+/// points were set aside when reserved).
+async fn spend_source(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    event: &NewLedgerEvent,
+    points: i64,
+) -> Result<i64, RepoError> {
+    if event.spends_available() {
+        // The row is locked: what it shows cannot change before this transaction ends.
+        let available = locked_balance(conn, tenant, &event.client_id)
+            .await?
+            .available;
+        if available < -points {
+            return Err(RepoError::Precondition(format!(
+                "not enough available points: {} available, {} needed",
+                from_minor_units(available),
+                from_minor_units(-points)
+            )));
+        }
+    }
+    Ok(
+        if event.reservation_id.is_some() && event.event_type == EventType::Use {
+            -points
+        } else {
+            0
+        },
+    )
+}
+
+/// The client's balance row, read inside the transaction that locked it.
+pub(crate) async fn locked_balance(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    client_id: &str,
+) -> Result<balances::Model, RepoError> {
+    balances::Entity::find_by_id((tenant.as_str().to_owned(), client_id.to_owned()))
+        .one(conn)
+        .await
+        .map_err(classify)?
+        .ok_or_else(|| RepoError::Other("balance row vanished inside its transaction".into()))
+}
+
 /// Creates the client's balance row at zero if it has none, and locks it for the transaction.
-async fn ensure_balance_row(
+pub(crate) async fn ensure_balance_row(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
     client_id: &str,
@@ -541,6 +606,18 @@ async fn take_from_lot(
     if take <= 0 {
         return Ok(None);
     }
+    if event.event_type == EventType::Expire && !lot.locked {
+        // Reserved points stay in their lots until the reservation is committed or released;
+        // expiring them now could take the available part below zero. The next run retries.
+        let available = locked_balance(conn, tenant, &event.client_id)
+            .await?
+            .available;
+        if available < take {
+            return Err(RepoError::Conflict(format!(
+                "lot {lot_id}: {take} to expire but only {available} available (reserved); later"
+            )));
+        }
+    }
     let update = earn_lots::Entity::update_many()
         .col_expr(
             earn_lots::Column::Remaining,
@@ -579,6 +656,8 @@ fn event_from_row(row: ledger_events::Model) -> Result<LedgerEvent, RepoError> {
             actor_key_id: row.actor_key_id,
             actor_user_id: row.actor_user_id,
             related_event_id: row.related_event_id,
+            redemption_id: row.redemption_id,
+            reservation_id: row.reservation_id,
             lot: None,
             stacking_mode: row
                 .stacking_mode

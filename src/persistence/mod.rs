@@ -20,6 +20,8 @@ pub mod error;
 pub mod event_lines;
 pub mod idempotency;
 pub mod ledger;
+pub mod redemptions;
+pub mod reservations;
 pub mod rules;
 pub mod settings;
 
@@ -42,6 +44,7 @@ use crate::domain::intervals::Interval;
 use crate::domain::ledger::{
     Balance, ClientLedgerAudit, DueLot, HistoryQuery, LedgerEvent, NewLedgerEvent,
 };
+use crate::domain::redemption::{OutboxMessage, Redemption, RedemptionStatus, Reservation};
 use crate::domain::rules::{EffectiveDated, MultiplierRule, ProductFacts, RuleTarget, StoredRule};
 use crate::domain::settings::TenantSettings;
 use crate::domain::tenant::TenantId;
@@ -430,4 +433,150 @@ pub trait CouponRepository: Send + Sync {
         after: Option<String>,
         limit: u64,
     ) -> Result<Vec<coupons::CouponPoolRecord>, RepoError>;
+}
+
+/// What one redemption writes, all in one transaction.
+#[derive(Debug, Clone)]
+pub struct RedeemPlan {
+    /// The new redemption, PENDING, without its Use event id yet.
+    pub redemption: Redemption,
+    /// The coupon's stock: its redeemed count is raised only while below it.
+    pub stock: Option<u32>,
+    /// How many live redemptions of the coupon the client may hold.
+    pub per_client_limit: Option<u32>,
+    /// The Use event; refused unless the client's available points cover it.
+    pub use_event: NewLedgerEvent,
+    /// What the outbox must deliver for it.
+    pub delivery: crate::domain::redemption::Delivery,
+}
+
+/// Giving a redemption's points back: an administrator's cancellation, or ONe's rejection of its
+/// code.
+#[derive(Debug, Clone)]
+pub struct RefundPlan {
+    pub redemption_id: String,
+    /// `Cancelled` or `Failed`.
+    pub status: RedemptionStatus,
+    pub reason: String,
+    /// The Refund event.
+    pub refund: NewLedgerEvent,
+    /// The outbox message whose rejection this is, with the dispatcher's lease.
+    pub rejected_message: Option<(i64, String)>,
+}
+
+/// Which redemptions to list.
+#[derive(Debug, Clone, Default)]
+pub struct RedemptionFilter {
+    pub client_id: Option<String>,
+    pub coupon_id: Option<String>,
+    pub status: Option<RedemptionStatus>,
+}
+
+/// Redemptions, and the outbox that delivers their codes and e-mails.
+// mockall's generated expectations take `&Option<&T>`.
+#[cfg_attr(test, allow(clippy::ref_option_ref))]
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait RedemptionRepository: Send + Sync {
+    /// Records the request, spends the points (a Use event; `Precondition` when the available
+    /// points, the stock or the client's limit do not allow it), stores the redemption and its
+    /// outbox message, atomically. `Conflict`: the request id or the code is taken.
+    async fn redeem(
+        &self,
+        tenant: &TenantId,
+        plan: &RedeemPlan,
+        request: &IdempotencyRecord,
+    ) -> Result<Redemption, RepoError>;
+    async fn get(
+        &self,
+        tenant: &TenantId,
+        redemption_id: &str,
+    ) -> Result<Option<Redemption>, RepoError>;
+    /// Newest first, before `before` (a redemption id).
+    async fn page(
+        &self,
+        tenant: &TenantId,
+        filter: &RedemptionFilter,
+        before: Option<String>,
+        limit: u64,
+    ) -> Result<Vec<Redemption>, RepoError>;
+    /// Marks a live redemption cancelled or failed, refunds it and gives the coupon's count
+    /// back, atomically; a pending delivery is withdrawn. `Precondition`: it is no longer live.
+    async fn refund<'r>(
+        &self,
+        tenant: &TenantId,
+        plan: &RefundPlan,
+        request: Option<&'r IdempotencyRecord>,
+    ) -> Result<Redemption, RepoError>;
+    /// Leases up to `limit` due messages of any tenant to `owner` until `now + lease`. A message
+    /// leased by another owner whose lease has not run out is skipped.
+    async fn lease_deliveries(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: std::time::Duration,
+        limit: u64,
+    ) -> Result<Vec<OutboxMessage>, RepoError>;
+    /// Marks a leased message delivered and its redemption ISSUED. `false`: the lease was lost
+    /// or the message withdrawn meanwhile.
+    async fn delivered(
+        &self,
+        message: &OutboxMessage,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, RepoError>;
+    /// Gives a leased message back for another attempt at `next_attempt_at`.
+    async fn retry_delivery(
+        &self,
+        message: &OutboxMessage,
+        owner: &str,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), RepoError>;
+}
+
+/// Points held for baskets.
+// mockall's generated expectations take `&Option<&T>`.
+#[cfg_attr(test, allow(clippy::ref_option_ref))]
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait ReservationRepository: Send + Sync {
+    /// Records the request and moves the points from available to reserved (`Precondition`
+    /// when they are not available), atomically. `Conflict`: the request id is taken.
+    async fn reserve(
+        &self,
+        tenant: &TenantId,
+        reservation: &Reservation,
+        request: &IdempotencyRecord,
+    ) -> Result<(), RepoError>;
+    async fn get(
+        &self,
+        tenant: &TenantId,
+        reservation_id: &str,
+    ) -> Result<Option<Reservation>, RepoError>;
+    /// Turns a held, unexpired reservation into the Use event `spend`, atomically.
+    /// `Precondition`: it is not held any more, or its time ran out.
+    async fn commit(
+        &self,
+        tenant: &TenantId,
+        reservation_id: &str,
+        order_number: &str,
+        spend: &NewLedgerEvent,
+        request: &IdempotencyRecord,
+    ) -> Result<Reservation, RepoError>;
+    /// Gives a held reservation's points back (`Released`, or `Expired` by the job).
+    /// `Precondition`: it is not held any more.
+    async fn release<'r>(
+        &self,
+        tenant: &TenantId,
+        reservation_id: &str,
+        status: crate::domain::redemption::ReservationStatus,
+        request: Option<&'r IdempotencyRecord>,
+    ) -> Result<Reservation, RepoError>;
+    /// Held reservations of any tenant whose time ran out by `now`.
+    async fn expired(
+        &self,
+        now: DateTime<Utc>,
+        limit: u64,
+    ) -> Result<Vec<(TenantId, String)>, RepoError>;
 }

@@ -353,6 +353,8 @@ impl EarnService {
             actor_key_id: None,
             actor_user_id: None,
             related_event_id: None,
+            redemption_id: None,
+            reservation_id: None,
             stacking_mode: Some(calc.stacking_mode),
             lot: Some(LotTerms::new(
                 now,
@@ -414,6 +416,8 @@ impl EarnService {
             actor_key_id: None,
             actor_user_id: None,
             related_event_id: Some(earn_event),
+            redemption_id: None,
+            reservation_id: None,
             stacking_mode: earn.event.stacking_mode,
             lot: None,
         };

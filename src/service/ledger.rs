@@ -216,6 +216,8 @@ impl LedgerService {
             actor_key_id: Some(caller.key_id.clone()),
             actor_user_id: Some(adjustment.user_id.trim().to_owned()).filter(|u| !u.is_empty()),
             related_event_id: None,
+            redemption_id: None,
+            reservation_id: None,
             stacking_mode: None,
             lot: None,
         };
@@ -273,6 +275,8 @@ impl LedgerService {
                 actor_key_id: None,
                 actor_user_id: None,
                 related_event_id: Some(lot.event_id),
+                redemption_id: None,
+                reservation_id: None,
                 stacking_mode: None,
                 lot: None,
             };

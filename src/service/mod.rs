@@ -6,6 +6,7 @@ pub mod coupons;
 pub mod earn;
 pub mod idempotency;
 pub mod ledger;
+pub mod outbox;
 pub mod pricing;
 pub mod redeem;
 pub mod rules;
@@ -20,6 +21,13 @@ pub(crate) fn random_id() -> String {
         .take(16)
         .map(|c| char::from(c).to_ascii_lowercase())
         .collect()
+}
+
+/// A random id whose start is the creation time, so that ids sort by age (newest-first lists
+/// page by id). Ids name records; they are not secrets, and codes are never derived from them.
+pub(crate) fn time_ordered_id(prefix: &str, at: chrono::DateTime<chrono::Utc>) -> String {
+    let micros = u64::try_from(at.timestamp_micros()).unwrap_or(0);
+    format!("{prefix}_{micros:014x}{}", &random_id()[..10])
 }
 
 /// A page of the items that pass `keep`, read from `fetch` in id order, `page_size` at a time,

@@ -67,6 +67,8 @@ fn event(client: &str, points: &str) -> NewLedgerEvent {
         actor_key_id: None,
         actor_user_id: None,
         related_event_id: None,
+        redemption_id: None,
+        reservation_id: None,
         stacking_mode: None,
         lot: None,
     }
@@ -132,6 +134,10 @@ async fn one_event_per_document_is_enforced_by_the_database(store: &TestDb) {
 async fn one_event_per_request_id_is_enforced_by_the_database(store: &TestDb) {
     let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
     let t = tenant("t1");
+    ledger
+        .append(&t, &event("org:a", "10"), None)
+        .await
+        .expect("credit");
     let mut spend = event("org:a", "-3");
     spend.event_type = EventType::Use;
     spend.request_id = Some("req-1".into());
@@ -144,7 +150,24 @@ async fn one_event_per_request_id_is_enforced_by_the_database(store: &TestDb) {
             .await
             .expect("events")
             .len(),
-        1
+        2
+    );
+    let mut overdraw = event("org:a", "-7.01");
+    overdraw.event_type = EventType::Use;
+    let refused = ledger
+        .append(&t, &overdraw, None)
+        .await
+        .expect_err("a spend beyond the available points");
+    assert!(matches!(refused, RepoError::Precondition(_)), "{refused:?}");
+    let balance = ledger
+        .balance(&t, "org:a")
+        .await
+        .expect("read")
+        .expect("row");
+    assert_eq!(
+        balance.available,
+        dec("7"),
+        "the refused spend left no trace"
     );
 }
 
@@ -207,7 +230,7 @@ async fn the_invariant_checker_catches_a_tampered_balance(store: &TestDb) {
     let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
     let t = tenant("t1");
     ledger
-        .append(&t, &event("org:a", "5"), None)
+        .append(&t, &event("org:a", "10"), None)
         .await
         .expect("append");
     let tamper = |delta: i64| {

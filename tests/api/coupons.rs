@@ -21,7 +21,7 @@ on_both_backends!(ClockedApp:
     a_client_is_offered_what_is_on_offer_in_its_segments_with_an_affordable_flag,
 );
 
-async fn pools(app: &ClockedApp) {
+pub async fn pools(app: &ClockedApp) {
     let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
     for (id, active) in [("pool-spring", true), ("pool-old", false)] {
         let pool = CouponPoolRecord {
@@ -39,7 +39,7 @@ async fn pools(app: &ClockedApp) {
     }
 }
 
-fn spec(name: &str) -> pb::CouponSpec {
+pub fn spec(name: &str) -> pb::CouponSpec {
     pb::CouponSpec {
         r#type: pb::CouponType::CartDiscount as i32,
         name: name.into(),
@@ -61,7 +61,7 @@ fn spec(name: &str) -> pb::CouponSpec {
     }
 }
 
-fn special(name: &str) -> pb::CouponSpec {
+pub fn special(name: &str) -> pb::CouponSpec {
     pb::CouponSpec {
         r#type: pb::CouponType::Special as i32,
         pool_id: String::new(),
@@ -75,7 +75,7 @@ fn client(app: &ClockedApp) -> CouponServiceClient<tonic::transport::Channel> {
     CouponServiceClient::new(app.channel.clone())
 }
 
-async fn create(
+pub async fn create(
     app: &ClockedApp,
     request_id: &str,
     spec: pb::CouponSpec,

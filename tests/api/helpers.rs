@@ -182,11 +182,6 @@ impl TestApp {
         Self::build(backend, drain_ms, Arc::new(SystemClock)).await
     }
 
-    /// A server whose clock stays where the test puts it.
-    pub async fn with_clock(backend: Backend, clock: Arc<FixedClock>) -> Self {
-        Self::build(backend, 0, clock).await
-    }
-
     async fn build(backend: Backend, drain_ms: u64, clock: Arc<dyn Clock>) -> Self {
         Self::build_with_metrics(backend, drain_ms, clock, String::new()).await
     }
@@ -194,7 +189,10 @@ impl TestApp {
     /// A server that also serves Prometheus metrics on `metrics_listen`. The recorder is global
     /// to the process: only one test may turn metrics on.
     pub async fn with_metrics(backend: Backend, metrics_listen: String) -> Self {
-        Self::build_with_metrics(backend, 0, Arc::new(SystemClock), metrics_listen).await
+        Self::configured(backend, Arc::new(SystemClock), |s| {
+            s.metrics.listen = metrics_listen;
+        })
+        .await
     }
 
     async fn build_with_metrics(
@@ -203,13 +201,27 @@ impl TestApp {
         clock: Arc<dyn Clock>,
         metrics_listen: String,
     ) -> Self {
+        Self::configured(backend, clock, |s| {
+            s.server.shutdown_drain_ms = drain_ms;
+            s.metrics.listen = metrics_listen;
+        })
+        .await
+    }
+
+    /// A server whose settings `configure` changes after the test defaults are applied.
+    pub async fn configured(
+        backend: Backend,
+        clock: Arc<dyn Clock>,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
         let store = TestDb::new(backend).await;
         let mut settings = Settings::load(None, &Overrides::default()).expect("settings");
         settings.server.listen = "127.0.0.1:0".parse().expect("address");
-        settings.server.shutdown_drain_ms = drain_ms;
-        settings.metrics.listen = metrics_listen;
-        // Tests run the jobs themselves, under a pinned clock where it matters.
+        settings.server.shutdown_drain_ms = 0;
+        settings.metrics.listen = String::new();
+        // Tests run the jobs and the outbox themselves, under a pinned clock where it matters.
         settings.jobs.enabled = false;
+        settings.outbox.enabled = false;
         settings.database = store.settings.clone();
         settings.bootstrap.tenants.push(BootstrapTenant {
             id: OTHER_TENANT.into(),
@@ -221,6 +233,7 @@ impl TestApp {
             label: "test".into(),
             roles: vec!["admin".into()],
         });
+        configure(&mut settings);
         let app = Application::build_with_clock(settings, clock)
             .await
             .expect("build application");
@@ -318,12 +331,27 @@ pub struct ClockedApp {
 
 impl ClockedApp {
     pub async fn new(backend: Backend) -> Self {
+        Self::configured(backend, |_| {}).await
+    }
+
+    /// A clocked server whose settings `configure` changes.
+    pub async fn configured(backend: Backend, configure: impl FnOnce(&mut Settings)) -> Self {
         let start = chrono::DateTime::parse_from_rfc3339("2026-03-20T12:00:00Z")
             .expect("instant")
             .to_utc();
         let clock = Arc::new(FixedClock::new(start));
-        let app = TestApp::with_clock(backend, Arc::clone(&clock)).await;
+        let app =
+            TestApp::configured(backend, Arc::clone(&clock) as Arc<dyn Clock>, configure).await;
         Self { app, clock }
+    }
+
+    /// Moves the pinned clock to `rfc3339`.
+    pub fn set_time(&self, rfc3339: &str) {
+        self.clock.set(
+            chrono::DateTime::parse_from_rfc3339(rfc3339)
+                .expect("instant")
+                .to_utc(),
+        );
     }
 
     pub async fn finish(&self) {

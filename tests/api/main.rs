@@ -10,6 +10,7 @@ mod coupons;
 mod documents;
 mod earn;
 mod ledger;
+mod redeem;
 mod rules;
 mod server;
 mod settings;

@@ -1,0 +1,465 @@
+//! SeaORM implementation of [`RedemptionRepository`]. A redemption is one transaction: the
+//! request's record, the client's balance row (locked first, so that one client's redemptions
+//! run one after the other), the per-client count, the coupon's stock (a conditional update that
+//! locks the coupon row), the Use event, the redemption and its outbox message. The lock order is
+//! always balance, then coupon.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::{
+    ActiveValue::{NotSet, Set},
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, QuerySelect, TransactionTrait,
+};
+
+use super::entities::{coupons, outbox, redemptions};
+use super::error::{RepoError, classify};
+use super::idempotency::{insert_record, set_result_ref};
+use super::ledger::{append_in, ensure_balance_row};
+use super::{RedeemPlan, RedemptionFilter, RedemptionRepository, RefundPlan};
+use crate::domain::clock::Clock;
+use crate::domain::idempotency::IdempotencyRecord;
+use crate::domain::points::{from_minor_units, to_minor_units};
+use crate::domain::redemption::{Delivery, OutboxMessage, Redemption, RedemptionStatus};
+use crate::domain::tenant::TenantId;
+
+const PENDING: &str = "PENDING";
+const DELIVERED: &str = "DELIVERED";
+const REJECTED: &str = "REJECTED";
+/// A delivery withdrawn because its redemption was cancelled first.
+const WITHDRAWN: &str = "WITHDRAWN";
+
+#[derive(Debug, Clone)]
+pub struct SeaRedemptionRepository {
+    db: DatabaseConnection,
+    clock: std::sync::Arc<dyn Clock>,
+}
+
+impl SeaRedemptionRepository {
+    /// `clock` stamps the rows.
+    pub fn new(db: DatabaseConnection, clock: std::sync::Arc<dyn Clock>) -> Self {
+        Self { db, clock }
+    }
+}
+
+#[async_trait]
+impl RedemptionRepository for SeaRedemptionRepository {
+    async fn redeem(
+        &self,
+        tenant: &TenantId,
+        plan: &RedeemPlan,
+        request: &IdempotencyRecord,
+    ) -> Result<Redemption, RepoError> {
+        let now = self.clock.now();
+        let r = &plan.redemption;
+        let txn = self.db.begin().await.map_err(classify)?;
+        insert_record(&txn, tenant, request).await?;
+        ensure_balance_row(&txn, tenant, &r.client_id, now).await?;
+        if let Some(limit) = plan.per_client_limit {
+            let held = redemptions::Entity::find()
+                .filter(redemptions::Column::TenantId.eq(tenant.as_str()))
+                .filter(redemptions::Column::CouponId.eq(r.coupon_id.as_str()))
+                .filter(redemptions::Column::ClientId.eq(r.client_id.as_str()))
+                .filter(redemptions::Column::Status.is_in(live_statuses()))
+                .count(&txn)
+                .await
+                .map_err(classify)?;
+            if held >= u64::from(limit) {
+                return Err(RepoError::Precondition(format!(
+                    "the client has redeemed coupon {} as often as its limit ({limit}) allows",
+                    r.coupon_id
+                )));
+            }
+        }
+        // The count is what the catalogue shows; with a stock, it is also the guard.
+        let mut count = coupons::Entity::update_many()
+            .col_expr(
+                coupons::Column::RedeemedCount,
+                Expr::col(coupons::Column::RedeemedCount).add(1),
+            )
+            .filter(coupons::Column::TenantId.eq(tenant.as_str()))
+            .filter(coupons::Column::CouponId.eq(r.coupon_id.as_str()));
+        if let Some(stock) = plan.stock {
+            count = count.filter(coupons::Column::RedeemedCount.lt(i64::from(stock)));
+        }
+        if count.exec(&txn).await.map_err(classify)?.rows_affected != 1 {
+            return Err(RepoError::Precondition(format!(
+                "coupon {} is out of stock",
+                r.coupon_id
+            )));
+        }
+        let spent = append_in(&txn, tenant, &plan.use_event, now).await?;
+        let mut stored = r.clone();
+        stored.use_event_id = Some(spent.event_id);
+        stored.created_at = now;
+        stored.updated_at = now;
+        redemptions::Entity::insert(to_row(tenant, &stored)?)
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        let message = outbox::ActiveModel {
+            message_id: NotSet,
+            tenant_id: Set(tenant.as_str().to_owned()),
+            kind: Set(plan.delivery.kind().as_str().to_owned()),
+            aggregate_id: Set(r.redemption_id.clone()),
+            payload: Set(serde_json::to_string(&plan.delivery)
+                .map_err(|e| RepoError::Other(format!("outbox payload: {e}")))?),
+            status: Set(PENDING.into()),
+            attempts: Set(0),
+            next_attempt_at: Set(now.fixed_offset()),
+            lease_owner: Set(None),
+            lease_until: Set(None),
+            last_error: Set(None),
+            created_at: Set(now.fixed_offset()),
+            delivered_at: Set(None),
+        };
+        outbox::Entity::insert(message)
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        set_result_ref(&txn, tenant, &request.request_id, &r.redemption_id).await?;
+        txn.commit().await.map_err(classify)?;
+        Ok(stored)
+    }
+
+    async fn get(
+        &self,
+        tenant: &TenantId,
+        redemption_id: &str,
+    ) -> Result<Option<Redemption>, RepoError> {
+        find(&self.db, tenant, redemption_id).await
+    }
+
+    async fn page(
+        &self,
+        tenant: &TenantId,
+        filter: &RedemptionFilter,
+        before: Option<String>,
+        limit: u64,
+    ) -> Result<Vec<Redemption>, RepoError> {
+        let mut query =
+            redemptions::Entity::find().filter(redemptions::Column::TenantId.eq(tenant.as_str()));
+        if let Some(client) = &filter.client_id {
+            query = query.filter(redemptions::Column::ClientId.eq(client.as_str()));
+        }
+        if let Some(coupon) = &filter.coupon_id {
+            query = query.filter(redemptions::Column::CouponId.eq(coupon.as_str()));
+        }
+        if let Some(status) = filter.status {
+            query = query.filter(redemptions::Column::Status.eq(status.as_str()));
+        }
+        if let Some(before) = before {
+            query = query.filter(redemptions::Column::RedemptionId.lt(before));
+        }
+        query
+            .order_by_desc(redemptions::Column::RedemptionId)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(classify)?
+            .into_iter()
+            .map(from_row)
+            .collect()
+    }
+
+    async fn refund<'r>(
+        &self,
+        tenant: &TenantId,
+        plan: &RefundPlan,
+        request: Option<&'r IdempotencyRecord>,
+    ) -> Result<Redemption, RepoError> {
+        let now = self.clock.now();
+        let txn = self.db.begin().await.map_err(classify)?;
+        if let Some(record) = request {
+            insert_record(&txn, tenant, record).await?;
+        }
+        if let Some((message_id, owner)) = &plan.rejected_message {
+            let rejected = outbox::Entity::update_many()
+                .col_expr(outbox::Column::Status, Expr::value(REJECTED))
+                .col_expr(
+                    outbox::Column::Attempts,
+                    Expr::col(outbox::Column::Attempts).add(1),
+                )
+                .col_expr(outbox::Column::LastError, Expr::value(plan.reason.clone()))
+                .col_expr(outbox::Column::LeaseOwner, Expr::value(None::<String>))
+                .filter(outbox::Column::MessageId.eq(*message_id))
+                .filter(outbox::Column::LeaseOwner.eq(owner.as_str()))
+                .filter(outbox::Column::Status.eq(PENDING))
+                .exec(&txn)
+                .await
+                .map_err(classify)?;
+            if rejected.rows_affected != 1 {
+                return Err(RepoError::Precondition(format!(
+                    "outbox message {message_id} is no longer leased to {owner}"
+                )));
+            }
+        }
+        // The conditional update is the guard: of two refunds, one changes the row.
+        let settled = redemptions::Entity::update_many()
+            .col_expr(
+                redemptions::Column::Status,
+                Expr::value(plan.status.as_str()),
+            )
+            .col_expr(
+                redemptions::Column::Reason,
+                Expr::value(plan.reason.clone()),
+            )
+            .col_expr(
+                redemptions::Column::UpdatedAt,
+                Expr::value(now.fixed_offset()),
+            )
+            .filter(redemptions::Column::TenantId.eq(tenant.as_str()))
+            .filter(redemptions::Column::RedemptionId.eq(plan.redemption_id.as_str()))
+            .filter(redemptions::Column::Status.is_in(live_statuses()))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        if settled.rows_affected != 1 {
+            return Err(RepoError::Precondition(format!(
+                "redemption {} is already failed or cancelled",
+                plan.redemption_id
+            )));
+        }
+        let refund = append_in(&txn, tenant, &plan.refund, now).await?;
+        redemptions::Entity::update_many()
+            .col_expr(
+                redemptions::Column::RefundEventId,
+                Expr::value(refund.event_id),
+            )
+            .filter(redemptions::Column::TenantId.eq(tenant.as_str()))
+            .filter(redemptions::Column::RedemptionId.eq(plan.redemption_id.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        // A delivery not made yet is withdrawn with the redemption.
+        outbox::Entity::update_many()
+            .col_expr(outbox::Column::Status, Expr::value(WITHDRAWN))
+            .filter(outbox::Column::TenantId.eq(tenant.as_str()))
+            .filter(outbox::Column::AggregateId.eq(plan.redemption_id.as_str()))
+            .filter(outbox::Column::Status.eq(PENDING))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        let redemption = find(&txn, tenant, &plan.redemption_id)
+            .await?
+            .ok_or_else(|| RepoError::Other("redemption vanished inside its transaction".into()))?;
+        {
+            coupons::Entity::update_many()
+                .col_expr(
+                    coupons::Column::RedeemedCount,
+                    Expr::col(coupons::Column::RedeemedCount).sub(1),
+                )
+                .filter(coupons::Column::TenantId.eq(tenant.as_str()))
+                .filter(coupons::Column::CouponId.eq(redemption.coupon_id.as_str()))
+                .filter(coupons::Column::RedeemedCount.gt(0))
+                .exec(&txn)
+                .await
+                .map_err(classify)?;
+        }
+        if let Some(record) = request {
+            set_result_ref(&txn, tenant, &record.request_id, &plan.redemption_id).await?;
+        }
+        txn.commit().await.map_err(classify)?;
+        Ok(redemption)
+    }
+
+    async fn lease_deliveries(
+        &self,
+        owner: &str,
+        now: DateTime<Utc>,
+        lease: Duration,
+        limit: u64,
+    ) -> Result<Vec<OutboxMessage>, RepoError> {
+        let at = now.fixed_offset();
+        let until = (now + chrono::Duration::from_std(lease).unwrap_or(chrono::Duration::MAX))
+            .fixed_offset();
+        let free = || {
+            sea_orm::Condition::any()
+                .add(outbox::Column::LeaseUntil.is_null())
+                .add(outbox::Column::LeaseUntil.lt(at))
+        };
+        let due = outbox::Entity::find()
+            .filter(outbox::Column::Status.eq(PENDING))
+            .filter(outbox::Column::NextAttemptAt.lte(at))
+            .filter(free())
+            .order_by_asc(outbox::Column::NextAttemptAt)
+            .order_by_asc(outbox::Column::MessageId)
+            .limit(limit)
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        let mut leased = Vec::with_capacity(due.len());
+        for row in due {
+            // The conditional update is the lease: of two replicas, one changes the row.
+            let taken = outbox::Entity::update_many()
+                .col_expr(outbox::Column::LeaseOwner, Expr::value(owner))
+                .col_expr(outbox::Column::LeaseUntil, Expr::value(until))
+                .filter(outbox::Column::MessageId.eq(row.message_id))
+                .filter(outbox::Column::Status.eq(PENDING))
+                .filter(free())
+                .exec(&self.db)
+                .await
+                .map_err(classify)?;
+            if taken.rows_affected == 1 {
+                leased.push(message_from_row(row)?);
+            }
+        }
+        Ok(leased)
+    }
+
+    async fn delivered(
+        &self,
+        message: &OutboxMessage,
+        owner: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, RepoError> {
+        let txn = self.db.begin().await.map_err(classify)?;
+        let done = outbox::Entity::update_many()
+            .col_expr(outbox::Column::Status, Expr::value(DELIVERED))
+            .col_expr(
+                outbox::Column::Attempts,
+                Expr::col(outbox::Column::Attempts).add(1),
+            )
+            .col_expr(outbox::Column::DeliveredAt, Expr::value(now.fixed_offset()))
+            .col_expr(outbox::Column::LeaseOwner, Expr::value(None::<String>))
+            .col_expr(
+                outbox::Column::LeaseUntil,
+                Expr::value(None::<DateTime<chrono::FixedOffset>>),
+            )
+            .filter(outbox::Column::MessageId.eq(message.message_id))
+            .filter(outbox::Column::LeaseOwner.eq(owner))
+            .filter(outbox::Column::Status.eq(PENDING))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        if done.rows_affected != 1 {
+            return Ok(false);
+        }
+        redemptions::Entity::update_many()
+            .col_expr(
+                redemptions::Column::Status,
+                Expr::value(RedemptionStatus::Issued.as_str()),
+            )
+            .col_expr(
+                redemptions::Column::UpdatedAt,
+                Expr::value(now.fixed_offset()),
+            )
+            .filter(redemptions::Column::TenantId.eq(message.tenant.as_str()))
+            .filter(redemptions::Column::RedemptionId.eq(message.redemption_id.as_str()))
+            .filter(redemptions::Column::Status.eq(RedemptionStatus::Pending.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        txn.commit().await.map_err(classify)?;
+        Ok(true)
+    }
+
+    async fn retry_delivery(
+        &self,
+        message: &OutboxMessage,
+        owner: &str,
+        next_attempt_at: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), RepoError> {
+        outbox::Entity::update_many()
+            .col_expr(
+                outbox::Column::Attempts,
+                Expr::col(outbox::Column::Attempts).add(1),
+            )
+            .col_expr(
+                outbox::Column::NextAttemptAt,
+                Expr::value(next_attempt_at.fixed_offset()),
+            )
+            .col_expr(outbox::Column::LastError, Expr::value(error))
+            .col_expr(outbox::Column::LeaseOwner, Expr::value(None::<String>))
+            .col_expr(
+                outbox::Column::LeaseUntil,
+                Expr::value(None::<DateTime<chrono::FixedOffset>>),
+            )
+            .filter(outbox::Column::MessageId.eq(message.message_id))
+            .filter(outbox::Column::LeaseOwner.eq(owner))
+            .filter(outbox::Column::Status.eq(PENDING))
+            .exec(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(())
+    }
+}
+
+fn live_statuses() -> [&'static str; 2] {
+    [
+        RedemptionStatus::Pending.as_str(),
+        RedemptionStatus::Issued.as_str(),
+    ]
+}
+
+async fn find(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    redemption_id: &str,
+) -> Result<Option<Redemption>, RepoError> {
+    redemptions::Entity::find_by_id((tenant.as_str().to_owned(), redemption_id.to_owned()))
+        .one(conn)
+        .await
+        .map_err(classify)?
+        .map(from_row)
+        .transpose()
+}
+
+fn to_row(tenant: &TenantId, r: &Redemption) -> Result<redemptions::ActiveModel, RepoError> {
+    Ok(redemptions::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        redemption_id: Set(r.redemption_id.clone()),
+        request_id: Set(r.request_id.clone()),
+        client_id: Set(r.client_id.clone()),
+        user_id: Set(r.user_id.clone()),
+        coupon_id: Set(r.coupon_id.clone()),
+        coupon_name: Set(r.coupon_name.clone()),
+        points: Set(to_minor_units(r.points).map_err(|e| RepoError::Other(e.to_string()))?),
+        status: Set(r.status.as_str().to_owned()),
+        code: Set(r.code.clone()),
+        valid_until: Set(r.valid_until),
+        use_event_id: Set(r.use_event_id),
+        refund_event_id: Set(r.refund_event_id),
+        reason: Set(r.reason.clone()),
+        created_at: Set(r.created_at.fixed_offset()),
+        updated_at: Set(r.updated_at.fixed_offset()),
+    })
+}
+
+fn from_row(row: redemptions::Model) -> Result<Redemption, RepoError> {
+    Ok(Redemption {
+        status: RedemptionStatus::parse(&row.status)
+            .ok_or_else(|| RepoError::Corrupt(format!("redemptions.status {:?}", row.status)))?,
+        redemption_id: row.redemption_id,
+        request_id: row.request_id,
+        client_id: row.client_id,
+        user_id: row.user_id,
+        coupon_id: row.coupon_id,
+        coupon_name: row.coupon_name,
+        points: from_minor_units(row.points),
+        code: row.code,
+        valid_until: row.valid_until,
+        use_event_id: row.use_event_id,
+        refund_event_id: row.refund_event_id,
+        reason: row.reason,
+        created_at: row.created_at.to_utc(),
+        updated_at: row.updated_at.to_utc(),
+    })
+}
+
+fn message_from_row(row: outbox::Model) -> Result<OutboxMessage, RepoError> {
+    let delivery: Delivery = serde_json::from_str(&row.payload).map_err(|e| {
+        RepoError::Corrupt(format!("outbox message {} payload: {e}", row.message_id))
+    })?;
+    Ok(OutboxMessage {
+        message_id: row.message_id,
+        tenant: TenantId::parse(&row.tenant_id).map_err(|e| RepoError::Corrupt(e.to_string()))?,
+        redemption_id: row.aggregate_id,
+        delivery,
+        attempts: u32::try_from(row.attempts).unwrap_or(0),
+    })
+}
