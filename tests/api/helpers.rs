@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+pub use crate::fakes::{LiveOutboxApp, OutboxApp};
+
 use one_loyalty::config::{BootstrapApiKey, BootstrapTenant, Overrides, Settings};
 use one_loyalty::domain::clock::{Clock, FixedClock, SystemClock};
 use one_loyalty::domain::directory::{ClientRecord, UserRecord};

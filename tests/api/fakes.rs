@@ -1,0 +1,289 @@
+//! Stand-ins for what the service talks to, started by the tests themselves on port 0: the ONe
+//! promotions service (which can be down or refuse codes on demand) and an SMTP listener that
+//! keeps every message it receives.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+use one_loyalty::proto::core::v1 as core;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// How the fake promotions service answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolMode {
+    Up,
+    /// Every call fails with UNAVAILABLE.
+    Down,
+    /// Every code is refused for good.
+    Rejecting,
+}
+
+#[derive(Debug, Default)]
+struct PoolState {
+    mode: Option<PoolMode>,
+    /// Code → (pool, valid until, reference), as ONe would hold them.
+    codes: BTreeMap<String, (String, String, String)>,
+    calls: usize,
+    already_present: usize,
+}
+
+/// The ONe promotions service, holding the codes it was given.
+#[derive(Debug, Clone, Default)]
+pub struct FakePromotions {
+    state: Arc<Mutex<PoolState>>,
+}
+
+impl FakePromotions {
+    /// Serves on a free port; returns the fake and its endpoint URL.
+    pub async fn start() -> (Self, String) {
+        let fake = Self::default();
+        fake.set_mode(PoolMode::Up);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("address"));
+        let server = core::promotion_service_server::PromotionServiceServer::new(fake.clone());
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(server)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        (fake, url)
+    }
+
+    pub fn set_mode(&self, mode: PoolMode) {
+        self.state.lock().expect("lock").mode = Some(mode);
+    }
+
+    /// The codes held, with (pool, valid until, reference).
+    pub fn codes(&self) -> BTreeMap<String, (String, String, String)> {
+        self.state.lock().expect("lock").codes.clone()
+    }
+
+    /// Calls received, and how many codes arrived a second time.
+    pub fn calls(&self) -> (usize, usize) {
+        let state = self.state.lock().expect("lock");
+        (state.calls, state.already_present)
+    }
+}
+
+#[tonic::async_trait]
+impl core::promotion_service_server::PromotionService for FakePromotions {
+    async fn add_coupon_codes(
+        &self,
+        request: tonic::Request<core::AddCouponCodesRequest>,
+    ) -> Result<tonic::Response<core::AddCouponCodesResponse>, tonic::Status> {
+        let tenant = request
+            .metadata()
+            .get("one-tenant")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        let m = request.into_inner();
+        let mut state = self.state.lock().expect("lock");
+        state.calls += 1;
+        match state.mode {
+            Some(PoolMode::Down) => return Err(tonic::Status::unavailable("ONe is down")),
+            Some(PoolMode::Rejecting) => {
+                let results = m
+                    .codes
+                    .iter()
+                    .map(|c| core::CodeResult {
+                        code: c.code.clone(),
+                        outcome: core::CodeOutcome::Rejected as i32,
+                        reason: format!("pool {} is closed", m.pool_id),
+                    })
+                    .collect();
+                return Ok(tonic::Response::new(core::AddCouponCodesResponse {
+                    results,
+                }));
+            }
+            _ => {}
+        }
+        assert_eq!(tenant, "demo", "the tenant travels as one-tenant metadata");
+        let mut results = Vec::new();
+        for code in m.codes {
+            let outcome = if state.codes.contains_key(&code.code) {
+                state.already_present += 1;
+                core::CodeOutcome::AlreadyPresent
+            } else {
+                state.codes.insert(
+                    code.code.clone(),
+                    (m.pool_id.clone(), code.valid_until, code.reference),
+                );
+                core::CodeOutcome::Added
+            };
+            results.push(core::CodeResult {
+                code: code.code,
+                outcome: outcome as i32,
+                reason: String::new(),
+            });
+        }
+        Ok(tonic::Response::new(core::AddCouponCodesResponse {
+            results,
+        }))
+    }
+}
+
+/// A message the SMTP listener accepted.
+#[derive(Debug, Clone)]
+pub struct ReceivedMail {
+    pub from: String,
+    pub to: Vec<String>,
+    pub data: String,
+}
+
+/// A minimal SMTP server (EHLO, MAIL, RCPT, DATA, RSET, NOOP, QUIT), no TLS, no auth.
+#[derive(Debug, Clone, Default)]
+pub struct SmtpSink {
+    received: Arc<Mutex<Vec<ReceivedMail>>>,
+}
+
+impl SmtpSink {
+    /// Listens on a free port; returns the sink and the port.
+    pub async fn start() -> (Self, u16) {
+        let sink = Self::default();
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let received = Arc::clone(&sink.received);
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let received = Arc::clone(&received);
+                tokio::spawn(async move {
+                    let _ = serve_smtp(stream, received).await;
+                });
+            }
+        });
+        (sink, port)
+    }
+
+    pub fn received(&self) -> Vec<ReceivedMail> {
+        self.received.lock().expect("lock").clone()
+    }
+}
+
+async fn serve_smtp(
+    stream: tokio::net::TcpStream,
+    received: Arc<Mutex<Vec<ReceivedMail>>>,
+) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read);
+    write.write_all(b"220 sink.test ESMTP\r\n").await?;
+    let (mut from, mut to) = (String::new(), Vec::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line).await? == 0 {
+            return Ok(());
+        }
+        let command = line.trim_end().to_owned();
+        let upper = command.to_ascii_uppercase();
+        let reply: &[u8] = if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+            b"250-sink.test\r\n250 8BITMIME\r\n"
+        } else if upper.starts_with("MAIL FROM:") {
+            from = command[10..].trim().to_owned();
+            b"250 OK\r\n"
+        } else if upper.starts_with("RCPT TO:") {
+            to.push(command[8..].trim().to_owned());
+            b"250 OK\r\n"
+        } else if upper == "DATA" {
+            write.write_all(b"354 go ahead\r\n").await?;
+            let mut data = String::new();
+            loop {
+                line.clear();
+                if lines.read_line(&mut line).await? == 0 {
+                    return Ok(());
+                }
+                if line == ".\r\n" || line == ".\n" {
+                    break;
+                }
+                data.push_str(&line);
+            }
+            received.lock().expect("lock").push(ReceivedMail {
+                from: std::mem::take(&mut from),
+                to: std::mem::take(&mut to),
+                data,
+            });
+            b"250 queued\r\n"
+        } else if upper == "QUIT" {
+            write.write_all(b"221 bye\r\n").await?;
+            return Ok(());
+        } else if upper == "RSET" || upper == "NOOP" {
+            b"250 OK\r\n"
+        } else {
+            b"502 not implemented\r\n"
+        };
+        write.write_all(reply).await?;
+    }
+}
+
+/// A clocked server wired to a fake ONe promotions service and an SMTP sink. The outbox runs
+/// when the test asks (`live: false`) or every 50 ms (`live: true`).
+pub struct OutboxApp {
+    pub app: crate::helpers::ClockedApp,
+    pub pool: FakePromotions,
+    /// The fake promotions service's URL.
+    pub pool_endpoint: String,
+    pub smtp: SmtpSink,
+}
+
+impl OutboxApp {
+    pub async fn new(backend: crate::helpers::Backend) -> Self {
+        Self::start(backend, false).await
+    }
+
+    pub async fn start(backend: crate::helpers::Backend, live: bool) -> Self {
+        let (pool, endpoint) = FakePromotions::start().await;
+        let (smtp, port) = SmtpSink::start().await;
+        let app = crate::helpers::ClockedApp::configured(backend, |s| {
+            s.core.endpoint.clone_from(&endpoint);
+            s.core.request_timeout_ms = 2_000;
+            s.smtp.host = "127.0.0.1".into();
+            s.smtp.port = port;
+            s.smtp.security = one_loyalty::config::SmtpSecurity::None;
+            s.smtp.from = "Loyalty <loyalty@shop.test>".into();
+            s.outbox.enabled = live;
+            s.outbox.interval_ms = 50;
+        })
+        .await;
+        Self {
+            app,
+            pool,
+            pool_endpoint: endpoint,
+            smtp,
+        }
+    }
+
+    pub async fn finish(&self) {
+        self.app.finish().await;
+    }
+}
+
+impl std::ops::Deref for OutboxApp {
+    type Target = crate::helpers::ClockedApp;
+
+    fn deref(&self) -> &crate::helpers::ClockedApp {
+        &self.app
+    }
+}
+
+/// [`OutboxApp`] with the dispatcher running in the background.
+pub struct LiveOutboxApp(pub OutboxApp);
+
+impl LiveOutboxApp {
+    pub async fn new(backend: crate::helpers::Backend) -> Self {
+        Self(OutboxApp::start(backend, true).await)
+    }
+
+    pub async fn finish(&self) {
+        self.0.finish().await;
+    }
+}
+
+impl std::ops::Deref for LiveOutboxApp {
+    type Target = OutboxApp;
+
+    fn deref(&self) -> &OutboxApp {
+        &self.0
+    }
+}
