@@ -52,6 +52,7 @@ use crate::service::earn::{EarnDependencies, EarnService};
 use crate::service::ledger::LedgerService;
 use crate::service::outbox::{DispatchPolicy, DispatchReport, OutboxDispatcher};
 use crate::service::pricing::Pricing;
+use crate::service::promotions::PromotionsGateway;
 use crate::service::redeem::{RedeemDependencies, RedeemService};
 use crate::service::rules::RulesService;
 use crate::service::settings::SettingsService;
@@ -165,8 +166,10 @@ impl Services {
             clock: Arc::clone(clock),
         }));
         let coupon_repo: Arc<dyn CouponRepository> = Arc::new(SeaCouponRepository::new(db.clone()));
+        let core = Arc::new(core);
         let coupons = Arc::new(CouponService::new(
             Arc::clone(&coupon_repo),
+            Arc::clone(&core) as Arc<dyn PromotionsGateway>,
             Arc::clone(&settings_repo),
             Arc::clone(&requests),
             Arc::clone(clock),
@@ -184,17 +187,10 @@ impl Services {
         }));
         let outbox = Arc::new(OutboxDispatcher::new(
             Arc::clone(&redeem),
-            Arc::new(core),
+            core,
             Arc::new(mailer),
             Arc::clone(clock),
-            DispatchPolicy {
-                lease: Duration::from_millis(settings.outbox.lease_ms.max(1_000)),
-                backoff: Backoff {
-                    base: Duration::from_millis(settings.outbox.retry_base_ms.max(1)),
-                    max: Duration::from_millis(settings.outbox.retry_max_ms.max(1)),
-                    jitter: 0.2,
-                },
-            },
+            dispatch_policy(&settings.outbox),
         ));
         Ok(Self {
             outbox,
@@ -414,6 +410,18 @@ fn spawn_jobs(settings: &JobsSettings, services: &Services) -> Option<tokio::tas
             }
         }
     }))
+}
+
+/// Leases, and retries after 1×, 2×, 4× … the base delay, capped, with up to 20% jitter.
+fn dispatch_policy(settings: &OutboxSettings) -> DispatchPolicy {
+    DispatchPolicy {
+        lease: Duration::from_millis(settings.lease_ms.max(1_000)),
+        backoff: Backoff {
+            base: Duration::from_millis(settings.retry_base_ms.max(1)),
+            max: Duration::from_millis(settings.retry_max_ms.max(1)),
+            jitter: 0.2,
+        },
+    }
 }
 
 /// Delivers the outbox every interval until the server stops.

@@ -1,6 +1,7 @@
 //! The reward catalogue an administrator maintains (DOMAIN.md §5), and the ONe coupon pools its
 //! codes go to.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use chrono::NaiveDate;
@@ -10,10 +11,12 @@ use crate::domain::calendar::day_of;
 use crate::domain::clock::Clock;
 use crate::domain::coupons::{Coupon, CouponSpec, CouponStatus, CouponType, SpecContext};
 use crate::domain::idempotency::IdempotencyRecord;
+use crate::domain::tenant::TenantId;
 use crate::domain::validation::Invalid;
 use crate::persistence::coupons::CouponPoolRecord;
 use crate::persistence::{CouponRepository, IdempotencyRepository, RepoError, SettingsRepository};
 use crate::service::idempotency::{IdempotencyError, RequestKey, prior_result};
+use crate::service::promotions::PromotionsGateway;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CouponError {
@@ -52,6 +55,7 @@ pub struct CouponFilter {
 
 pub struct CouponService {
     repo: Arc<dyn CouponRepository>,
+    promotions: Arc<dyn PromotionsGateway>,
     settings: Arc<dyn SettingsRepository>,
     requests: Arc<dyn IdempotencyRepository>,
     clock: Arc<dyn Clock>,
@@ -60,12 +64,14 @@ pub struct CouponService {
 impl CouponService {
     pub fn new(
         repo: Arc<dyn CouponRepository>,
+        promotions: Arc<dyn PromotionsGateway>,
         settings: Arc<dyn SettingsRepository>,
         requests: Arc<dyn IdempotencyRepository>,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             repo,
+            promotions,
             settings,
             requests,
             clock,
@@ -213,7 +219,9 @@ impl CouponService {
         .await?)
     }
 
-    /// A page of the tenant's ONe coupon pools.
+    /// A page of the tenant's ONe coupon pools. The first page asks ONe first and refreshes
+    /// the local copy; when ONe cannot be asked, the copy from the last refresh (or from
+    /// synchronization) is served.
     ///
     /// # Errors
     /// The database.
@@ -223,6 +231,11 @@ impl CouponService {
         after: Option<String>,
         page_size: u64,
     ) -> Result<(Vec<CouponPoolRecord>, Option<String>), CouponError> {
+        if after.is_none()
+            && let Err(why) = self.refresh_pools(&caller.tenant).await?
+        {
+            tracing::warn!(tenant = %caller.tenant, %why, "pools served from the local copy");
+        }
         let mut pools = self
             .repo
             .pools(&caller.tenant, after, page_size + 1)
@@ -233,6 +246,64 @@ impl CouponService {
             pools.last().map(|p| p.pool_id.clone())
         });
         Ok((pools, next.flatten()))
+    }
+
+    /// Reads every pool of the tenant from ONe into the local copy; a pool ONe no longer lists
+    /// is kept as inactive (coupons name it). `Ok(Err(why))`: ONe could not be asked.
+    async fn refresh_pools(&self, tenant: &TenantId) -> Result<Result<usize, String>, CouponError> {
+        const PAGE: u32 = 500;
+        // A bound on the pages read, so that a misbehaving ONe cannot keep us looping.
+        const MAX_PAGES: u32 = 200;
+        let mut seen = BTreeSet::new();
+        for page_number in 1..=MAX_PAGES {
+            let page = match self.promotions.list_pools(tenant, page_number, PAGE).await {
+                Ok(page) => page,
+                Err(why) => return Ok(Err(why)),
+            };
+            for pool in &page.pools {
+                self.repo.save_pool(tenant, pool).await?;
+                seen.insert(pool.pool_id.clone());
+            }
+            if !page.more {
+                break;
+            }
+        }
+        let mut after = None;
+        loop {
+            let batch = self.repo.pools(tenant, after, 500).await?;
+            let Some(last) = batch.last().map(|p| p.pool_id.clone()) else {
+                break;
+            };
+            for gone in batch
+                .into_iter()
+                .filter(|p| p.active && !seen.contains(&p.pool_id))
+            {
+                self.repo
+                    .save_pool(
+                        tenant,
+                        &CouponPoolRecord {
+                            active: false,
+                            ..gone
+                        },
+                    )
+                    .await?;
+            }
+            after = Some(last);
+        }
+        Ok(Ok(seen.len()))
+    }
+
+    /// Whether the pool is active in ONe: the local copy, refreshed from ONe when the copy does
+    /// not know it (a pool created in ONe since the last refresh).
+    async fn pool_active(&self, tenant: &TenantId, pool_id: &str) -> Result<bool, CouponError> {
+        let known = |p: Option<CouponPoolRecord>| p.is_some_and(|p| p.active);
+        if known(self.repo.pool(tenant, pool_id).await?) {
+            return Ok(true);
+        }
+        if let Err(why) = self.refresh_pools(tenant).await? {
+            tracing::warn!(%tenant, %why, "pool checked against the local copy only");
+        }
+        Ok(known(self.repo.pool(tenant, pool_id).await?))
     }
 
     async fn check(
@@ -247,11 +318,7 @@ impl CouponService {
             self.clock.now(),
         );
         let pool_known = match &spec.pool_id {
-            Some(pool) => self
-                .repo
-                .pool(&caller.tenant, pool)
-                .await?
-                .is_some_and(|p| p.active),
+            Some(pool) => self.pool_active(&caller.tenant, pool).await?,
             None => false,
         };
         spec.check(SpecContext {

@@ -8,6 +8,7 @@ pub mod idempotency;
 pub mod ledger;
 pub mod outbox;
 pub mod pricing;
+pub mod promotions;
 pub mod redeem;
 pub mod rules;
 pub mod settings;

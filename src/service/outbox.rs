@@ -9,31 +9,14 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
-use chrono::NaiveDate;
-
 use crate::domain::access::Caller;
 use crate::domain::clock::Clock;
 use crate::domain::redemption::{
     AlertEmail, Backoff, Delivery, DeliveryOutcome, OutboxMessage, RedemptionStatus,
 };
-use crate::domain::tenant::TenantId;
+use crate::service::promotions::PromotionsGateway;
 use crate::service::redeem::{RedeemError, RedeemService};
-
-/// The ONe promotions service, as the outbox needs it.
-#[cfg_attr(test, mockall::automock)]
-#[async_trait]
-pub trait PromotionsGateway: Send + Sync {
-    /// Adds one code to a pool. ONe treats a code it already holds as delivered.
-    async fn add_code(
-        &self,
-        tenant: &TenantId,
-        pool_id: &str,
-        code: &str,
-        valid_until: NaiveDate,
-        reference: &str,
-    ) -> DeliveryOutcome;
-}
+use async_trait::async_trait;
 
 /// Sends e-mail.
 #[cfg_attr(test, mockall::automock)]

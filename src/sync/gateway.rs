@@ -12,8 +12,9 @@ use tonic::transport::{Channel, Endpoint};
 use crate::config::CoreSettings;
 use crate::domain::redemption::DeliveryOutcome;
 use crate::domain::tenant::TenantId;
+use crate::persistence::coupons::CouponPoolRecord;
 use crate::proto::core::v1 as core;
-use crate::service::outbox::PromotionsGateway;
+use crate::service::promotions::{PoolPage, PromotionsGateway};
 
 /// The ONe core over gRPC; `None` channel when no endpoint is configured.
 #[derive(Debug, Clone)]
@@ -88,6 +89,57 @@ impl PromotionsGateway for CoreClient {
             Ok(reply) => code_outcome(code, &reply.into_inner()),
             Err(status) => status_outcome(&status),
         }
+    }
+
+    async fn list_pools(
+        &self,
+        tenant: &TenantId,
+        page_number: u32,
+        page_size: u32,
+    ) -> Result<PoolPage, String> {
+        let Some(channel) = &self.channel else {
+            return Err("no ONe core endpoint is configured".into());
+        };
+        let mut client =
+            core::promotion_service_client::PromotionServiceClient::new(channel.clone());
+        let request = self.request(
+            tenant,
+            core::ListCouponPoolsRequest {
+                page_number,
+                page_size,
+            },
+        );
+        let reply = client
+            .list_coupon_pools(request)
+            .await
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))?
+            .into_inner();
+        // ONe may serve smaller pages than asked for; its own page size counts.
+        let served_size = reply
+            .page
+            .as_ref()
+            .map_or(page_size, |p| p.page_size)
+            .max(1);
+        let seen = u64::from(page_number.saturating_sub(1)) * u64::from(served_size)
+            + reply.pools.len() as u64;
+        let more = match &reply.page {
+            Some(page) if page.total_count > 0 => seen < page.total_count,
+            _ => reply.pools.len() == usize::try_from(page_size).unwrap_or(usize::MAX),
+        };
+        Ok(PoolPage {
+            pools: reply
+                .pools
+                .into_iter()
+                .map(|p| CouponPoolRecord {
+                    pool_id: p.id,
+                    name: p.name,
+                    campaign_id: p.campaign_id,
+                    campaign_name: p.campaign_name,
+                    active: p.active,
+                })
+                .collect(),
+            more,
+        })
     }
 }
 

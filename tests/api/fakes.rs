@@ -27,6 +27,7 @@ struct PoolState {
     codes: BTreeMap<String, (String, String, String)>,
     calls: usize,
     already_present: usize,
+    pools: Vec<core::CouponPool>,
 }
 
 /// The ONe promotions service, holding the codes it was given.
@@ -55,6 +56,21 @@ impl FakePromotions {
         self.state.lock().expect("lock").mode = Some(mode);
     }
 
+    /// The tenant's pools, as (id, active).
+    pub fn set_pools(&self, pools: &[(&str, bool)]) {
+        self.state.lock().expect("lock").pools = pools
+            .iter()
+            .map(|(id, active)| core::CouponPool {
+                id: (*id).into(),
+                name: format!("{id} codes"),
+                campaign_id: format!("camp-{id}"),
+                campaign_name: "Campaign".into(),
+                active: *active,
+                updated_at: None,
+            })
+            .collect();
+    }
+
     /// The codes held, with (pool, valid until, reference).
     pub fn codes(&self) -> BTreeMap<String, (String, String, String)> {
         self.state.lock().expect("lock").codes.clone()
@@ -69,6 +85,35 @@ impl FakePromotions {
 
 #[tonic::async_trait]
 impl core::promotion_service_server::PromotionService for FakePromotions {
+    async fn list_coupon_pools(
+        &self,
+        request: tonic::Request<core::ListCouponPoolsRequest>,
+    ) -> Result<tonic::Response<core::ListCouponPoolsResponse>, tonic::Status> {
+        let m = request.into_inner();
+        let state = self.state.lock().expect("lock");
+        if state.mode == Some(PoolMode::Down) {
+            return Err(tonic::Status::unavailable("ONe is down"));
+        }
+        // Pages of at most 2, to exercise paging.
+        let size = m.page_size.clamp(1, 2);
+        let start = (m.page_number.max(1) - 1) as usize * size as usize;
+        let pools = state
+            .pools
+            .iter()
+            .skip(start)
+            .take(size as usize)
+            .cloned()
+            .collect();
+        Ok(tonic::Response::new(core::ListCouponPoolsResponse {
+            pools,
+            page: Some(core::PageInfo {
+                page_number: m.page_number,
+                page_size: size,
+                total_count: state.pools.len() as u64,
+            }),
+        }))
+    }
+
     async fn add_coupon_codes(
         &self,
         request: tonic::Request<core::AddCouponCodesRequest>,

@@ -11,11 +11,13 @@ use one_loyalty::domain::directory::{ClientRecord, UserRecord};
 use one_loyalty::domain::tenant::TenantId;
 use one_loyalty::persistence::LedgerRepository;
 use one_loyalty::persistence::db;
-use one_loyalty::persistence::entities::{balances, ledger_events};
+use one_loyalty::persistence::entities::{balances, ledger_events, reservations};
 use one_loyalty::persistence::ledger::SeaLedgerRepository;
 use one_loyalty::proto::loyalty::v1 as pb;
 use one_loyalty::startup::{Application, Services};
-use sea_orm::{ConnectionTrait, DatabaseConnection, EntityTrait, QuerySelect};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QuerySelect,
+};
 use tokio::sync::oneshot;
 use tonic::metadata::MetadataValue;
 use tonic::transport::Channel;
@@ -146,6 +148,36 @@ impl TestDb {
                     "ledger of tenant {id} broken: {violations:?}"
                 );
             }
+        }
+        // The reserved part of every balance is what its held reservations hold.
+        let held: Vec<(String, String, i64)> = reservations::Entity::find()
+            .select_only()
+            .column(reservations::Column::TenantId)
+            .column(reservations::Column::ClientId)
+            .column_as(
+                sea_orm::sea_query::Expr::cust("CAST(SUM(points) AS BIGINT)"),
+                "held",
+            )
+            .filter(reservations::Column::Status.eq("HELD"))
+            .group_by(reservations::Column::TenantId)
+            .group_by(reservations::Column::ClientId)
+            .into_tuple()
+            .all(&self.db)
+            .await
+            .expect("held reservations");
+        let held: std::collections::BTreeMap<(String, String), i64> =
+            held.into_iter().map(|(t, c, p)| ((t, c), p)).collect();
+        for row in balances::Entity::find()
+            .all(&self.db)
+            .await
+            .expect("balances")
+        {
+            let key = (row.tenant_id.clone(), row.client_id.clone());
+            assert_eq!(
+                row.reserved,
+                held.get(&key).copied().unwrap_or(0),
+                "reserved points of {key:?} differ from its held reservations"
+            );
         }
     }
 

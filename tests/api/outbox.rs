@@ -11,7 +11,8 @@ use one_loyalty::domain::tenant::TenantId;
 use one_loyalty::persistence::RedemptionRepository;
 use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
 use one_loyalty::proto::loyalty::v1 as pb;
-use one_loyalty::service::outbox::{DispatchReport, PromotionsGateway};
+use one_loyalty::service::outbox::DispatchReport;
+use one_loyalty::service::promotions::PromotionsGateway;
 use rust_decimal::Decimal;
 
 use crate::coupons::{create, special};
@@ -25,6 +26,7 @@ on_both_backends!(OutboxApp:
     a_delivery_cut_short_by_a_crash_is_redone_and_lands_once,
     a_code_refused_for_good_fails_the_redemption_and_refunds_it,
     a_special_coupon_sends_exactly_one_email,
+    pools_are_read_live_from_one_and_a_coupon_needs_one_that_exists_there,
 );
 
 on_both_backends!(LiveOutboxApp:
@@ -334,4 +336,56 @@ async fn the_background_dispatcher_issues_codes_without_being_asked(app: &LiveOu
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(app.pool.codes().contains_key(&redeemed.code));
+}
+
+async fn pools_are_read_live_from_one_and_a_coupon_needs_one_that_exists_there(app: &OutboxApp) {
+    app.pool.set_pools(&[("p-live", true), ("p-closed", false)]);
+    let coupons = || pb::coupon_service_client::CouponServiceClient::new(app.channel.clone());
+    let list = || async {
+        coupons()
+            .list_coupon_pools(app.request(pb::ListCouponPoolsRequest::default()))
+            .await
+            .expect("pools")
+            .into_inner()
+            .pools
+            .into_iter()
+            .map(|p| (p.pool_id, p.active))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        list().await,
+        vec![("p-closed".to_owned(), false), ("p-live".to_owned(), true)]
+    );
+    let on = |pool: &str| pb::CouponSpec {
+        pool_id: pool.into(),
+        ..crate::coupons::spec(&format!("On {pool}"))
+    };
+    // A pool created in ONe after the last listing is found when a coupon names it.
+    app.pool
+        .set_pools(&[("p-live", true), ("p-closed", false), ("p-new", true)]);
+    create(app, "on-new", on("p-new"))
+        .await
+        .expect("a pool ONe holds");
+    for (pool, why) in [("p-closed", "inactive"), ("p-missing", "unknown to ONe")] {
+        let refused = create(app, &format!("on-{pool}"), on(pool))
+            .await
+            .expect_err(why);
+        assert_eq!(
+            crate::helpers::violated_fields(&refused),
+            vec!["spec.pool_id"],
+            "{why}"
+        );
+    }
+    // A pool ONe dropped stays in the copy as inactive; with ONe down, the copy is served.
+    app.pool.set_pools(&[("p-live", true)]);
+    assert_eq!(
+        list().await,
+        vec![
+            ("p-closed".to_owned(), false),
+            ("p-live".to_owned(), true),
+            ("p-new".to_owned(), false)
+        ]
+    );
+    app.pool.set_mode(PoolMode::Down);
+    assert_eq!(list().await.len(), 3, "the local copy while ONe is down");
 }

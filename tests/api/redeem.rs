@@ -28,6 +28,7 @@ on_both_backends!(ClockedApp:
     reserved_points_cannot_be_spent_elsewhere_and_are_committed_once,
     expired_reservations_are_released_by_the_job,
     bad_redeem_and_reserve_requests_name_their_fields_and_change_nothing,
+    reserved_points_of_an_expiring_lot_expire_only_if_the_reservation_gives_them_back,
 );
 
 pub fn redeem_client(app: &ClockedApp) -> RedeemServiceClient<Channel> {
@@ -714,5 +715,107 @@ async fn bad_redeem_and_reserve_requests_name_their_fields_and_change_nothing(ap
     assert_eq!(
         (points(&b.available), points(&b.reserved)),
         (points("10"), points("0"))
+    );
+}
+
+/// Points earned in a lot that expires on 2026-03-23, all reserved just before midnight.
+async fn reserve_an_expiring_lot(app: &ClockedApp, client_id: &str) -> pb::Reservation {
+    use one_loyalty::domain::clock::Clock;
+    use one_loyalty::domain::ledger::{EventType, LotTerms, NewLedgerEvent};
+    use one_loyalty::persistence::LedgerRepository;
+    funded_client(app, client_id, "0.01", &[]).await;
+    let clock: Arc<dyn Clock> = app.clock.clone();
+    let ledger =
+        one_loyalty::persistence::ledger::SeaLedgerRepository::new(app.store.db.clone(), clock);
+    let earned_at = chrono::DateTime::parse_from_rfc3339("2026-03-20T12:00:00Z")
+        .expect("instant")
+        .to_utc();
+    let earn = NewLedgerEvent {
+        client_id: client_id.into(),
+        event_type: EventType::Earn,
+        points: points("100"),
+        occurred_at: earned_at,
+        document_id: Some(format!("inv-{client_id}")),
+        request_id: None,
+        reason_code: None,
+        reason: None,
+        actor_key_id: None,
+        actor_user_id: None,
+        related_event_id: None,
+        redemption_id: None,
+        reservation_id: None,
+        stacking_mode: None,
+        lot: Some(LotTerms {
+            unlocks_at: None,
+            expires_at: Some(
+                chrono::DateTime::parse_from_rfc3339("2026-03-23T00:00:00Z")
+                    .expect("instant")
+                    .to_utc(),
+            ),
+        }),
+    };
+    let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
+    ledger.append(&tenant, &earn, None).await.expect("earn");
+    app.set_time("2026-03-22T23:55:00Z");
+    reserve(
+        app,
+        reserve_request(&format!("hold-{client_id}"), client_id, "100.01"),
+    )
+    .await
+    .expect("reserve everything")
+}
+
+async fn reserved_points_of_an_expiring_lot_expire_only_if_the_reservation_gives_them_back(
+    app: &ClockedApp,
+) {
+    let committed = reserve_an_expiring_lot(app, "org:buyer").await;
+    app.set_time("2026-03-22T23:50:00Z");
+    let released = reserve_an_expiring_lot(app, "org:quitter").await;
+
+    // The lot is due, but its points are reserved: expiring them now would overdraw.
+    app.set_time("2026-03-23T00:05:00Z");
+    assert_eq!(
+        app.services.ledger.run_lot_jobs(100).await.expect("job"),
+        (0, 0)
+    );
+    for client in ["org:buyer", "org:quitter"] {
+        let b = balance(app, client).await;
+        assert_eq!(
+            (points(&b.total), points(&b.available), points(&b.reserved)),
+            (points("100.01"), points("0"), points("100.01")),
+            "{client}"
+        );
+    }
+    // Committed: the order spent the lot's points; nothing is left to expire.
+    redeem_client(app)
+        .commit_reservation(app.request(pb::CommitReservationRequest {
+            request_id: "commit-buyer".into(),
+            reservation_id: committed.reservation_id.clone(),
+            order_number: "ORD-77".into(),
+        }))
+        .await
+        .expect("commit before the hold ends");
+    // Released: the points come back and the overdue lot expires on the next run.
+    redeem_client(app)
+        .release_reservation(app.request(pb::ReleaseReservationRequest {
+            request_id: "release-quitter".into(),
+            reservation_id: released.reservation_id.clone(),
+        }))
+        .await
+        .expect("release");
+    assert_eq!(
+        app.services.ledger.run_lot_jobs(100).await.expect("job"),
+        (0, 1)
+    );
+    let buyer = balance(app, "org:buyer").await;
+    assert_eq!(
+        (points(&buyer.total), points(&buyer.available)),
+        (points("0"), points("0"))
+    );
+    let quitter = balance(app, "org:quitter").await;
+    assert_eq!(
+        (points(&quitter.total), points(&quitter.available)),
+        (points("0.01"), points("0.01")),
+        "the 100 expired, the adjustment outside the lot did not"
     );
 }
