@@ -18,6 +18,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
     pub jobs: JobsSettings,
     pub core: CoreSettings,
+    pub sync: SyncSettings,
     pub outbox: OutboxSettings,
     pub smtp: SmtpSettings,
     pub codes: CodeSettings,
@@ -36,6 +37,20 @@ pub struct CoreSettings {
     pub token: String,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
+}
+
+/// Synchronization with ONe core.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SyncSettings {
+    pub enabled: bool,
+    /// How often the scheduler looks for tenants whose interval has passed.
+    pub interval_ms: u64,
+    /// Changes per read of a change feed (ONe asks for at most about 10,000 lines).
+    pub batch_size: u32,
+    /// Items per page of a full list.
+    pub page_size: u32,
+    /// Reads per run of one stream.
+    pub max_batches: u32,
 }
 
 /// The dispatcher of the outbox (codes into ONe pools, SPECIAL e-mails).

@@ -7,6 +7,7 @@ pub mod mail;
 pub mod persistence;
 pub mod proto;
 pub mod service;
+pub mod sim;
 pub mod startup;
 pub mod sync;
 pub mod telemetry;

@@ -25,7 +25,7 @@ use crate::grpc::metrics::MetricsLayer;
 use crate::grpc::redeem::RedeemGrpc;
 use crate::grpc::rules::RulesGrpc;
 use crate::grpc::settings::SettingsGrpc;
-use crate::grpc::stubs::SyncGrpc;
+use crate::grpc::sync::SyncGrpc;
 use crate::mail::SmtpMailer;
 use crate::persistence::access::SeaAccessRepository;
 use crate::persistence::agreements::SeaAgreementRepository;
@@ -39,6 +39,7 @@ use crate::persistence::redemptions::SeaRedemptionRepository;
 use crate::persistence::reservations::SeaReservationRepository;
 use crate::persistence::rules::SeaRulesRepository;
 use crate::persistence::settings::SeaSettingsRepository;
+use crate::persistence::sync::SeaSyncRepository;
 use crate::persistence::{
     CatalogRepository, CouponRepository, DirectoryRepository, IdempotencyRepository,
     LedgerRepository, RepoError, RulesRepository, SettingsRepository, db,
@@ -56,6 +57,7 @@ use crate::service::promotions::PromotionsGateway;
 use crate::service::redeem::{RedeemDependencies, RedeemService};
 use crate::service::rules::RulesService;
 use crate::service::settings::SettingsService;
+use crate::service::sync::{CoreGateway, SyncLimits, SyncService};
 use crate::sync::gateway::CoreClient;
 
 /// Every loyalty service the server exposes, as health and reflection name them.
@@ -117,6 +119,7 @@ pub struct Services {
     pub redeem: Arc<RedeemService>,
     pub coupon_repo: Arc<dyn CouponRepository>,
     pub outbox: Arc<OutboxDispatcher>,
+    pub sync: Arc<SyncService>,
 }
 
 impl Services {
@@ -167,6 +170,7 @@ impl Services {
         }));
         let coupon_repo: Arc<dyn CouponRepository> = Arc::new(SeaCouponRepository::new(db.clone()));
         let core = Arc::new(core);
+        let sync = sync_service(db, &core, &settings_repo, clock, settings);
         let coupons = Arc::new(CouponService::new(
             Arc::clone(&coupon_repo),
             Arc::clone(&core) as Arc<dyn PromotionsGateway>,
@@ -194,6 +198,7 @@ impl Services {
         ));
         Ok(Self {
             outbox,
+            sync,
             coupons,
             coupon_repo,
             redeem,
@@ -325,6 +330,7 @@ impl Application {
         };
         let jobs = spawn_jobs(&self.settings.jobs, &self.services);
         let outbox = spawn_outbox(&self.settings.outbox, &self.services);
+        let sync = spawn_sync(&self.settings, &self.services);
         tracing::info!(port = self.port, "serving gRPC");
         Server::builder()
             .timeout(server.request_timeout())
@@ -363,11 +369,11 @@ impl Application {
             ))
             .add_service(limited!(
                 pb::sync_service_server::SyncServiceServer<_>,
-                SyncGrpc
+                SyncGrpc::new(Arc::clone(&self.services.sync))
             ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal)
             .await?;
-        for task in [jobs, outbox].into_iter().flatten() {
+        for task in [jobs, outbox, sync].into_iter().flatten() {
             task.abort();
         }
         self.db.close_by_ref().await.ok();
@@ -412,6 +418,27 @@ fn spawn_jobs(settings: &JobsSettings, services: &Services) -> Option<tokio::tas
     }))
 }
 
+/// Synchronization over the ONe core client, with the configured limits.
+fn sync_service(
+    db: &DatabaseConnection,
+    core: &Arc<CoreClient>,
+    settings_repo: &Arc<dyn SettingsRepository>,
+    clock: &Arc<dyn Clock>,
+    settings: &Settings,
+) -> Arc<SyncService> {
+    Arc::new(SyncService::new(
+        Arc::clone(core) as Arc<dyn CoreGateway>,
+        Arc::new(SeaSyncRepository::new(db.clone())),
+        Arc::clone(settings_repo),
+        Arc::clone(clock),
+        SyncLimits {
+            batch_size: settings.sync.batch_size.clamp(1, 10_000),
+            page_size: settings.sync.page_size.clamp(1, 10_000),
+            max_batches: settings.sync.max_batches.max(1),
+        },
+    ))
+}
+
 /// Leases, and retries after 1×, 2×, 4× … the base delay, capped, with up to 20% jitter.
 fn dispatch_policy(settings: &OutboxSettings) -> DispatchPolicy {
     DispatchPolicy {
@@ -444,6 +471,26 @@ fn spawn_outbox(
                 Ok(report) if report == DispatchReport::default() => {}
                 Ok(report) => tracing::info!(?report, "outbox dispatched"),
                 Err(err) => tracing::warn!(%err, "outbox not dispatched; retried next tick"),
+            }
+        }
+    }))
+}
+
+/// Reads ONe every interval until the server stops; each tenant at its own document
+/// synchronization interval. Off when no ONe core endpoint is configured.
+fn spawn_sync(settings: &Settings, services: &Services) -> Option<tokio::task::JoinHandle<()>> {
+    if !settings.sync.enabled || settings.core.endpoint.trim().is_empty() {
+        return None;
+    }
+    let sync = Arc::clone(&services.sync);
+    let interval = Duration::from_millis(settings.sync.interval_ms.max(100));
+    Some(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            if let Err(err) = sync.run_due_tenants().await {
+                tracing::warn!(%err, "synchronization round failed; retried next tick");
             }
         }
     }))

@@ -17,5 +17,6 @@ pub mod redemption;
 pub mod rule_spec;
 pub mod rules;
 pub mod settings;
+pub mod sync;
 pub mod tenant;
 pub mod validation;

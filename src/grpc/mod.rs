@@ -12,7 +12,7 @@ pub mod redeem;
 pub mod rules;
 pub mod settings;
 pub mod status;
-pub mod stubs;
+pub mod sync;
 
 use prost::Message;
 use sha2::{Digest, Sha256};

@@ -16,6 +16,7 @@ use crate::service::ledger::LedgerError;
 use crate::service::redeem::RedeemError;
 use crate::service::rules::RulesError;
 use crate::service::settings::SettingsError;
+use crate::service::sync::{GatewayError, SyncError};
 
 /// `INVALID_ARGUMENT` with one field violation per bad field.
 pub fn invalid(invalid: &Invalid) -> Status {
@@ -163,6 +164,21 @@ impl From<RedeemError> for Status {
             RedeemError::Refused(why) => Status::failed_precondition(why.clone()),
             RedeemError::RequestId(cause) => request_id(cause),
             RedeemError::Repo(cause) => repo(cause),
+        }
+    }
+}
+
+impl From<SyncError> for Status {
+    fn from(err: SyncError) -> Self {
+        match &err {
+            SyncError::Gateway(GatewayError::NotConfigured) => {
+                Status::failed_precondition(err.to_string())
+            }
+            SyncError::Gateway(GatewayError::Unavailable(_)) => {
+                Status::unavailable(err.to_string())
+            }
+            SyncError::Gateway(GatewayError::Malformed(cause)) => internal(cause),
+            SyncError::Repo(cause) => repo(cause),
         }
     }
 }

@@ -49,39 +49,7 @@ impl AgreementRepository for SeaAgreementRepository {
         // Written first, so that on SQLite the write lock serializes the rest of the transaction;
         // the outcomes are filled in at the end.
         insert_record(&txn, tenant, request).await?;
-        let mut outcomes = Vec::with_capacity(events.len());
-        let mut touched = BTreeSet::new();
-        for event in events {
-            if let Some(stored) = find_event(&txn, tenant, &event.event_id).await? {
-                if !stored.same_as(event) {
-                    return Err(RepoError::Conflict(format!(
-                        "consent event {} was recorded with other content",
-                        event.event_id
-                    )));
-                }
-                outcomes.push(ConsentOutcome::Duplicate);
-                continue;
-            }
-            consent_events::Entity::insert(event_row(tenant, event))
-                .exec(&txn)
-                .await
-                .map_err(classify)?;
-            touched.insert((event.client_id.clone(), event.declaration_type_id.clone()));
-            outcomes.push(ConsentOutcome::Recorded);
-        }
-        for (client_id, declaration_type) in &touched {
-            lock_client(&txn, tenant, client_id).await?;
-            recompute_eligibility(&txn, tenant, client_id, declaration_type).await?;
-        }
-        for (event, outcome) in events.iter().zip(outcomes.iter_mut()) {
-            if *outcome == ConsentOutcome::Recorded && event.action == ConsentAction::Withdraw {
-                let (user, history) =
-                    user_history(&txn, tenant, &event.user_id, &event.declaration_type_id).await?;
-                if !held_before(&user, &history, event.occurred_at) {
-                    *outcome = ConsentOutcome::NoEffect;
-                }
-            }
-        }
+        let outcomes = record_consents_in(&txn, tenant, events).await?;
         let codes: String = outcomes.iter().map(|o| o.code()).collect();
         set_result_ref(&txn, tenant, &request.request_id, &codes).await?;
         txn.commit().await.map_err(classify)?;
@@ -96,36 +64,7 @@ impl AgreementRepository for SeaAgreementRepository {
     ) -> Result<(), RepoError> {
         let txn = self.db.begin().await.map_err(classify)?;
         insert_record(&txn, tenant, request).await?;
-        let row = agreement_versions::ActiveModel {
-            tenant_id: Set(tenant.as_str().to_owned()),
-            declaration_type_id: Set(version.declaration_type_id.clone()),
-            version: Set(to_i32(version.version)?),
-            published_at: Set(version.published_at.fixed_offset()),
-            title: Set(version.title.clone()),
-            content_url: Set(version.content_url.clone()),
-            recorded_at: Set(SystemClock.now().fixed_offset()),
-        };
-        agreement_versions::Entity::insert(row)
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
-        let clients: Vec<String> = consent_events::Entity::find()
-            .select_only()
-            .column(consent_events::Column::ClientId)
-            .distinct()
-            .filter(consent_events::Column::TenantId.eq(tenant.as_str()))
-            .filter(
-                consent_events::Column::DeclarationTypeId.eq(version.declaration_type_id.as_str()),
-            )
-            .order_by_asc(consent_events::Column::ClientId)
-            .into_tuple()
-            .all(&txn)
-            .await
-            .map_err(classify)?;
-        for client_id in &clients {
-            lock_client(&txn, tenant, client_id).await?;
-            recompute_eligibility(&txn, tenant, client_id, &version.declaration_type_id).await?;
-        }
+        publish_version_in(&txn, tenant, version).await?;
         txn.commit().await.map_err(classify)
     }
 
@@ -435,4 +374,86 @@ pub(crate) async fn declaration_types_of(
         .all(conn)
         .await
         .map_err(classify)
+}
+
+/// Records consent events inside the caller's transaction and recomputes the eligibility of the
+/// clients they touch. An event id recorded before with the same content is a `Duplicate`; with
+/// other content, `Conflict`.
+pub(crate) async fn record_consents_in(
+    conn: &sea_orm::DatabaseTransaction,
+    tenant: &TenantId,
+    events: &[ConsentEvent],
+) -> Result<Vec<ConsentOutcome>, RepoError> {
+    let mut outcomes = Vec::with_capacity(events.len());
+    let mut touched = BTreeSet::new();
+    for event in events {
+        if let Some(stored) = find_event(conn, tenant, &event.event_id).await? {
+            if !stored.same_as(event) {
+                return Err(RepoError::Conflict(format!(
+                    "consent event {} was recorded with other content",
+                    event.event_id
+                )));
+            }
+            outcomes.push(ConsentOutcome::Duplicate);
+            continue;
+        }
+        consent_events::Entity::insert(event_row(tenant, event))
+            .exec(conn)
+            .await
+            .map_err(classify)?;
+        touched.insert((event.client_id.clone(), event.declaration_type_id.clone()));
+        outcomes.push(ConsentOutcome::Recorded);
+    }
+    for (client_id, declaration_type) in &touched {
+        lock_client(conn, tenant, client_id).await?;
+        recompute_eligibility(conn, tenant, client_id, declaration_type).await?;
+    }
+    for (event, outcome) in events.iter().zip(outcomes.iter_mut()) {
+        if *outcome == ConsentOutcome::Recorded && event.action == ConsentAction::Withdraw {
+            let (user, history) =
+                user_history(conn, tenant, &event.user_id, &event.declaration_type_id).await?;
+            if !held_before(&user, &history, event.occurred_at) {
+                *outcome = ConsentOutcome::NoEffect;
+            }
+        }
+    }
+    Ok(outcomes)
+}
+
+/// Stores an agreement version inside the caller's transaction and recomputes the eligibility
+/// of every client with consents of its type. `Conflict`: the version exists.
+pub(crate) async fn publish_version_in(
+    conn: &sea_orm::DatabaseTransaction,
+    tenant: &TenantId,
+    version: &AgreementVersion,
+) -> Result<(), RepoError> {
+    let row = agreement_versions::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        declaration_type_id: Set(version.declaration_type_id.clone()),
+        version: Set(to_i32(version.version)?),
+        published_at: Set(version.published_at.fixed_offset()),
+        title: Set(version.title.clone()),
+        content_url: Set(version.content_url.clone()),
+        recorded_at: Set(SystemClock.now().fixed_offset()),
+    };
+    agreement_versions::Entity::insert(row)
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    let clients: Vec<String> = consent_events::Entity::find()
+        .select_only()
+        .column(consent_events::Column::ClientId)
+        .distinct()
+        .filter(consent_events::Column::TenantId.eq(tenant.as_str()))
+        .filter(consent_events::Column::DeclarationTypeId.eq(version.declaration_type_id.as_str()))
+        .order_by_asc(consent_events::Column::ClientId)
+        .into_tuple()
+        .all(conn)
+        .await
+        .map_err(classify)?;
+    for client_id in &clients {
+        lock_client(conn, tenant, client_id).await?;
+        recompute_eligibility(conn, tenant, client_id, &version.declaration_type_id).await?;
+    }
+    Ok(())
 }

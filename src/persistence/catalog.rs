@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    TransactionTrait,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, TransactionTrait,
 };
 
 use super::CatalogRepository;
@@ -40,56 +40,9 @@ impl CatalogRepository for SeaCatalogRepository {
         product: &ProductRecord,
     ) -> Result<(), RepoError> {
         let txn = self.db.begin().await.map_err(classify)?;
-        let row = products::ActiveModel {
-            tenant_id: Set(tenant.as_str().to_owned()),
-            product_id: Set(product.product_id.clone()),
-            name: Set(product.name.clone()),
-            sku: Set(product.sku.clone()),
-            category_id: Set(product.category_id.clone()),
-            manufacturer_id: Set(product.manufacturer_id.clone()),
-            is_ecommerce: Set(product.is_ecommerce),
-            active: Set(product.active),
-            removed_at: Set(None),
-            updated_at: Set(product.updated_at.fixed_offset()),
-        };
-        products::Entity::insert(row)
-            .on_conflict(
-                OnConflict::columns([products::Column::TenantId, products::Column::ProductId])
-                    .update_columns([
-                        products::Column::Name,
-                        products::Column::Sku,
-                        products::Column::CategoryId,
-                        products::Column::ManufacturerId,
-                        products::Column::IsEcommerce,
-                        products::Column::Active,
-                        products::Column::UpdatedAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
-        product_labels::Entity::delete_many()
-            .filter(product_labels::Column::TenantId.eq(tenant.as_str()))
-            .filter(product_labels::Column::ProductId.eq(product.product_id.as_str()))
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
-        if !product.label_ids.is_empty() {
-            let labels = product
-                .label_ids
-                .iter()
-                .map(|label| product_labels::ActiveModel {
-                    tenant_id: Set(tenant.as_str().to_owned()),
-                    product_id: Set(product.product_id.clone()),
-                    label_id: Set(label.clone()),
-                });
-            product_labels::Entity::insert_many(labels)
-                .exec(&txn)
-                .await
-                .map_err(classify)?;
-        }
-        txn.commit().await.map_err(classify)
+        let done = save_product_in(&txn, tenant, product).await?;
+        txn.commit().await.map_err(classify)?;
+        Ok(done)
     }
 
     async fn save_category(
@@ -98,86 +51,13 @@ impl CatalogRepository for SeaCatalogRepository {
         category: &CategoryRecord,
     ) -> Result<(), RepoError> {
         let txn = self.db.begin().await.map_err(classify)?;
-        let row = categories::ActiveModel {
-            tenant_id: Set(tenant.as_str().to_owned()),
-            category_id: Set(category.category_id.clone()),
-            parent_id: Set(category.parent_id.clone()),
-            name: Set(category.name.clone()),
-            updated_at: Set(SystemClock.now().fixed_offset()),
-        };
-        categories::Entity::insert(row)
-            .on_conflict(
-                OnConflict::columns([categories::Column::TenantId, categories::Column::CategoryId])
-                    .update_columns([
-                        categories::Column::ParentId,
-                        categories::Column::Name,
-                        categories::Column::UpdatedAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
-        // A move changes the ancestors of a whole subtree: rebuild the tenant's closure.
-        let tree: HashMap<String, Option<String>> = categories::Entity::find()
-            .filter(categories::Column::TenantId.eq(tenant.as_str()))
-            .all(&txn)
-            .await
-            .map_err(classify)?
-            .into_iter()
-            .map(|c| (c.category_id, c.parent_id))
-            .collect();
-        category_ancestors::Entity::delete_many()
-            .filter(category_ancestors::Column::TenantId.eq(tenant.as_str()))
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
-        let closure = category_closure(&tree);
-        for chunk in closure.chunks(CHUNK) {
-            let rows = chunk.iter().map(|(category_id, ancestor_id, depth)| {
-                category_ancestors::ActiveModel {
-                    tenant_id: Set(tenant.as_str().to_owned()),
-                    category_id: Set(category_id.clone()),
-                    ancestor_id: Set(ancestor_id.clone()),
-                    depth: Set(i32::try_from(*depth).unwrap_or(i32::MAX)),
-                }
-            });
-            category_ancestors::Entity::insert_many(rows)
-                .exec(&txn)
-                .await
-                .map_err(classify)?;
-        }
-        txn.commit().await.map_err(classify)
+        let done = save_category_in(&txn, tenant, category).await?;
+        txn.commit().await.map_err(classify)?;
+        Ok(done)
     }
 
     async fn save_order(&self, tenant: &TenantId, order: &OrderRecord) -> Result<(), RepoError> {
-        let row = orders::ActiveModel {
-            tenant_id: Set(tenant.as_str().to_owned()),
-            order_number: Set(order.order_number.clone()),
-            order_id: Set(order.order_id.clone()),
-            client_id: Set(order.client_id.clone()),
-            order_date: Set(order.order_date.fixed_offset()),
-            status: Set(order.status.clone()),
-            removed_at: Set(order.removed.then(|| order.updated_at.fixed_offset())),
-            updated_at: Set(order.updated_at.fixed_offset()),
-        };
-        orders::Entity::insert(row)
-            .on_conflict(
-                OnConflict::columns([orders::Column::TenantId, orders::Column::OrderNumber])
-                    .update_columns([
-                        orders::Column::OrderId,
-                        orders::Column::ClientId,
-                        orders::Column::OrderDate,
-                        orders::Column::Status,
-                        orders::Column::RemovedAt,
-                        orders::Column::UpdatedAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec(&self.db)
-            .await
-            .map_err(classify)?;
-        Ok(())
+        save_order_in(&self.db, tenant, order).await
     }
 
     async fn product_facts(
@@ -289,4 +169,153 @@ impl SeaCatalogRepository {
         }
         Ok(chains)
     }
+}
+
+pub(crate) async fn save_product_in(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    product: &ProductRecord,
+) -> Result<(), RepoError> {
+    let row = products::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        product_id: Set(product.product_id.clone()),
+        name: Set(product.name.clone()),
+        sku: Set(product.sku.clone()),
+        category_id: Set(product.category_id.clone()),
+        manufacturer_id: Set(product.manufacturer_id.clone()),
+        is_ecommerce: Set(product.is_ecommerce),
+        active: Set(product.active),
+        removed_at: Set(None),
+        updated_at: Set(product.updated_at.fixed_offset()),
+    };
+    products::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([products::Column::TenantId, products::Column::ProductId])
+                .update_columns([
+                    products::Column::Name,
+                    products::Column::Sku,
+                    products::Column::CategoryId,
+                    products::Column::ManufacturerId,
+                    products::Column::IsEcommerce,
+                    products::Column::Active,
+                    products::Column::UpdatedAt,
+                ])
+                .to_owned(),
+        )
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    product_labels::Entity::delete_many()
+        .filter(product_labels::Column::TenantId.eq(tenant.as_str()))
+        .filter(product_labels::Column::ProductId.eq(product.product_id.as_str()))
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    if !product.label_ids.is_empty() {
+        let labels = product
+            .label_ids
+            .iter()
+            .map(|label| product_labels::ActiveModel {
+                tenant_id: Set(tenant.as_str().to_owned()),
+                product_id: Set(product.product_id.clone()),
+                label_id: Set(label.clone()),
+            });
+        product_labels::Entity::insert_many(labels)
+            .exec(conn)
+            .await
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn save_category_in(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    category: &CategoryRecord,
+) -> Result<(), RepoError> {
+    let row = categories::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        category_id: Set(category.category_id.clone()),
+        parent_id: Set(category.parent_id.clone()),
+        name: Set(category.name.clone()),
+        updated_at: Set(SystemClock.now().fixed_offset()),
+    };
+    categories::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([categories::Column::TenantId, categories::Column::CategoryId])
+                .update_columns([
+                    categories::Column::ParentId,
+                    categories::Column::Name,
+                    categories::Column::UpdatedAt,
+                ])
+                .to_owned(),
+        )
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    // A move changes the ancestors of a whole subtree: rebuild the tenant's closure.
+    let tree: HashMap<String, Option<String>> = categories::Entity::find()
+        .filter(categories::Column::TenantId.eq(tenant.as_str()))
+        .all(conn)
+        .await
+        .map_err(classify)?
+        .into_iter()
+        .map(|c| (c.category_id, c.parent_id))
+        .collect();
+    category_ancestors::Entity::delete_many()
+        .filter(category_ancestors::Column::TenantId.eq(tenant.as_str()))
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    let closure = category_closure(&tree);
+    for chunk in closure.chunks(CHUNK) {
+        let rows =
+            chunk.iter().map(
+                |(category_id, ancestor_id, depth)| category_ancestors::ActiveModel {
+                    tenant_id: Set(tenant.as_str().to_owned()),
+                    category_id: Set(category_id.clone()),
+                    ancestor_id: Set(ancestor_id.clone()),
+                    depth: Set(i32::try_from(*depth).unwrap_or(i32::MAX)),
+                },
+            );
+        category_ancestors::Entity::insert_many(rows)
+            .exec(conn)
+            .await
+            .map_err(classify)?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn save_order_in(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    order: &OrderRecord,
+) -> Result<(), RepoError> {
+    let row = orders::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        order_number: Set(order.order_number.clone()),
+        order_id: Set(order.order_id.clone()),
+        client_id: Set(order.client_id.clone()),
+        order_date: Set(order.order_date.fixed_offset()),
+        status: Set(order.status.clone()),
+        removed_at: Set(order.removed.then(|| order.updated_at.fixed_offset())),
+        updated_at: Set(order.updated_at.fixed_offset()),
+    };
+    orders::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([orders::Column::TenantId, orders::Column::OrderNumber])
+                .update_columns([
+                    orders::Column::OrderId,
+                    orders::Column::ClientId,
+                    orders::Column::OrderDate,
+                    orders::Column::Status,
+                    orders::Column::RemovedAt,
+                    orders::Column::UpdatedAt,
+                ])
+                .to_owned(),
+        )
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
 }

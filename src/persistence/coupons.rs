@@ -18,15 +18,7 @@ use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::points::{from_minor_units, to_minor_units};
 use crate::domain::tenant::TenantId;
 
-/// A coupon pool of the ONe promotions service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CouponPoolRecord {
-    pub pool_id: String,
-    pub name: String,
-    pub campaign_id: String,
-    pub campaign_name: String,
-    pub active: bool,
-}
+pub use crate::domain::sync::CouponPoolRecord;
 
 #[derive(Debug, Clone)]
 pub struct SeaCouponRepository {
@@ -165,33 +157,7 @@ impl CouponRepository for SeaCouponRepository {
     }
 
     async fn save_pool(&self, tenant: &TenantId, pool: &CouponPoolRecord) -> Result<(), RepoError> {
-        let row = coupon_pools::ActiveModel {
-            tenant_id: Set(tenant.as_str().to_owned()),
-            pool_id: Set(pool.pool_id.clone()),
-            name: Set(pool.name.clone()),
-            campaign_id: Set(pool.campaign_id.clone()),
-            campaign_name: Set(pool.campaign_name.clone()),
-            active: Set(pool.active),
-            updated_at: Set(
-                crate::domain::clock::Clock::now(&crate::domain::clock::SystemClock).fixed_offset(),
-            ),
-        };
-        coupon_pools::Entity::insert(row)
-            .on_conflict(
-                OnConflict::columns([coupon_pools::Column::TenantId, coupon_pools::Column::PoolId])
-                    .update_columns([
-                        coupon_pools::Column::Name,
-                        coupon_pools::Column::CampaignId,
-                        coupon_pools::Column::CampaignName,
-                        coupon_pools::Column::Active,
-                        coupon_pools::Column::UpdatedAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec(&self.db)
-            .await
-            .map_err(classify)?;
-        Ok(())
+        save_pool_in(&self.db, tenant, pool).await
     }
 
     async fn pool(
@@ -371,4 +337,39 @@ fn from_row(r: coupons::Model, segment_ids: Vec<String>) -> Result<Coupon, RepoE
         updated_at: r.updated_at.to_utc(),
         coupon_id: r.coupon_id,
     })
+}
+
+/// Creates or replaces a pool inside the caller's transaction.
+pub(crate) async fn save_pool_in(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    pool: &CouponPoolRecord,
+) -> Result<(), RepoError> {
+    let row = coupon_pools::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        pool_id: Set(pool.pool_id.clone()),
+        name: Set(pool.name.clone()),
+        campaign_id: Set(pool.campaign_id.clone()),
+        campaign_name: Set(pool.campaign_name.clone()),
+        active: Set(pool.active),
+        updated_at: Set(
+            crate::domain::clock::Clock::now(&crate::domain::clock::SystemClock).fixed_offset(),
+        ),
+    };
+    coupon_pools::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([coupon_pools::Column::TenantId, coupon_pools::Column::PoolId])
+                .update_columns([
+                    coupon_pools::Column::Name,
+                    coupon_pools::Column::CampaignId,
+                    coupon_pools::Column::CampaignName,
+                    coupon_pools::Column::Active,
+                    coupon_pools::Column::UpdatedAt,
+                ])
+                .to_owned(),
+        )
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
 }

@@ -30,94 +30,16 @@ impl SeaDirectoryRepository {
 impl DirectoryRepository for SeaDirectoryRepository {
     async fn save_client(&self, tenant: &TenantId, client: &ClientRecord) -> Result<(), RepoError> {
         let txn = self.db.begin().await.map_err(classify)?;
-        let row = clients::ActiveModel {
-            tenant_id: Set(tenant.as_str().to_owned()),
-            client_id: Set(client.client_id.clone()),
-            kind: Set(client.kind().to_owned()),
-            name: Set(client.name.clone()),
-            status: Set(client.status.clone()),
-            has_account: Set(client.has_account),
-            updated_at: Set(client.updated_at.fixed_offset()),
-        };
-        clients::Entity::insert(row)
-            .on_conflict(
-                OnConflict::columns([clients::Column::TenantId, clients::Column::ClientId])
-                    .update_columns([
-                        clients::Column::Kind,
-                        clients::Column::Name,
-                        clients::Column::Status,
-                        clients::Column::HasAccount,
-                        clients::Column::UpdatedAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
-        client_segments::Entity::delete_many()
-            .filter(client_segments::Column::TenantId.eq(tenant.as_str()))
-            .filter(client_segments::Column::ClientId.eq(client.client_id.as_str()))
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
-        if !client.segment_ids.is_empty() {
-            let memberships =
-                client
-                    .segment_ids
-                    .iter()
-                    .map(|segment| client_segments::ActiveModel {
-                        tenant_id: Set(tenant.as_str().to_owned()),
-                        client_id: Set(client.client_id.clone()),
-                        segment_id: Set(segment.clone()),
-                    });
-            client_segments::Entity::insert_many(memberships)
-                .exec(&txn)
-                .await
-                .map_err(classify)?;
-        }
-        recompute_client(&txn, tenant, &client.client_id).await?;
-        txn.commit().await.map_err(classify)
+        let done = save_client_in(&txn, tenant, client).await?;
+        txn.commit().await.map_err(classify)?;
+        Ok(done)
     }
 
     async fn save_user(&self, tenant: &TenantId, user: &UserRecord) -> Result<(), RepoError> {
         let txn = self.db.begin().await.map_err(classify)?;
-        let previous =
-            users::Entity::find_by_id((tenant.as_str().to_owned(), user.user_id.clone()))
-                .one(&txn)
-                .await
-                .map_err(classify)?;
-        let row = users::ActiveModel {
-            tenant_id: Set(tenant.as_str().to_owned()),
-            user_id: Set(user.user_id.clone()),
-            client_id: Set(user.client_id.clone()),
-            active: Set(user.active),
-            deactivated_at: Set(user.deactivated_at.map(|t| t.fixed_offset())),
-            anonymized: Set(false),
-            updated_at: Set(user.updated_at.fixed_offset()),
-        };
-        users::Entity::insert(row)
-            .on_conflict(
-                OnConflict::columns([users::Column::TenantId, users::Column::UserId])
-                    .update_columns([
-                        users::Column::ClientId,
-                        users::Column::Active,
-                        users::Column::DeactivatedAt,
-                        users::Column::UpdatedAt,
-                    ])
-                    .to_owned(),
-            )
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
-        let mut affected = vec![user.client_id.clone()];
-        if let Some(old) = previous.filter(|p| p.client_id != user.client_id) {
-            affected.push(old.client_id);
-        }
-        affected.sort();
-        for client_id in &affected {
-            recompute_client(&txn, tenant, client_id).await?;
-        }
-        txn.commit().await.map_err(classify)
+        let done = save_user_in(&txn, tenant, user).await?;
+        txn.commit().await.map_err(classify)?;
+        Ok(done)
     }
 
     async fn client(
@@ -179,6 +101,102 @@ async fn recompute_client(
     lock_client(txn, tenant, client_id).await?;
     for declaration_type in declaration_types_of(txn, tenant, client_id).await? {
         recompute_eligibility(txn, tenant, client_id, &declaration_type).await?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn save_client_in(
+    conn: &sea_orm::DatabaseTransaction,
+    tenant: &TenantId,
+    client: &ClientRecord,
+) -> Result<(), RepoError> {
+    let row = clients::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        client_id: Set(client.client_id.clone()),
+        kind: Set(client.kind().to_owned()),
+        name: Set(client.name.clone()),
+        status: Set(client.status.clone()),
+        has_account: Set(client.has_account),
+        updated_at: Set(client.updated_at.fixed_offset()),
+    };
+    clients::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([clients::Column::TenantId, clients::Column::ClientId])
+                .update_columns([
+                    clients::Column::Kind,
+                    clients::Column::Name,
+                    clients::Column::Status,
+                    clients::Column::HasAccount,
+                    clients::Column::UpdatedAt,
+                ])
+                .to_owned(),
+        )
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    client_segments::Entity::delete_many()
+        .filter(client_segments::Column::TenantId.eq(tenant.as_str()))
+        .filter(client_segments::Column::ClientId.eq(client.client_id.as_str()))
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    if !client.segment_ids.is_empty() {
+        let memberships = client
+            .segment_ids
+            .iter()
+            .map(|segment| client_segments::ActiveModel {
+                tenant_id: Set(tenant.as_str().to_owned()),
+                client_id: Set(client.client_id.clone()),
+                segment_id: Set(segment.clone()),
+            });
+        client_segments::Entity::insert_many(memberships)
+            .exec(conn)
+            .await
+            .map_err(classify)?;
+    }
+    recompute_client(conn, tenant, &client.client_id).await?;
+    Ok(())
+}
+
+pub(crate) async fn save_user_in(
+    conn: &sea_orm::DatabaseTransaction,
+    tenant: &TenantId,
+    user: &UserRecord,
+) -> Result<(), RepoError> {
+    let previous = users::Entity::find_by_id((tenant.as_str().to_owned(), user.user_id.clone()))
+        .one(conn)
+        .await
+        .map_err(classify)?;
+    let row = users::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        user_id: Set(user.user_id.clone()),
+        client_id: Set(user.client_id.clone()),
+        active: Set(user.active),
+        deactivated_at: Set(user.deactivated_at.map(|t| t.fixed_offset())),
+        anonymized: Set(false),
+        updated_at: Set(user.updated_at.fixed_offset()),
+    };
+    users::Entity::insert(row)
+        .on_conflict(
+            OnConflict::columns([users::Column::TenantId, users::Column::UserId])
+                .update_columns([
+                    users::Column::ClientId,
+                    users::Column::Active,
+                    users::Column::DeactivatedAt,
+                    users::Column::UpdatedAt,
+                ])
+                .to_owned(),
+        )
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    let mut affected = vec![user.client_id.clone()];
+    if let Some(old) = previous.filter(|p| p.client_id != user.client_id) {
+        affected.push(old.client_id);
+    }
+    affected.sort();
+    for client_id in &affected {
+        recompute_client(conn, tenant, client_id).await?;
     }
     Ok(())
 }

@@ -62,62 +62,10 @@ impl DocumentRepository for SeaDocumentRepository {
         tenant: &TenantId,
         record: &DocumentRecord,
     ) -> Result<Option<DocumentRecord>, RepoError> {
-        let d = &record.document;
         let txn = self.db.begin().await.map_err(classify)?;
-        let row = documents::ActiveModel {
-            tenant_id: Set(tenant.as_str().to_owned()),
-            document_id: Set(d.document_id.clone()),
-            number: Set(d.number.clone()),
-            kind: Set(d.kind.as_str().to_owned()),
-            client_id: Set(d.client_id.clone()),
-            sale_date: Set(d.sale_date),
-            issued_at: Set(d.issued_at.map(|t| t.fixed_offset())),
-            customer_purchase_numbers: Set(serde_json::to_string(&d.customer_purchase_numbers)
-                .map_err(|e| RepoError::Other(e.to_string()))?),
-            correction_type: Set(d.correction_type.map(|c| c.as_str().to_owned())),
-            corrected_document_id: Set(d.corrected_document_id.clone()),
-            offline: Set(d.offline),
-            source: Set(record.source.as_str().to_owned()),
-            status: Set(record.status.as_str().to_owned()),
-            non_earning_reason: Set(None),
-            points: Set(0),
-            event_id: Set(None),
-            earn_after: Set(record.earn_after.map(|t| t.fixed_offset())),
-            attempts: Set(0),
-            received_at: Set(record.received_at.fixed_offset()),
-            processed_at: Set(None),
-        };
-        let inserted = documents::Entity::insert(row)
-            .on_conflict_do_nothing_on([documents::Column::TenantId, documents::Column::DocumentId])
-            .exec(&txn)
-            .await
-            .map_err(classify)?;
-        if matches!(inserted, sea_orm::TryInsertResult::Conflicted) {
+        if !receive_in(&txn, tenant, record).await? {
             drop(txn);
-            return self.find(tenant, &d.document_id).await;
-        }
-        for chunk in d.lines.chunks(CHUNK) {
-            let rows = chunk
-                .iter()
-                .map(|l| {
-                    Ok(document_lines::ActiveModel {
-                        tenant_id: Set(tenant.as_str().to_owned()),
-                        document_id: Set(d.document_id.clone()),
-                        line_no: Set(i32::try_from(l.line_no)
-                            .map_err(|_| RepoError::Other("line number out of range".into()))?),
-                        product_id: Set(l.product_id.clone()),
-                        quantity: Set(units(l.quantity)?),
-                        order_number: Set(l.order_number.clone()),
-                        corrected_line_no: Set(l
-                            .corrected_line_no
-                            .and_then(|n| i32::try_from(n).ok())),
-                    })
-                })
-                .collect::<Result<Vec<_>, RepoError>>()?;
-            document_lines::Entity::insert_many(rows)
-                .exec(&txn)
-                .await
-                .map_err(classify)?;
+            return self.find(tenant, &record.document.document_id).await;
         }
         txn.commit().await.map_err(classify)?;
         Ok(None)
@@ -291,4 +239,67 @@ fn from_rows(
         processed_at: row.processed_at.map(|t| t.to_utc()),
         earn_after: row.earn_after.map(|t| t.to_utc()),
     })
+}
+
+/// Stores a received document and its lines inside the caller's transaction. `false`: a
+/// document with this id is stored already (nothing was written).
+pub(crate) async fn receive_in(
+    conn: &impl sea_orm::ConnectionTrait,
+    tenant: &TenantId,
+    record: &DocumentRecord,
+) -> Result<bool, RepoError> {
+    let d = &record.document;
+    let row = documents::ActiveModel {
+        tenant_id: Set(tenant.as_str().to_owned()),
+        document_id: Set(d.document_id.clone()),
+        number: Set(d.number.clone()),
+        kind: Set(d.kind.as_str().to_owned()),
+        client_id: Set(d.client_id.clone()),
+        sale_date: Set(d.sale_date),
+        issued_at: Set(d.issued_at.map(|t| t.fixed_offset())),
+        customer_purchase_numbers: Set(serde_json::to_string(&d.customer_purchase_numbers)
+            .map_err(|e| RepoError::Other(e.to_string()))?),
+        correction_type: Set(d.correction_type.map(|c| c.as_str().to_owned())),
+        corrected_document_id: Set(d.corrected_document_id.clone()),
+        offline: Set(d.offline),
+        source: Set(record.source.as_str().to_owned()),
+        status: Set(record.status.as_str().to_owned()),
+        non_earning_reason: Set(None),
+        points: Set(0),
+        event_id: Set(None),
+        earn_after: Set(record.earn_after.map(|t| t.fixed_offset())),
+        attempts: Set(0),
+        received_at: Set(record.received_at.fixed_offset()),
+        processed_at: Set(None),
+    };
+    let inserted = documents::Entity::insert(row)
+        .on_conflict_do_nothing_on([documents::Column::TenantId, documents::Column::DocumentId])
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    if matches!(inserted, sea_orm::TryInsertResult::Conflicted) {
+        return Ok(false);
+    }
+    for chunk in d.lines.chunks(CHUNK) {
+        let rows = chunk
+            .iter()
+            .map(|l| {
+                Ok(document_lines::ActiveModel {
+                    tenant_id: Set(tenant.as_str().to_owned()),
+                    document_id: Set(d.document_id.clone()),
+                    line_no: Set(i32::try_from(l.line_no)
+                        .map_err(|_| RepoError::Other("line number out of range".into()))?),
+                    product_id: Set(l.product_id.clone()),
+                    quantity: Set(units(l.quantity)?),
+                    order_number: Set(l.order_number.clone()),
+                    corrected_line_no: Set(l.corrected_line_no.and_then(|n| i32::try_from(n).ok())),
+                })
+            })
+            .collect::<Result<Vec<_>, RepoError>>()?;
+        document_lines::Entity::insert_many(rows)
+            .exec(conn)
+            .await
+            .map_err(classify)?;
+    }
+    Ok(true)
 }

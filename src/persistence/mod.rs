@@ -24,6 +24,7 @@ pub mod redemptions;
 pub mod reservations;
 pub mod rules;
 pub mod settings;
+pub mod sync;
 
 use std::collections::HashMap;
 
@@ -579,4 +580,48 @@ pub trait ReservationRepository: Send + Sync {
         now: DateTime<Utc>,
         limit: u64,
     ) -> Result<Vec<(TenantId, String)>, RepoError>;
+}
+
+/// The synchronization cursors, and storing what a read of a stream brought.
+// mockall's generated expectations take `&Option<&T>`.
+#[cfg_attr(test, allow(clippy::ref_option_ref))]
+#[cfg_attr(test, mockall::automock)]
+#[async_trait]
+pub trait SyncRepository: Send + Sync {
+    /// Where the stream stands (a fresh state when it was never read).
+    async fn state(
+        &self,
+        tenant: &TenantId,
+        stream: crate::domain::sync::SyncStream,
+    ) -> Result<crate::domain::sync::StreamState, RepoError>;
+    /// Stores `changes` and moves the cursor from `from_cursor` to `next_cursor` (keeps it when
+    /// `None`), atomically; returns how many changes wrote something. `Aborted`: the cursor is
+    /// no longer at `from_cursor` (another replica stored this read).
+    async fn apply<'c>(
+        &self,
+        tenant: &TenantId,
+        stream: crate::domain::sync::SyncStream,
+        from_cursor: &str,
+        changes: &[crate::domain::sync::SyncChange],
+        next_cursor: Option<&'c str>,
+        now: DateTime<Utc>,
+    ) -> Result<usize, RepoError>;
+    /// Records a failed attempt; the cursor does not move.
+    async fn record_failure(
+        &self,
+        tenant: &TenantId,
+        stream: crate::domain::sync::SyncStream,
+        error: &str,
+        now: DateTime<Utc>,
+    ) -> Result<(), RepoError>;
+    /// Asks for (or clears) a full resynchronization of the stream.
+    async fn set_full_resync(
+        &self,
+        tenant: &TenantId,
+        stream: crate::domain::sync::SyncStream,
+        requested: bool,
+        now: DateTime<Utc>,
+    ) -> Result<(), RepoError>;
+    /// Every tenant.
+    async fn tenants(&self) -> Result<Vec<TenantId>, RepoError>;
 }

@@ -12,6 +12,7 @@ pub mod promotions;
 pub mod redeem;
 pub mod rules;
 pub mod settings;
+pub mod sync;
 
 /// A random id for something this service creates (rules, coupons): 16 characters of `a-z0-9`
 /// from the thread's CSPRNG, so ids reveal nothing of order or count.

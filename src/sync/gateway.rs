@@ -5,16 +5,25 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::NaiveDate;
+use chrono::{DateTime, NaiveDate, Utc};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::config::CoreSettings;
+use crate::domain::consent::{AgreementVersion, ConsentAction, ConsentEvent};
+use crate::domain::directory::{
+    CategoryRecord, ClientRecord, OrderRecord, ProductRecord, UserRecord,
+};
+use crate::domain::documents::{CorrectionType, Document, DocumentKind, DocumentLine};
 use crate::domain::redemption::DeliveryOutcome;
+use crate::domain::settings::SyncDocumentKind;
+use crate::domain::sync::{
+    CouponPoolRecord, SegmentRecord, SnapshotPage, SyncBatch, SyncChange, SyncStream,
+};
 use crate::domain::tenant::TenantId;
-use crate::persistence::coupons::CouponPoolRecord;
 use crate::proto::core::v1 as core;
 use crate::service::promotions::{PoolPage, PromotionsGateway};
+use crate::service::sync::{CoreGateway, FeedFilter, GatewayError};
 
 /// The ONe core over gRPC; `None` channel when no endpoint is configured.
 #[derive(Debug, Clone)]
@@ -170,6 +179,837 @@ fn status_outcome(status: &tonic::Status) -> DeliveryOutcome {
             DeliveryOutcome::Rejected(text)
         }
         _ => DeliveryOutcome::Transient(text),
+    }
+}
+
+/// Calls of the change feeds and lists are retried this many times on an outage, after 200 ms,
+/// 400 ms, 800 ms … plus up to 50 % jitter.
+const FEED_ATTEMPTS: u32 = 4;
+
+/// Runs `call` until it succeeds, fails for a reason a retry cannot fix, or the attempts run
+/// out.
+async fn with_retry<T, F, Fut>(mut call: F) -> Result<T, GatewayError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let backoff = crate::domain::redemption::Backoff {
+        base: Duration::from_millis(200),
+        max: Duration::from_secs(5),
+        jitter: 0.5,
+    };
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Ok(value) => return Ok(value),
+            Err(status) => {
+                let text = format!("{:?}: {}", status.code(), status.message());
+                let retriable = matches!(
+                    status.code(),
+                    Code::Unavailable
+                        | Code::DeadlineExceeded
+                        | Code::ResourceExhausted
+                        | Code::Aborted
+                        | Code::Unknown
+                        | Code::Internal
+                        | Code::Cancelled
+                );
+                if !retriable || attempt >= FEED_ATTEMPTS {
+                    return Err(GatewayError::Unavailable(text));
+                }
+                tokio::time::sleep(backoff.delay(attempt, rand::random::<f64>())).await;
+                attempt += 1;
+            }
+        }
+    }
+}
+
+fn instant(at: Option<&prost_types::Timestamp>) -> DateTime<Utc> {
+    at.and_then(|t| DateTime::from_timestamp(t.seconds, u32::try_from(t.nanos).unwrap_or(0)))
+        .unwrap_or(DateTime::UNIX_EPOCH)
+}
+
+fn removed(change_type: i32) -> bool {
+    change_type == core::ChangeType::Removed as i32
+}
+
+fn non_empty(text: String) -> Option<String> {
+    Some(text).filter(|t| !t.is_empty())
+}
+
+fn product(p: core::Product, gone: bool) -> SyncChange {
+    SyncChange::Product(ProductRecord {
+        product_id: p.id,
+        name: p.name,
+        sku: p.sku,
+        category_id: non_empty(p.category_id),
+        label_ids: p.label_ids,
+        manufacturer_id: non_empty(p.manufacturer_id),
+        is_ecommerce: p.is_ecommerce,
+        active: p.active && !gone,
+        updated_at: instant(p.updated_at.as_ref()),
+    })
+}
+
+fn client(c: core::Client, gone: bool) -> SyncChange {
+    let status = match core::ClientStatus::try_from(c.status) {
+        _ if gone => "DELETED",
+        Ok(core::ClientStatus::Blocked) => "BLOCKED",
+        Ok(core::ClientStatus::Deleted) => "DELETED",
+        _ => "ACTIVE",
+    };
+    SyncChange::Client(ClientRecord {
+        client_id: c.id,
+        name: c.name,
+        status: status.into(),
+        has_account: c.has_account,
+        segment_ids: c.segment_ids,
+        updated_at: instant(c.updated_at.as_ref()),
+    })
+}
+
+fn user(u: core::User, gone_at: Option<DateTime<Utc>>) -> SyncChange {
+    let deactivated_at = gone_at.or_else(|| u.deactivated_at.as_ref().map(|t| instant(Some(t))));
+    SyncChange::User(UserRecord {
+        user_id: u.id,
+        client_id: u.client_id,
+        active: u.active && gone_at.is_none(),
+        deactivated_at,
+        updated_at: instant(u.updated_at.as_ref()),
+    })
+}
+
+fn segment(s: core::Segment, gone: bool) -> SyncChange {
+    SyncChange::Segment(SegmentRecord {
+        segment_id: s.id,
+        name: s.name,
+        description: s.description,
+        removed: gone,
+        updated_at: instant(s.updated_at.as_ref()),
+    })
+}
+
+fn order(o: core::Order, gone: bool) -> SyncChange {
+    SyncChange::Order(OrderRecord {
+        order_number: o.number,
+        order_id: o.id,
+        client_id: o.client_id,
+        order_date: instant(o.order_date.as_ref()),
+        status: o.status,
+        removed: gone,
+        updated_at: instant(o.updated_at.as_ref()),
+    })
+}
+
+fn pool(p: core::CouponPool, gone: bool) -> SyncChange {
+    SyncChange::Pool(CouponPoolRecord {
+        pool_id: p.id,
+        name: p.name,
+        campaign_id: p.campaign_id,
+        campaign_name: p.campaign_name,
+        active: p.active && !gone,
+    })
+}
+
+fn document(d: &core::Document) -> Result<SyncChange, GatewayError> {
+    let bad = |why: String| GatewayError::Malformed(format!("document {}: {why}", d.id));
+    let kind = match core::DocumentType::try_from(d.r#type) {
+        Ok(core::DocumentType::Invoice) => DocumentKind::Invoice,
+        Ok(core::DocumentType::InvoiceCorrection) => DocumentKind::Correction,
+        _ => return Err(bad(format!("unknown type {}", d.r#type))),
+    };
+    let sale_date = NaiveDate::parse_from_str(&d.sale_date, "%Y-%m-%d")
+        .map_err(|e| bad(format!("sale_date {:?}: {e}", d.sale_date)))?;
+    let mut lines = Vec::with_capacity(d.lines.len());
+    for l in &d.lines {
+        let quantity = crate::domain::points::parse_amount(&l.quantity)
+            .map_err(|e| bad(format!("line {} quantity {:?}: {e}", l.line_no, l.quantity)))?;
+        lines.push(DocumentLine {
+            line_no: l.line_no,
+            product_id: l.product_id.clone(),
+            quantity,
+            order_number: non_empty(l.order_number.clone()),
+            corrected_line_no: (l.corrected_line_no > 0).then_some(l.corrected_line_no),
+        });
+    }
+    let correction_type = match core::CorrectionType::try_from(d.correction_type) {
+        Ok(core::CorrectionType::Valuable) => Some(CorrectionType::Valuable),
+        Ok(core::CorrectionType::Quantitative) => Some(CorrectionType::Quantitative),
+        _ => None,
+    };
+    Ok(SyncChange::Document(Document {
+        document_id: d.id.clone(),
+        number: d.number.clone(),
+        kind,
+        client_id: d
+            .client_data
+            .as_ref()
+            .map(|c| c.client_id.clone())
+            .unwrap_or_default(),
+        sale_date,
+        customer_purchase_numbers: d.customer_purchase_numbers.clone(),
+        lines,
+        correction_type,
+        corrected_document_id: non_empty(d.corrected_document_id.clone()),
+        offline: false,
+        issued_at: d.issue_date.as_ref().map(|t| instant(Some(t))),
+    }))
+}
+
+fn consent(e: core::DeclarationEvent, now: DateTime<Utc>) -> Option<SyncChange> {
+    let action = match core::DeclarationAction::try_from(e.action) {
+        Ok(core::DeclarationAction::Agreed) => ConsentAction::Accept,
+        Ok(core::DeclarationAction::Disagreed) => ConsentAction::Withdraw,
+        _ => return None,
+    };
+    Some(SyncChange::Consent(ConsentEvent {
+        event_id: e.event_id,
+        user_id: e.user_id,
+        client_id: e.client_id,
+        action,
+        occurred_at: instant(e.occurred_at.as_ref()),
+        declaration_type_id: e.declaration_type_id,
+        agreement_version: e.version,
+        source: "ONE".into(),
+        recorded_at: now,
+    }))
+}
+
+fn document_types(filter: &FeedFilter) -> Vec<i32> {
+    filter
+        .document_kinds
+        .iter()
+        .map(|k| match k {
+            SyncDocumentKind::Invoice => core::DocumentType::Invoice as i32,
+            SyncDocumentKind::Correction => core::DocumentType::InvoiceCorrection as i32,
+        })
+        .collect()
+}
+
+/// Whether more pages follow this one.
+fn more_pages(page: Option<&core::PageInfo>, page_number: u32, asked: u32, got: usize) -> bool {
+    let served = page.map_or(asked, |p| p.page_size).max(1);
+    let seen = u64::from(page_number.saturating_sub(1)) * u64::from(served) + got as u64;
+    match page {
+        Some(p) if p.total_count > 0 => seen < p.total_count,
+        _ => got >= usize::try_from(asked).unwrap_or(usize::MAX),
+    }
+}
+
+impl CoreClient {
+    fn channel(&self) -> Result<Channel, GatewayError> {
+        self.channel.clone().ok_or(GatewayError::NotConfigured)
+    }
+}
+
+#[async_trait]
+impl CoreGateway for CoreClient {
+    #[allow(clippy::too_many_lines)] // one arm per stream, each a call and a conversion
+    async fn changes(
+        &self,
+        tenant: &TenantId,
+        stream: SyncStream,
+        cursor: &str,
+        limit: u32,
+        filter: &FeedFilter,
+    ) -> Result<SyncBatch, GatewayError> {
+        let channel = self.channel()?;
+        let start_id = cursor.to_owned();
+        let batch = match stream {
+            SyncStream::Products => {
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::product_service_client::ProductServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::GetProductEventsRequest {
+                            start_id: start_id.clone(),
+                            limit,
+                        },
+                    );
+                    async move {
+                        client
+                            .get_product_events(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let changes = reply
+                    .events
+                    .into_iter()
+                    .filter_map(|e| {
+                        let gone = removed(e.change_type);
+                        e.product.map(|p| product(p, gone))
+                    })
+                    .collect();
+                SyncBatch {
+                    changes,
+                    next_cursor: reply.next_id,
+                }
+            }
+            SyncStream::Clients => {
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::client_service_client::ClientServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::GetClientEventsRequest {
+                            start_id: start_id.clone(),
+                            limit,
+                        },
+                    );
+                    async move {
+                        client
+                            .get_client_events(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let changes = reply
+                    .events
+                    .into_iter()
+                    .filter_map(|e| {
+                        let gone = removed(e.change_type);
+                        e.client.map(|c| client(c, gone))
+                    })
+                    .collect();
+                SyncBatch {
+                    changes,
+                    next_cursor: reply.next_id,
+                }
+            }
+            SyncStream::Users => {
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::user_service_client::UserServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::GetUserEventsRequest {
+                            start_id: start_id.clone(),
+                            limit,
+                        },
+                    );
+                    async move {
+                        client
+                            .get_user_events(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let changes = reply
+                    .events
+                    .into_iter()
+                    .filter_map(|e| {
+                        let gone = removed(e.change_type).then(|| instant(e.occurred_at.as_ref()));
+                        e.user.map(|u| user(u, gone))
+                    })
+                    .collect();
+                SyncBatch {
+                    changes,
+                    next_cursor: reply.next_id,
+                }
+            }
+            SyncStream::Segments => {
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::segment_service_client::SegmentServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::GetSegmentEventsRequest {
+                            start_id: start_id.clone(),
+                            limit,
+                        },
+                    );
+                    async move {
+                        client
+                            .get_segment_events(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let changes = reply
+                    .events
+                    .into_iter()
+                    .filter_map(|e| {
+                        let gone = removed(e.change_type);
+                        e.segment.map(|s| segment(s, gone))
+                    })
+                    .collect();
+                SyncBatch {
+                    changes,
+                    next_cursor: reply.next_id,
+                }
+            }
+            SyncStream::Orders => {
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::order_service_client::OrderServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::GetOrderEventsRequest {
+                            start_id: start_id.clone(),
+                            limit,
+                        },
+                    );
+                    async move {
+                        client
+                            .get_order_events(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let changes = reply
+                    .events
+                    .into_iter()
+                    .filter_map(|e| {
+                        let gone = removed(e.change_type);
+                        e.order.map(|o| order(o, gone))
+                    })
+                    .collect();
+                SyncBatch {
+                    changes,
+                    next_cursor: reply.next_id,
+                }
+            }
+            SyncStream::Documents => {
+                let types = document_types(filter);
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::document_service_client::DocumentServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::GetDocumentEventsRequest {
+                            start_id: start_id.clone(),
+                            limit,
+                            types: types.clone(),
+                        },
+                    );
+                    async move {
+                        client
+                            .get_document_events(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let mut changes = Vec::with_capacity(reply.events.len());
+                for event in reply.events {
+                    // Documents do not change once issued; a correction is a document of its own.
+                    if event.change_type != core::ChangeType::Added as i32 {
+                        continue;
+                    }
+                    if let Some(d) = event.document {
+                        changes.push(document(&d)?);
+                    }
+                }
+                SyncBatch {
+                    changes,
+                    next_cursor: reply.next_id,
+                }
+            }
+            SyncStream::Declarations => {
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::declaration_service_client::DeclarationServiceClient::new(
+                            channel.clone(),
+                        );
+                    let request = self.request(
+                        tenant,
+                        core::GetDeclarationEventsRequest {
+                            start_id: start_id.clone(),
+                            limit,
+                            declaration_type_id: filter.declaration_type_id.clone(),
+                        },
+                    );
+                    async move {
+                        client
+                            .get_declaration_events(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let now = Utc::now();
+                let changes = reply
+                    .events
+                    .into_iter()
+                    .filter_map(|e| consent(e, now))
+                    .collect();
+                SyncBatch {
+                    changes,
+                    next_cursor: reply.next_id,
+                }
+            }
+            SyncStream::CouponPools => {
+                let reply = with_retry(|| {
+                    let mut client = core::promotion_service_client::PromotionServiceClient::new(
+                        channel.clone(),
+                    );
+                    let request = self.request(
+                        tenant,
+                        core::GetCouponPoolEventsRequest {
+                            start_id: start_id.clone(),
+                            limit,
+                        },
+                    );
+                    async move {
+                        client
+                            .get_coupon_pool_events(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let changes = reply
+                    .events
+                    .into_iter()
+                    .filter_map(|e| {
+                        let gone = removed(e.change_type);
+                        e.pool.map(|p| pool(p, gone))
+                    })
+                    .collect();
+                SyncBatch {
+                    changes,
+                    next_cursor: reply.next_id,
+                }
+            }
+        };
+        Ok(batch)
+    }
+
+    #[allow(clippy::too_many_lines)] // one arm per stream, each a call and a conversion
+    async fn snapshot(
+        &self,
+        tenant: &TenantId,
+        stream: SyncStream,
+        page_number: u32,
+        page_size: u32,
+        filter: &FeedFilter,
+    ) -> Result<SnapshotPage, GatewayError> {
+        let channel = self.channel()?;
+        let page = match stream {
+            SyncStream::Products => {
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::product_service_client::ProductServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::ListProductsRequest {
+                            page_number,
+                            page_size,
+                        },
+                    );
+                    async move {
+                        client
+                            .list_products(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let more = more_pages(
+                    reply.page.as_ref(),
+                    page_number,
+                    page_size,
+                    reply.products.len(),
+                );
+                SnapshotPage {
+                    changes: reply
+                        .products
+                        .into_iter()
+                        .map(|p| product(p, false))
+                        .collect(),
+                    more,
+                }
+            }
+            SyncStream::Clients => {
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::client_service_client::ClientServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::ListClientsRequest {
+                            page_number,
+                            page_size,
+                        },
+                    );
+                    async move {
+                        client
+                            .list_clients(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let more = more_pages(
+                    reply.page.as_ref(),
+                    page_number,
+                    page_size,
+                    reply.clients.len(),
+                );
+                SnapshotPage {
+                    changes: reply
+                        .clients
+                        .into_iter()
+                        .map(|c| client(c, false))
+                        .collect(),
+                    more,
+                }
+            }
+            SyncStream::Users => {
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::user_service_client::UserServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::ListUsersRequest {
+                            page_number,
+                            page_size,
+                        },
+                    );
+                    async move {
+                        client
+                            .list_users(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let more = more_pages(
+                    reply.page.as_ref(),
+                    page_number,
+                    page_size,
+                    reply.users.len(),
+                );
+                SnapshotPage {
+                    changes: reply.users.into_iter().map(|u| user(u, None)).collect(),
+                    more,
+                }
+            }
+            SyncStream::Segments => {
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::segment_service_client::SegmentServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::ListSegmentsRequest {
+                            page_number,
+                            page_size,
+                        },
+                    );
+                    async move {
+                        client
+                            .list_segments(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let more = more_pages(
+                    reply.page.as_ref(),
+                    page_number,
+                    page_size,
+                    reply.segments.len(),
+                );
+                SnapshotPage {
+                    changes: reply
+                        .segments
+                        .into_iter()
+                        .map(|s| segment(s, false))
+                        .collect(),
+                    more,
+                }
+            }
+            SyncStream::Orders => {
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::order_service_client::OrderServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::ListOrdersRequest {
+                            page_number,
+                            page_size,
+                            order_date_from: None,
+                        },
+                    );
+                    async move {
+                        client
+                            .list_orders(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let more = more_pages(
+                    reply.page.as_ref(),
+                    page_number,
+                    page_size,
+                    reply.orders.len(),
+                );
+                SnapshotPage {
+                    changes: reply.orders.into_iter().map(|o| order(o, false)).collect(),
+                    more,
+                }
+            }
+            SyncStream::Documents => {
+                let types = document_types(filter);
+                let from = filter
+                    .documents_from
+                    .map(|d| d.to_string())
+                    .unwrap_or_default();
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::document_service_client::DocumentServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::ListDocumentsRequest {
+                            page_number,
+                            page_size,
+                            types: types.clone(),
+                            sale_date_from: from.clone(),
+                        },
+                    );
+                    async move {
+                        client
+                            .list_documents(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let more = more_pages(
+                    reply.page.as_ref(),
+                    page_number,
+                    page_size,
+                    reply.documents.len(),
+                );
+                let changes = reply
+                    .documents
+                    .iter()
+                    .map(document)
+                    .collect::<Result<_, _>>()?;
+                SnapshotPage { changes, more }
+            }
+            // Consent events have no list; a full pass reads the versions, as every run does.
+            SyncStream::Declarations => SnapshotPage {
+                changes: Vec::new(),
+                more: false,
+            },
+            SyncStream::CouponPools => {
+                let listed = PromotionsGateway::list_pools(self, tenant, page_number, page_size)
+                    .await
+                    .map_err(GatewayError::Unavailable)?;
+                SnapshotPage {
+                    changes: listed.pools.into_iter().map(SyncChange::Pool).collect(),
+                    more: listed.more,
+                }
+            }
+        };
+        Ok(page)
+    }
+
+    async fn references(
+        &self,
+        tenant: &TenantId,
+        stream: SyncStream,
+        page_number: u32,
+        page_size: u32,
+        filter: &FeedFilter,
+    ) -> Result<SnapshotPage, GatewayError> {
+        match stream {
+            SyncStream::Products => {
+                let channel = self.channel()?;
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::product_service_client::ProductServiceClient::new(channel.clone());
+                    let request = self.request(
+                        tenant,
+                        core::ListCategoriesRequest {
+                            page_number,
+                            page_size,
+                        },
+                    );
+                    async move {
+                        client
+                            .list_categories(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let more = more_pages(
+                    reply.page.as_ref(),
+                    page_number,
+                    page_size,
+                    reply.categories.len(),
+                );
+                let changes = reply
+                    .categories
+                    .into_iter()
+                    .map(|c| {
+                        SyncChange::Category(CategoryRecord {
+                            category_id: c.id,
+                            parent_id: non_empty(c.parent_id),
+                            name: c.name,
+                        })
+                    })
+                    .collect();
+                Ok(SnapshotPage { changes, more })
+            }
+            SyncStream::Declarations if !filter.declaration_type_id.is_empty() => {
+                let channel = self.channel()?;
+                let reply = with_retry(|| {
+                    let mut client =
+                        core::declaration_service_client::DeclarationServiceClient::new(
+                            channel.clone(),
+                        );
+                    let request = self.request(
+                        tenant,
+                        core::ListDeclarationVersionsRequest {
+                            declaration_type_id: filter.declaration_type_id.clone(),
+                            page_number,
+                            page_size,
+                        },
+                    );
+                    async move {
+                        client
+                            .list_declaration_versions(request)
+                            .await
+                            .map(tonic::Response::into_inner)
+                    }
+                })
+                .await?;
+                let more = more_pages(
+                    reply.page.as_ref(),
+                    page_number,
+                    page_size,
+                    reply.versions.len(),
+                );
+                let changes = reply
+                    .versions
+                    .into_iter()
+                    .map(|v| {
+                        SyncChange::Version(AgreementVersion {
+                            declaration_type_id: v.declaration_type_id,
+                            version: v.version,
+                            published_at: instant(v.published_at.as_ref()),
+                            title: v.title,
+                            content_url: v.content_url,
+                        })
+                    })
+                    .collect();
+                Ok(SnapshotPage { changes, more })
+            }
+            _ => Ok(SnapshotPage {
+                changes: Vec::new(),
+                more: false,
+            }),
+        }
     }
 }
 

@@ -1,0 +1,105 @@
+//! `one-core-sim`: a simulated ONe core (every service of `proto/one/core/v1`) over generated
+//! data, for demos, tests and benchmarks. See `one_loyalty::sim`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use one_loyalty::sim::{CoreSim, Faults, SimSpec, SimState};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "one-core-sim",
+    version,
+    about = "A simulated ONe core for ONe Loyalty"
+)]
+struct Cli {
+    /// gRPC listen address.
+    #[arg(long, default_value = "127.0.0.1:50061")]
+    listen: SocketAddr,
+    #[arg(long, default_value_t = 20)]
+    clients: u32,
+    #[arg(long, default_value_t = 50)]
+    products: u32,
+    /// Invoices per simulated day of history.
+    #[arg(long, default_value_t = 10)]
+    invoices_per_day: u32,
+    #[arg(long, default_value_t = 10)]
+    lines_per_invoice: u32,
+    /// Days of history, ending yesterday.
+    #[arg(long, default_value_t = 3)]
+    days: u32,
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Keep issuing a new invoice (dated yesterday) this often; 0: never.
+    #[arg(long, default_value_t = 0)]
+    new_invoice_every_ms: u64,
+    /// Faults: added latency per call.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Faults: the probability that a call fails with UNAVAILABLE.
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let spec = SimSpec {
+        clients: cli.clients,
+        products: cli.products,
+        invoices_per_day: cli.invoices_per_day,
+        lines_per_invoice: cli.lines_per_invoice,
+        days: cli.days,
+        seed: cli.seed,
+    };
+    let sim = CoreSim::new(SimState::generate(spec, chrono::Utc::now()));
+    sim.set_faults(Faults {
+        latency: Duration::from_millis(cli.latency_ms),
+        error_rate: cli.error_rate.clamp(0.0, 1.0),
+        ..Faults::default()
+    });
+    let listener = match tokio::net::TcpListener::bind(cli.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("cannot listen on {}: {e}", cli.listen);
+            return ExitCode::FAILURE;
+        }
+    };
+    {
+        let state = sim.state();
+        println!(
+            "one-core-sim on {}: {} clients, {} products, {} invoice lines; declaration type {}, pool {}",
+            cli.listen,
+            spec.clients,
+            spec.products,
+            state.invoice_lines(),
+            one_loyalty::sim::DECLARATION_TYPE,
+            one_loyalty::sim::POOL_ID,
+        );
+    }
+    if cli.new_invoice_every_ms > 0 {
+        let live = sim.clone();
+        let every = Duration::from_millis(cli.new_invoice_every_ms);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let yesterday = chrono::Utc::now().date_naive().pred_opt();
+                if let Some(day) = yesterday {
+                    live.state().add_invoice(spec, day);
+                }
+            }
+        });
+    }
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    match sim.serve(listener, stop).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("one-core-sim: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
