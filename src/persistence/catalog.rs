@@ -51,9 +51,9 @@ impl CatalogRepository for SeaCatalogRepository {
         category: &CategoryRecord,
     ) -> Result<(), RepoError> {
         let txn = self.db.begin().await.map_err(classify)?;
-        let done = save_category_in(&txn, tenant, category).await?;
+        save_category_in(&txn, tenant, category).await?;
         txn.commit().await.map_err(classify)?;
-        Ok(done)
+        Ok(())
     }
 
     async fn save_order(&self, tenant: &TenantId, order: &OrderRecord) -> Result<(), RepoError> {
@@ -232,7 +232,16 @@ pub(crate) async fn save_category_in(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
     category: &CategoryRecord,
-) -> Result<(), RepoError> {
+) -> Result<bool, RepoError> {
+    let stored =
+        categories::Entity::find_by_id((tenant.as_str().to_owned(), category.category_id.clone()))
+            .one(conn)
+            .await
+            .map_err(classify)?;
+    if stored.is_some_and(|c| c.parent_id == category.parent_id && c.name == category.name) {
+        // Unchanged: the tree and its closure stay as they are.
+        return Ok(false);
+    }
     let row = categories::ActiveModel {
         tenant_id: Set(tenant.as_str().to_owned()),
         category_id: Set(category.category_id.clone()),
@@ -283,7 +292,7 @@ pub(crate) async fn save_category_in(
             .await
             .map_err(classify)?;
     }
-    Ok(())
+    Ok(true)
 }
 
 pub(crate) async fn save_order_in(

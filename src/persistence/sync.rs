@@ -59,15 +59,10 @@ impl SyncRepository for SeaSyncRepository {
     ) -> Result<usize, RepoError> {
         let txn = self.db.begin().await.map_err(classify)?;
         ensure_row(&txn, tenant, stream, now).await?;
-        let count = i64::try_from(changes.len()).unwrap_or(i64::MAX);
         let moved = sync_cursors::Entity::update_many()
             .col_expr(
                 sync_cursors::Column::Cursor,
                 Expr::value(next_cursor.unwrap_or(from_cursor)),
-            )
-            .col_expr(
-                sync_cursors::Column::ItemsSynced,
-                Expr::col(sync_cursors::Column::ItemsSynced).add(count),
             )
             .col_expr(
                 sync_cursors::Column::LastSuccessAt,
@@ -100,6 +95,17 @@ impl SyncRepository for SeaSyncRepository {
                 applied += 1;
             }
         }
+        sync_cursors::Entity::update_many()
+            .col_expr(
+                sync_cursors::Column::ItemsSynced,
+                Expr::col(sync_cursors::Column::ItemsSynced)
+                    .add(i64::try_from(applied).unwrap_or(i64::MAX)),
+            )
+            .filter(sync_cursors::Column::TenantId.eq(tenant.as_str()))
+            .filter(sync_cursors::Column::Stream.eq(stream.as_str()))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
         txn.commit().await.map_err(classify)?;
         Ok(applied)
     }
@@ -202,7 +208,7 @@ async fn apply_change(
 ) -> Result<bool, RepoError> {
     match change {
         SyncChange::Product(p) => save_product_in(txn, tenant, p).await?,
-        SyncChange::Category(c) => save_category_in(txn, tenant, c).await?,
+        SyncChange::Category(c) => return save_category_in(txn, tenant, c).await,
         SyncChange::Client(c) => save_client_in(txn, tenant, c).await?,
         SyncChange::User(u) => save_user_in(txn, tenant, u).await?,
         SyncChange::Segment(s) => save_segment_in(txn, tenant, s).await?,

@@ -156,8 +156,12 @@ impl SyncService {
                 ..StreamRun::default()
             });
         }
+        // Cleared however the run ends, a cancelled (dropped) run included.
+        let _running = RunningGuard {
+            running: &self.running,
+            key,
+        };
         let result = self.read_stream(tenant, stream).await;
-        self.lock_running().remove(&key);
         if let Err(err) = &result {
             tracing::warn!(%err, "synchronization failed; retried on the next run");
             self.repo
@@ -386,6 +390,21 @@ impl SyncService {
         self.last_run
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// Marks a stream as being read for as long as it lives.
+struct RunningGuard<'s> {
+    running: &'s Mutex<BTreeSet<(String, SyncStream)>>,
+    key: (String, SyncStream),
+}
+
+impl Drop for RunningGuard<'_> {
+    fn drop(&mut self) {
+        self.running
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.key);
     }
 }
 

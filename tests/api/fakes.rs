@@ -332,3 +332,106 @@ impl std::ops::Deref for LiveOutboxApp {
         &self.0
     }
 }
+
+/// A clocked server (2026-03-20 12:00 UTC) reading a simulated ONe started by the test, with
+/// small batches and pages so that paging is exercised. The tenant's declaration type is the
+/// simulator's and every product earns 1 point per unit.
+pub struct SyncApp {
+    pub app: crate::helpers::ClockedApp,
+    pub sim: one_loyalty::sim::CoreSim,
+    pub sim_endpoint: String,
+}
+
+impl SyncApp {
+    pub async fn new(backend: crate::helpers::Backend) -> Self {
+        let start = chrono::DateTime::parse_from_rfc3339("2026-03-20T12:00:00Z")
+            .expect("instant")
+            .to_utc();
+        let sim = one_loyalty::sim::CoreSim::new(one_loyalty::sim::SimState::generate(
+            one_loyalty::sim::SimSpec::default(),
+            start,
+        ));
+        let sim_endpoint = start_sim(&sim).await;
+        Self::with_sim(backend, sim, sim_endpoint).await
+    }
+
+    /// Another server over a fresh database, reading the same simulator.
+    pub async fn with_sim(
+        backend: crate::helpers::Backend,
+        sim: one_loyalty::sim::CoreSim,
+        sim_endpoint: String,
+    ) -> Self {
+        let endpoint = sim_endpoint.clone();
+        let app = crate::helpers::ClockedApp::configured(backend, |s| {
+            s.core.endpoint = endpoint;
+            s.sync.enabled = false;
+            s.sync.batch_size = 7;
+            s.sync.page_size = 7;
+        })
+        .await;
+        prepare_tenant(&app).await;
+        Self {
+            app,
+            sim,
+            sim_endpoint,
+        }
+    }
+
+    pub async fn finish(&self) {
+        self.app.finish().await;
+    }
+}
+
+impl std::ops::Deref for SyncApp {
+    type Target = crate::helpers::ClockedApp;
+
+    fn deref(&self) -> &crate::helpers::ClockedApp {
+        &self.app
+    }
+}
+
+/// Serves the simulator on a free port; returns its URL.
+pub async fn start_sim(sim: &one_loyalty::sim::CoreSim) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("address"));
+    let serving = sim.clone();
+    tokio::spawn(async move {
+        let _ = serving.serve(listener, std::future::pending()).await;
+    });
+    url
+}
+
+/// The simulator's declaration type, and 1 point per unit of each of its 50 products.
+async fn prepare_tenant(app: &crate::helpers::ClockedApp) {
+    use one_loyalty::proto::loyalty::v1 as pb;
+    pb::settings_service_client::SettingsServiceClient::new(app.channel.clone())
+        .update_settings(app.request(pb::UpdateSettingsRequest {
+            request_id: "sim-settings".into(),
+            settings: Some(pb::TenantSettings {
+                loyalty_declaration_type_id: one_loyalty::sim::DECLARATION_TYPE.into(),
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["loyalty_declaration_type_id".into()],
+            }),
+            expected_revision: 0,
+        }))
+        .await
+        .expect("settings");
+    pb::rules_service_client::RulesServiceClient::new(app.channel.clone())
+        .set_base_points(
+            app.request(pb::SetBasePointsRequest {
+                request_id: "sim-base-points".into(),
+                effective_from: "2026-01-01".into(),
+                entries: (1..=50)
+                    .map(|p| pb::BasePointsEntry {
+                        product_id: format!("p-{p}"),
+                        points: "1".into(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }),
+        )
+        .await
+        .expect("base points");
+}

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-pub use crate::fakes::{LiveOutboxApp, OutboxApp};
+pub use crate::fakes::{LiveOutboxApp, OutboxApp, SyncApp};
 
 use one_loyalty::config::{BootstrapApiKey, BootstrapTenant, Overrides, Settings};
 use one_loyalty::domain::clock::{Clock, FixedClock, SystemClock};

@@ -16,3 +16,4 @@ mod redeem;
 mod rules;
 mod server;
 mod settings;
+mod sync;

@@ -1,0 +1,360 @@
+//! Synchronization end to end against the simulated ONe (`one_loyalty::sim`, started in the
+//! test): every stream, repeat runs that change nothing, changes and removals at the source,
+//! runs cut short at random moments, an outage, and points earned from synced invoices.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use one_loyalty::domain::sync::SyncStream;
+use one_loyalty::domain::tenant::TenantId;
+use one_loyalty::persistence::entities::{documents, ledger_events};
+use one_loyalty::proto::core::v1 as core;
+use one_loyalty::proto::loyalty::v1 as pb;
+use one_loyalty::service::sync::StreamRun;
+use one_loyalty::sim::Faults;
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+
+use crate::fakes::SyncApp;
+use crate::helpers::DEMO_TENANT;
+use crate::on_both_backends;
+
+on_both_backends!(SyncApp:
+    every_stream_is_synced_and_a_second_run_changes_nothing,
+    changes_and_removals_at_the_source_are_reflected,
+    synced_invoices_earn_once_and_runs_cut_short_change_nothing,
+    an_outage_is_retried_shown_in_the_status_and_caught_up,
+    a_full_resynchronization_pages_through_the_lists,
+);
+
+fn tenant() -> TenantId {
+    TenantId::parse(DEMO_TENANT).expect("tenant")
+}
+
+/// Runs every stream; panics on a failed stream.
+async fn sync_all(app: &SyncApp) -> BTreeMap<SyncStream, StreamRun> {
+    app.services
+        .sync
+        .run_tenant(&tenant())
+        .await
+        .into_iter()
+        .map(|(stream, run)| (stream, run.unwrap_or_else(|e| panic!("{stream:?}: {e}"))))
+        .collect()
+}
+
+async fn status(app: &SyncApp) -> Vec<pb::StreamStatus> {
+    pb::sync_service_client::SyncServiceClient::new(app.channel.clone())
+        .get_sync_status(app.request(pb::GetSyncStatusRequest::default()))
+        .await
+        .expect("status")
+        .into_inner()
+        .streams
+}
+
+async fn document_count(app: &SyncApp) -> u64 {
+    documents::Entity::find()
+        .count(&app.store.db)
+        .await
+        .expect("documents")
+}
+
+async fn every_stream_is_synced_and_a_second_run_changes_nothing(app: &SyncApp) {
+    let first = sync_all(app).await;
+    // 2 segments, 50 products (+ 5 categories), 20 clients, 20 users, 15 orders, 30 invoices,
+    // 28 consent events (+ 1 version), 1 pool.
+    let applied: BTreeMap<SyncStream, usize> = first.iter().map(|(s, r)| (*s, r.applied)).collect();
+    assert_eq!(
+        applied,
+        BTreeMap::from([
+            (SyncStream::Segments, 2),
+            (SyncStream::Products, 55),
+            (SyncStream::Clients, 20),
+            (SyncStream::Users, 20),
+            (SyncStream::Orders, 15),
+            (SyncStream::Declarations, 29),
+            (SyncStream::CouponPools, 1),
+            (SyncStream::Documents, 30),
+        ])
+    );
+    assert_eq!(document_count(app).await, 30);
+    let client = app
+        .services
+        .directory
+        .client(&tenant(), "org:2")
+        .await
+        .expect("read")
+        .expect("client org:2");
+    assert_eq!(client.segment_ids, vec!["gold".to_owned()]);
+    assert!(
+        app.services
+            .coupon_repo
+            .pool(&tenant(), one_loyalty::sim::POOL_ID)
+            .await
+            .expect("read")
+            .is_some_and(|p| p.active)
+    );
+    let before = status(app).await;
+    assert_eq!(before.len(), 8);
+    for stream in &before {
+        assert!(stream.last_error.is_empty(), "{stream:?}");
+        assert!(!stream.cursor.is_empty(), "{stream:?}");
+        assert!(stream.last_success_at.is_some());
+    }
+
+    let second = sync_all(app).await;
+    assert!(
+        second.values().all(|r| r.applied == 0),
+        "a second run writes nothing: {second:?}"
+    );
+    let after = status(app).await;
+    let cursors = |s: &[pb::StreamStatus]| {
+        s.iter()
+            .map(|x| (x.stream, x.cursor.clone(), x.items_synced))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(cursors(&after), cursors(&before));
+    assert_eq!(document_count(app).await, 30);
+}
+
+async fn changes_and_removals_at_the_source_are_reflected(app: &SyncApp) {
+    sync_all(app).await;
+    let at = one_loyalty::domain::clock::Clock::now(app.clock.as_ref());
+    {
+        let mut sim = app.sim.state();
+        let mut client = sim.client("org:3").expect("org:3");
+        client.name = "Renamed Ltd".into();
+        client.segment_ids = vec!["gold".into(), "silver".into()];
+        client.status = core::ClientStatus::Blocked as i32;
+        sim.upsert_client(client, at);
+        sim.remove_order("ORD-2", at);
+        sim.upsert_pool(one_loyalty::sim::POOL_ID, false, at);
+    }
+    let runs = sync_all(app).await;
+    assert_eq!(runs[&SyncStream::Clients].applied, 1);
+    assert_eq!(runs[&SyncStream::Orders].applied, 1);
+    let client = app
+        .services
+        .directory
+        .client(&tenant(), "org:3")
+        .await
+        .expect("read")
+        .expect("org:3");
+    assert_eq!(
+        (client.name.as_str(), client.status.as_str()),
+        ("Renamed Ltd", "BLOCKED")
+    );
+    assert_eq!(
+        client.segment_ids,
+        vec!["gold".to_owned(), "silver".to_owned()]
+    );
+    let orders = app
+        .services
+        .catalog
+        .orders(&tenant(), &["ORD-2".to_owned(), "ORD-4".to_owned()])
+        .await
+        .expect("orders");
+    assert!(
+        orders["ORD-2"].removed,
+        "a removed order stops counting as online"
+    );
+    assert!(!orders["ORD-4"].removed);
+    assert!(
+        app.services
+            .coupon_repo
+            .pool(&tenant(), one_loyalty::sim::POOL_ID)
+            .await
+            .expect("read")
+            .is_some_and(|p| !p.active)
+    );
+}
+
+/// Points per client, and how many Earn events there are.
+async fn points(app: &SyncApp) -> (BTreeMap<String, String>, u64) {
+    let mut balances = BTreeMap::new();
+    for c in 1..=20 {
+        let client_id = format!("org:{c}");
+        let balance = pb::ledger_service_client::LedgerServiceClient::new(app.channel.clone())
+            .get_balance(app.request(pb::GetBalanceRequest {
+                client_id: client_id.clone(),
+                expiring_within_days: 0,
+            }))
+            .await
+            .expect("balance")
+            .into_inner()
+            .balance
+            .expect("balance");
+        balances.insert(client_id, balance.total);
+    }
+    let earns = ledger_events::Entity::find()
+        .filter(ledger_events::Column::EventType.eq("EARN"))
+        .count(&app.store.db)
+        .await
+        .expect("events");
+    (balances, earns)
+}
+
+async fn earn_everything(app: &SyncApp) {
+    app.services.earn.run_due(1_000).await.expect("earn");
+}
+
+async fn synced_invoices_earn_once_and_runs_cut_short_change_nothing(app: &SyncApp) {
+    // Runs stopped at random moments, as a crash would stop them: a transaction in flight is
+    // rolled back, and what committed carries its cursor.
+    let mut rng_state: u64 = 0x9e37_79b9;
+    for _ in 0..12 {
+        rng_state = rng_state
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1);
+        let stop_after = Duration::from_micros(500 + (rng_state >> 33) % 20_000);
+        let sync = std::sync::Arc::clone(&app.services.sync);
+        let run = tokio::spawn(async move { sync.run_tenant(&tenant()).await });
+        tokio::time::sleep(stop_after).await;
+        run.abort();
+        let _ = run.await;
+    }
+    sync_all(app).await;
+    earn_everything(app).await;
+    let (interrupted, earns) = points(app).await;
+
+    // The same ONe read by a fresh service in one go.
+    let reference = SyncApp::with_sim(
+        if app.store.settings.url.starts_with("sqlite") {
+            crate::helpers::Backend::Sqlite
+        } else {
+            crate::helpers::Backend::Postgres
+        },
+        app.sim.clone(),
+        app.sim_endpoint.clone(),
+    )
+    .await;
+    sync_all(&reference).await;
+    earn_everything(&reference).await;
+    let (uninterrupted, reference_earns) = points(&reference).await;
+    reference.finish().await;
+
+    assert_eq!(interrupted, uninterrupted);
+    assert_eq!(earns, reference_earns);
+    assert!(earns > 20, "most invoices earn: {earns}");
+    let earned: u64 = documents::Entity::find()
+        .filter(documents::Column::EventId.is_not_null())
+        .count(&app.store.db)
+        .await
+        .expect("documents");
+    assert_eq!(earned, earns, "one Earn event per earning document");
+
+    // Synced again and earned again: nothing more.
+    sync_all(app).await;
+    earn_everything(app).await;
+    assert_eq!(points(app).await, (interrupted, earns));
+}
+
+async fn an_outage_is_retried_shown_in_the_status_and_caught_up(app: &SyncApp) {
+    app.sim.set_faults(Faults {
+        down: true,
+        ..Faults::default()
+    });
+    let failed = app
+        .services
+        .sync
+        .run_stream(&tenant(), SyncStream::Clients)
+        .await
+        .expect_err("ONe is down");
+    assert!(failed.to_string().contains("unavailable"), "{failed}");
+    let calls_while_down = app.sim.state().calls;
+    assert!(
+        calls_while_down >= 4,
+        "retried with backoff: {calls_while_down} calls"
+    );
+    let clients = status(app)
+        .await
+        .into_iter()
+        .find(|s| s.stream == pb::SyncStream::Clients as i32)
+        .expect("clients");
+    assert!(clients.last_error.contains("down"), "{clients:?}");
+    assert!(clients.last_success_at.is_none() && clients.last_attempt_at.is_some());
+
+    // A short outage is bridged by the retries within one run.
+    app.sim.set_faults(Faults {
+        fail_next: 2,
+        ..Faults::default()
+    });
+    let run = app
+        .services
+        .sync
+        .run_stream(&tenant(), SyncStream::Clients)
+        .await
+        .expect("caught up");
+    assert_eq!(run.applied, 20);
+    let clients = status(app)
+        .await
+        .into_iter()
+        .find(|s| s.stream == pb::SyncStream::Clients as i32)
+        .expect("clients");
+    assert!(clients.last_error.is_empty());
+    assert_eq!(clients.cursor, "20");
+    assert_eq!(clients.items_synced, 20);
+}
+
+async fn a_full_resynchronization_pages_through_the_lists(app: &SyncApp) {
+    sync_all(app).await;
+    let scheduled = pb::sync_service_client::SyncServiceClient::new(app.channel.clone())
+        .trigger_sync(app.request(pb::TriggerSyncRequest {
+            request_id: "full-1".into(),
+            streams: vec![
+                pb::SyncStream::Products as i32,
+                pb::SyncStream::Clients as i32,
+            ],
+            full_resync: true,
+        }))
+        .await
+        .expect("trigger")
+        .into_inner()
+        .scheduled;
+    assert_eq!(
+        scheduled,
+        vec![
+            pb::SyncStream::Products as i32,
+            pb::SyncStream::Clients as i32
+        ]
+    );
+    // The triggered run reads 50 products and 20 clients again, 7 per page, then clears the
+    // request; nothing changed, so nothing is written.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let calls_before = app.sim.state().calls;
+    loop {
+        let states = app
+            .services
+            .sync
+            .status(
+                &one_loyalty::domain::access::Caller {
+                    tenant: tenant(),
+                    key_id: "test".into(),
+                    roles: vec![],
+                },
+                &[SyncStream::Products, SyncStream::Clients],
+            )
+            .await
+            .expect("status");
+        if states
+            .iter()
+            .all(|(s, running)| !s.full_resync_requested && !running)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{states:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let pages = app.sim.state().calls - calls_before;
+    assert!(
+        pages >= 8 + 3,
+        "50 products and 20 clients in pages of 7: {pages} calls"
+    );
+    let bad = pb::sync_service_client::SyncServiceClient::new(app.channel.clone())
+        .trigger_sync(app.request(pb::TriggerSyncRequest {
+            request_id: "full-2".into(),
+            streams: vec![99],
+            full_resync: false,
+        }))
+        .await
+        .expect_err("unknown stream");
+    assert_eq!(crate::helpers::violated_fields(&bad), vec!["streams[0]"]);
+}
