@@ -50,6 +50,7 @@ use crate::service::access::{AccessError, AccessService};
 use crate::service::agreements::AgreementService;
 use crate::service::coupons::CouponService;
 use crate::service::earn::{EarnDependencies, EarnService};
+use crate::service::import::ImportService;
 use crate::service::ledger::LedgerService;
 use crate::service::outbox::{DispatchPolicy, DispatchReport, OutboxDispatcher};
 use crate::service::pricing::Pricing;
@@ -120,6 +121,7 @@ pub struct Services {
     pub coupon_repo: Arc<dyn CouponRepository>,
     pub outbox: Arc<OutboxDispatcher>,
     pub sync: Arc<SyncService>,
+    pub import: Arc<ImportService>,
 }
 
 impl Services {
@@ -197,6 +199,7 @@ impl Services {
             dispatch_policy(&settings.outbox),
         ));
         Ok(Self {
+            import: Arc::new(ImportService::new(Arc::clone(&earn))),
             outbox,
             sync,
             coupons,
@@ -369,7 +372,10 @@ impl Application {
             ))
             .add_service(limited!(
                 pb::sync_service_server::SyncServiceServer<_>,
-                SyncGrpc::new(Arc::clone(&self.services.sync))
+                SyncGrpc::new(
+                    Arc::clone(&self.services.sync),
+                    Arc::clone(&self.services.import)
+                )
             ))
             .serve_with_incoming_shutdown(TcpListenerStream::new(self.listener), signal)
             .await?;

@@ -12,6 +12,7 @@ use crate::service::agreements::AgreementError;
 use crate::service::coupons::CouponError;
 use crate::service::earn::EarnError;
 use crate::service::idempotency::IdempotencyError;
+use crate::service::import::ImportError;
 use crate::service::ledger::LedgerError;
 use crate::service::redeem::RedeemError;
 use crate::service::rules::RulesError;
@@ -179,6 +180,15 @@ impl From<SyncError> for Status {
             }
             SyncError::Gateway(GatewayError::Malformed(cause)) => internal(cause),
             SyncError::Repo(cause) => repo(cause),
+        }
+    }
+}
+
+impl From<ImportError> for Status {
+    fn from(err: ImportError) -> Self {
+        match err {
+            ImportError::Invalid(found) => invalid(&found),
+            ImportError::Earn(cause) => cause.into(),
         }
     }
 }

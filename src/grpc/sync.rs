@@ -10,17 +10,19 @@ use super::{caller, request_key};
 use crate::domain::sync::SyncStream;
 use crate::domain::validation::{FieldViolation, Invalid};
 use crate::proto::loyalty::v1 as pb;
+use crate::service::import::{ImportFormat, ImportService, MAX_IMPORT_BYTES};
 use crate::service::sync::SyncService;
 
 type Reply<T> = Result<Response<T>, Status>;
 
 pub struct SyncGrpc {
     service: Arc<SyncService>,
+    import: Arc<ImportService>,
 }
 
 impl SyncGrpc {
-    pub fn new(service: Arc<SyncService>) -> Self {
-        Self { service }
+    pub fn new(service: Arc<SyncService>, import: Arc<ImportService>) -> Self {
+        Self { service, import }
     }
 }
 
@@ -123,6 +125,66 @@ impl pb::sync_service_server::SyncService for SyncGrpc {
                     running,
                 })
                 .collect(),
+        }))
+    }
+
+    async fn import_documents(
+        &self,
+        request: Request<tonic::Streaming<pb::ImportDocumentsRequest>>,
+    ) -> Reply<pb::ImportDocumentsResponse> {
+        use pb::import_documents_request::Part;
+        let caller = caller(&request)?;
+        let mut parts = request.into_inner();
+        let Some(Part::Header(header)) = parts.message().await?.and_then(|m| m.part) else {
+            return Err(invalid(&Invalid::field(
+                "header",
+                "the first message must be the header",
+            )));
+        };
+        let format = match pb::ImportFormat::try_from(header.format) {
+            Ok(pb::ImportFormat::Csv) => ImportFormat::Csv,
+            Ok(pb::ImportFormat::JsonLines) => ImportFormat::JsonLines,
+            _ => {
+                return Err(invalid(&Invalid::field(
+                    "header.format",
+                    "must be IMPORT_FORMAT_CSV or IMPORT_FORMAT_JSON_LINES",
+                )));
+            }
+        };
+        let mut bytes = Vec::new();
+        while let Some(message) = parts.message().await? {
+            match message.part {
+                Some(Part::Chunk(chunk)) => {
+                    if bytes.len() + chunk.len() > MAX_IMPORT_BYTES {
+                        return Err(invalid(&Invalid::field(
+                            "chunk",
+                            format!("the file is larger than {MAX_IMPORT_BYTES} bytes"),
+                        )));
+                    }
+                    bytes.extend_from_slice(&chunk);
+                }
+                Some(Part::Header(_)) => {
+                    return Err(invalid(&Invalid::field("header", "is sent once, first")));
+                }
+                None => {}
+            }
+        }
+        let report = self
+            .import
+            .import(&caller, &header.request_id, format, &bytes)
+            .await?;
+        Ok(Response::new(pb::ImportDocumentsResponse {
+            rows_accepted: report.rows_accepted,
+            rows_rejected: report.rejected.len() as u64,
+            rejected: report
+                .rejected
+                .into_iter()
+                .map(|r| pb::RejectedRow {
+                    line: r.line,
+                    reason: r.reason,
+                })
+                .collect(),
+            document_ids: report.document_ids,
         }))
     }
 }

@@ -5,6 +5,7 @@ pub mod agreements;
 pub mod coupons;
 pub mod earn;
 pub mod idempotency;
+pub mod import;
 pub mod ledger;
 pub mod outbox;
 pub mod pricing;

@@ -24,6 +24,7 @@ on_both_backends!(SyncApp:
     synced_invoices_earn_once_and_runs_cut_short_change_nothing,
     an_outage_is_retried_shown_in_the_status_and_caught_up,
     a_full_resynchronization_pages_through_the_lists,
+    an_import_stores_the_good_documents_and_names_every_bad_row,
 );
 
 fn tenant() -> TenantId {
@@ -357,4 +358,119 @@ async fn a_full_resynchronization_pages_through_the_lists(app: &SyncApp) {
         .await
         .expect_err("unknown stream");
     assert_eq!(crate::helpers::violated_fields(&bad), vec!["streams[0]"]);
+}
+
+async fn upload(
+    app: &SyncApp,
+    request_id: &str,
+    format: pb::ImportFormat,
+    file: &str,
+) -> Result<pb::ImportDocumentsResponse, tonic::Status> {
+    use pb::import_documents_request::Part;
+    // The file in chunks of 50 bytes, cut mid-line, as a client streams it.
+    let mut parts = vec![pb::ImportDocumentsRequest {
+        part: Some(Part::Header(pb::ImportHeader {
+            request_id: request_id.into(),
+            format: format as i32,
+            file_name: "offline.csv".into(),
+        })),
+    }];
+    parts.extend(
+        file.as_bytes()
+            .chunks(50)
+            .map(|c| pb::ImportDocumentsRequest {
+                part: Some(Part::Chunk(c.to_vec())),
+            }),
+    );
+    pb::sync_service_client::SyncServiceClient::new(app.channel.clone())
+        .import_documents(app.request(tokio_stream::iter(parts)))
+        .await
+        .map(tonic::Response::into_inner)
+}
+
+async fn an_import_stores_the_good_documents_and_names_every_bad_row(app: &SyncApp) {
+    sync_all(app).await;
+    let file = "document_id,number,client_id,sale_date,line_no,product_id,quantity,order_number
+off-1,OFF/1,org:2,2026-03-19,1,p-1,2,
+off-1,OFF/1,org:2,2026-03-19,2,p-2,3,
+off-2,OFF/2,org:4,2026-03-19,1,p-3,many,
+off-2,OFF/2,org:4,2026-03-19,2,p-4,1,
+off-3,OFF/3,org:6,2026-03-19,1,,1,
+off-4,OFF/4,org:8,2026-03-19,1,p-5,4,
+";
+    let report = upload(app, "import-1", pb::ImportFormat::Csv, file)
+        .await
+        .expect("import");
+    assert_eq!(report.rows_accepted, 3);
+    assert_eq!(
+        report.document_ids,
+        vec!["off-1".to_owned(), "off-4".to_owned()]
+    );
+    let lines: Vec<u64> = report.rejected.iter().map(|r| r.line).collect();
+    assert_eq!(lines, vec![4, 5, 6]);
+    assert_eq!(report.rows_rejected, 3);
+    assert!(report.rejected[0].reason.contains("quantity \"many\""));
+    assert!(
+        report.rejected[1]
+            .reason
+            .contains("off-2 has a rejected row")
+    );
+    assert!(report.rejected[2].reason.contains("product_id"));
+    for missing in ["off-2", "off-3"] {
+        assert_eq!(
+            documents::Entity::find()
+                .filter(documents::Column::DocumentId.eq(missing))
+                .count(&app.store.db)
+                .await
+                .expect("documents"),
+            0,
+            "a rejected row writes nothing"
+        );
+    }
+    earn_everything(app).await;
+    let off1 = documents::Entity::find()
+        .filter(documents::Column::DocumentId.eq("off-1"))
+        .one(&app.store.db)
+        .await
+        .expect("read")
+        .expect("off-1");
+    assert!(off1.offline);
+    assert_eq!(off1.source, "IMPORT");
+    assert_eq!(
+        off1.points, 50_000,
+        "5 units at 1 point, offline lines earn by default"
+    );
+
+    // The same file again: the same answer, nothing earned twice.
+    let (before, earns) = points(app).await;
+    let again = upload(app, "import-1", pb::ImportFormat::Csv, file)
+        .await
+        .expect("again");
+    assert_eq!(again, report);
+    earn_everything(app).await;
+    assert_eq!(points(app).await, (before, earns));
+
+    let json = concat!(
+        r#"{"documentId":"off-9","number":"OFF/9","clientId":"org:10","saleDate":"2026-03-19","lines":[{"lineNo":1,"productId":"p-9","quantity":2}]}"#,
+        "\n",
+        r#"{"documentId":"off-10"}"#,
+        "\n"
+    );
+    let report = upload(app, "import-2", pb::ImportFormat::JsonLines, json)
+        .await
+        .expect("json lines");
+    assert_eq!(report.document_ids, vec!["off-9".to_owned()]);
+    assert_eq!(
+        report.rejected.iter().map(|r| r.line).collect::<Vec<_>>(),
+        vec![2]
+    );
+    let no_header = pb::sync_service_client::SyncServiceClient::new(app.channel.clone())
+        .import_documents(
+            app.request(tokio_stream::iter(vec![pb::ImportDocumentsRequest {
+                part: Some(pb::import_documents_request::Part::Chunk(b"x".to_vec())),
+            }])),
+        )
+        .await
+        .expect_err("no header");
+    assert_eq!(crate::helpers::violated_fields(&no_header), vec!["header"]);
 }
