@@ -35,6 +35,9 @@ pub struct CoreSettings {
     /// Sent as `authorization: Bearer …` when not empty.
     #[serde(default)]
     pub token: String,
+    /// Each tenant's own ONe credentials (tenant id → token), used instead of `token`.
+    #[serde(default)]
+    pub tenant_tokens: std::collections::BTreeMap<String, String>,
     pub connect_timeout_ms: u64,
     pub request_timeout_ms: u64,
 }

@@ -262,7 +262,7 @@ fn csv_row(line: u64, cell: &dyn Fn(&str) -> String) -> Result<CsvRow, String> {
             problems.push(format!(
                 "line_no {:?} must be a whole number from 1",
                 cell("line_no")
-            ))
+            ));
         })
         .ok();
     let quantity = quantity(&cell("quantity"))

@@ -30,6 +30,7 @@ use crate::service::sync::{CoreGateway, FeedFilter, GatewayError};
 pub struct CoreClient {
     channel: Option<Channel>,
     token: String,
+    tenant_tokens: std::collections::BTreeMap<String, String>,
 }
 
 impl CoreClient {
@@ -51,6 +52,7 @@ impl CoreClient {
         Ok(Self {
             channel,
             token: settings.token.clone(),
+            tenant_tokens: settings.tenant_tokens.clone(),
         })
     }
 
@@ -59,8 +61,12 @@ impl CoreClient {
         if let Ok(value) = tenant.as_str().parse() {
             request.metadata_mut().insert("one-tenant", value);
         }
-        if !self.token.is_empty()
-            && let Ok(value) = format!("Bearer {}", self.token).parse()
+        let token = self
+            .tenant_tokens
+            .get(tenant.as_str())
+            .unwrap_or(&self.token);
+        if !token.is_empty()
+            && let Ok(value) = format!("Bearer {token}").parse()
         {
             request.metadata_mut().insert("authorization", value);
         }
@@ -1069,5 +1075,36 @@ mod tests {
                 DeliveryOutcome::Rejected(_)
             ));
         }
+    }
+
+    #[test]
+    fn a_tenants_own_token_wins_over_the_shared_one() {
+        let settings = CoreSettings {
+            endpoint: String::new(),
+            token: "shared".into(),
+            tenant_tokens: [("acme".to_owned(), "own".to_owned())].into(),
+            connect_timeout_ms: 1,
+            request_timeout_ms: 1,
+        };
+        let client = CoreClient::new(&settings).expect("client");
+        let header = |tenant: &str| {
+            let tenant = TenantId::parse(tenant).expect("tenant");
+            let request = client.request(&tenant, ());
+            (
+                request.metadata().get("authorization").cloned(),
+                request.metadata().get("one-tenant").cloned(),
+            )
+        };
+        let (auth, tenant) = header("acme");
+        assert_eq!(
+            auth.as_ref().and_then(|v| v.to_str().ok()),
+            Some("Bearer own")
+        );
+        assert_eq!(tenant.as_ref().and_then(|v| v.to_str().ok()), Some("acme"));
+        let (auth, _) = header("demo");
+        assert_eq!(
+            auth.as_ref().and_then(|v| v.to_str().ok()),
+            Some("Bearer shared")
+        );
     }
 }

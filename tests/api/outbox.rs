@@ -149,6 +149,7 @@ async fn a_delivery_cut_short_by_a_crash_is_redone_and_lands_once(app: &OutboxAp
     let core = one_loyalty::sync::gateway::CoreClient::new(&one_loyalty::config::CoreSettings {
         endpoint: app.pool_endpoint.clone(),
         token: String::new(),
+        tenant_tokens: std::collections::BTreeMap::new(),
         connect_timeout_ms: 1_000,
         request_timeout_ms: 2_000,
     })
