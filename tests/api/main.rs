@@ -7,6 +7,7 @@ mod agreements;
 mod auth;
 mod contract;
 mod coupons;
+mod crash;
 mod documents;
 mod earn;
 mod fakes;
