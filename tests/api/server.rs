@@ -14,7 +14,7 @@ on_both_backends!(TestApp:
     reflection_v1alpha_lists_exactly_the_eight_loyalty_services_and_health,
     reflection_v1_lists_the_same_services,
     health_reports_every_loyalty_service_serving_without_credentials,
-    rpcs_of_later_work_answer_unimplemented_after_authentication,
+    without_an_one_endpoint_sync_reports_why_it_cannot_run,
 );
 
 /// The services a reflection protocol version lists, sorted, without the reflection service
@@ -84,18 +84,48 @@ async fn health_reports_every_loyalty_service_serving_without_credentials(app: &
     }
 }
 
-async fn rpcs_of_later_work_answer_unimplemented_after_authentication(app: &TestApp) {
+async fn without_an_one_endpoint_sync_reports_why_it_cannot_run(app: &TestApp) {
     let mut sync = pb::sync_service_client::SyncServiceClient::new(app.channel.clone());
-    let status = sync
-        .get_sync_status(app.request(pb::GetSyncStatusRequest::default()))
-        .await
-        .expect_err("not yet");
-    assert_eq!(status.code(), tonic::Code::Unimplemented);
     let status = sync
         .get_sync_status(pb::GetSyncStatusRequest::default())
         .await
         .expect_err("no key");
     assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let fresh = sync
+        .get_sync_status(app.request(pb::GetSyncStatusRequest::default()))
+        .await
+        .expect("status")
+        .into_inner()
+        .streams;
+    assert_eq!(fresh.len(), 8);
+    assert!(
+        fresh
+            .iter()
+            .all(|s| s.cursor.is_empty() && s.items_synced == 0)
+    );
+    sync.trigger_sync(app.request(pb::TriggerSyncRequest {
+        request_id: "t1".into(),
+        streams: vec![pb::SyncStream::Clients as i32],
+        full_resync: false,
+    }))
+    .await
+    .expect("scheduled");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let clients = sync
+            .get_sync_status(app.request(pb::GetSyncStatusRequest {
+                streams: vec![pb::SyncStream::Clients as i32],
+            }))
+            .await
+            .expect("status")
+            .into_inner()
+            .streams;
+        if clients[0].last_error.contains("no ONe core endpoint") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{clients:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
