@@ -53,20 +53,6 @@ pub enum DocumentSource {
     Import,
 }
 
-macro_rules! names {
-    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
-        impl $ty {
-            pub fn as_str(self) -> &'static str {
-                match self { $(Self::$variant => $name),+ }
-            }
-
-            pub fn parse(text: &str) -> Option<Self> {
-                match text { $($name => Some(Self::$variant),)+ _ => None }
-            }
-        }
-    };
-}
-
 names!(DocumentKind { Invoice => "INVOICE", Correction => "CORRECTION" });
 names!(CorrectionType { Valuable => "VALUABLE", Quantitative => "QUANTITATIVE" });
 names!(DocumentStatus {

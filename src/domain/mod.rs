@@ -1,6 +1,21 @@
 //! Plain types and rules: points arithmetic, tenant settings, ledger invariants, the clock.
 //! Nothing here knows about gRPC or the database.
 
+/// `as_str` and `parse` between an enum's variants and their stored names.
+macro_rules! names {
+    ($ty:ty { $($variant:ident => $name:literal),+ $(,)? }) => {
+        impl $ty {
+            pub fn as_str(self) -> &'static str {
+                match self { $(Self::$variant => $name),+ }
+            }
+
+            pub fn parse(text: &str) -> Option<Self> {
+                match text { $($name => Some(Self::$variant),)+ _ => None }
+            }
+        }
+    };
+}
+
 pub mod access;
 pub mod calendar;
 pub mod clock;

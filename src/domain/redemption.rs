@@ -21,22 +21,14 @@ pub enum RedemptionStatus {
     Cancelled,
 }
 
+names!(RedemptionStatus {
+    Pending => "PENDING",
+    Issued => "ISSUED",
+    Failed => "FAILED",
+    Cancelled => "CANCELLED",
+});
+
 impl RedemptionStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "PENDING",
-            Self::Issued => "ISSUED",
-            Self::Failed => "FAILED",
-            Self::Cancelled => "CANCELLED",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Pending, Self::Issued, Self::Failed, Self::Cancelled]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-    }
-
     /// Still counts against the coupon's stock and the client's limit.
     pub fn holds_the_coupon(self) -> bool {
         matches!(self, Self::Pending | Self::Issued)
@@ -199,22 +191,12 @@ pub enum ReservationStatus {
     Expired,
 }
 
-impl ReservationStatus {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Held => "HELD",
-            Self::Committed => "COMMITTED",
-            Self::Released => "RELEASED",
-            Self::Expired => "EXPIRED",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::Held, Self::Committed, Self::Released, Self::Expired]
-            .into_iter()
-            .find(|s| s.as_str() == text)
-    }
-}
+names!(ReservationStatus {
+    Held => "HELD",
+    Committed => "COMMITTED",
+    Released => "RELEASED",
+    Expired => "EXPIRED",
+});
 
 /// Points held for a basket until its order is placed or the hold ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -242,20 +224,10 @@ pub enum OutboxKind {
     SendSpecialEmail,
 }
 
-impl OutboxKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AddPoolCode => "ADD_POOL_CODE",
-            Self::SendSpecialEmail => "SEND_SPECIAL_EMAIL",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        [Self::AddPoolCode, Self::SendSpecialEmail]
-            .into_iter()
-            .find(|k| k.as_str() == text)
-    }
-}
+names!(OutboxKind {
+    AddPoolCode => "ADD_POOL_CODE",
+    SendSpecialEmail => "SEND_SPECIAL_EMAIL",
+});
 
 /// One delivery, as the dispatcher needs it: everything is in the payload, so that a delivery
 /// never reads a coupon that changed after the redemption.

@@ -34,24 +34,18 @@ impl SyncStream {
         Self::CouponPools,
         Self::Documents,
     ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Products => "PRODUCTS",
-            Self::Clients => "CLIENTS",
-            Self::Users => "USERS",
-            Self::Segments => "SEGMENTS",
-            Self::Orders => "ORDERS",
-            Self::Documents => "DOCUMENTS",
-            Self::Declarations => "DECLARATIONS",
-            Self::CouponPools => "COUPON_POOLS",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|s| s.as_str() == text)
-    }
 }
+
+names!(SyncStream {
+    Products => "PRODUCTS",
+    Clients => "CLIENTS",
+    Users => "USERS",
+    Segments => "SEGMENTS",
+    Orders => "ORDERS",
+    Documents => "DOCUMENTS",
+    Declarations => "DECLARATIONS",
+    CouponPools => "COUPON_POOLS",
+});
 
 /// A segment of clients, as ONe defines it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -84,8 +84,7 @@ impl AccessRepository for SeaAccessRepository {
         else {
             return Ok(None);
         };
-        let tenant =
-            TenantId::parse(&row.tenant_id).map_err(|e| RepoError::Corrupt(e.to_string()))?;
+        let tenant = super::error::stored_tenant(&row.tenant_id)?;
         Ok(Some(ApiKeyRecord {
             tenant,
             key_id: row.key_id,

@@ -178,14 +178,7 @@ impl DocumentRepository for SeaDocumentRepository {
             .all(&self.db)
             .await
             .map_err(classify)?;
-        rows.into_iter()
-            .map(|(tenant, id)| {
-                Ok((
-                    TenantId::parse(&tenant).map_err(|e| RepoError::Corrupt(e.to_string()))?,
-                    id,
-                ))
-            })
-            .collect()
+        super::error::tenant_keyed(rows)
     }
 }
 

@@ -2,6 +2,8 @@
 
 use sea_orm::{DbErr, RuntimeErr, SqlErr};
 
+use crate::domain::tenant::TenantId;
+
 /// What went wrong below the repositories, in terms the services act on.
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -63,4 +65,18 @@ fn classify_sqlx(err: &sea_orm::sqlx::Error, text: String) -> RepoError {
         },
         _ => RepoError::Other(text),
     }
+}
+
+/// A tenant id read back from a row; one that does not parse is corrupt data.
+pub(crate) fn stored_tenant(text: &str) -> Result<TenantId, RepoError> {
+    TenantId::parse(text).map_err(|e| RepoError::Corrupt(e.to_string()))
+}
+
+/// Rows of (tenant id, item id), as the jobs that work across tenants read them.
+pub(crate) fn tenant_keyed(
+    rows: Vec<(String, String)>,
+) -> Result<Vec<(TenantId, String)>, RepoError> {
+    rows.into_iter()
+        .map(|(tenant, id)| Ok((stored_tenant(&tenant)?, id)))
+        .collect()
 }

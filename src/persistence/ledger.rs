@@ -177,8 +177,7 @@ impl LedgerRepository for SeaLedgerRepository {
         rows.into_iter()
             .map(|r| {
                 Ok(DueLot {
-                    tenant: TenantId::parse(&r.tenant_id)
-                        .map_err(|e| RepoError::Corrupt(e.to_string()))?,
+                    tenant: super::error::stored_tenant(&r.tenant_id)?,
                     event_id: r.event_id,
                     client_id: r.client_id,
                     remaining: from_minor_units(r.remaining),

@@ -457,7 +457,7 @@ fn message_from_row(row: outbox::Model) -> Result<OutboxMessage, RepoError> {
     })?;
     Ok(OutboxMessage {
         message_id: row.message_id,
-        tenant: TenantId::parse(&row.tenant_id).map_err(|e| RepoError::Corrupt(e.to_string()))?,
+        tenant: super::error::stored_tenant(&row.tenant_id)?,
         redemption_id: row.aggregate_id,
         delivery,
         attempts: u32::try_from(row.attempts).unwrap_or(0),

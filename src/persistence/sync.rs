@@ -168,7 +168,7 @@ impl SyncRepository for SeaSyncRepository {
             .await
             .map_err(classify)?;
         ids.iter()
-            .map(|id| TenantId::parse(id).map_err(|e| RepoError::Corrupt(e.to_string())))
+            .map(|id| super::error::stored_tenant(id))
             .collect()
     }
 }

@@ -24,6 +24,14 @@ use crate::domain::tenant::TenantId;
 use crate::proto::core::v1 as core;
 use crate::service::promotions::{PoolPage, PromotionsGateway};
 use crate::service::sync::{CoreGateway, FeedFilter, GatewayError};
+use core::client_service_client::ClientServiceClient;
+use core::declaration_service_client::DeclarationServiceClient;
+use core::document_service_client::DocumentServiceClient;
+use core::order_service_client::OrderServiceClient;
+use core::product_service_client::ProductServiceClient;
+use core::promotion_service_client::PromotionServiceClient;
+use core::segment_service_client::SegmentServiceClient;
+use core::user_service_client::UserServiceClient;
 
 /// The ONe core over gRPC; `None` channel when no endpoint is configured.
 #[derive(Debug, Clone)]
@@ -87,8 +95,7 @@ impl PromotionsGateway for CoreClient {
         let Some(channel) = &self.channel else {
             return DeliveryOutcome::Transient("no ONe core endpoint is configured".into());
         };
-        let mut client =
-            core::promotion_service_client::PromotionServiceClient::new(channel.clone());
+        let mut client = PromotionServiceClient::new(channel.clone());
         let request = self.request(
             tenant,
             core::AddCouponCodesRequest {
@@ -115,8 +122,7 @@ impl PromotionsGateway for CoreClient {
         let Some(channel) = &self.channel else {
             return Err("no ONe core endpoint is configured".into());
         };
-        let mut client =
-            core::promotion_service_client::PromotionServiceClient::new(channel.clone());
+        let mut client = PromotionServiceClient::new(channel.clone());
         let request = self.request(
             tenant,
             core::ListCouponPoolsRequest {
@@ -408,9 +414,54 @@ impl CoreClient {
     }
 }
 
+/// Calls `$method` of the `$client` service with `$request` (re-evaluated per attempt), with
+/// the tenant's metadata and retries; evaluates to the reply message.
+macro_rules! call {
+    ($self:ident, $channel:ident, $tenant:ident, $client:ident, $method:ident, $request:expr) => {
+        with_retry(|| {
+            let mut client = $client::new($channel.clone());
+            let request = $self.request($tenant, $request);
+            async move {
+                client
+                    .$method(request)
+                    .await
+                    .map(tonic::Response::into_inner)
+            }
+        })
+        .await?
+    };
+}
+
+/// A feed reply as a batch: each event converted, those without a payload left out.
+fn batch<E>(
+    events: Vec<E>,
+    next_cursor: String,
+    convert: impl FnMut(E) -> Option<SyncChange>,
+) -> SyncBatch {
+    SyncBatch {
+        changes: events.into_iter().filter_map(convert).collect(),
+        next_cursor,
+    }
+}
+
+/// A list reply as a page.
+fn page<T>(
+    items: Vec<T>,
+    info: Option<&core::PageInfo>,
+    page_number: u32,
+    page_size: u32,
+    convert: impl FnMut(T) -> SyncChange,
+) -> SnapshotPage {
+    let more = more_pages(info, page_number, page_size, items.len());
+    SnapshotPage {
+        changes: items.into_iter().map(convert).collect(),
+        more,
+    }
+}
+
 #[async_trait]
 impl CoreGateway for CoreClient {
-    #[allow(clippy::too_many_lines)] // one arm per stream, each a call and a conversion
+    #[allow(clippy::too_many_lines)] // one short arm per stream
     async fn changes(
         &self,
         tenant: &TenantId,
@@ -419,276 +470,175 @@ impl CoreGateway for CoreClient {
         limit: u32,
         filter: &FeedFilter,
     ) -> Result<SyncBatch, GatewayError> {
+        use core::{
+            GetClientEventsRequest as Clients, GetCouponPoolEventsRequest as Pools,
+            GetDeclarationEventsRequest as Declarations, GetDocumentEventsRequest as Documents,
+            GetOrderEventsRequest as Orders, GetProductEventsRequest as Products,
+            GetSegmentEventsRequest as Segments, GetUserEventsRequest as Users,
+        };
         let channel = self.channel()?;
         let start_id = cursor.to_owned();
-        let batch = match stream {
+        Ok(match stream {
             SyncStream::Products => {
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::product_service_client::ProductServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::GetProductEventsRequest {
-                            start_id: start_id.clone(),
-                            limit,
-                        },
-                    );
-                    async move {
-                        client
-                            .get_product_events(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
+                let request = || Products {
+                    start_id: start_id.clone(),
+                    limit,
+                };
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    ProductServiceClient,
+                    get_product_events,
+                    request()
+                );
+                batch(r.events, r.next_id, |e| {
+                    let gone = removed(e.change_type);
+                    e.product.map(|p| product(p, gone))
                 })
-                .await?;
-                let changes = reply
-                    .events
-                    .into_iter()
-                    .filter_map(|e| {
-                        let gone = removed(e.change_type);
-                        e.product.map(|p| product(p, gone))
-                    })
-                    .collect();
-                SyncBatch {
-                    changes,
-                    next_cursor: reply.next_id,
-                }
             }
             SyncStream::Clients => {
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::client_service_client::ClientServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::GetClientEventsRequest {
-                            start_id: start_id.clone(),
-                            limit,
-                        },
-                    );
-                    async move {
-                        client
-                            .get_client_events(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
+                let request = || Clients {
+                    start_id: start_id.clone(),
+                    limit,
+                };
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    ClientServiceClient,
+                    get_client_events,
+                    request()
+                );
+                batch(r.events, r.next_id, |e| {
+                    let gone = removed(e.change_type);
+                    e.client.map(|c| client(c, gone))
                 })
-                .await?;
-                let changes = reply
-                    .events
-                    .into_iter()
-                    .filter_map(|e| {
-                        let gone = removed(e.change_type);
-                        e.client.map(|c| client(c, gone))
-                    })
-                    .collect();
-                SyncBatch {
-                    changes,
-                    next_cursor: reply.next_id,
-                }
             }
             SyncStream::Users => {
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::user_service_client::UserServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::GetUserEventsRequest {
-                            start_id: start_id.clone(),
-                            limit,
-                        },
-                    );
-                    async move {
-                        client
-                            .get_user_events(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
+                let request = || Users {
+                    start_id: start_id.clone(),
+                    limit,
+                };
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    UserServiceClient,
+                    get_user_events,
+                    request()
+                );
+                batch(r.events, r.next_id, |e| {
+                    let gone = removed(e.change_type).then(|| instant(e.occurred_at.as_ref()));
+                    e.user.map(|u| user(u, gone))
                 })
-                .await?;
-                let changes = reply
-                    .events
-                    .into_iter()
-                    .filter_map(|e| {
-                        let gone = removed(e.change_type).then(|| instant(e.occurred_at.as_ref()));
-                        e.user.map(|u| user(u, gone))
-                    })
-                    .collect();
-                SyncBatch {
-                    changes,
-                    next_cursor: reply.next_id,
-                }
             }
             SyncStream::Segments => {
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::segment_service_client::SegmentServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::GetSegmentEventsRequest {
-                            start_id: start_id.clone(),
-                            limit,
-                        },
-                    );
-                    async move {
-                        client
-                            .get_segment_events(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
+                let request = || Segments {
+                    start_id: start_id.clone(),
+                    limit,
+                };
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    SegmentServiceClient,
+                    get_segment_events,
+                    request()
+                );
+                batch(r.events, r.next_id, |e| {
+                    let gone = removed(e.change_type);
+                    e.segment.map(|s| segment(s, gone))
                 })
-                .await?;
-                let changes = reply
-                    .events
-                    .into_iter()
-                    .filter_map(|e| {
-                        let gone = removed(e.change_type);
-                        e.segment.map(|s| segment(s, gone))
-                    })
-                    .collect();
-                SyncBatch {
-                    changes,
-                    next_cursor: reply.next_id,
-                }
             }
             SyncStream::Orders => {
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::order_service_client::OrderServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::GetOrderEventsRequest {
-                            start_id: start_id.clone(),
-                            limit,
-                        },
-                    );
-                    async move {
-                        client
-                            .get_order_events(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
+                let request = || Orders {
+                    start_id: start_id.clone(),
+                    limit,
+                };
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    OrderServiceClient,
+                    get_order_events,
+                    request()
+                );
+                batch(r.events, r.next_id, |e| {
+                    let gone = removed(e.change_type);
+                    e.order.map(|o| order(o, gone))
                 })
-                .await?;
-                let changes = reply
-                    .events
-                    .into_iter()
-                    .filter_map(|e| {
-                        let gone = removed(e.change_type);
-                        e.order.map(|o| order(o, gone))
-                    })
-                    .collect();
-                SyncBatch {
-                    changes,
-                    next_cursor: reply.next_id,
-                }
             }
             SyncStream::Documents => {
                 let types = document_types(filter);
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::document_service_client::DocumentServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::GetDocumentEventsRequest {
-                            start_id: start_id.clone(),
-                            limit,
-                            types: types.clone(),
-                        },
-                    );
-                    async move {
-                        client
-                            .get_document_events(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                })
-                .await?;
-                let mut changes = Vec::with_capacity(reply.events.len());
-                for event in reply.events {
-                    // Documents do not change once issued; a correction is a document of its own.
-                    if event.change_type != core::ChangeType::Added as i32 {
-                        continue;
-                    }
-                    if let Some(d) = event.document {
-                        changes.push(document(&d)?);
-                    }
+                let request = || Documents {
+                    start_id: start_id.clone(),
+                    limit,
+                    types: types.clone(),
+                };
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    DocumentServiceClient,
+                    get_document_events,
+                    request()
+                );
+                let mut changes = Vec::with_capacity(r.events.len());
+                // Documents do not change once issued; a correction is a document of its own.
+                for d in r
+                    .events
+                    .into_iter()
+                    .filter(|e| e.change_type == core::ChangeType::Added as i32)
+                    .filter_map(|e| e.document)
+                {
+                    changes.push(document(&d)?);
                 }
                 SyncBatch {
                     changes,
-                    next_cursor: reply.next_id,
+                    next_cursor: r.next_id,
                 }
             }
             SyncStream::Declarations => {
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::declaration_service_client::DeclarationServiceClient::new(
-                            channel.clone(),
-                        );
-                    let request = self.request(
-                        tenant,
-                        core::GetDeclarationEventsRequest {
-                            start_id: start_id.clone(),
-                            limit,
-                            declaration_type_id: filter.declaration_type_id.clone(),
-                        },
-                    );
-                    async move {
-                        client
-                            .get_declaration_events(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                })
-                .await?;
+                let declaration_type_id = filter.declaration_type_id.clone();
+                let request = || Declarations {
+                    start_id: start_id.clone(),
+                    limit,
+                    declaration_type_id: declaration_type_id.clone(),
+                };
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    DeclarationServiceClient,
+                    get_declaration_events,
+                    request()
+                );
                 let now = Utc::now();
-                let changes = reply
-                    .events
-                    .into_iter()
-                    .filter_map(|e| consent(e, now))
-                    .collect();
-                SyncBatch {
-                    changes,
-                    next_cursor: reply.next_id,
-                }
+                batch(r.events, r.next_id, |e| consent(e, now))
             }
             SyncStream::CouponPools => {
-                let reply = with_retry(|| {
-                    let mut client = core::promotion_service_client::PromotionServiceClient::new(
-                        channel.clone(),
-                    );
-                    let request = self.request(
-                        tenant,
-                        core::GetCouponPoolEventsRequest {
-                            start_id: start_id.clone(),
-                            limit,
-                        },
-                    );
-                    async move {
-                        client
-                            .get_coupon_pool_events(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
+                let request = || Pools {
+                    start_id: start_id.clone(),
+                    limit,
+                };
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    PromotionServiceClient,
+                    get_coupon_pool_events,
+                    request()
+                );
+                batch(r.events, r.next_id, |e| {
+                    let gone = removed(e.change_type);
+                    e.pool.map(|p| pool(p, gone))
                 })
-                .await?;
-                let changes = reply
-                    .events
-                    .into_iter()
-                    .filter_map(|e| {
-                        let gone = removed(e.change_type);
-                        e.pool.map(|p| pool(p, gone))
-                    })
-                    .collect();
-                SyncBatch {
-                    changes,
-                    next_cursor: reply.next_id,
-                }
             }
-        };
-        Ok(batch)
+        })
     }
 
-    #[allow(clippy::too_many_lines)] // one arm per stream, each a call and a conversion
+    #[allow(clippy::too_many_lines)] // one short arm per stream
     async fn snapshot(
         &self,
         tenant: &TenantId,
@@ -697,170 +647,85 @@ impl CoreGateway for CoreClient {
         page_size: u32,
         filter: &FeedFilter,
     ) -> Result<SnapshotPage, GatewayError> {
+        use core::{
+            ListClientsRequest as Clients, ListDocumentsRequest as Documents,
+            ListOrdersRequest as Orders, ListProductsRequest as Products,
+            ListSegmentsRequest as Segments, ListUsersRequest as Users,
+        };
         let channel = self.channel()?;
-        let page = match stream {
+        let (n, size) = (page_number, page_size);
+        Ok(match stream {
             SyncStream::Products => {
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::product_service_client::ProductServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::ListProductsRequest {
-                            page_number,
-                            page_size,
-                        },
-                    );
-                    async move {
-                        client
-                            .list_products(request)
-                            .await
-                            .map(tonic::Response::into_inner)
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    ProductServiceClient,
+                    list_products,
+                    Products {
+                        page_number,
+                        page_size
                     }
-                })
-                .await?;
-                let more = more_pages(
-                    reply.page.as_ref(),
-                    page_number,
-                    page_size,
-                    reply.products.len(),
                 );
-                SnapshotPage {
-                    changes: reply
-                        .products
-                        .into_iter()
-                        .map(|p| product(p, false))
-                        .collect(),
-                    more,
-                }
+                page(r.products, r.page.as_ref(), n, size, |p| product(p, false))
             }
             SyncStream::Clients => {
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::client_service_client::ClientServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::ListClientsRequest {
-                            page_number,
-                            page_size,
-                        },
-                    );
-                    async move {
-                        client
-                            .list_clients(request)
-                            .await
-                            .map(tonic::Response::into_inner)
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    ClientServiceClient,
+                    list_clients,
+                    Clients {
+                        page_number,
+                        page_size
                     }
-                })
-                .await?;
-                let more = more_pages(
-                    reply.page.as_ref(),
-                    page_number,
-                    page_size,
-                    reply.clients.len(),
                 );
-                SnapshotPage {
-                    changes: reply
-                        .clients
-                        .into_iter()
-                        .map(|c| client(c, false))
-                        .collect(),
-                    more,
-                }
+                page(r.clients, r.page.as_ref(), n, size, |c| client(c, false))
             }
             SyncStream::Users => {
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::user_service_client::UserServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::ListUsersRequest {
-                            page_number,
-                            page_size,
-                        },
-                    );
-                    async move {
-                        client
-                            .list_users(request)
-                            .await
-                            .map(tonic::Response::into_inner)
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    UserServiceClient,
+                    list_users,
+                    Users {
+                        page_number,
+                        page_size
                     }
-                })
-                .await?;
-                let more = more_pages(
-                    reply.page.as_ref(),
-                    page_number,
-                    page_size,
-                    reply.users.len(),
                 );
-                SnapshotPage {
-                    changes: reply.users.into_iter().map(|u| user(u, None)).collect(),
-                    more,
-                }
+                page(r.users, r.page.as_ref(), n, size, |u| user(u, None))
             }
             SyncStream::Segments => {
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::segment_service_client::SegmentServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::ListSegmentsRequest {
-                            page_number,
-                            page_size,
-                        },
-                    );
-                    async move {
-                        client
-                            .list_segments(request)
-                            .await
-                            .map(tonic::Response::into_inner)
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    SegmentServiceClient,
+                    list_segments,
+                    Segments {
+                        page_number,
+                        page_size
                     }
-                })
-                .await?;
-                let more = more_pages(
-                    reply.page.as_ref(),
-                    page_number,
-                    page_size,
-                    reply.segments.len(),
                 );
-                SnapshotPage {
-                    changes: reply
-                        .segments
-                        .into_iter()
-                        .map(|s| segment(s, false))
-                        .collect(),
-                    more,
-                }
+                page(r.segments, r.page.as_ref(), n, size, |s| segment(s, false))
             }
             SyncStream::Orders => {
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::order_service_client::OrderServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::ListOrdersRequest {
-                            page_number,
-                            page_size,
-                            order_date_from: None,
-                        },
-                    );
-                    async move {
-                        client
-                            .list_orders(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                })
-                .await?;
-                let more = more_pages(
-                    reply.page.as_ref(),
+                let request = || Orders {
                     page_number,
                     page_size,
-                    reply.orders.len(),
+                    order_date_from: None,
+                };
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    OrderServiceClient,
+                    list_orders,
+                    request()
                 );
-                SnapshotPage {
-                    changes: reply.orders.into_iter().map(|o| order(o, false)).collect(),
-                    more,
-                }
+                page(r.orders, r.page.as_ref(), n, size, |o| order(o, false))
             }
             SyncStream::Documents => {
                 let types = document_types(filter);
@@ -868,37 +733,22 @@ impl CoreGateway for CoreClient {
                     .documents_from
                     .map(|d| d.to_string())
                     .unwrap_or_default();
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::document_service_client::DocumentServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::ListDocumentsRequest {
-                            page_number,
-                            page_size,
-                            types: types.clone(),
-                            sale_date_from: from.clone(),
-                        },
-                    );
-                    async move {
-                        client
-                            .list_documents(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                })
-                .await?;
-                let more = more_pages(
-                    reply.page.as_ref(),
+                let request = || Documents {
                     page_number,
                     page_size,
-                    reply.documents.len(),
+                    types: types.clone(),
+                    sale_date_from: from.clone(),
+                };
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    DocumentServiceClient,
+                    list_documents,
+                    request()
                 );
-                let changes = reply
-                    .documents
-                    .iter()
-                    .map(document)
-                    .collect::<Result<_, _>>()?;
+                let more = more_pages(r.page.as_ref(), n, size, r.documents.len());
+                let changes = r.documents.iter().map(document).collect::<Result<_, _>>()?;
                 SnapshotPage { changes, more }
             }
             // Consent events have no list; a full pass reads the versions, as every run does.
@@ -915,8 +765,7 @@ impl CoreGateway for CoreClient {
                     more: listed.more,
                 }
             }
-        };
-        Ok(page)
+        })
     }
 
     async fn references(
@@ -927,95 +776,61 @@ impl CoreGateway for CoreClient {
         page_size: u32,
         filter: &FeedFilter,
     ) -> Result<SnapshotPage, GatewayError> {
-        match stream {
+        let (n, size) = (page_number, page_size);
+        Ok(match stream {
             SyncStream::Products => {
                 let channel = self.channel()?;
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::product_service_client::ProductServiceClient::new(channel.clone());
-                    let request = self.request(
-                        tenant,
-                        core::ListCategoriesRequest {
-                            page_number,
-                            page_size,
-                        },
-                    );
-                    async move {
-                        client
-                            .list_categories(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                })
-                .await?;
-                let more = more_pages(
-                    reply.page.as_ref(),
+                let request = || core::ListCategoriesRequest {
                     page_number,
                     page_size,
-                    reply.categories.len(),
+                };
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    ProductServiceClient,
+                    list_categories,
+                    request()
                 );
-                let changes = reply
-                    .categories
-                    .into_iter()
-                    .map(|c| {
-                        SyncChange::Category(CategoryRecord {
-                            category_id: c.id,
-                            parent_id: non_empty(c.parent_id),
-                            name: c.name,
-                        })
+                page(r.categories, r.page.as_ref(), n, size, |c| {
+                    SyncChange::Category(CategoryRecord {
+                        category_id: c.id,
+                        parent_id: non_empty(c.parent_id),
+                        name: c.name,
                     })
-                    .collect();
-                Ok(SnapshotPage { changes, more })
+                })
             }
             SyncStream::Declarations if !filter.declaration_type_id.is_empty() => {
                 let channel = self.channel()?;
-                let reply = with_retry(|| {
-                    let mut client =
-                        core::declaration_service_client::DeclarationServiceClient::new(
-                            channel.clone(),
-                        );
-                    let request = self.request(
-                        tenant,
-                        core::ListDeclarationVersionsRequest {
-                            declaration_type_id: filter.declaration_type_id.clone(),
-                            page_number,
-                            page_size,
-                        },
-                    );
-                    async move {
-                        client
-                            .list_declaration_versions(request)
-                            .await
-                            .map(tonic::Response::into_inner)
-                    }
-                })
-                .await?;
-                let more = more_pages(
-                    reply.page.as_ref(),
+                let declaration_type_id = filter.declaration_type_id.clone();
+                let request = || core::ListDeclarationVersionsRequest {
+                    declaration_type_id: declaration_type_id.clone(),
                     page_number,
                     page_size,
-                    reply.versions.len(),
+                };
+                let r = call!(
+                    self,
+                    channel,
+                    tenant,
+                    DeclarationServiceClient,
+                    list_declaration_versions,
+                    request()
                 );
-                let changes = reply
-                    .versions
-                    .into_iter()
-                    .map(|v| {
-                        SyncChange::Version(AgreementVersion {
-                            declaration_type_id: v.declaration_type_id,
-                            version: v.version,
-                            published_at: instant(v.published_at.as_ref()),
-                            title: v.title,
-                            content_url: v.content_url,
-                        })
+                page(r.versions, r.page.as_ref(), n, size, |v| {
+                    SyncChange::Version(AgreementVersion {
+                        declaration_type_id: v.declaration_type_id,
+                        version: v.version,
+                        published_at: instant(v.published_at.as_ref()),
+                        title: v.title,
+                        content_url: v.content_url,
                     })
-                    .collect();
-                Ok(SnapshotPage { changes, more })
+                })
             }
-            _ => Ok(SnapshotPage {
+            _ => SnapshotPage {
                 changes: Vec::new(),
                 more: false,
-            }),
-        }
+            },
+        })
     }
 }
 
