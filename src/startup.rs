@@ -398,11 +398,9 @@ fn spawn_jobs(settings: &JobsSettings, services: &Services) -> Option<tokio::tas
     let redeem = Arc::clone(&services.redeem);
     let interval = Duration::from_millis(settings.interval_ms.max(100));
     let batch = settings.batch_size.max(1);
-    Some(tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+    Some(spawn_every(interval, move || {
+        let (earn, ledger, redeem) = (Arc::clone(&earn), Arc::clone(&ledger), Arc::clone(&redeem));
+        async move {
             match earn.run_due(batch).await {
                 Ok(0) => {}
                 Ok(count) => tracing::info!(count, "processed due documents"),
@@ -422,6 +420,23 @@ fn spawn_jobs(settings: &JobsSettings, services: &Services) -> Option<tokio::tas
             }
         }
     }))
+}
+
+/// Runs `round` every `interval` (a late round delays the next rather than bunching them) until
+/// the task is aborted.
+fn spawn_every<F, R>(interval: Duration, mut round: F) -> tokio::task::JoinHandle<()>
+where
+    F: FnMut() -> R + Send + 'static,
+    R: Future<Output = ()> + Send,
+{
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            round().await;
+        }
+    })
 }
 
 /// Synchronization over the ONe core client, with the configured limits.
@@ -468,11 +483,9 @@ fn spawn_outbox(
     let outbox = Arc::clone(&services.outbox);
     let interval = Duration::from_millis(settings.interval_ms.max(50));
     let batch = settings.batch_size.max(1);
-    Some(tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+    Some(spawn_every(interval, move || {
+        let outbox = Arc::clone(&outbox);
+        async move {
             match outbox.run_once(batch).await {
                 Ok(report) if report == DispatchReport::default() => {}
                 Ok(report) => tracing::info!(?report, "outbox dispatched"),
@@ -490,11 +503,9 @@ fn spawn_sync(settings: &Settings, services: &Services) -> Option<tokio::task::J
     }
     let sync = Arc::clone(&services.sync);
     let interval = Duration::from_millis(settings.sync.interval_ms.max(100));
-    Some(tokio::spawn(async move {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticks.tick().await;
+    Some(spawn_every(interval, move || {
+        let sync = Arc::clone(&sync);
+        async move {
             if let Err(err) = sync.run_due_tenants().await {
                 tracing::warn!(%err, "synchronization round failed; retried next tick");
             }

@@ -173,17 +173,8 @@ async fn points(app: &SyncApp) -> (BTreeMap<String, String>, u64) {
     let mut balances = BTreeMap::new();
     for c in 1..=20 {
         let client_id = format!("org:{c}");
-        let balance = pb::ledger_service_client::LedgerServiceClient::new(app.channel.clone())
-            .get_balance(app.request(pb::GetBalanceRequest {
-                client_id: client_id.clone(),
-                expiring_within_days: 0,
-            }))
-            .await
-            .expect("balance")
-            .into_inner()
-            .balance
-            .expect("balance");
-        balances.insert(client_id, balance.total);
+        let total = crate::redeem::balance(app, &client_id).await.total;
+        balances.insert(client_id, total);
     }
     let earns = ledger_events::Entity::find()
         .filter(ledger_events::Column::EventType.eq("EARN"))
