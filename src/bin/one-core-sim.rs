@@ -41,6 +41,9 @@ struct Cli {
     /// Faults: the probability that a call fails with UNAVAILABLE.
     #[arg(long, default_value_t = 0.0)]
     error_rate: f64,
+    /// Read fault commands (down, up, drop, …) on standard input while running.
+    #[arg(long)]
+    stdin_control: bool,
 }
 
 #[tokio::main]
@@ -92,14 +95,81 @@ async fn main() -> ExitCode {
             }
         });
     }
+    if cli.stdin_control {
+        println!("{COMMANDS}");
+        tokio::spawn(control(sim.clone(), spec));
+    }
     let stop = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    match sim.serve(listener, stop).await {
+    match sim.run(listener, stop).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("one-core-sim: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Faults on demand, one command per line on standard input.
+const COMMANDS: &str = "commands: down | up | fail N | latency MS | errors RATE | drop | refuse | accept | invoice | status";
+
+async fn control(sim: CoreSim, spec: SimSpec) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let mut words = line.split_whitespace();
+        let (command, arg) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let mut faults = sim.state().faults();
+        let reply = match command {
+            "down" => {
+                faults.down = true;
+                "every call fails with UNAVAILABLE".to_owned()
+            }
+            "up" => {
+                faults = Faults::default();
+                "all faults cleared".to_owned()
+            }
+            "fail" => {
+                faults.fail_next = arg.parse().unwrap_or(1);
+                format!("the next {} calls fail", faults.fail_next)
+            }
+            "latency" => {
+                faults.latency = Duration::from_millis(arg.parse().unwrap_or(0));
+                format!("{:?} added to every call", faults.latency)
+            }
+            "errors" => {
+                faults.error_rate = arg.parse::<f64>().unwrap_or(0.0).clamp(0.0, 1.0);
+                format!("calls fail with probability {}", faults.error_rate)
+            }
+            "refuse" => {
+                faults.refuse_connections = true;
+                "new connections are closed at once".to_owned()
+            }
+            "accept" => {
+                faults.refuse_connections = false;
+                "connections accepted".to_owned()
+            }
+            "drop" => {
+                sim.drop_connections();
+                "open connections dropped".to_owned()
+            }
+            "invoice" => {
+                let day = chrono::Utc::now().date_naive().pred_opt();
+                day.map_or_else(String::new, |d| sim.state().add_invoice(spec, d))
+            }
+            "status" => {
+                let state = sim.state();
+                format!(
+                    "{} calls; {} invoice lines; faults {:?}",
+                    state.calls,
+                    state.invoice_lines(),
+                    faults
+                )
+            }
+            _ => COMMANDS.to_owned(),
+        };
+        sim.set_faults(faults);
+        println!("{reply}");
     }
 }

@@ -58,6 +58,8 @@ pub struct Faults {
     pub fail_next: u32,
     /// Each call fails with this probability.
     pub error_rate: f64,
+    /// New connections are closed as soon as they are accepted.
+    pub refuse_connections: bool,
 }
 
 /// A feed of change events; the event id is the 1-based position.
@@ -481,6 +483,11 @@ impl SimState {
         id
     }
 
+    /// The faults now in force.
+    pub fn faults(&self) -> Faults {
+        self.faults
+    }
+
     /// Invoice lines in the documents feed.
     pub fn invoice_lines(&self) -> usize {
         self.documents.iter().map(|d| d.lines.len()).sum()
@@ -491,12 +498,56 @@ impl SimState {
 #[derive(Debug, Clone)]
 pub struct CoreSim {
     state: Arc<Mutex<SimState>>,
+    /// Wakes [`CoreSim::run`] to close every connection and listen again.
+    restart: Arc<tokio::sync::Notify>,
 }
 
 impl CoreSim {
     pub fn new(state: SimState) -> Self {
         Self {
             state: Arc::new(Mutex::new(state)),
+            restart: Arc::new(tokio::sync::Notify::new()),
+        }
+    }
+
+    /// Closes every open connection (a dropped-connection fault); [`CoreSim::run`] listens
+    /// again on the same address at once.
+    pub fn drop_connections(&self) {
+        self.restart.notify_one();
+    }
+
+    /// Serves on `listener` until `stop` completes. Each [`CoreSim::drop_connections`] stops the
+    /// server (its connections close) and serves again on the same address.
+    ///
+    /// # Errors
+    /// The address cannot be bound again, or the transport.
+    pub async fn run(
+        &self,
+        listener: tokio::net::TcpListener,
+        stop: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let addr = listener.local_addr()?;
+        let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        {
+            let (stopped, restart) = (Arc::clone(&stopped), Arc::clone(&self.restart));
+            tokio::spawn(async move {
+                stop.await;
+                stopped.store(true, std::sync::atomic::Ordering::SeqCst);
+                restart.notify_one();
+            });
+        }
+        let mut listener = Some(listener);
+        loop {
+            let current = match listener.take() {
+                Some(l) => l,
+                None => tokio::net::TcpListener::bind(addr).await?,
+            };
+            let restart = Arc::clone(&self.restart);
+            self.serve(current, async move { restart.notified().await })
+                .await?;
+            if stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                return Ok(());
+            }
         }
     }
 
@@ -527,6 +578,7 @@ impl CoreSim {
             segment_service_server::SegmentServiceServer, user_service_server::UserServiceServer,
         };
         const LIMIT: usize = 64 * 1024 * 1024;
+        let refusing = self.clone();
         macro_rules! big {
             ($server:ident) => {
                 $server::new(self.clone())
@@ -544,7 +596,11 @@ impl CoreSim {
             .add_service(big!(DeclarationServiceServer))
             .add_service(big!(PromotionServiceServer))
             .serve_with_incoming_shutdown(
-                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                tokio_stream::StreamExt::filter(
+                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    // A refused connection is dropped, which closes it.
+                    move |_| !refusing.state().faults.refuse_connections,
+                ),
                 shutdown,
             )
             .await

@@ -396,7 +396,7 @@ pub async fn start_sim(sim: &one_loyalty::sim::CoreSim) -> String {
     let url = format!("http://{}", listener.local_addr().expect("address"));
     let serving = sim.clone();
     tokio::spawn(async move {
-        let _ = serving.serve(listener, std::future::pending()).await;
+        let _ = serving.run(listener, std::future::pending()).await;
     });
     url
 }

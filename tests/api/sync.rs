@@ -25,6 +25,7 @@ on_both_backends!(SyncApp:
     an_outage_is_retried_shown_in_the_status_and_caught_up,
     a_full_resynchronization_pages_through_the_lists,
     an_import_stores_the_good_documents_and_names_every_bad_row,
+    dropped_and_refused_connections_are_survived,
 );
 
 fn tenant() -> TenantId {
@@ -464,4 +465,44 @@ off-4,OFF/4,org:8,2026-03-19,1,p-5,4,
         .await
         .expect_err("no header");
     assert_eq!(crate::helpers::violated_fields(&no_header), vec!["header"]);
+}
+
+async fn dropped_and_refused_connections_are_survived(app: &SyncApp) {
+    let demo = tenant();
+    let clients = || app.services.sync.run_stream(&demo, SyncStream::Clients);
+    assert_eq!(clients().await.expect("first").applied, 20);
+    let add = |id: &str| {
+        let at = one_loyalty::domain::clock::Clock::now(app.clock.as_ref());
+        let mut sim = app.sim.state();
+        let mut client = sim.client("org:1").expect("org:1");
+        client.id = id.into();
+        sim.upsert_client(client, at);
+    };
+
+    // ONe drops every open connection: the channel reconnects by itself.
+    app.sim.drop_connections();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    add("org:new-1");
+    assert_eq!(clients().await.expect("after a drop").applied, 1);
+
+    // ONe closes every new connection for a while: the run fails and says so, then catches up.
+    app.sim.set_faults(Faults {
+        refuse_connections: true,
+        ..Faults::default()
+    });
+    app.sim.drop_connections();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    add("org:new-2");
+    let failed = clients().await.expect_err("connections refused");
+    assert!(failed.to_string().contains("unavailable"), "{failed}");
+    app.sim.set_faults(Faults::default());
+    assert_eq!(clients().await.expect("accepted again").applied, 1);
+    assert!(
+        app.services
+            .directory
+            .client(&tenant(), "org:new-2")
+            .await
+            .expect("read")
+            .is_some()
+    );
 }
