@@ -24,6 +24,8 @@ pub struct Settings {
     pub codes: CodeSettings,
     #[serde(default)]
     pub bootstrap: BootstrapSettings,
+    /// Role → the permissions it grants (`"*"`: all).
+    pub roles: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// The ONe core services this plugin calls (the promotions service receives coupon codes).

@@ -14,6 +14,7 @@ use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
 use crate::config::{JobsSettings, OutboxSettings, Settings};
+use crate::domain::access::RolePermissions;
 use crate::domain::clock::{Clock, SystemClock};
 use crate::domain::redemption::Backoff;
 use crate::grpc::agreements::AgreementGrpc;
@@ -46,7 +47,7 @@ use crate::persistence::{
 };
 use crate::proto::loyalty::v1 as pb;
 use crate::proto::served_descriptor_set;
-use crate::service::access::{AccessError, AccessService};
+use crate::service::access::{AccessError, AccessService, KNOWN_ROLES};
 use crate::service::agreements::AgreementService;
 use crate::service::coupons::CouponService;
 use crate::service::earn::{EarnDependencies, EarnService};
@@ -122,6 +123,8 @@ pub struct Services {
     pub outbox: Arc<OutboxDispatcher>,
     pub sync: Arc<SyncService>,
     pub import: Arc<ImportService>,
+    /// What each role may do.
+    pub roles: Arc<RolePermissions>,
 }
 
 impl Services {
@@ -199,6 +202,7 @@ impl Services {
             dispatch_policy(&settings.outbox),
         ));
         Ok(Self {
+            roles: Arc::new(role_permissions(settings)?),
             import: Arc::new(ImportService::new(Arc::clone(&earn))),
             outbox,
             sync,
@@ -338,7 +342,10 @@ impl Application {
         Server::builder()
             .timeout(server.request_timeout())
             .layer(MetricsLayer)
-            .layer(AuthLayer::new(Arc::clone(&self.services.access)))
+            .layer(AuthLayer::new(
+                Arc::clone(&self.services.access),
+                Arc::clone(&self.services.roles),
+            ))
             .add_service(health_service)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
@@ -437,6 +444,19 @@ where
             round().await;
         }
     })
+}
+
+/// The configured permissions of the known roles.
+fn role_permissions(settings: &Settings) -> Result<RolePermissions, StartupError> {
+    let roles = RolePermissions::from_names(&settings.roles)
+        .map_err(|e| StartupError::Config(format!("roles: {e}")))?;
+    if let Some(unknown) = roles.roles().find(|r| !KNOWN_ROLES.contains(r)) {
+        return Err(StartupError::Config(format!(
+            "roles: {unknown:?} is not one of {}",
+            KNOWN_ROLES.join(", ")
+        )));
+    }
+    Ok(roles)
 }
 
 /// Synchronization over the ONe core client, with the configured limits.

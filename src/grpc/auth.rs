@@ -1,6 +1,8 @@
 //! The tower layer that authenticates every `one.loyalty.v1` call (metadata `one-tenant` and
-//! `authorization: Bearer <key>`) and attaches the [`Caller`](crate::domain::access::Caller).
-//! Health, reflection and other services pass through.
+//! `authorization: Bearer <key>`), checks that the caller's roles grant the permission the
+//! method requires (one table, [`super::permissions`]; a method missing from it is refused), and
+//! attaches the [`Caller`](crate::domain::access::Caller). Health, reflection and other services
+//! pass through.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -10,6 +12,7 @@ use std::task::{Context, Poll};
 use tonic::Status;
 use tower::{Layer, Service};
 
+use crate::domain::access::RolePermissions;
 use crate::service::access::AccessService;
 
 /// Calls under this path prefix need credentials.
@@ -18,11 +21,12 @@ const PROTECTED_PREFIX: &str = "/one.loyalty.v1.";
 #[derive(Clone)]
 pub struct AuthLayer {
     access: Arc<AccessService>,
+    roles: Arc<RolePermissions>,
 }
 
 impl AuthLayer {
-    pub fn new(access: Arc<AccessService>) -> Self {
-        Self { access }
+    pub fn new(access: Arc<AccessService>, roles: Arc<RolePermissions>) -> Self {
+        Self { access, roles }
     }
 }
 
@@ -33,6 +37,7 @@ impl<S> Layer<S> for AuthLayer {
         Authenticate {
             inner,
             access: Arc::clone(&self.access),
+            roles: Arc::clone(&self.roles),
         }
     }
 }
@@ -41,6 +46,7 @@ impl<S> Layer<S> for AuthLayer {
 pub struct Authenticate<S> {
     inner: S,
     access: Arc<AccessService>,
+    roles: Arc<RolePermissions>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -65,6 +71,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let access = Arc::clone(&self.access);
+        let roles = Arc::clone(&self.roles);
         Box::pin(async move {
             if !request.uri().path().starts_with(PROTECTED_PREFIX) {
                 return inner.call(request).await;
@@ -78,13 +85,26 @@ where
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
                 .and_then(bearer_token);
-            match access.authenticate(tenant, bearer).await {
-                Ok(caller) => {
-                    request.extensions_mut().insert(caller);
-                    inner.call(request).await
-                }
-                Err(err) => Ok(Status::from(err).into_http()),
+            let caller = match access.authenticate(tenant, bearer).await {
+                Ok(caller) => caller,
+                Err(err) => return Ok(Status::from(err).into_http()),
+            };
+            let path = request.uri().path();
+            let Some(permission) = super::permissions::required(path) else {
+                return Ok(Status::permission_denied(format!(
+                    "{path} is not in the permission table"
+                ))
+                .into_http());
+            };
+            if !roles.allows(&caller.roles, permission) {
+                return Ok(Status::permission_denied(format!(
+                    "the key's roles do not grant {}",
+                    permission.as_str()
+                ))
+                .into_http());
             }
+            request.extensions_mut().insert(caller);
+            inner.call(request).await
         })
     }
 }

@@ -8,6 +8,7 @@ pub mod coupons;
 pub mod earn;
 pub mod ledger;
 pub mod metrics;
+pub mod permissions;
 pub mod redeem;
 pub mod rules;
 pub mod settings;

@@ -13,6 +13,7 @@ mod earn;
 mod fakes;
 mod ledger;
 mod outbox;
+mod permissions;
 mod redeem;
 mod rules;
 mod server;
