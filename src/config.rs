@@ -22,6 +22,7 @@ pub struct Settings {
     pub outbox: OutboxSettings,
     pub smtp: SmtpSettings,
     pub codes: CodeSettings,
+    pub plugin: PluginSettings,
     #[serde(default)]
     pub bootstrap: BootstrapSettings,
     /// Role → the permissions it grants (`"*"`: all).
@@ -93,6 +94,19 @@ pub enum SmtpSecurity {
     None,
     Starttls,
     Tls,
+}
+
+/// Registration with the ONe plugin framework's registry.
+#[derive(Debug, Clone, Deserialize)]
+pub struct PluginSettings {
+    /// e.g. `http://one-plugins:50071`; empty: the plugin does not register.
+    #[serde(default)]
+    pub registry_endpoint: String,
+    /// Where the framework reaches this replica.
+    pub advertised_endpoint: String,
+    /// Tells replicas apart; a random one when empty.
+    #[serde(default)]
+    pub instance_id: String,
 }
 
 /// How coupon codes look.

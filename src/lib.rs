@@ -5,6 +5,7 @@ pub mod domain;
 pub mod grpc;
 pub mod mail;
 pub mod persistence;
+pub mod plugin;
 pub mod proto;
 pub mod service;
 pub mod sim;

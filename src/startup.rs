@@ -45,6 +45,7 @@ use crate::persistence::{
     CatalogRepository, CouponRepository, DirectoryRepository, IdempotencyRepository,
     LedgerRepository, RepoError, RulesRepository, SettingsRepository, db,
 };
+use crate::plugin::{self, ManifestGrpc};
 use crate::proto::loyalty::v1 as pb;
 use crate::proto::served_descriptor_set;
 use crate::service::access::{AccessError, AccessService, KNOWN_ROLES};
@@ -61,6 +62,9 @@ use crate::service::rules::RulesService;
 use crate::service::settings::SettingsService;
 use crate::service::sync::{CoreGateway, SyncLimits, SyncService};
 use crate::sync::gateway::CoreClient;
+
+/// The plugin manifest, served to the ONe plugin framework without a key.
+pub const MANIFEST_SERVICE: &str = "one.plugin.v1.PluginManifestService";
 
 /// Every loyalty service the server exposes, as health and reflection name them.
 pub const LOYALTY_SERVICES: &[&str] = &[
@@ -308,17 +312,7 @@ impl Application {
         let limit = server.max_message_bytes;
         let (health, health_service) = tonic_health::server::health_reporter();
         set_health(&health, ServingStatus::Serving).await;
-        let descriptors = served_descriptor_set(LOYALTY_SERVICES)?;
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_file_descriptor_set(descriptors.clone())
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-                // google.rpc.BadRequest and friends, so that clients can show field violations.
-                .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 = reflection().build_v1()?;
-        // grpcurl 1.8 only speaks v1alpha.
-        let reflection_v1alpha = reflection().build_v1alpha()?;
+        let (reflection_v1, reflection_v1alpha) = reflection_services()?;
 
         macro_rules! limited {
             ($server:ty, $adapter:expr) => {
@@ -329,10 +323,16 @@ impl Application {
         }
         let drain = Duration::from_millis(server.shutdown_drain_ms);
         let draining_health = health.clone();
+        let registration = spawn_registration(&self.settings);
         let signal = async move {
             shutdown.await;
             tracing::info!("shutting down: health NOT_SERVING, draining");
             set_health(&draining_health, ServingStatus::NotServing).await;
+            if let Some((stop, task)) = registration {
+                let _ = stop.send(true);
+                // Deregistering must not hold the shutdown up for long.
+                let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+            }
             tokio::time::sleep(drain).await;
         };
         let jobs = spawn_jobs(&self.settings.jobs, &self.services);
@@ -347,6 +347,11 @@ impl Application {
                 Arc::clone(&self.services.roles),
             ))
             .add_service(health_service)
+            .add_service(
+                crate::proto::plugin::v1::plugin_manifest_service_server::PluginManifestServiceServer::new(
+                    ManifestGrpc::new(plugin::manifest(LOYALTY_SERVICES)),
+                ),
+            )
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
             .add_service(limited!(
@@ -531,6 +536,60 @@ fn spawn_sync(settings: &Settings, services: &Services) -> Option<tokio::task::J
             }
         }
     }))
+}
+
+/// Reflection v1 and v1alpha (grpcurl 1.8 only speaks v1alpha), listing what this server
+/// answers: the loyalty services, the plugin manifest and health.
+fn reflection_services() -> Result<
+    (
+        tonic_reflection::server::v1::ServerReflectionServer<
+            impl tonic_reflection::server::v1::ServerReflection,
+        >,
+        tonic_reflection::server::v1alpha::ServerReflectionServer<
+            impl tonic_reflection::server::v1alpha::ServerReflection,
+        >,
+    ),
+    StartupError,
+> {
+    let answered: Vec<&str> = LOYALTY_SERVICES
+        .iter()
+        .copied()
+        .chain([MANIFEST_SERVICE])
+        .collect();
+    let descriptors = served_descriptor_set(&answered)?;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_file_descriptor_set(descriptors.clone())
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            // google.rpc.BadRequest and friends, so that clients can show field violations.
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+    };
+    Ok((reflection().build_v1()?, reflection().build_v1alpha()?))
+}
+
+/// Keeps the plugin registered while serving, when a registry is configured: the stop sender
+/// and the task (which deregisters once stopped).
+fn spawn_registration(
+    settings: &Settings,
+) -> Option<(
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<()>,
+)> {
+    let mut plugin_settings = settings.plugin.clone();
+    if plugin_settings.registry_endpoint.trim().is_empty() {
+        return None;
+    }
+    if plugin_settings.instance_id.is_empty() {
+        plugin_settings.instance_id =
+            format!("{}-{}", plugin::PLUGIN_ID, crate::service::random_id());
+    }
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(plugin::stay_registered(
+        plugin_settings,
+        plugin::manifest(LOYALTY_SERVICES),
+        stopped,
+    ));
+    Some((stop, task))
 }
 
 /// Creates the configured tenants and keys (the local demo key by default).

@@ -14,6 +14,7 @@ mod fakes;
 mod ledger;
 mod outbox;
 mod permissions;
+mod plugin;
 mod redeem;
 mod rules;
 mod server;

@@ -11,7 +11,7 @@ use crate::helpers::{Backend, TestApp};
 use crate::on_both_backends;
 
 on_both_backends!(TestApp:
-    reflection_v1alpha_lists_exactly_the_eight_loyalty_services_and_health,
+    reflection_v1alpha_lists_exactly_the_loyalty_services_the_manifest_and_health,
     reflection_v1_lists_the_same_services,
     health_reports_every_loyalty_service_serving_without_credentials,
     without_an_one_endpoint_sync_reports_why_it_cannot_run,
@@ -52,10 +52,13 @@ macro_rules! listed_services {
     }};
 }
 
-async fn reflection_v1alpha_lists_exactly_the_eight_loyalty_services_and_health(app: &TestApp) {
+async fn reflection_v1alpha_lists_exactly_the_loyalty_services_the_manifest_and_health(
+    app: &TestApp,
+) {
     let names = listed_services!(v1alpha, app);
     let loyalty: Vec<&String> = names.iter().filter(|n| n.starts_with("one.")).collect();
     let mut expected: Vec<&str> = LOYALTY_SERVICES.to_vec();
+    expected.push(one_loyalty::startup::MANIFEST_SERVICE);
     expected.sort_unstable();
     assert_eq!(loyalty, expected);
     assert!(names.contains(&"grpc.health.v1.Health".to_owned()));
