@@ -34,6 +34,14 @@ fn day() -> NaiveDate {
     NaiveDate::from_ymd_opt(2026, 6, 15).expect("day")
 }
 
+/// The services over `conn`, with the default configuration.
+fn wire(conn: &sea_orm::DatabaseConnection, clock: &Arc<dyn Clock>) -> Services {
+    let config =
+        one_loyalty::config::Settings::load(None, &one_loyalty::config::Overrides::default())
+            .expect("default settings");
+    Services::wire(conn, clock, &config).expect("wire services")
+}
+
 async fn fixture(postgres: Option<String>) -> Fixture {
     let mut settings = Settings::load(None, &Overrides::default())
         .expect("settings")
@@ -60,15 +68,13 @@ async fn fixture(postgres: Option<String>) -> Fixture {
     let conn = db::connect(&settings).await.expect("connect");
     db::migrate(&conn).await.expect("migrate");
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let config =
-        one_loyalty::config::Settings::load(None, &one_loyalty::config::Overrides::default())
-            .expect("default settings");
-    let services = Services::wire(&conn, &clock, &config).expect("wire services");
+    let services = wire(&conn, &clock);
     let tenant = TenantId::parse("bench").expect("tenant");
     let caller = Caller {
         tenant: tenant.clone(),
         key_id: "bench".into(),
         roles: vec!["admin".into()],
+        acting_for: None,
     };
     for (client, events) in [("org:long", 1_000_usize), ("org:short", 2)] {
         let user = format!("{client}-user");

@@ -22,6 +22,66 @@ pub struct Caller {
     pub tenant: TenantId,
     pub key_id: String,
     pub roles: Vec<String>,
+    /// The front office acting for one client's user: the call reaches only that client.
+    pub acting_for: Option<ActingFor>,
+}
+
+/// The client, and its user, a front-office call acts for (metadata `one-client-id` and
+/// `one-user-id`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActingFor {
+    pub client_id: String,
+    pub user_id: String,
+}
+
+/// The role of the ONe front office: its calls must say which client's user they act for.
+pub const FRONT_OFFICE_ROLE: &str = "front-office";
+
+impl Caller {
+    /// The client a request is about. Acting for a client, an empty `requested` means that
+    /// client and any other is refused.
+    ///
+    /// # Errors
+    /// Why the call may not reach `requested`.
+    pub fn client_for(&self, requested: &str) -> Result<String, String> {
+        let requested = requested.trim();
+        match &self.acting_for {
+            None => Ok(requested.to_owned()),
+            Some(scope) if requested.is_empty() || requested == scope.client_id => {
+                Ok(scope.client_id.clone())
+            }
+            Some(scope) => Err(format!(
+                "this call acts for client {} and cannot reach client {requested}",
+                scope.client_id
+            )),
+        }
+    }
+
+    /// Whether a record of `client_id` is within the caller's reach; when not, the call answers
+    /// as if the record did not exist.
+    pub fn may_see(&self, client_id: &str) -> bool {
+        self.acting_for
+            .as_ref()
+            .is_none_or(|scope| scope.client_id == client_id)
+    }
+
+    /// The user to record on what the call causes: the acting user, or the one requested.
+    ///
+    /// # Errors
+    /// A requested user other than the acting one.
+    pub fn user_for(&self, requested: &str) -> Result<Option<String>, String> {
+        let requested = requested.trim();
+        match &self.acting_for {
+            None => Ok(Some(requested.to_owned()).filter(|u| !u.is_empty())),
+            Some(scope) if requested.is_empty() || requested == scope.user_id => {
+                Ok(Some(scope.user_id.clone()))
+            }
+            Some(scope) => Err(format!(
+                "this call acts for user {} and cannot act for user {requested}",
+                scope.user_id
+            )),
+        }
+    }
 }
 
 /// What a caller may do, by group of actions. Every RPC requires exactly one.
@@ -133,6 +193,29 @@ impl RolePermissions {
 #[cfg(test)]
 mod permission_tests {
     use super::*;
+
+    #[test]
+    fn a_front_office_call_reaches_only_its_client_and_user() {
+        let mut caller = Caller {
+            tenant: TenantId::parse("demo").expect("tenant"),
+            key_id: "k".into(),
+            roles: vec![FRONT_OFFICE_ROLE.into()],
+            acting_for: Some(ActingFor {
+                client_id: "org:a".into(),
+                user_id: "u-a".into(),
+            }),
+        };
+        assert_eq!(caller.client_for(""), Ok("org:a".into()));
+        assert_eq!(caller.client_for(" org:a "), Ok("org:a".into()));
+        assert!(caller.client_for("org:b").is_err());
+        assert!(caller.may_see("org:a") && !caller.may_see("org:b"));
+        assert_eq!(caller.user_for(""), Ok(Some("u-a".into())));
+        assert!(caller.user_for("u-b").is_err());
+        caller.acting_for = None;
+        assert_eq!(caller.client_for("org:b"), Ok("org:b".into()));
+        assert!(caller.may_see("org:b"));
+        assert_eq!(caller.user_for(""), Ok(None));
+    }
 
     #[test]
     fn roles_grant_their_named_permissions_and_a_star_grants_all() {

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{day, instant, page_position, page_size, page_token, timestamp};
 use super::status::invalid;
-use super::{caller, request_hash};
+use super::{caller, client_in_reach, request_hash, user_in_reach};
 use crate::domain::consent::{AgreementVersion, ConsentAction, ConsentEvent, ConsentOutcome};
 use crate::domain::validation::{FieldViolation, Invalid};
 use crate::proto::loyalty::v1 as pb;
@@ -108,7 +108,8 @@ impl pb::agreement_service_server::AgreementService for AgreementGrpc {
         request: Request<pb::GetUserConsentRequest>,
     ) -> Result<Response<pb::GetUserConsentResponse>, Status> {
         let caller = caller(&request)?;
-        let user_id = required("user_id", &request.get_ref().user_id)?;
+        let requested = user_in_reach(&caller, &request.get_ref().user_id)?.unwrap_or_default();
+        let user_id = required("user_id", &requested)?;
         let consent = self.service.user_consent(&caller, &user_id).await?;
         Ok(Response::new(pb::GetUserConsentResponse {
             user_id: consent.user.user_id.clone(),
@@ -127,7 +128,8 @@ impl pb::agreement_service_server::AgreementService for AgreementGrpc {
     ) -> Result<Response<pb::ListUserConsentHistoryResponse>, Status> {
         let caller = caller(&request)?;
         let message = request.into_inner();
-        let user_id = required("user_id", &message.user_id)?;
+        let requested = user_in_reach(&caller, &message.user_id)?.unwrap_or_default();
+        let user_id = required("user_id", &requested)?;
         let before =
             history_position(&message.page_token).map_err(|v| invalid(&Invalid(vec![v])))?;
         let (events, next) = self
@@ -148,7 +150,7 @@ impl pb::agreement_service_server::AgreementService for AgreementGrpc {
     ) -> Result<Response<pb::GetClientEligibilityResponse>, Status> {
         let caller = caller(&request)?;
         let message = request.into_inner();
-        let client_id = required("client_id", &message.client_id)?;
+        let client_id = required("client_id", &client_in_reach(&caller, &message.client_id)?)?;
         let mut found = Vec::new();
         let first = day("from_date", &message.from_date)
             .map_err(|v| found.push(v))

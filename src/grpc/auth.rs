@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use tonic::Status;
 use tower::{Layer, Service};
 
-use crate::domain::access::RolePermissions;
+use crate::domain::access::{ActingFor, FRONT_OFFICE_ROLE, RolePermissions};
 use crate::service::access::AccessService;
 
 /// Calls under this path prefix need credentials.
@@ -103,9 +103,36 @@ where
                 ))
                 .into_http());
             }
+            let mut caller = caller;
+            match acting_for(request.headers(), &caller.roles) {
+                Ok(scope) => caller.acting_for = scope,
+                Err(why) => return Ok(Status::permission_denied(why).into_http()),
+            }
             request.extensions_mut().insert(caller);
             inner.call(request).await
         })
+    }
+}
+
+/// The client and user a call acts for (`one-client-id`, `one-user-id`). A front-office key
+/// must name both: the front office always acts for one client's user.
+fn acting_for(headers: &http::HeaderMap, roles: &[String]) -> Result<Option<ActingFor>, String> {
+    let value = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    match (value("one-client-id"), value("one-user-id")) {
+        (Some(client_id), Some(user_id)) => Ok(Some(ActingFor { client_id, user_id })),
+        (None, None) if !roles.iter().all(|r| r == FRONT_OFFICE_ROLE) => Ok(None),
+        _ => Err(
+            "a front-office call names the client and the user it acts for \
+                  (metadata one-client-id and one-user-id)"
+                .into(),
+        ),
     }
 }
 

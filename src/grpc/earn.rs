@@ -99,6 +99,11 @@ impl pb::earn_service_server::EarnService for EarnGrpc {
             return Err(invalid(&Invalid::field("document_id", "is required")));
         }
         let e = self.service.explain(&caller, &id).await?;
+        super::visible(
+            &caller,
+            &e.record.document.client_id,
+            &format!("document {id}"),
+        )?;
         Ok(Response::new(pb::ExplainDocumentResponse {
             result: Some(result_to_proto(&e.record, e.points_scale)),
             lines: e

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{amount, instant, page_position, page_size, page_token, timestamp};
 use super::status::invalid;
-use super::{caller, request_key};
+use super::{caller, client_in_reach, request_key, visible};
 use crate::domain::ledger::{EventType, HistoryQuery, LedgerEvent};
 use crate::domain::points::format_points;
 use crate::domain::validation::{FieldViolation, Invalid};
@@ -45,7 +45,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
     ) -> Reply<pb::GetBalanceResponse> {
         let caller = caller(&request)?;
         let m = request.into_inner();
-        let client_id = required("client_id", &m.client_id)?;
+        let client_id = required("client_id", &client_in_reach(&caller, &m.client_id)?)?;
         let view = self
             .service
             .balance(&caller, &client_id, Some(m.expiring_within_days))
@@ -73,7 +73,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
     ) -> Reply<pb::ListEventsResponse> {
         let caller = caller(&request)?;
         let m = request.into_inner();
-        let client_id = required("client_id", &m.client_id)?;
+        let client_id = required("client_id", &client_in_reach(&caller, &m.client_id)?)?;
         let mut found = Vec::new();
         let types = m
             .types
@@ -155,6 +155,7 @@ impl pb::ledger_service_server::LedgerService for LedgerGrpc {
             .map_err(|_| bad(vec![FieldViolation::new("event_id", "is not an event id")]))?;
         let scale = self.service.points_scale(&caller).await?;
         let (event, lines) = self.service.event_detail(&caller, id).await?;
+        visible(&caller, &event.event.client_id, &format!("event {id}"))?;
         let mut detail = event_to_proto(&event, scale);
         detail.lines = lines
             .iter()

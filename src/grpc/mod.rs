@@ -48,3 +48,37 @@ pub fn request_key<M: Message>(
         request_hash: request_hash(message),
     }
 }
+
+/// The client a request is about, within the caller's reach (an empty name means the client a
+/// front-office call acts for).
+///
+/// # Errors
+/// `PERMISSION_DENIED` for another client.
+pub fn client_in_reach(caller: &Caller, requested: &str) -> Result<String, Status> {
+    caller
+        .client_for(requested)
+        .map_err(Status::permission_denied)
+}
+
+/// The user to record on what a call causes.
+///
+/// # Errors
+/// `PERMISSION_DENIED` for a user other than the one a front-office call acts for.
+pub fn user_in_reach(caller: &Caller, requested: &str) -> Result<Option<String>, Status> {
+    caller
+        .user_for(requested)
+        .map_err(Status::permission_denied)
+}
+
+/// A record of `client_id` answers as missing when it is out of the caller's reach, so that a
+/// front office cannot learn what exists for other clients.
+///
+/// # Errors
+/// `NOT_FOUND`.
+pub fn visible(caller: &Caller, client_id: &str, what: &str) -> Result<(), Status> {
+    if caller.may_see(client_id) {
+        Ok(())
+    } else {
+        Err(Status::not_found(format!("{what} not found")))
+    }
+}

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::convert::{amount, day, page_position, page_size, page_token, timestamp};
 use super::coupons::coupon_to_proto;
 use super::status::invalid;
-use super::{caller, request_key};
+use super::{caller, client_in_reach, request_key, user_in_reach, visible};
 use crate::domain::access::Caller;
 use crate::domain::points::format_points;
 use crate::domain::redemption::{Redemption, RedemptionStatus, Reservation, ReservationStatus};
@@ -34,6 +34,24 @@ impl RedeemGrpc {
     ) -> Result<pb::Redemption, Status> {
         let scale = self.service.points_scale(caller).await?;
         Ok(redemption_to_proto(redemption, scale))
+    }
+
+    /// Before a change by id: a record of another client answers as missing to a call acting
+    /// for one client.
+    async fn reservation_in_reach(&self, caller: &Caller, id: &str) -> Result<(), Status> {
+        if caller.acting_for.is_some() {
+            let reservation = self.service.reservation(caller, id).await?;
+            visible(caller, &reservation.client_id, "reservation")?;
+        }
+        Ok(())
+    }
+
+    async fn redemption_in_reach(&self, caller: &Caller, id: &str) -> Result<(), Status> {
+        if caller.acting_for.is_some() {
+            let redemption = self.service.redemption(caller, id).await?;
+            visible(caller, &redemption.client_id, "redemption")?;
+        }
+        Ok(())
     }
 
     async fn reservation_reply(
@@ -122,7 +140,7 @@ impl pb::redeem_service_server::RedeemService for RedeemGrpc {
         let caller = caller(&request)?;
         let m = request.into_inner();
         let mut found = Vec::new();
-        let client_id = m.client_id.trim().to_owned();
+        let client_id = client_in_reach(&caller, &m.client_id)?;
         if client_id.is_empty() {
             found.push(FieldViolation::new("client_id", "is required"));
         }
@@ -175,9 +193,9 @@ impl pb::redeem_service_server::RedeemService for RedeemGrpc {
                 &caller,
                 &request_key(&m.request_id, &m),
                 &RedeemRequest {
-                    client_id: m.client_id.trim().to_owned(),
+                    client_id: client_in_reach(&caller, &m.client_id)?,
                     coupon_id: m.coupon_id.trim().to_owned(),
-                    user_id: optional(&m.user_id),
+                    user_id: user_in_reach(&caller, &m.user_id)?,
                 },
             )
             .await?;
@@ -196,6 +214,7 @@ impl pb::redeem_service_server::RedeemService for RedeemGrpc {
             .service
             .redemption(&caller, m.redemption_id.trim())
             .await?;
+        visible(&caller, &redemption.client_id, "redemption")?;
         Ok(Response::new(pb::GetRedemptionResponse {
             redemption: Some(self.redemption_reply(&caller, &redemption).await?),
         }))
@@ -220,7 +239,7 @@ impl pb::redeem_service_server::RedeemService for RedeemGrpc {
             return Err(invalid(&Invalid(found)));
         }
         let filter = RedemptionFilter {
-            client_id: optional(&m.client_id),
+            client_id: optional(&client_in_reach(&caller, &m.client_id)?),
             coupon_id: optional(&m.coupon_id),
             status,
         };
@@ -241,6 +260,8 @@ impl pb::redeem_service_server::RedeemService for RedeemGrpc {
     ) -> Reply<pb::CancelRedemptionResponse> {
         let caller = caller(&request)?;
         let m = request.into_inner();
+        self.redemption_in_reach(&caller, m.redemption_id.trim())
+            .await?;
         let redemption = self
             .service
             .cancel(
@@ -268,10 +289,10 @@ impl pb::redeem_service_server::RedeemService for RedeemGrpc {
                 &caller,
                 &request_key(&m.request_id, &m),
                 &ReserveRequest {
-                    client_id: m.client_id.trim().to_owned(),
+                    client_id: client_in_reach(&caller, &m.client_id)?,
                     basket_id: m.basket_id.trim().to_owned(),
                     points,
-                    user_id: optional(&m.user_id),
+                    user_id: user_in_reach(&caller, &m.user_id)?,
                 },
             )
             .await?;
@@ -286,6 +307,8 @@ impl pb::redeem_service_server::RedeemService for RedeemGrpc {
     ) -> Reply<pb::CommitReservationResponse> {
         let caller = caller(&request)?;
         let m = request.into_inner();
+        self.reservation_in_reach(&caller, m.reservation_id.trim())
+            .await?;
         let reservation = self
             .service
             .commit(
@@ -306,6 +329,8 @@ impl pb::redeem_service_server::RedeemService for RedeemGrpc {
     ) -> Reply<pb::ReleaseReservationResponse> {
         let caller = caller(&request)?;
         let m = request.into_inner();
+        self.reservation_in_reach(&caller, m.reservation_id.trim())
+            .await?;
         let reservation = self
             .service
             .release(
@@ -329,6 +354,7 @@ impl pb::redeem_service_server::RedeemService for RedeemGrpc {
             .service
             .reservation(&caller, m.reservation_id.trim())
             .await?;
+        visible(&caller, &reservation.client_id, "reservation")?;
         Ok(Response::new(pb::GetReservationResponse {
             reservation: Some(self.reservation_reply(&caller, &reservation).await?),
         }))

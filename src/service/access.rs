@@ -91,6 +91,7 @@ impl AccessService {
             tenant: record.tenant,
             key_id: record.key_id,
             roles: record.roles,
+            acting_for: None,
         })
     }
 

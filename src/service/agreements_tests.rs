@@ -10,6 +10,7 @@ fn caller() -> Caller {
         tenant: TenantId::parse("acme").expect("tenant"),
         key_id: "k1".into(),
         roles: vec!["admin".into()],
+        acting_for: None,
     }
 }
 

@@ -118,6 +118,7 @@ impl OutboxDispatcher {
                         tenant: message.tenant.clone(),
                         key_id: "system:outbox".into(),
                         roles: Vec::new(),
+                        acting_for: None,
                     };
                     match self
                         .redeem

@@ -167,6 +167,7 @@ mod tests {
             tenant: TenantId::parse("acme").expect("tenant"),
             key_id: "k1".into(),
             roles: vec!["admin".into()],
+            acting_for: None,
         }
     }
 

@@ -11,6 +11,7 @@ mod crash;
 mod documents;
 mod earn;
 mod fakes;
+mod front_office;
 mod ledger;
 mod outbox;
 mod permissions;

@@ -36,17 +36,29 @@ fn offered_methods() -> BTreeSet<String> {
         .collect()
 }
 
-/// Calls `path` with an empty message; the status code it answers with.
-async fn code_of(app: &TestApp, path: &'static str, tenant: &str, key: &str) -> Code {
+/// Calls `path` with an empty message; the status code it answers with. `acting_for` adds the
+/// front office's client and user metadata.
+async fn code_of(
+    app: &TestApp,
+    path: &'static str,
+    tenant: &str,
+    key: &str,
+    acting_for: Option<(&str, &str)>,
+) -> Code {
     let mut grpc = tonic::client::Grpc::new(app.channel.clone());
     grpc.ready().await.expect("ready");
     let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let mut request = request_as(tenant, key, ());
+    if let Some((client, user)) = acting_for {
+        request
+            .metadata_mut()
+            .insert("one-client-id", client.parse().expect("metadata"));
+        request
+            .metadata_mut()
+            .insert("one-user-id", user.parse().expect("metadata"));
+    }
     let reply = grpc
-        .unary(
-            request_as(tenant, key, ()),
-            http::uri::PathAndQuery::from_static(path),
-            codec,
-        )
+        .unary(request, http::uri::PathAndQuery::from_static(path), codec)
         .await;
     reply.map_or_else(|status| status.code(), |_| Code::Ok)
 }
@@ -78,7 +90,9 @@ async fn every_rpc_answers_each_role_exactly_as_the_permission_table_says(app: &
     let mut refusals = Vec::new();
     for (path, permission) in RPC_PERMISSIONS {
         for (role, secret) in &keys {
-            let code = code_of(app, path, DEMO_TENANT, secret).await;
+            // The front office always acts for one client's user.
+            let acting_for = (*role == "front-office").then_some(("org:fo", "u-fo"));
+            let code = code_of(app, path, DEMO_TENANT, secret, acting_for).await;
             let allowed = roles.allows(&[(*role).to_owned()], *permission);
             let as_table_says = if allowed {
                 !matches!(code, Code::PermissionDenied | Code::Unauthenticated)
@@ -91,21 +105,31 @@ async fn every_rpc_answers_each_role_exactly_as_the_permission_table_says(app: &
             cases += 1;
         }
         assert_eq!(
-            code_of(app, path, DEMO_TENANT, "").await,
+            code_of(app, path, DEMO_TENANT, "", None).await,
             Code::Unauthenticated,
             "{path}"
         );
         assert_eq!(
-            code_of(app, path, "", DEMO_KEY).await,
+            code_of(app, path, "", DEMO_KEY, None).await,
             Code::PermissionDenied,
             "{path}"
         );
         assert_eq!(
-            code_of(app, path, OTHER_TENANT, DEMO_KEY).await,
+            code_of(app, path, OTHER_TENANT, DEMO_KEY, None).await,
             Code::PermissionDenied,
             "{path}: a key of another tenant"
         );
-        cases += 3;
+        let front_office = &keys
+            .iter()
+            .find(|(role, _)| *role == "front-office")
+            .expect("front-office key")
+            .1;
+        assert_eq!(
+            code_of(app, path, DEMO_TENANT, front_office, None).await,
+            Code::PermissionDenied,
+            "{path}: a front-office call that names no client"
+        );
+        cases += 4;
     }
     assert!(refusals.is_empty(), "{refusals:#?}");
     // A method the table does not name is refused even to an administrator.
@@ -114,11 +138,12 @@ async fn every_rpc_answers_each_role_exactly_as_the_permission_table_says(app: &
             app,
             "/one.loyalty.v1.LedgerService/DeleteEverything",
             DEMO_TENANT,
-            DEMO_KEY
+            DEMO_KEY,
+            None
         )
         .await,
         Code::PermissionDenied
     );
-    assert_eq!(cases, RPC_PERMISSIONS.len() * (KNOWN_ROLES.len() + 3));
+    assert_eq!(cases, RPC_PERMISSIONS.len() * (KNOWN_ROLES.len() + 4));
     eprintln!("permission matrix: {cases} cases");
 }

@@ -322,6 +322,7 @@ async fn a_full_resynchronization_pages_through_the_lists(app: &SyncApp) {
                     tenant: tenant(),
                     key_id: "test".into(),
                     roles: vec![],
+                    acting_for: None,
                 },
                 &[SyncStream::Products, SyncStream::Clients],
             )
