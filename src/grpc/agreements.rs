@@ -211,7 +211,7 @@ fn history_position(
     Ok(Some((at, event_id.to_owned())))
 }
 
-fn consents_from_proto(events: &[pb::ConsentEvent]) -> Result<Vec<NewConsent>, Invalid> {
+pub(crate) fn consents_from_proto(events: &[pb::ConsentEvent]) -> Result<Vec<NewConsent>, Invalid> {
     let mut found = Vec::new();
     let mut converted = Vec::with_capacity(events.len());
     for (i, e) in events.iter().enumerate() {

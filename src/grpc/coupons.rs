@@ -167,7 +167,7 @@ fn optional(text: &str) -> Option<String> {
     Some(text.trim().to_owned()).filter(|t| !t.is_empty())
 }
 
-fn spec_from_proto(spec: Option<&pb::CouponSpec>) -> Result<CouponSpec, Invalid> {
+pub(crate) fn spec_from_proto(spec: Option<&pb::CouponSpec>) -> Result<CouponSpec, Invalid> {
     let Some(s) = spec else {
         return Err(Invalid::field("spec", "is required"));
     };

@@ -231,7 +231,7 @@ pub fn line_to_proto(l: &LineCalculation, scale: u32) -> pb::LineCalculation {
     }
 }
 
-fn document_from_proto(
+pub(crate) fn document_from_proto(
     document: Option<&pb::Document>,
     expected: DocumentKind,
 ) -> Result<Document, Invalid> {

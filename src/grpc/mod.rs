@@ -6,6 +6,8 @@ pub mod auth;
 pub mod convert;
 pub mod coupons;
 pub mod earn;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod ledger;
 pub mod metrics;
 pub mod permissions;

@@ -357,7 +357,7 @@ fn target_from_proto(
     })
 }
 
-fn spec_from_proto(spec: Option<&pb::MultiplierRuleSpec>) -> Result<RuleSpec, Invalid> {
+pub(crate) fn spec_from_proto(spec: Option<&pb::MultiplierRuleSpec>) -> Result<RuleSpec, Invalid> {
     let Some(s) = spec else {
         return Err(Invalid::field("spec", "is required"));
     };
