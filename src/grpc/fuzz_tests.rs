@@ -136,7 +136,10 @@ fn coupon_spec() -> impl Strategy<Value = pb::CouponSpec> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    // PROPTEST_CASES sets a longer campaign; 512 cases per property by default.
+    #![proptest_config(ProptestConfig::with_cases(
+        std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(512)
+    ))]
 
     #[test]
     fn scalar_converters_never_panic_and_name_the_field(text in hostile()) {
