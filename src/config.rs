@@ -133,6 +133,29 @@ pub struct ServerSettings {
     pub request_timeout_ms: u64,
     pub max_message_bytes: usize,
     pub shutdown_drain_ms: u64,
+    #[serde(default)]
+    pub tls: TlsSettings,
+}
+
+/// TLS for the gRPC server (rustls). Plaintext when no certificate is configured.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TlsSettings {
+    /// PEM certificate chain of the server.
+    #[serde(default)]
+    pub cert_path: String,
+    /// PEM private key of the server.
+    #[serde(default)]
+    pub key_path: String,
+    /// PEM certificates of the CAs whose client certificates are accepted; when set, every
+    /// client must present one (mutual TLS).
+    #[serde(default)]
+    pub client_ca_path: String,
+}
+
+impl TlsSettings {
+    pub fn enabled(&self) -> bool {
+        !self.cert_path.trim().is_empty()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -339,7 +339,11 @@ impl Application {
         let outbox = spawn_outbox(&self.settings.outbox, &self.services);
         let sync = spawn_sync(&self.settings, &self.services);
         tracing::info!(port = self.port, "serving gRPC");
-        Server::builder()
+        let mut builder = Server::builder();
+        if let Some(tls) = server_tls(&server.tls)? {
+            builder = builder.tls_config(tls)?;
+        }
+        builder
             .timeout(server.request_timeout())
             .layer(MetricsLayer)
             .layer(AuthLayer::new(
@@ -536,6 +540,28 @@ fn spawn_sync(settings: &Settings, services: &Services) -> Option<tokio::task::J
             }
         }
     }))
+}
+
+/// The server's TLS configuration, when a certificate is configured; mutual TLS when client CAs
+/// are.
+fn server_tls(
+    settings: &crate::config::TlsSettings,
+) -> Result<Option<tonic::transport::ServerTlsConfig>, StartupError> {
+    if !settings.enabled() {
+        return Ok(None);
+    }
+    let read = |path: &str| {
+        std::fs::read(path).map_err(|e| StartupError::Config(format!("server.tls: {path}: {e}")))
+    };
+    let identity =
+        tonic::transport::Identity::from_pem(read(&settings.cert_path)?, read(&settings.key_path)?);
+    let mut tls = tonic::transport::ServerTlsConfig::new().identity(identity);
+    if !settings.client_ca_path.trim().is_empty() {
+        tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(read(
+            &settings.client_ca_path,
+        )?));
+    }
+    Ok(Some(tls))
 }
 
 /// Reflection v1 and v1alpha (grpcurl 1.8 only speaks v1alpha), listing what this server

@@ -198,6 +198,8 @@ fn random_suffix() -> String {
 /// A running server on port 0 over a fresh database.
 pub struct TestApp {
     pub channel: Channel,
+    /// The port the server listens on.
+    pub port: u16,
     pub services: Services,
     pub store: TestDb,
     shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
@@ -268,6 +270,7 @@ impl TestApp {
             roles: vec!["admin".into()],
         });
         configure(&mut settings);
+        let tls = settings.server.tls.enabled();
         let app = Application::build_with_clock(settings, clock)
             .await
             .expect("build application");
@@ -277,13 +280,19 @@ impl TestApp {
         let server = tokio::spawn(app.run_until_stopped(async move {
             let _ = rx.await;
         }));
-        let channel = Channel::from_shared(format!("http://127.0.0.1:{port}"))
-            .expect("endpoint")
-            .connect()
-            .await
-            .expect("connect to the test server");
+        let endpoint = Channel::from_shared(format!("http://127.0.0.1:{port}")).expect("endpoint");
+        // A TLS server is reached by the test's own TLS channel; this plaintext one stays idle.
+        let channel = if tls {
+            endpoint.connect_lazy()
+        } else {
+            endpoint
+                .connect()
+                .await
+                .expect("connect to the test server")
+        };
         Self {
             channel,
+            port,
             services,
             store,
             shutdown: std::sync::Mutex::new(Some(tx)),

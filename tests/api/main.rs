@@ -21,3 +21,4 @@ mod rules;
 mod server;
 mod settings;
 mod sync;
+mod tls;
