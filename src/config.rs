@@ -23,6 +23,7 @@ pub struct Settings {
     pub smtp: SmtpSettings,
     pub codes: CodeSettings,
     pub plugin: PluginSettings,
+    pub limits: LimitSettings,
     #[serde(default)]
     pub bootstrap: BootstrapSettings,
     /// Role → the permissions it grants (`"*"`: all).
@@ -94,6 +95,15 @@ pub enum SmtpSecurity {
     None,
     Starttls,
     Tls,
+}
+
+/// Rate limits of loyalty calls; 0 turns a limit off.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct LimitSettings {
+    pub per_key_per_second: u32,
+    pub per_key_burst: u32,
+    pub per_tenant_per_second: u32,
+    pub per_tenant_burst: u32,
 }
 
 /// Registration with the ONe plugin framework's registry.

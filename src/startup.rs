@@ -22,6 +22,7 @@ use crate::grpc::auth::AuthLayer;
 use crate::grpc::coupons::CouponGrpc;
 use crate::grpc::earn::EarnGrpc;
 use crate::grpc::ledger::LedgerGrpc;
+use crate::grpc::limits::CallLimits;
 use crate::grpc::metrics::MetricsLayer;
 use crate::grpc::redeem::RedeemGrpc;
 use crate::grpc::rules::RulesGrpc;
@@ -349,6 +350,7 @@ impl Application {
             .layer(AuthLayer::new(
                 Arc::clone(&self.services.access),
                 Arc::clone(&self.services.roles),
+                Arc::new(CallLimits::new(&self.settings.limits)),
             ))
             .add_service(health_service)
             .add_service(

@@ -12,6 +12,7 @@ use std::task::{Context, Poll};
 use tonic::Status;
 use tower::{Layer, Service};
 
+use super::limits::CallLimits;
 use crate::domain::access::{ActingFor, FRONT_OFFICE_ROLE, RolePermissions};
 use crate::service::access::AccessService;
 
@@ -22,11 +23,20 @@ const PROTECTED_PREFIX: &str = "/one.loyalty.v1.";
 pub struct AuthLayer {
     access: Arc<AccessService>,
     roles: Arc<RolePermissions>,
+    limits: Arc<CallLimits>,
 }
 
 impl AuthLayer {
-    pub fn new(access: Arc<AccessService>, roles: Arc<RolePermissions>) -> Self {
-        Self { access, roles }
+    pub fn new(
+        access: Arc<AccessService>,
+        roles: Arc<RolePermissions>,
+        limits: Arc<CallLimits>,
+    ) -> Self {
+        Self {
+            access,
+            roles,
+            limits,
+        }
     }
 }
 
@@ -38,6 +48,7 @@ impl<S> Layer<S> for AuthLayer {
             inner,
             access: Arc::clone(&self.access),
             roles: Arc::clone(&self.roles),
+            limits: Arc::clone(&self.limits),
         }
     }
 }
@@ -47,6 +58,7 @@ pub struct Authenticate<S> {
     inner: S,
     access: Arc<AccessService>,
     roles: Arc<RolePermissions>,
+    limits: Arc<CallLimits>,
 }
 
 type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
@@ -72,6 +84,7 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let access = Arc::clone(&self.access);
         let roles = Arc::clone(&self.roles);
+        let limits = Arc::clone(&self.limits);
         Box::pin(async move {
             if !request.uri().path().starts_with(PROTECTED_PREFIX) {
                 return inner.call(request).await;
@@ -89,6 +102,9 @@ where
                 Ok(caller) => caller,
                 Err(err) => return Ok(Status::from(err).into_http()),
             };
+            if let Err(status) = limits.admit(&caller) {
+                return Ok(status.into_http());
+            }
             let path = request.uri().path();
             let Some(permission) = super::permissions::required(path) else {
                 return Ok(Status::permission_denied(format!(

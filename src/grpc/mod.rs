@@ -9,6 +9,7 @@ pub mod earn;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod ledger;
+pub mod limits;
 pub mod metrics;
 pub mod permissions;
 pub mod redeem;

@@ -258,6 +258,8 @@ impl TestApp {
         // Tests run the jobs and the outbox themselves, under a pinned clock where it matters.
         settings.jobs.enabled = false;
         settings.outbox.enabled = false;
+        // Tests make bursts of calls on purpose; the rate-limit test turns limits back on.
+        settings.limits = one_loyalty::config::LimitSettings::default();
         settings.database = store.settings.clone();
         settings.bootstrap.tenants.push(BootstrapTenant {
             id: OTHER_TENANT.into(),

@@ -13,6 +13,7 @@ mod earn;
 mod fakes;
 mod front_office;
 mod ledger;
+mod limits;
 mod outbox;
 mod permissions;
 mod plugin;
