@@ -144,6 +144,19 @@ impl pb::agreement_service_server::AgreementService for AgreementGrpc {
         }))
     }
 
+    async fn anonymize_user(
+        &self,
+        request: Request<pb::AnonymizeUserRequest>,
+    ) -> Result<Response<pb::AnonymizeUserResponse>, Status> {
+        let caller = caller(&request)?;
+        let m = request.into_inner();
+        let pseudonym = self
+            .service
+            .anonymize_user(&caller, &m.request_id, &request_hash(&m), &m.user_id)
+            .await?;
+        Ok(Response::new(pb::AnonymizeUserResponse { pseudonym }))
+    }
+
     async fn get_client_eligibility(
         &self,
         request: Request<pb::GetClientEligibilityRequest>,

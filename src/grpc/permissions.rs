@@ -89,6 +89,10 @@ pub const RPC_PERMISSIONS: &[(&str, Permission)] = &[
         "/one.loyalty.v1.AgreementService/GetClientEligibility",
         AgreementsRead,
     ),
+    (
+        "/one.loyalty.v1.AgreementService/AnonymizeUser",
+        AgreementsManage,
+    ),
     ("/one.loyalty.v1.SyncService/TriggerSync", SyncManage),
     ("/one.loyalty.v1.SyncService/GetSyncStatus", SyncManage),
     ("/one.loyalty.v1.SyncService/ImportDocuments", SyncManage),

@@ -8,6 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::clock::{Clock, SystemClock};
+use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
@@ -54,6 +55,61 @@ impl AgreementRepository for SeaAgreementRepository {
         set_result_ref(&txn, tenant, &request.request_id, &codes).await?;
         txn.commit().await.map_err(classify)?;
         Ok(outcomes)
+    }
+
+    async fn anonymize_user(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        pseudonym: &str,
+        request: &IdempotencyRecord,
+    ) -> Result<bool, RepoError> {
+        use super::entities::{ledger_events, redemptions, reservations, users};
+        let txn = self.db.begin().await.map_err(classify)?;
+        insert_record(&txn, tenant, request).await?;
+        let renamed = users::Entity::update_many()
+            .col_expr(users::Column::UserId, Expr::value(pseudonym))
+            .col_expr(users::Column::Anonymized, Expr::value(true))
+            .filter(users::Column::TenantId.eq(tenant.as_str()))
+            .filter(users::Column::UserId.eq(user_id))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        if renamed.rows_affected != 1 {
+            return Ok(false);
+        }
+        consent_events::Entity::update_many()
+            .col_expr(consent_events::Column::UserId, Expr::value(pseudonym))
+            .filter(consent_events::Column::TenantId.eq(tenant.as_str()))
+            .filter(consent_events::Column::UserId.eq(user_id))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        // Attribution only: no points, no balance and no running total change.
+        ledger_events::Entity::update_many()
+            .col_expr(ledger_events::Column::ActorUserId, Expr::value(pseudonym))
+            .filter(ledger_events::Column::TenantId.eq(tenant.as_str()))
+            .filter(ledger_events::Column::ActorUserId.eq(user_id))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        redemptions::Entity::update_many()
+            .col_expr(redemptions::Column::UserId, Expr::value(pseudonym))
+            .filter(redemptions::Column::TenantId.eq(tenant.as_str()))
+            .filter(redemptions::Column::UserId.eq(user_id))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        reservations::Entity::update_many()
+            .col_expr(reservations::Column::UserId, Expr::value(pseudonym))
+            .filter(reservations::Column::TenantId.eq(tenant.as_str()))
+            .filter(reservations::Column::UserId.eq(user_id))
+            .exec(&txn)
+            .await
+            .map_err(classify)?;
+        set_result_ref(&txn, tenant, &request.request_id, pseudonym).await?;
+        txn.commit().await.map_err(classify)?;
+        Ok(true)
     }
 
     async fn publish_version(

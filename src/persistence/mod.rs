@@ -188,6 +188,16 @@ pub trait AgreementRepository: Send + Sync {
         events: &[ConsentEvent],
         request: &IdempotencyRecord,
     ) -> Result<Vec<ConsentOutcome>, RepoError>;
+    /// Replaces `user_id` with `pseudonym` on the user, its consent events, redemptions,
+    /// reservations and the ledger events it caused, with the request's record, atomically.
+    /// `false`: no such user (nothing written).
+    async fn anonymize_user(
+        &self,
+        tenant: &TenantId,
+        user_id: &str,
+        pseudonym: &str,
+        request: &IdempotencyRecord,
+    ) -> Result<bool, RepoError>;
     /// Stores a version and recomputes every client with consents of its type, atomically.
     /// `Conflict` when the version number exists, or the request id is taken.
     async fn publish_version(

@@ -431,6 +431,50 @@ impl AgreementService {
             .await
     }
 
+    /// Replaces a user's id with a pseudonym everywhere it is kept (GDPR). The pseudonym is a
+    /// keyed hash, the same for a retry, and not reversible without the original id.
+    ///
+    /// # Errors
+    /// A missing user id, an unknown user, a reused request id, or the database.
+    pub async fn anonymize_user(
+        &self,
+        caller: &Caller,
+        request_id: &str,
+        request_hash: &str,
+        user_id: &str,
+    ) -> Result<String, AgreementError> {
+        const OP: &str = "AgreementService/AnonymizeUser";
+        if let Some(pseudonym) = self.prior(caller, request_id, OP, request_hash).await? {
+            return Ok(pseudonym);
+        }
+        let user_id = user_id.trim();
+        if user_id.is_empty() {
+            return Err(Invalid::field("user_id", "is required").into());
+        }
+        let pseudonym = pseudonym_of(&caller.tenant, user_id);
+        let record = IdempotencyRecord {
+            request_id: request_id.to_owned(),
+            operation: OP.into(),
+            request_hash: request_hash.to_owned(),
+            result_ref: String::new(),
+        };
+        match self
+            .repo
+            .anonymize_user(&caller.tenant, user_id, &pseudonym, &record)
+            .await
+        {
+            Ok(true) => Ok(pseudonym),
+            Ok(false) => Err(AgreementError::NotFound(format!("user {user_id}"))),
+            Err(RepoError::Conflict(cause)) => {
+                match self.prior(caller, request_id, OP, request_hash).await? {
+                    Some(pseudonym) => Ok(pseudonym),
+                    None => Err(RepoError::Aborted(cause).into()),
+                }
+            }
+            Err(other) => Err(other.into()),
+        }
+    }
+
     async fn prior(
         &self,
         caller: &Caller,
@@ -618,3 +662,11 @@ fn check_version(
 #[cfg(test)]
 #[path = "agreements_tests.rs"]
 mod tests;
+
+/// A user's pseudonym: a hash of the tenant and the user id, so that the same user always gets
+/// the same one and nothing in it names the person.
+fn pseudonym_of(tenant: &TenantId, user_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(format!("{}:{user_id}", tenant.as_str()).as_bytes());
+    format!("anon-{}", &hex::encode(digest)[..24])
+}

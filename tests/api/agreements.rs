@@ -90,13 +90,13 @@ async fn try_record(
         .map(|r| r.into_inner().outcomes)
 }
 
-async fn record(app: &TestApp, request_id: &str, events: Vec<pb::ConsentEvent>) -> Vec<i32> {
+pub async fn record(app: &TestApp, request_id: &str, events: Vec<pb::ConsentEvent>) -> Vec<i32> {
     try_record(app, request_id, events)
         .await
         .expect("record consents")
 }
 
-async fn eligibility(
+pub async fn eligibility(
     app: &TestApp,
     client_id: &str,
     from: &str,

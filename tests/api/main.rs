@@ -12,6 +12,7 @@ mod documents;
 mod earn;
 mod fakes;
 mod front_office;
+mod gdpr;
 mod ledger;
 mod limits;
 mod outbox;
