@@ -104,6 +104,9 @@ pub struct LimitSettings {
     pub per_key_burst: u32,
     pub per_tenant_per_second: u32,
     pub per_tenant_burst: u32,
+    /// Calls of one tenant in flight at once.
+    #[serde(default)]
+    pub per_tenant_concurrency: u32,
 }
 
 /// Registration with the ONe plugin framework's registry.

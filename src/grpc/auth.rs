@@ -105,6 +105,11 @@ where
             if let Err(status) = limits.admit(&caller) {
                 return Ok(status.into_http());
             }
+            // Held until the call has been answered.
+            let _in_flight = match limits.enter(&caller) {
+                Ok(permit) => permit,
+                Err(status) => return Ok(status.into_http()),
+            };
             let path = request.uri().path();
             let Some(permission) = super::permissions::required(path) else {
                 return Ok(Status::permission_denied(format!(

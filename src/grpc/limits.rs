@@ -1,10 +1,15 @@
-//! Rate limits per API key and per tenant (GCRA token buckets, `governor`), checked by the auth
-//! layer once the caller is known: a flood from one key is refused with `RESOURCE_EXHAUSTED`
-//! before it reaches a service or the database, so other keys and tenants keep their latency.
+//! Rate limits per API key and per tenant (GCRA token buckets, `governor`), and a bound on each
+//! tenant's calls in flight, checked by the auth layer once the caller is known: a flood from
+//! one key or tenant is refused with `RESOURCE_EXHAUSTED` before it reaches a service or the
+//! database, so other keys and tenants keep their latency.
 
 use std::num::NonZeroU32;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
 
 use crate::config::LimitSettings;
@@ -13,6 +18,9 @@ use crate::domain::access::Caller;
 pub struct CallLimits {
     per_key: Option<DefaultKeyedRateLimiter<String>>,
     per_tenant: Option<DefaultKeyedRateLimiter<String>>,
+    /// Calls in flight per tenant (0: unbounded).
+    tenant_concurrency: u32,
+    in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
 impl std::fmt::Debug for CallLimits {
@@ -20,7 +28,8 @@ impl std::fmt::Debug for CallLimits {
         f.debug_struct("CallLimits")
             .field("per_key", &self.per_key.is_some())
             .field("per_tenant", &self.per_tenant.is_some())
-            .finish()
+            .field("tenant_concurrency", &self.tenant_concurrency)
+            .finish_non_exhaustive()
     }
 }
 
@@ -38,7 +47,34 @@ impl CallLimits {
         Self {
             per_key: limiter(settings.per_key_per_second, settings.per_key_burst),
             per_tenant: limiter(settings.per_tenant_per_second, settings.per_tenant_burst),
+            tenant_concurrency: settings.per_tenant_concurrency,
+            in_flight: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// A place among the tenant's calls in flight, held until the call ends (`None` when
+    /// unbounded).
+    ///
+    /// # Errors
+    /// `RESOURCE_EXHAUSTED` when the tenant has as many calls in flight as it may.
+    pub fn enter(&self, caller: &Caller) -> Result<Option<OwnedSemaphorePermit>, Status> {
+        if self.tenant_concurrency == 0 {
+            return Ok(None);
+        }
+        let semaphore = {
+            let mut in_flight = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            Arc::clone(
+                in_flight
+                    .entry(caller.tenant.as_str().to_owned())
+                    .or_insert_with(|| Arc::new(Semaphore::new(self.tenant_concurrency as usize))),
+            )
+        };
+        semaphore.try_acquire_owned().map(Some).map_err(|_| {
+            Status::resource_exhausted("this tenant has too many calls in flight; retry later")
+        })
     }
 
     /// Takes one call from the caller's key and tenant allowances.
@@ -87,6 +123,7 @@ mod tests {
             per_key_burst: 3,
             per_tenant_per_second: 0,
             per_tenant_burst: 0,
+            per_tenant_concurrency: 0,
         });
         let flood = caller("demo", "k1");
         assert!((0..3).all(|_| limits.admit(&flood).is_ok()));
@@ -104,5 +141,27 @@ mod tests {
             (0..1_000).all(|_| off.admit(&flood).is_ok()),
             "0 turns limits off"
         );
+    }
+
+    #[test]
+    fn a_tenant_has_at_most_its_bound_of_calls_in_flight() {
+        let limits = CallLimits::new(&LimitSettings {
+            per_tenant_concurrency: 2,
+            ..LimitSettings::default()
+        });
+        let demo = caller("demo", "k1");
+        let first = limits.enter(&demo).expect("first");
+        let second = limits.enter(&demo).expect("second");
+        assert_eq!(
+            limits.enter(&demo).expect_err("third").code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert!(
+            limits.enter(&caller("acme", "k2")).is_ok(),
+            "another tenant"
+        );
+        drop(first);
+        assert!(limits.enter(&demo).is_ok(), "a call ended, a place is free");
+        drop(second);
     }
 }
