@@ -74,7 +74,8 @@ pub fn user_in_reach(caller: &Caller, requested: &str) -> Result<Option<String>,
 }
 
 /// A record of `client_id` answers as missing when it is out of the caller's reach, so that a
-/// front office cannot learn what exists for other clients.
+/// front office cannot learn what exists for other clients: `what` names it as the services
+/// name a record that does not exist, and the answer is the same word for word.
 ///
 /// # Errors
 /// `NOT_FOUND`.

@@ -41,7 +41,7 @@ impl RedeemGrpc {
     async fn reservation_in_reach(&self, caller: &Caller, id: &str) -> Result<(), Status> {
         if caller.acting_for.is_some() {
             let reservation = self.service.reservation(caller, id).await?;
-            visible(caller, &reservation.client_id, "reservation")?;
+            visible(caller, &reservation.client_id, &format!("reservation {id}"))?;
         }
         Ok(())
     }
@@ -49,7 +49,7 @@ impl RedeemGrpc {
     async fn redemption_in_reach(&self, caller: &Caller, id: &str) -> Result<(), Status> {
         if caller.acting_for.is_some() {
             let redemption = self.service.redemption(caller, id).await?;
-            visible(caller, &redemption.client_id, "redemption")?;
+            visible(caller, &redemption.client_id, &format!("redemption {id}"))?;
         }
         Ok(())
     }
@@ -214,7 +214,11 @@ impl pb::redeem_service_server::RedeemService for RedeemGrpc {
             .service
             .redemption(&caller, m.redemption_id.trim())
             .await?;
-        visible(&caller, &redemption.client_id, "redemption")?;
+        visible(
+            &caller,
+            &redemption.client_id,
+            &format!("redemption {}", m.redemption_id.trim()),
+        )?;
         Ok(Response::new(pb::GetRedemptionResponse {
             redemption: Some(self.redemption_reply(&caller, &redemption).await?),
         }))
@@ -354,7 +358,11 @@ impl pb::redeem_service_server::RedeemService for RedeemGrpc {
             .service
             .reservation(&caller, m.reservation_id.trim())
             .await?;
-        visible(&caller, &reservation.client_id, "reservation")?;
+        visible(
+            &caller,
+            &reservation.client_id,
+            &format!("reservation {}", m.reservation_id.trim()),
+        )?;
         Ok(Response::new(pb::GetReservationResponse {
             reservation: Some(self.reservation_reply(&caller, &reservation).await?),
         }))

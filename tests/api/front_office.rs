@@ -169,15 +169,33 @@ async fn the_front_office_reaches_only_the_client_it_acts_for(app: &ClockedApp) 
         .into_inner()
         .redemption
         .expect("redemption");
-    missing(
-        redeem_client(app)
-            .get_redemption(acting(
-                &key,
-                pb::GetRedemptionRequest {
-                    redemption_id: theirs.redemption_id.clone(),
-                },
-            ))
-            .await,
+    // Another client's redemption answers exactly as one that does not exist.
+    let hidden = redeem_client(app)
+        .get_redemption(acting(
+            &key,
+            pb::GetRedemptionRequest {
+                redemption_id: theirs.redemption_id.clone(),
+            },
+        ))
+        .await
+        .expect_err("hidden");
+    let unknown_id = format!("{}x", theirs.redemption_id);
+    let unknown = redeem_client(app)
+        .get_redemption(acting(
+            &key,
+            pb::GetRedemptionRequest {
+                redemption_id: unknown_id.clone(),
+            },
+        ))
+        .await
+        .expect_err("unknown");
+    assert_eq!(hidden.code(), Code::NotFound);
+    assert_eq!(
+        hidden.message(),
+        unknown
+            .message()
+            .replace(&unknown_id, &theirs.redemption_id),
+        "the same answer whatever the reason"
     );
     let listed = redeem_client(app)
         .list_redemptions(acting(&key, pb::ListRedemptionsRequest::default()))
