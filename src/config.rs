@@ -107,6 +107,9 @@ pub struct LimitSettings {
     /// Calls of one tenant in flight at once.
     #[serde(default)]
     pub per_tenant_concurrency: u32,
+    /// Calls of one key in flight at once.
+    #[serde(default)]
+    pub per_key_concurrency: u32,
 }
 
 /// Registration with the ONe plugin framework's registry.

@@ -135,6 +135,67 @@ fn coupon_spec() -> impl Strategy<Value = pb::CouponSpec> {
         )
 }
 
+/// Every file of the corpus kept in the repository (`tests/fuzz-corpus/`): inputs that once
+/// mattered, replayed through every decoder and converter on every run.
+fn corpus() -> Vec<(String, Vec<u8>)> {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-corpus");
+    let mut files: Vec<(String, Vec<u8>)> = std::fs::read_dir(&dir)
+        .expect("the fuzz corpus")
+        .filter_map(Result::ok)
+        .map(|e| {
+            let bytes = std::fs::read(e.path()).expect("a corpus file");
+            (e.file_name().to_string_lossy().into_owned(), bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// One input through every decoder and converter.
+fn replay(bytes: &[u8]) {
+    if let Ok(m) = pb::ProcessInvoiceRequest::decode(bytes) {
+        refusal_names_fields(super::earn::document_from_proto(
+            m.invoice.as_ref(),
+            DocumentKind::Invoice,
+        ));
+    }
+    if let Ok(m) = pb::CreateCouponRequest::decode(bytes) {
+        refusal_names_fields(super::coupons::spec_from_proto(m.spec.as_ref()));
+    }
+    if let Ok(m) = pb::CreateMultiplierRuleRequest::decode(bytes) {
+        refusal_names_fields(super::rules::spec_from_proto(m.spec.as_ref()));
+    }
+    if let Ok(m) = pb::UpdateSettingsRequest::decode(bytes) {
+        refusal_names_fields(super::convert::settings_patch(
+            m.settings.as_ref(),
+            m.update_mask.as_ref(),
+        ));
+    }
+    if let Ok(m) = pb::RecordConsentEventsRequest::decode(bytes) {
+        refusal_names_fields(super::agreements::consents_from_proto(&m.events));
+    }
+    let text = String::from_utf8_lossy(bytes);
+    for result in [
+        super::convert::amount("f", &text).map(|_| ()),
+        super::convert::day("f", &text).map(|_| ()),
+        super::convert::page_position(&text).map(|_| ()),
+    ] {
+        if let Err(violation) = result {
+            assert!(!violation.field.is_empty());
+        }
+    }
+}
+
+#[test]
+fn the_kept_corpus_replays_without_a_panic() {
+    let corpus = corpus();
+    assert!(corpus.len() >= 10, "the corpus is in the repository");
+    for (name, bytes) in &corpus {
+        let outcome = std::panic::catch_unwind(|| replay(bytes));
+        assert!(outcome.is_ok(), "corpus file {name} panics");
+    }
+}
+
 proptest! {
     // PROPTEST_CASES sets a longer campaign; 512 cases per property by default.
     #![proptest_config(ProptestConfig::with_cases(
@@ -167,20 +228,6 @@ proptest! {
 
     #[test]
     fn requests_decoded_from_arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..600)) {
-        if let Ok(m) = pb::ProcessInvoiceRequest::decode(bytes.as_slice()) {
-            refusal_names_fields(super::earn::document_from_proto(m.invoice.as_ref(), DocumentKind::Invoice));
-        }
-        if let Ok(m) = pb::CreateCouponRequest::decode(bytes.as_slice()) {
-            refusal_names_fields(super::coupons::spec_from_proto(m.spec.as_ref()));
-        }
-        if let Ok(m) = pb::CreateMultiplierRuleRequest::decode(bytes.as_slice()) {
-            refusal_names_fields(super::rules::spec_from_proto(m.spec.as_ref()));
-        }
-        if let Ok(m) = pb::UpdateSettingsRequest::decode(bytes.as_slice()) {
-            refusal_names_fields(super::convert::settings_patch(m.settings.as_ref(), m.update_mask.as_ref()));
-        }
-        if let Ok(m) = pb::RecordConsentEventsRequest::decode(bytes.as_slice()) {
-            refusal_names_fields(super::agreements::consents_from_proto(&m.events));
-        }
+        replay(&bytes);
     }
 }

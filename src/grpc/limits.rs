@@ -18,8 +18,10 @@ use crate::domain::access::Caller;
 pub struct CallLimits {
     per_key: Option<DefaultKeyedRateLimiter<String>>,
     per_tenant: Option<DefaultKeyedRateLimiter<String>>,
-    /// Calls in flight per tenant (0: unbounded).
+    /// Calls in flight per tenant and per key (0: unbounded).
     tenant_concurrency: u32,
+    key_concurrency: u32,
+    /// One semaphore per tenant ("t:" id) and per key ("k:" id).
     in_flight: Mutex<HashMap<String, Arc<Semaphore>>>,
 }
 
@@ -29,6 +31,7 @@ impl std::fmt::Debug for CallLimits {
             .field("per_key", &self.per_key.is_some())
             .field("per_tenant", &self.per_tenant.is_some())
             .field("tenant_concurrency", &self.tenant_concurrency)
+            .field("key_concurrency", &self.key_concurrency)
             .finish_non_exhaustive()
     }
 }
@@ -48,33 +51,46 @@ impl CallLimits {
             per_key: limiter(settings.per_key_per_second, settings.per_key_burst),
             per_tenant: limiter(settings.per_tenant_per_second, settings.per_tenant_burst),
             tenant_concurrency: settings.per_tenant_concurrency,
+            key_concurrency: settings.per_key_concurrency,
             in_flight: Mutex::new(HashMap::new()),
         }
     }
 
-    /// A place among the tenant's calls in flight, held until the call ends (`None` when
-    /// unbounded).
+    /// Places among the key's and the tenant's calls in flight, held until the call ends.
     ///
     /// # Errors
-    /// `RESOURCE_EXHAUSTED` when the tenant has as many calls in flight as it may.
-    pub fn enter(&self, caller: &Caller) -> Result<Option<OwnedSemaphorePermit>, Status> {
-        if self.tenant_concurrency == 0 {
-            return Ok(None);
+    /// `RESOURCE_EXHAUSTED` when the key or the tenant has as many calls in flight as it may.
+    pub fn enter(&self, caller: &Caller) -> Result<Vec<OwnedSemaphorePermit>, Status> {
+        let mut held = Vec::with_capacity(2);
+        for (slot, bound, who) in [
+            (format!("k:{}", caller.key_id), self.key_concurrency, "key"),
+            (
+                format!("t:{}", caller.tenant.as_str()),
+                self.tenant_concurrency,
+                "tenant",
+            ),
+        ] {
+            if bound == 0 {
+                continue;
+            }
+            let semaphore = {
+                let mut in_flight = self
+                    .in_flight
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                Arc::clone(
+                    in_flight
+                        .entry(slot)
+                        .or_insert_with(|| Arc::new(Semaphore::new(bound as usize))),
+                )
+            };
+            held.push(semaphore.try_acquire_owned().map_err(|_| {
+                Status::resource_exhausted(format!(
+                    "this {who} has too many calls in flight; retry later"
+                ))
+            })?);
         }
-        let semaphore = {
-            let mut in_flight = self
-                .in_flight
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            Arc::clone(
-                in_flight
-                    .entry(caller.tenant.as_str().to_owned())
-                    .or_insert_with(|| Arc::new(Semaphore::new(self.tenant_concurrency as usize))),
-            )
-        };
-        semaphore.try_acquire_owned().map(Some).map_err(|_| {
-            Status::resource_exhausted("this tenant has too many calls in flight; retry later")
-        })
+        Ok(held)
     }
 
     /// Takes one call from the caller's key and tenant allowances.
@@ -124,6 +140,7 @@ mod tests {
             per_tenant_per_second: 0,
             per_tenant_burst: 0,
             per_tenant_concurrency: 0,
+            per_key_concurrency: 0,
         });
         let flood = caller("demo", "k1");
         assert!((0..3).all(|_| limits.admit(&flood).is_ok()));
@@ -151,6 +168,7 @@ mod tests {
         });
         let demo = caller("demo", "k1");
         let first = limits.enter(&demo).expect("first");
+        assert_eq!(first.len(), 1, "only the tenant is bounded here");
         let second = limits.enter(&demo).expect("second");
         assert_eq!(
             limits.enter(&demo).expect_err("third").code(),
@@ -163,5 +181,21 @@ mod tests {
         drop(first);
         assert!(limits.enter(&demo).is_ok(), "a call ended, a place is free");
         drop(second);
+    }
+
+    #[test]
+    fn a_key_has_at_most_its_bound_of_calls_in_flight() {
+        let limits = CallLimits::new(&LimitSettings {
+            per_key_concurrency: 1,
+            ..LimitSettings::default()
+        });
+        let held = limits.enter(&caller("demo", "k1")).expect("first");
+        assert!(limits.enter(&caller("demo", "k1")).is_err(), "the same key");
+        assert!(
+            limits.enter(&caller("demo", "k2")).is_ok(),
+            "another key of the tenant"
+        );
+        drop(held);
+        assert!(limits.enter(&caller("demo", "k1")).is_ok());
     }
 }
