@@ -186,7 +186,7 @@ pub async fn stay_registered(
     let backoff = Backoff {
         base: Duration::from_millis(200),
         max: Duration::from_secs(30),
-        jitter: 0.2,
+        jitter_percent: 20,
     };
     let mut attempt = 0;
     let registered = loop {
@@ -202,7 +202,7 @@ pub async fn stay_registered(
             Ok(reply) => break reply.into_inner(),
             Err(status) => {
                 attempt += 1;
-                let delay = backoff.delay(attempt, rand::random::<f64>());
+                let delay = backoff.jittered(attempt, &mut rand::rng());
                 tracing::warn!(%status, attempt, retry_in_ms = delay.as_millis(), "plugin registration failed");
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}

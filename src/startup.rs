@@ -498,7 +498,7 @@ fn dispatch_policy(settings: &OutboxSettings) -> DispatchPolicy {
         backoff: Backoff {
             base: Duration::from_millis(settings.retry_base_ms.max(1)),
             max: Duration::from_millis(settings.retry_max_ms.max(1)),
-            jitter: 0.2,
+            jitter_percent: 20,
         },
     }
 }

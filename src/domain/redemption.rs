@@ -114,8 +114,8 @@ pub struct CodeFormat {
 /// Characters a person may read for another: never in an alphabet.
 pub const LOOK_ALIKES: &str = "0O1IL";
 pub const DEFAULT_ALPHABET: &str = "ABCDEFGHJKMNPQRSTUVWXYZ23456789";
-/// Below this, a code can be guessed by trying (≈ 60 bits with the default alphabet and length).
-pub const MIN_CODE_BITS: f64 = 50.0;
+/// Below this, a code can be guessed by trying (59 bits with the default alphabet and length).
+pub const MIN_CODE_BITS: u32 = 50;
 
 impl Default for CodeFormat {
     fn default() -> Self {
@@ -128,12 +128,15 @@ impl Default for CodeFormat {
 }
 
 impl CodeFormat {
-    /// Bits of entropy in one code.
-    pub fn bits(&self) -> f64 {
-        let symbols = self.alphabet.chars().count();
-        #[allow(clippy::cast_precision_loss)] // small counts
-        let bits = self.length as f64 * (symbols as f64).log2();
-        bits
+    /// Whole bits of entropy in one code: ⌊log2(symbols^length)⌋, counted in integers (128 at
+    /// most; more is never needed).
+    pub fn bits(&self) -> u32 {
+        let symbols = u128::try_from(self.alphabet.chars().count()).unwrap_or(u128::MAX);
+        let codes = u32::try_from(self.length)
+            .ok()
+            .and_then(|length| symbols.checked_pow(length))
+            .unwrap_or(u128::MAX);
+        codes.checked_ilog2().unwrap_or(0)
     }
 
     /// # Errors
@@ -162,7 +165,7 @@ impl CodeFormat {
         }
         if self.bits() < MIN_CODE_BITS {
             return Err(format!(
-                "codes of {} characters from {} symbols carry {:.0} bits; at least {MIN_CODE_BITS} are needed",
+                "codes of {} characters from {} symbols carry {} bits; at least {MIN_CODE_BITS} are needed",
                 self.length,
                 chars.len(),
                 self.bits()
@@ -370,22 +373,29 @@ pub enum DeliveryOutcome {
     Rejected(String),
 }
 
-/// When to try a failed delivery again: exponential from `base`, capped at `max`, with up to
-/// `jitter` of the delay added at random so that replicas do not retry in step.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// When to try a failed call again: exponential from `base`, capped at `max`, with up to
+/// `jitter_percent` of the delay added at random so that replicas do not retry in step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     pub base: Duration,
     pub max: Duration,
-    pub jitter: f64,
+    pub jitter_percent: u32,
 }
 
 impl Backoff {
-    /// The delay after `attempts` failed attempts (1 = the first failure); `unit` in [0, 1)
-    /// picks the jitter.
-    pub fn delay(&self, attempts: u32, unit: f64) -> Duration {
+    /// The delay after `attempts` failed attempts (1 = the first failure); `permille` in
+    /// 0..=1000 picks how much of the jitter is added. Integer arithmetic throughout.
+    pub fn delay(&self, attempts: u32, permille: u32) -> Duration {
         let doublings = attempts.saturating_sub(1).min(30);
         let exponential = self.base.saturating_mul(1u32 << doublings).min(self.max);
-        exponential.mul_f64(1.0 + self.jitter * unit.clamp(0.0, 1.0))
+        let extra = u128::from(self.jitter_percent) * u128::from(permille.min(1000));
+        let nanos = exponential.as_nanos() * (100_000 + extra) / 100_000;
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
+    }
+
+    /// [`Backoff::delay`] with the jitter drawn from `rng`.
+    pub fn jittered(&self, attempts: u32, rng: &mut impl Rng) -> Duration {
+        self.delay(attempts, rng.random_range(0..=1000))
     }
 }
 
@@ -397,7 +407,7 @@ mod tests {
     fn codes_follow_the_format_and_leave_out_look_alikes() {
         let format = CodeFormat::default();
         assert!(format.validate().is_ok(), "{:?}", format.validate());
-        assert!(format.bits() > 59.0);
+        assert!(format.bits() >= 59);
         let mut rng = rand::rng();
         let codes: BTreeSet<String> = (0..2_000).map(|_| format.generate(&mut rng)).collect();
         assert_eq!(codes.len(), 2_000, "no repeats in 2,000 draws of 59 bits");
@@ -450,15 +460,15 @@ mod tests {
         let backoff = Backoff {
             base: Duration::from_secs(1),
             max: Duration::from_mins(1),
-            jitter: 0.2,
+            jitter_percent: 20,
         };
-        assert_eq!(backoff.delay(1, 0.0), Duration::from_secs(1));
-        assert_eq!(backoff.delay(2, 0.0), Duration::from_secs(2));
-        assert_eq!(backoff.delay(4, 0.0), Duration::from_secs(8));
-        assert_eq!(backoff.delay(40, 0.0), Duration::from_mins(1));
-        assert_eq!(backoff.delay(3, 1.0), Duration::from_millis(4_800));
+        assert_eq!(backoff.delay(1, 0), Duration::from_secs(1));
+        assert_eq!(backoff.delay(2, 0), Duration::from_secs(2));
+        assert_eq!(backoff.delay(4, 0), Duration::from_secs(8));
+        assert_eq!(backoff.delay(40, 0), Duration::from_mins(1));
+        assert_eq!(backoff.delay(3, 1000), Duration::from_millis(4_800));
         assert_eq!(
-            backoff.delay(3, 7.0),
+            backoff.delay(3, 7000),
             Duration::from_millis(4_800),
             "clamped"
         );

@@ -92,7 +92,7 @@ impl OutboxDispatcher {
                 }
                 DeliveryOutcome::Transient(error) => {
                     let attempts = message.attempts + 1;
-                    let delay = self.policy.backoff.delay(attempts, rand::random::<f64>());
+                    let delay = self.policy.backoff.jittered(attempts, &mut rand::rng());
                     let next = self.clock.now()
                         + chrono::Duration::from_std(delay).unwrap_or(chrono::Duration::MAX);
                     tracing::warn!(

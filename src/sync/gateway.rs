@@ -208,7 +208,7 @@ where
     let backoff = crate::domain::redemption::Backoff {
         base: Duration::from_millis(200),
         max: Duration::from_secs(5),
-        jitter: 0.5,
+        jitter_percent: 50,
     };
     let mut attempt = 1;
     loop {
@@ -229,7 +229,8 @@ where
                 if !retriable || attempt >= FEED_ATTEMPTS {
                     return Err(GatewayError::Unavailable(text));
                 }
-                tokio::time::sleep(backoff.delay(attempt, rand::random::<f64>())).await;
+                let delay = backoff.jittered(attempt, &mut rand::rng());
+                tokio::time::sleep(delay).await;
                 attempt += 1;
             }
         }
