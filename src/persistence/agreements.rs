@@ -11,7 +11,7 @@ use crate::domain::clock::{Clock, SystemClock};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement,
 };
 use sha2::{Digest, Sha256};
 
@@ -46,7 +46,7 @@ impl AgreementRepository for SeaAgreementRepository {
         events: &[ConsentEvent],
         request: &IdempotencyRecord,
     ) -> Result<Vec<ConsentOutcome>, RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         // Written first, so that on SQLite the write lock serializes the rest of the transaction;
         // the outcomes are filled in at the end.
         insert_record(&txn, tenant, request).await?;
@@ -65,7 +65,7 @@ impl AgreementRepository for SeaAgreementRepository {
         request: &IdempotencyRecord,
     ) -> Result<bool, RepoError> {
         use super::entities::{ledger_events, redemptions, reservations, users};
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, request).await?;
         let renamed = users::Entity::update_many()
             .col_expr(users::Column::UserId, Expr::value(pseudonym))
@@ -118,7 +118,7 @@ impl AgreementRepository for SeaAgreementRepository {
         version: &AgreementVersion,
         request: &IdempotencyRecord,
     ) -> Result<(), RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, request).await?;
         publish_version_in(&txn, tenant, version).await?;
         txn.commit().await.map_err(classify)

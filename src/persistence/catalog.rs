@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, TransactionTrait,
+    QueryOrder,
 };
 
 use super::CatalogRepository;
@@ -39,7 +39,7 @@ impl CatalogRepository for SeaCatalogRepository {
         tenant: &TenantId,
         product: &ProductRecord,
     ) -> Result<(), RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         let done = save_product_in(&txn, tenant, product).await?;
         txn.commit().await.map_err(classify)?;
         Ok(done)
@@ -50,7 +50,7 @@ impl CatalogRepository for SeaCatalogRepository {
         tenant: &TenantId,
         category: &CategoryRecord,
     ) -> Result<(), RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         save_category_in(&txn, tenant, category).await?;
         txn.commit().await.map_err(classify)?;
         Ok(())

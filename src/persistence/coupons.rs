@@ -6,7 +6,7 @@ use rust_decimal::Decimal;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect,
 };
 
 use super::CouponRepository;
@@ -44,7 +44,7 @@ impl CouponRepository for SeaCouponRepository {
         previous_revision: Option<u32>,
         request: &IdempotencyRecord,
     ) -> Result<(), RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, request).await?;
         let row = to_row(tenant, coupon)?;
         match previous_revision {

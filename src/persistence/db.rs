@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
-use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
 
 use crate::config::DatabaseSettings;
 use crate::persistence::error::{RepoError, classify};
@@ -62,6 +65,21 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
             .foreign_keys(true)
     });
     Database::connect(options).await.map_err(classify)
+}
+
+/// Begins a transaction that will write. On SQLite it takes the write lock at `BEGIN IMMEDIATE`,
+/// so concurrent writers queue on the busy timeout; a deferred transaction that read first would
+/// fail with `SQLITE_BUSY` when another writer got there in between. PostgreSQL ignores the mode.
+///
+/// # Errors
+/// The database.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, RepoError> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..TransactionOptions::default()
+    })
+    .await
+    .map_err(classify)
 }
 
 /// Applies every pending migration.

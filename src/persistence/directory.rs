@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, TransactionTrait,
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter,
 };
 
 use super::DirectoryRepository;
@@ -29,14 +29,14 @@ impl SeaDirectoryRepository {
 #[async_trait]
 impl DirectoryRepository for SeaDirectoryRepository {
     async fn save_client(&self, tenant: &TenantId, client: &ClientRecord) -> Result<(), RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         let done = save_client_in(&txn, tenant, client).await?;
         txn.commit().await.map_err(classify)?;
         Ok(done)
     }
 
     async fn save_user(&self, tenant: &TenantId, user: &UserRecord) -> Result<(), RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         let done = save_user_in(&txn, tenant, user).await?;
         txn.commit().await.map_err(classify)?;
         Ok(done)

@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect,
 };
 
 use super::DocumentRepository;
@@ -62,7 +62,7 @@ impl DocumentRepository for SeaDocumentRepository {
         tenant: &TenantId,
         record: &DocumentRecord,
     ) -> Result<Option<DocumentRecord>, RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         if !receive_in(&txn, tenant, record).await? {
             drop(txn);
             return self.find(tenant, &record.document.document_id).await;
@@ -101,7 +101,7 @@ impl DocumentRepository for SeaDocumentRepository {
         completion: &Completion,
     ) -> Result<(), RepoError> {
         let now = self.clock.now();
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         // Only a document not yet decided can be completed: a concurrent delivery that got here
         // first makes this one a no-op.
         let not_final = Condition::all()

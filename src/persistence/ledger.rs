@@ -12,7 +12,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    QuerySelect, TransactionTrait,
+    QuerySelect,
 };
 
 use super::LedgerRepository;
@@ -53,7 +53,7 @@ impl LedgerRepository for SeaLedgerRepository {
         request: Option<&'r IdempotencyRecord>,
     ) -> Result<LedgerEvent, RepoError> {
         let now = self.clock.now();
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         if let Some(record) = request {
             insert_record(&txn, tenant, record).await?;
         }
@@ -191,7 +191,7 @@ impl LedgerRepository for SeaLedgerRepository {
 
     async fn unlock_lot(&self, tenant: &TenantId, event_id: i64) -> Result<bool, RepoError> {
         let now = self.clock.now();
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         // The conditional update is the lease: of two runs, one changes the row.
         let unlocked = earn_lots::Entity::update_many()
             .col_expr(earn_lots::Column::Locked, Expr::value(false))

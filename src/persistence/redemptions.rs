@@ -12,7 +12,7 @@ use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect,
 };
 
 use super::entities::{coupons, outbox, redemptions};
@@ -55,7 +55,7 @@ impl RedemptionRepository for SeaRedemptionRepository {
     ) -> Result<Redemption, RepoError> {
         let now = self.clock.now();
         let r = &plan.redemption;
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, request).await?;
         ensure_balance_row(&txn, tenant, &r.client_id, now).await?;
         if let Some(limit) = plan.per_client_limit {
@@ -172,7 +172,7 @@ impl RedemptionRepository for SeaRedemptionRepository {
         request: Option<&'r IdempotencyRecord>,
     ) -> Result<Redemption, RepoError> {
         let now = self.clock.now();
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         if let Some(record) = request {
             insert_record(&txn, tenant, record).await?;
         }
@@ -316,7 +316,7 @@ impl RedemptionRepository for SeaRedemptionRepository {
         owner: &str,
         now: DateTime<Utc>,
     ) -> Result<bool, RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         let done = outbox::Entity::update_many()
             .col_expr(outbox::Column::Status, Expr::value(DELIVERED))
             .col_expr(

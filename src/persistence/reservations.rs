@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, TransactionTrait,
+    QueryOrder, QuerySelect,
 };
 
 use super::ReservationRepository;
@@ -47,7 +47,7 @@ impl ReservationRepository for SeaReservationRepository {
     ) -> Result<(), RepoError> {
         let now = self.clock.now();
         let points = units(reservation.points)?;
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, request).await?;
         ensure_balance_row(&txn, tenant, &reservation.client_id, now).await?;
         let available = locked_balance(&txn, tenant, &reservation.client_id)
@@ -92,7 +92,7 @@ impl ReservationRepository for SeaReservationRepository {
         request: &IdempotencyRecord,
     ) -> Result<Reservation, RepoError> {
         let now = self.clock.now();
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, request).await?;
         let settled = reservations::Entity::update_many()
             .col_expr(
@@ -138,7 +138,7 @@ impl ReservationRepository for SeaReservationRepository {
         request: Option<&'r IdempotencyRecord>,
     ) -> Result<Reservation, RepoError> {
         let now = self.clock.now();
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         if let Some(record) = request {
             insert_record(&txn, tenant, record).await?;
         }

@@ -9,7 +9,7 @@ use rust_decimal::Decimal;
 use sea_orm::sea_query::{Expr, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, TransactionTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::RulesRepository;
@@ -58,7 +58,7 @@ impl RulesRepository for SeaRulesRepository {
         request: &IdempotencyRecord,
     ) -> Result<(), RepoError> {
         let now = SystemClock.now().fixed_offset();
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, request).await?;
         for chunk in entries.chunks(CHUNK) {
             let rows = chunk
@@ -154,7 +154,7 @@ impl RulesRepository for SeaRulesRepository {
         rule: &StoredRule,
         request: &IdempotencyRecord,
     ) -> Result<(), RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, request).await?;
         let r = &rule.rule;
         let key = |q: sea_orm::Select<multiplier_rules::Entity>| {
@@ -235,7 +235,7 @@ impl RulesRepository for SeaRulesRepository {
         at: DateTime<Utc>,
         request: &IdempotencyRecord,
     ) -> Result<(), RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, request).await?;
         let of_rule = Condition::all()
             .add(multiplier_rules::Column::TenantId.eq(tenant.as_str()))
@@ -389,7 +389,7 @@ impl RulesRepository for SeaRulesRepository {
         rate: Decimal,
         request: &IdempotencyRecord,
     ) -> Result<(), RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, request).await?;
         let row = segment_rates::ActiveModel {
             tenant_id: Set(tenant.as_str().to_owned()),

@@ -4,7 +4,6 @@ use crate::domain::clock::{Clock, SystemClock};
 use async_trait::async_trait;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
-    TransactionTrait,
 };
 
 use super::SettingsRepository;
@@ -61,7 +60,7 @@ impl SettingsRepository for SeaSettingsRepository {
         changed_by_key_id: &str,
     ) -> Result<(), RepoError> {
         let row = to_row(tenant, settings, request, changed_by_key_id)?;
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         tenant_settings::Entity::insert(row)
             .exec(&txn)
             .await

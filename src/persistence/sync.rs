@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait, OnConflict};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, DatabaseConnection, DatabaseTransaction, EntityTrait,
-    QueryFilter, QuerySelect, TransactionTrait,
+    QueryFilter, QuerySelect,
 };
 
 use super::SyncRepository;
@@ -57,7 +57,7 @@ impl SyncRepository for SeaSyncRepository {
         next_cursor: Option<&'c str>,
         now: DateTime<Utc>,
     ) -> Result<usize, RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         ensure_row(&txn, tenant, stream, now).await?;
         let moved = sync_cursors::Entity::update_many()
             .col_expr(
@@ -117,7 +117,7 @@ impl SyncRepository for SeaSyncRepository {
         error: &str,
         now: DateTime<Utc>,
     ) -> Result<(), RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         ensure_row(&txn, tenant, stream, now).await?;
         sync_cursors::Entity::update_many()
             .col_expr(
@@ -144,7 +144,7 @@ impl SyncRepository for SeaSyncRepository {
         requested: bool,
         now: DateTime<Utc>,
     ) -> Result<(), RepoError> {
-        let txn = self.db.begin().await.map_err(classify)?;
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         ensure_row(&txn, tenant, stream, now).await?;
         sync_cursors::Entity::update_many()
             .col_expr(

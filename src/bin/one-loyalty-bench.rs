@@ -1,0 +1,927 @@
+//! `one-loyalty-bench`: the load generator, and the baselines it is judged against.
+//!
+//! - `service`: seeds a database, starts `--replicas` real `one-loyalty serve` processes on it
+//!   and loads them through tonic clients, one connection per client: earn (10-line invoices),
+//!   redeem (uniform over many clients, and one hot client), balance reads, a mixed workload.
+//! - `echo`: (B4) the same clients against a trivial tonic server (the health service alone).
+//! - `sqlite`: (B5) a minimal SQLite loop doing the writes of the B2 pgbench scripts, through the
+//!   service's own connection settings (WAL, `synchronous = FULL`).
+//!
+//! Every run prints one `RESULT` line: throughput and p50/p99/p999 latency of the calls that
+//! succeeded, and the count of those that did not. `benches/perf.sh` runs them all with the B0
+//! and B2 baselines and writes the ratios.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Days, Utc};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use one_loyalty::config::{DatabaseSettings, LimitSettings, Overrides, Settings};
+use one_loyalty::domain::clock::{Clock, FixedClock};
+use one_loyalty::domain::directory::{ClientRecord, UserRecord};
+use one_loyalty::domain::sync::CouponPoolRecord;
+use one_loyalty::domain::tenant::TenantId;
+use one_loyalty::persistence::db;
+use one_loyalty::proto::loyalty::v1 as pb;
+use one_loyalty::startup::Application;
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use sea_orm::{ConnectionTrait, DatabaseConnection, Statement, TransactionTrait};
+use tokio::io::AsyncBufReadExt;
+use tonic::metadata::MetadataValue;
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_client::HealthClient;
+
+const TENANT: &str = "demo";
+const PRODUCTS: u32 = 10;
+const HOT_CLIENT: &str = "c-hot";
+const SHORT_HISTORY_CLIENT: &str = "c-history-10";
+const LONG_HISTORY_CLIENT: &str = "c-history-long";
+const COUPON_NAME: &str = "bench 7 points";
+const COUPON_POINTS: &str = "7";
+
+#[derive(Debug, Parser)]
+#[command(name = "one-loyalty-bench", about = "Load generator and baselines of ONe Loyalty")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Seeds the database, starts the service on it and runs each workload at each concurrency.
+    Service(ServiceArgs),
+    /// B4: the same gRPC clients against a trivial tonic server (the health service alone).
+    Echo(LoadArgs),
+    /// B5: the writes of the B2 scripts in a minimal SQLite loop.
+    Sqlite(SqliteArgs),
+    /// Serves B4's trivial server and prints its port (started by `echo`).
+    #[command(hide = true)]
+    EchoServer,
+}
+
+#[derive(Debug, Clone, Args)]
+struct LoadArgs {
+    /// Concurrent clients, each on its own connection; a run per value.
+    #[arg(long, value_delimiter = ',', default_value = "1,8")]
+    concurrency: Vec<usize>,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    /// Seconds of unmeasured load before each run.
+    #[arg(long, default_value_t = 2)]
+    warmup: u64,
+    /// A label printed on every result line.
+    #[arg(long, default_value = "")]
+    label: String,
+}
+
+#[derive(Debug, Clone, Args)]
+struct ServiceArgs {
+    /// The database the service runs on (sqlite://PATH or postgres://...); it is seeded first.
+    #[arg(long)]
+    database_url: String,
+    #[arg(long, value_delimiter = ',', default_value = "earn,redeem,redeem-hot,balance,mixed")]
+    workloads: Vec<Workload>,
+    /// Client companies in the uniform workloads.
+    #[arg(long, default_value_t = 10_000)]
+    clients: u32,
+    /// Events of the long-history client read by `balance-long-history` (the short one has 10).
+    #[arg(long, default_value_t = 0)]
+    history: u32,
+    /// Service processes on the one database; clients are spread over them.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Skip seeding (the database was seeded by an earlier run with the same --clients).
+    #[arg(long)]
+    no_seed: bool,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Debug, Clone, Args)]
+struct SqliteArgs {
+    /// The SQLite file (replaced).
+    #[arg(long, default_value = "target/bench-b5.sqlite")]
+    path: PathBuf,
+    #[arg(long, value_delimiter = ',', default_value = "earn,redeem,redeem-hot,balance")]
+    workloads: Vec<Workload>,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Workload {
+    /// A 10-line invoice of a random client, earned at once.
+    Earn,
+    /// A 7-point coupon redeemed by a random client.
+    Redeem,
+    /// A 7-point coupon redeemed by one client, by every caller.
+    RedeemHot,
+    /// The balance of a random client.
+    Balance,
+    /// The balance of a client with 10 events.
+    BalanceShortHistory,
+    /// The balance of a client with `--history` events.
+    BalanceLongHistory,
+    /// 30 % earn, 20 % redeem, 50 % balance reads.
+    Mixed,
+    /// A health check of the trivial server.
+    Echo,
+}
+
+impl Workload {
+    fn name(self) -> String {
+        self.to_possible_value()
+            .map_or_else(String::new, |v| v.get_name().to_owned())
+    }
+}
+
+type BenchError = Box<dyn std::error::Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let outcome = match cli.command {
+        Command::Service(args) => service(args).await,
+        Command::Echo(load) => echo(load).await,
+        Command::Sqlite(args) => sqlite(args).await,
+        Command::EchoServer => echo_server().await,
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Measuring
+
+/// What one run measured.
+struct Measured {
+    ops: u64,
+    errors: BTreeMap<String, u64>,
+    latencies_ns: Vec<u64>,
+    seconds: f64,
+}
+
+impl Measured {
+    fn percentile_ms(&self, fraction: f64) -> f64 {
+        if self.latencies_ns.is_empty() {
+            return f64::NAN;
+        }
+        #[allow(clippy::cast_precision_loss, clippy::cast_possible_truncation)]
+        #[allow(clippy::cast_sign_loss)]
+        let rank = ((self.latencies_ns.len() as f64) * fraction).ceil() as usize;
+        let index = rank.clamp(1, self.latencies_ns.len()) - 1;
+        #[allow(clippy::cast_precision_loss)]
+        let ms = self.latencies_ns[index] as f64 / 1e6;
+        ms
+    }
+
+    fn print(&self, name: &str, backend: &str, concurrency: usize, label: &str) {
+        #[allow(clippy::cast_precision_loss)]
+        let tps = self.ops as f64 / self.seconds;
+        let errors: u64 = self.errors.values().sum();
+        println!(
+            "RESULT workload={name} backend={backend} clients={concurrency} label={} ops={} \
+             errors={errors} tps={tps:.1} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}",
+            if label.is_empty() { "-" } else { label },
+            self.ops,
+            self.percentile_ms(0.50),
+            self.percentile_ms(0.99),
+            self.percentile_ms(0.999),
+        );
+        if !self.errors.is_empty() {
+            eprintln!("  failed calls of {name}: {:?}", self.errors);
+        }
+    }
+}
+
+/// A caller: one connection's clients, or one database handle.
+#[derive(Clone)]
+enum Caller {
+    Service {
+        earn: pb::earn_service_client::EarnServiceClient<Channel>,
+        redeem: pb::redeem_service_client::RedeemServiceClient<Channel>,
+        ledger: pb::ledger_service_client::LedgerServiceClient<Channel>,
+        coupon_id: Arc<str>,
+        clients: u32,
+        sale_date: Arc<str>,
+    },
+    Echo(HealthClient<Channel>),
+    Sqlite(DatabaseConnection),
+}
+
+/// Unique per process run, so that document and request ids never repeat across runs.
+static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+fn next_id(kind: &str) -> String {
+    let run = RUN_ID.get_or_init(|| Utc::now().timestamp_micros());
+    format!("{kind}-{run}-{}", SEQUENCE.fetch_add(1, Ordering::Relaxed))
+}
+
+static RUN_ID: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+
+fn authorized<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request
+        .metadata_mut()
+        .insert("one-tenant", MetadataValue::from_static(TENANT));
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::from_static("Bearer demo-admin-key-local-only"),
+    );
+    request
+}
+
+fn client_id(index: u32) -> String {
+    format!("c-{index}")
+}
+
+impl Caller {
+    async fn call(&mut self, workload: Workload, rng: &mut SmallRng) -> Result<(), String> {
+        let workload = if workload == Workload::Mixed {
+            match rng.random_range(0..10) {
+                0..=2 => Workload::Earn,
+                3..=4 => Workload::Redeem,
+                _ => Workload::Balance,
+            }
+        } else {
+            workload
+        };
+        match self {
+            Self::Service {
+                earn,
+                redeem,
+                ledger,
+                coupon_id,
+                clients,
+                sale_date,
+            } => {
+                let random_client = client_id(rng.random_range(0..*clients));
+                let outcome = match workload {
+                    Workload::Earn => earn
+                        .process_invoice(authorized(invoice(&random_client, sale_date)))
+                        .await
+                        .map(drop),
+                    Workload::Redeem | Workload::RedeemHot => {
+                        let client = if workload == Workload::RedeemHot {
+                            HOT_CLIENT.to_owned()
+                        } else {
+                            random_client
+                        };
+                        redeem
+                            .redeem_coupon(authorized(pb::RedeemCouponRequest {
+                                request_id: next_id("redeem"),
+                                client_id: client,
+                                coupon_id: coupon_id.to_string(),
+                                user_id: String::new(),
+                            }))
+                            .await
+                            .map(drop)
+                    }
+                    Workload::Balance
+                    | Workload::BalanceShortHistory
+                    | Workload::BalanceLongHistory => {
+                        let client = match workload {
+                            Workload::BalanceShortHistory => SHORT_HISTORY_CLIENT.to_owned(),
+                            Workload::BalanceLongHistory => LONG_HISTORY_CLIENT.to_owned(),
+                            _ => random_client,
+                        };
+                        ledger
+                            .get_balance(authorized(pb::GetBalanceRequest {
+                                client_id: client,
+                                expiring_within_days: 0,
+                            }))
+                            .await
+                            .map(drop)
+                    }
+                    Workload::Echo | Workload::Mixed => return Err("not a service workload".into()),
+                };
+                outcome.map_err(|status| format!("{:?}", status.code()))
+            }
+            Self::Echo(health) => health
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map(drop)
+                .map_err(|status| format!("{:?}", status.code())),
+            Self::Sqlite(conn) => sqlite_call(conn, workload, rng)
+                .await
+                .map_err(|err| err.to_string()),
+        }
+    }
+}
+
+fn invoice(client: &str, sale_date: &str) -> pb::ProcessInvoiceRequest {
+    let document_id = next_id("inv");
+    let lines = (1..=PRODUCTS)
+        .map(|no| pb::DocumentLine {
+            line_no: no,
+            product_id: format!("P{no}"),
+            quantity: "3".into(),
+            order_number: String::new(),
+            corrected_line_no: 0,
+        })
+        .collect();
+    pb::ProcessInvoiceRequest {
+        request_id: document_id.clone(),
+        invoice: Some(pb::Document {
+            number: format!("FV/{document_id}"),
+            document_id,
+            client_id: client.into(),
+            sale_date: sale_date.into(),
+            lines,
+            ..Default::default()
+        }),
+    }
+}
+
+/// Runs `workload` on `callers` (one task each) for the warm-up, then measures for `duration`.
+async fn measure(callers: Vec<Caller>, workload: Workload, load: &LoadArgs) -> Measured {
+    let warmup_end = Instant::now() + Duration::from_secs(load.warmup);
+    let end = warmup_end + Duration::from_secs(load.duration);
+    let tasks: Vec<_> = callers
+        .into_iter()
+        .enumerate()
+        .map(|(index, mut caller)| {
+            tokio::spawn(async move {
+                let mut rng = SmallRng::seed_from_u64(index as u64 ^ 0x5eed);
+                let mut latencies = Vec::new();
+                let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+                loop {
+                    let started = Instant::now();
+                    if started >= end {
+                        break;
+                    }
+                    let outcome = caller.call(workload, &mut rng).await;
+                    if started < warmup_end {
+                        continue;
+                    }
+                    match outcome {
+                        Ok(()) => latencies.push(
+                            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
+                        ),
+                        Err(code) => *errors.entry(code).or_default() += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    let mut measured = Measured {
+        ops: 0,
+        errors: BTreeMap::new(),
+        latencies_ns: Vec::new(),
+        seconds: Duration::from_secs(load.duration).as_secs_f64(),
+    };
+    for task in tasks {
+        let (latencies, errors) = match task.await {
+            Ok(result) => result,
+            Err(err) => {
+                *measured.errors.entry(format!("task: {err}")).or_default() += 1;
+                continue;
+            }
+        };
+        measured.latencies_ns.extend(latencies);
+        for (code, count) in errors {
+            *measured.errors.entry(code).or_default() += count;
+        }
+    }
+    measured.latencies_ns.sort_unstable();
+    measured.ops = measured.latencies_ns.len() as u64;
+    measured
+}
+
+async fn connect(address: &str) -> Result<Channel, BenchError> {
+    Ok(Endpoint::from_shared(address.to_owned())?
+        .tcp_nodelay(true)
+        .connect()
+        .await?)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The service
+
+fn backend_of(url: &str) -> &'static str {
+    if url.starts_with("sqlite:") {
+        "sqlite"
+    } else {
+        "postgres"
+    }
+}
+
+async fn service(args: ServiceArgs) -> Result<(), BenchError> {
+    if !args.no_seed {
+        let started = Instant::now();
+        seed(&args).await?;
+        eprintln!(
+            "seeded {} clients in {:.1} s",
+            args.clients,
+            started.elapsed().as_secs_f64()
+        );
+    }
+    let mut replicas = Vec::new();
+    for _ in 0..args.replicas.max(1) {
+        replicas.push(ServiceProcess::start(&args.database_url).await?);
+    }
+    let coupon_id = find_coupon(&replicas[0].address).await?;
+    let sale_date: Arc<str> = yesterday().into();
+    let backend = backend_of(&args.database_url);
+    for workload in &args.workloads {
+        for &concurrency in &args.load.concurrency {
+            let mut callers = Vec::with_capacity(concurrency);
+            for index in 0..concurrency {
+                let channel = connect(&replicas[index % replicas.len()].address).await?;
+                callers.push(Caller::Service {
+                    earn: pb::earn_service_client::EarnServiceClient::new(channel.clone()),
+                    redeem: pb::redeem_service_client::RedeemServiceClient::new(channel.clone()),
+                    ledger: pb::ledger_service_client::LedgerServiceClient::new(channel),
+                    coupon_id: coupon_id.as_str().into(),
+                    clients: args.clients,
+                    sale_date: Arc::clone(&sale_date),
+                });
+            }
+            let measured = measure(callers, *workload, &args.load).await;
+            let label = if args.replicas > 1 {
+                format!("{}replicas{}", args.load.label, args.replicas)
+            } else {
+                args.load.label.clone()
+            };
+            measured.print(&workload.name(), backend, concurrency, &label);
+        }
+    }
+    for replica in replicas {
+        replica.stop().await;
+    }
+    Ok(())
+}
+
+/// Yesterday in the tenant's default time zone (Europe/Warsaw): a closed sale day, earned at once.
+fn yesterday() -> String {
+    let today = Utc::now()
+        .with_timezone(&chrono_tz::Europe::Warsaw)
+        .date_naive();
+    today
+        .checked_sub_days(Days::new(1))
+        .unwrap_or(today)
+        .to_string()
+}
+
+/// A `one-loyalty serve` process on a free port, with the rate limits off.
+struct ServiceProcess {
+    child: tokio::process::Child,
+    address: String,
+}
+
+impl ServiceProcess {
+    async fn start(database_url: &str) -> Result<Self, BenchError> {
+        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let binary = sibling_binary("one-loyalty")?;
+        let child = tokio::process::Command::new(binary)
+            .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+            .env("LOYALTY__DATABASE__URL", database_url)
+            .env("LOYALTY__METRICS__LISTEN", "")
+            .env("LOYALTY__TELEMETRY__LOG_FILTER", "error")
+            // With no ONe endpoint every pool code would be retried for ever: deliveries are not
+            // part of these workloads.
+            .env("LOYALTY__OUTBOX__ENABLED", "false")
+            .env("LOYALTY__LIMITS__PER_KEY_PER_SECOND", "0")
+            .env("LOYALTY__LIMITS__PER_TENANT_PER_SECOND", "0")
+            .env("LOYALTY__LIMITS__PER_TENANT_CONCURRENCY", "0")
+            .env("LOYALTY__LIMITS__PER_KEY_CONCURRENCY", "0")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let address = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(channel) = connect(&address).await {
+                let ready = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await;
+                if ready.is_ok() {
+                    return Ok(Self { child, address });
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the service at {address} did not start").into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+fn sibling_binary(name: &str) -> Result<PathBuf, BenchError> {
+    let me = std::env::current_exe()?;
+    let dir = me.parent().ok_or("no directory for the bench binary")?;
+    Ok(dir.join(name))
+}
+
+async fn find_coupon(address: &str) -> Result<String, BenchError> {
+    let mut coupons = pb::coupon_service_client::CouponServiceClient::new(connect(address).await?);
+    let listed = coupons
+        .list_coupons(authorized(pb::ListCouponsRequest {
+            page_size: 100,
+            ..Default::default()
+        }))
+        .await?
+        .into_inner();
+    listed
+        .coupons
+        .into_iter()
+        .find(|c| c.spec.as_ref().is_some_and(|s| s.name == COUPON_NAME))
+        .map(|c| c.coupon_id)
+        .ok_or_else(|| "the bench coupon is missing: seed first".into())
+}
+
+/// Seeds through the service's own API, in-process, on a clock pinned to 2026-01-01 (so that the
+/// coupon is on offer and the consents, base points and grants are in the past): the clients and
+/// their users (as synchronization writes them), a consent per user, base points for P1..P10,
+/// the 7-point coupon, a grant of points to every client, and the history clients' events.
+async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
+    let start = DateTime::parse_from_rfc3339("2026-01-01T09:00:00Z")?.to_utc();
+    let clock = Arc::new(FixedClock::new(start));
+    let mut settings = Settings::load(
+        None,
+        &Overrides {
+            listen: Some("127.0.0.1:0".parse()?),
+            database_url: Some(args.database_url.clone()),
+        },
+    )?;
+    settings.jobs.enabled = false;
+    settings.outbox.enabled = false;
+    settings.metrics.listen = String::new();
+    settings.limits = LimitSettings::default();
+    let app = Application::build_with_clock(settings, Arc::clone(&clock) as Arc<dyn Clock>).await?;
+    let services = app.services().clone();
+    let address = format!("http://127.0.0.1:{}", app.port());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async move {
+        let _ = stopped.await;
+    }));
+    let tenant = TenantId::parse(TENANT)?;
+
+    let mut names: Vec<String> = (0..args.clients).map(client_id).collect();
+    names.extend([HOT_CLIENT, SHORT_HISTORY_CLIENT, LONG_HISTORY_CLIENT].map(str::to_owned));
+    let saves = names.iter().map(|client| {
+        let services = services.clone();
+        let tenant = tenant.clone();
+        let client = client.clone();
+        async move {
+            let record = ClientRecord {
+                client_id: client.clone(),
+                name: client.clone(),
+                status: "ACTIVE".into(),
+                has_account: true,
+                segment_ids: vec![],
+                updated_at: start,
+            };
+            services.directory.save_client(&tenant, &record).await?;
+            let user = UserRecord {
+                user_id: format!("u-{client}"),
+                client_id: client,
+                active: true,
+                deactivated_at: None,
+                updated_at: start,
+            };
+            services.directory.save_user(&tenant, &user).await?;
+            Ok(())
+        }
+    });
+    run_all(saves, 16).await?;
+    services
+        .coupon_repo
+        .save_pool(
+            &tenant,
+            &CouponPoolRecord {
+                pool_id: "pool-bench".into(),
+                name: "bench codes".into(),
+                campaign_id: "camp-bench".into(),
+                campaign_name: "bench".into(),
+                active: true,
+            },
+        )
+        .await?;
+
+    let channel = connect(&address).await?;
+    let mut agreements = pb::agreement_service_client::AgreementServiceClient::new(channel.clone());
+    let consent_at = prost_types::Timestamp {
+        seconds: start.timestamp() - 86_400,
+        nanos: 0,
+    };
+    for (batch, chunk) in names.chunks(1000).enumerate() {
+        let events = chunk
+            .iter()
+            .map(|client| pb::ConsentEvent {
+                event_id: format!("bench-consent-{client}"),
+                user_id: format!("u-{client}"),
+                action: pb::ConsentAction::Accept as i32,
+                occurred_at: Some(consent_at),
+                agreement_version: 1,
+                source: "bench".into(),
+                ..Default::default()
+            })
+            .collect();
+        agreements
+            .record_consent_events(authorized(pb::RecordConsentEventsRequest {
+                request_id: format!("bench-consents-{batch}-{}", chunk.len()),
+                events,
+            }))
+            .await?;
+    }
+    let mut rules = pb::rules_service_client::RulesServiceClient::new(channel.clone());
+    rules
+        .set_base_points(authorized(pb::SetBasePointsRequest {
+            request_id: "bench-base-points".into(),
+            effective_from: "2026-01-01".into(),
+            entries: (1..=PRODUCTS)
+                .map(|no| pb::BasePointsEntry {
+                    product_id: format!("P{no}"),
+                    points: "10".into(),
+                    ..Default::default()
+                })
+                .collect(),
+        }))
+        .await?;
+    let mut coupons = pb::coupon_service_client::CouponServiceClient::new(channel.clone());
+    coupons
+        .create_coupon(authorized(pb::CreateCouponRequest {
+            request_id: "bench-coupon".into(),
+            spec: Some(pb::CouponSpec {
+                r#type: pb::CouponType::CartDiscount as i32,
+                name: COUPON_NAME.into(),
+                pool_id: "pool-bench".into(),
+                point_value: COUPON_POINTS.into(),
+                image_url: "https://cdn.example.com/bench.png".into(),
+                appearance_date: "2026-01-02".into(),
+                expiration_date: "2030-12-31".into(),
+                redemption_deadline: "2031-01-31".into(),
+                discount: Some(pb::Discount {
+                    value: Some(pb::discount::Value::FixedAmount(pb::FixedAmount {
+                        amount: "1".into(),
+                        currency: "EUR".into(),
+                    })),
+                }),
+                ..Default::default()
+            }),
+        }))
+        .await?;
+
+    // Grants: every client can redeem through any run; the hot client far more.
+    let mut grants: Vec<(String, String, String)> = names
+        .iter()
+        .filter(|c| *c != SHORT_HISTORY_CLIENT && *c != LONG_HISTORY_CLIENT)
+        .map(|c| {
+            let points = if c == HOT_CLIENT { "100000000" } else { "1000000" };
+            (format!("bench-grant-{c}"), c.clone(), points.to_owned())
+        })
+        .collect();
+    for (client, events) in [
+        (SHORT_HISTORY_CLIENT, 10),
+        (LONG_HISTORY_CLIENT, args.history),
+    ] {
+        grants.extend(
+            (0..events).map(|n| (format!("bench-history-{client}-{n}"), client.to_owned(), "1".into())),
+        );
+    }
+    let ledger = pb::ledger_service_client::LedgerServiceClient::new(channel);
+    let calls = grants.into_iter().map(|(request_id, client, points)| {
+        let mut ledger = ledger.clone();
+        async move {
+            ledger
+                .adjust_points(authorized(pb::AdjustPointsRequest {
+                    request_id,
+                    client_id: client,
+                    points,
+                    reason_code: "BENCH".into(),
+                    reason: "bench seed".into(),
+                    user_id: "bench".into(),
+                }))
+                .await?;
+            Ok(())
+        }
+    });
+    run_all(calls, 16).await?;
+    let _ = stop.send(());
+    server.await??;
+    Ok(())
+}
+
+/// Runs the futures as tasks, at most `width` at once, and fails on the first error.
+async fn run_all<F>(futures: impl IntoIterator<Item = F>, width: usize) -> Result<(), BenchError>
+where
+    F: std::future::Future<Output = Result<(), BenchError>> + Send + 'static,
+{
+    let mut running = tokio::task::JoinSet::new();
+    for future in futures {
+        if running.len() >= width {
+            if let Some(done) = running.join_next().await {
+                done??;
+            }
+        }
+        running.spawn(future);
+    }
+    while let Some(done) = running.join_next().await {
+        done??;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// B4: a trivial tonic server
+
+async fn echo(load: LoadArgs) -> Result<(), BenchError> {
+    let mut server = tokio::process::Command::new(std::env::current_exe()?)
+        .arg("echo-server")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let stdout = server.stdout.take().ok_or("the echo server has no stdout")?;
+    let port = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await?
+        .ok_or("the echo server printed no port")?;
+    let address = format!("http://127.0.0.1:{}", port.trim());
+    for &concurrency in &load.concurrency {
+        let mut callers = Vec::with_capacity(concurrency);
+        for _ in 0..concurrency {
+            callers.push(Caller::Echo(HealthClient::new(connect(&address).await?)));
+        }
+        measure(callers, Workload::Echo, &load)
+            .await
+            .print("echo", "none", concurrency, &load.label);
+    }
+    let _ = server.start_kill();
+    let _ = server.wait().await;
+    Ok(())
+}
+
+async fn echo_server() -> Result<(), BenchError> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    println!("{}", listener.local_addr()?.port());
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    tonic::transport::Server::builder()
+        .add_service(health)
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .await?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// B5: the B2 writes in a minimal SQLite loop
+
+/// Balances seeded, as in the B2 schema.
+const B5_CLIENTS: i64 = 100_000;
+
+const B5_SCHEMA: [&str; 7] = [
+    "CREATE TABLE bl_balances (tenant_id INTEGER NOT NULL, client_id INTEGER NOT NULL, \
+     total INTEGER NOT NULL DEFAULT 0, available INTEGER NOT NULL DEFAULT 0, \
+     PRIMARY KEY (tenant_id, client_id))",
+    "CREATE TABLE bl_events (id INTEGER PRIMARY KEY, tenant_id INTEGER NOT NULL, \
+     client_id INTEGER NOT NULL, kind INTEGER NOT NULL, points INTEGER NOT NULL, \
+     document_id TEXT, request_id TEXT, created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP)",
+    "CREATE UNIQUE INDEX bl_events_document ON bl_events (tenant_id, document_id) \
+     WHERE document_id IS NOT NULL",
+    "CREATE UNIQUE INDEX bl_events_request ON bl_events (tenant_id, request_id) \
+     WHERE request_id IS NOT NULL",
+    "CREATE INDEX bl_events_client ON bl_events (tenant_id, client_id, id DESC)",
+    "CREATE TABLE bl_event_lines (tenant_id INTEGER NOT NULL, event_id INTEGER NOT NULL, \
+     line_no INTEGER NOT NULL, product_id INTEGER NOT NULL, quantity TEXT NOT NULL, \
+     points INTEGER NOT NULL, breakdown TEXT NOT NULL, \
+     PRIMARY KEY (tenant_id, event_id, line_no))",
+    "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 100000) \
+     INSERT INTO bl_balances (tenant_id, client_id, total, available) \
+     SELECT 1, n, 1000000000, 1000000000 FROM g",
+];
+
+async fn sqlite(args: SqliteArgs) -> Result<(), BenchError> {
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = args.path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+    if let Some(dir) = args.path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    // The service's own pool and pragmas (WAL, synchronous = FULL, busy timeout).
+    let settings = Settings::load(
+        None,
+        &Overrides {
+            listen: None,
+            database_url: Some(format!("sqlite://{}", args.path.display())),
+        },
+    )?;
+    let database: DatabaseSettings = settings.database;
+    let conn = db::connect(&database).await?;
+    for statement in B5_SCHEMA {
+        conn.execute_unprepared(statement).await?;
+    }
+    for workload in &args.workloads {
+        for &concurrency in &args.load.concurrency {
+            let callers = vec![Caller::Sqlite(conn.clone()); concurrency];
+            measure(callers, *workload, &args.load).await.print(
+                &workload.name(),
+                "sqlite-minimal",
+                concurrency,
+                &args.load.label,
+            );
+        }
+    }
+    Ok(())
+}
+
+fn sqlite_statement(sql: &str, values: Vec<sea_orm::Value>) -> Statement {
+    Statement::from_sql_and_values(sea_orm::DatabaseBackend::Sqlite, sql, values)
+}
+
+async fn sqlite_call(
+    conn: &DatabaseConnection,
+    workload: Workload,
+    rng: &mut SmallRng,
+) -> Result<(), BenchError> {
+    let client = if workload == Workload::RedeemHot {
+        1
+    } else {
+        rng.random_range(1..=B5_CLIENTS)
+    };
+    match workload {
+        Workload::Earn => {
+            let txn = conn.begin().await?;
+            let event = txn
+                .query_one_raw(sqlite_statement(
+                    "INSERT INTO bl_events (tenant_id, client_id, kind, points, document_id) \
+                     VALUES (1, ?, 1, 1000, ?) RETURNING id",
+                    vec![client.into(), next_id("inv").into()],
+                ))
+                .await?
+                .ok_or("no event id")?;
+            let event_id: i64 = event.try_get("", "id")?;
+            txn.execute_raw(sqlite_statement(
+                "WITH RECURSIVE g(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM g WHERE n < 10) \
+                 INSERT INTO bl_event_lines \
+                 (tenant_id, event_id, line_no, product_id, quantity, points, breakdown) \
+                 SELECT 1, ?, n, n * 7, '3', 100, \
+                 '{\"base\":\"10\",\"qty\":\"3\",\"rule\":\"r1\",\"factor\":\"2\",\"rate\":\"1.5\"}' \
+                 FROM g",
+                vec![event_id.into()],
+            ))
+            .await?;
+            txn.execute_raw(sqlite_statement(
+                "UPDATE bl_balances SET total = total + 1000, available = available + 1000 \
+                 WHERE tenant_id = 1 AND client_id = ?",
+                vec![client.into()],
+            ))
+            .await?;
+            txn.commit().await?;
+        }
+        Workload::Redeem | Workload::RedeemHot => {
+            // SQLite has no UPDATE in a WITH: the debit and its event in one transaction.
+            let txn = conn.begin().await?;
+            let debited = txn
+                .query_one_raw(sqlite_statement(
+                    "UPDATE bl_balances SET available = available - 7, total = total - 7 \
+                     WHERE tenant_id = 1 AND client_id = ? AND available >= 7 RETURNING client_id",
+                    vec![client.into()],
+                ))
+                .await?;
+            if debited.is_some() {
+                txn.execute_raw(sqlite_statement(
+                    "INSERT INTO bl_events (tenant_id, client_id, kind, points, request_id) \
+                     VALUES (1, ?, 2, -7, ?)",
+                    vec![client.into(), next_id("rq").into()],
+                ))
+                .await?;
+            }
+            txn.commit().await?;
+        }
+        _ => {
+            conn.query_one_raw(sqlite_statement(
+                "SELECT total, available FROM bl_balances WHERE tenant_id = 1 AND client_id = ?",
+                vec![client.into()],
+            ))
+            .await?
+            .ok_or("no balance")?;
+        }
+    }
+    Ok(())
+}
