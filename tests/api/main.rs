@@ -15,6 +15,7 @@ mod front_office;
 mod gdpr;
 mod ledger;
 mod limits;
+mod model;
 mod outbox;
 mod permissions;
 mod plugin;
