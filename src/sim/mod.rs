@@ -136,6 +136,8 @@ pub struct SimState {
     pools: BTreeMap<String, core::CouponPool>,
     /// Codes added to pools: code → (pool, valid until).
     pub codes: BTreeMap<String, (String, String)>,
+    /// How many times each code was sent (a redelivery shows as more than one).
+    pub code_requests: BTreeMap<String, u32>,
     product_feed: Feed<core::ProductEvent>,
     client_feed: Feed<core::ClientEvent>,
     user_feed: Feed<core::UserEvent>,
@@ -940,6 +942,7 @@ impl core::promotion_service_server::PromotionService for CoreSim {
                 .codes
                 .into_iter()
                 .map(|c| {
+                    *s.code_requests.entry(c.code.clone()).or_default() += 1;
                     let outcome = if !open {
                         core::CodeOutcome::Rejected
                     } else if s.codes.contains_key(&c.code) {

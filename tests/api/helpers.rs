@@ -105,12 +105,19 @@ impl TestDb {
             }
         }
         settings.max_connections = 16;
+        let mut store = Self::at(settings).await;
+        store._dir = dir;
+        store
+    }
+
+    /// A store on the database `settings` name, migrated.
+    pub async fn at(settings: one_loyalty::config::DatabaseSettings) -> Self {
         let db = db::connect(&settings).await.expect("connect");
         db::migrate(&db).await.expect("migrate");
         Self {
             db,
             settings,
-            _dir: dir,
+            _dir: None,
         }
     }
 
@@ -250,7 +257,15 @@ impl TestApp {
         clock: Arc<dyn Clock>,
         configure: impl FnOnce(&mut Settings),
     ) -> Self {
-        let store = TestDb::new(backend).await;
+        Self::on_store(TestDb::new(backend).await, clock, configure).await
+    }
+
+    /// A server on an existing store.
+    pub async fn on_store(
+        store: TestDb,
+        clock: Arc<dyn Clock>,
+        configure: impl FnOnce(&mut Settings),
+    ) -> Self {
         let mut settings = Settings::load(None, &Overrides::default()).expect("settings");
         settings.server.listen = "127.0.0.1:0".parse().expect("address");
         settings.server.shutdown_drain_ms = 0;
@@ -381,12 +396,16 @@ impl ClockedApp {
 
     /// A clocked server whose settings `configure` changes.
     pub async fn configured(backend: Backend, configure: impl FnOnce(&mut Settings)) -> Self {
+        Self::on_store(TestDb::new(backend).await, configure).await
+    }
+
+    /// A clocked server on an existing store.
+    pub async fn on_store(store: TestDb, configure: impl FnOnce(&mut Settings)) -> Self {
         let start = chrono::DateTime::parse_from_rfc3339("2026-03-20T12:00:00Z")
             .expect("instant")
             .to_utc();
         let clock = Arc::new(FixedClock::new(start));
-        let app =
-            TestApp::configured(backend, Arc::clone(&clock) as Arc<dyn Clock>, configure).await;
+        let app = TestApp::on_store(store, Arc::clone(&clock) as Arc<dyn Clock>, configure).await;
         Self { app, clock }
     }
 

@@ -11,6 +11,7 @@ mod crash;
 mod documents;
 mod earn;
 mod fakes;
+mod faults;
 mod front_office;
 mod gdpr;
 mod ledger;

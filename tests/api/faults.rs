@@ -1,0 +1,656 @@
+//! Fault tests on real `one-loyalty serve` processes under a mixed workload whose clients retry
+//! every call with its request id until it gets an answer:
+//! - the service killed with SIGKILL at random moments (`FAULT_KILLS`, 20 by default);
+//! - PostgreSQL (a private cluster of this test's own) stopped hard and started again;
+//! - two replicas on one PostgreSQL with every background job running in both.
+//!
+//! Afterwards: every acknowledged operation is in the ledger exactly once, every refused one is
+//! not, each client's balance is what the answers add up to, and every balance equals the sum of
+//! its events.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use one_loyalty::domain::directory::ProductRecord;
+use one_loyalty::domain::tenant::TenantId;
+use one_loyalty::persistence::entities::{ledger_events, reservations};
+use one_loyalty::proto::loyalty::v1 as pb;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::coupons::{create, pools, spec};
+use crate::helpers::{Backend, ClockedApp, DEMO_TENANT, TestApp, TestDb, request_as};
+use crate::redeem::funded_client;
+
+const CLIENTS_PER_WORKER: usize = 3;
+const WORKERS: usize = 6;
+const COUPON_POINTS: i64 = 7;
+
+mod killed_under_load {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite() {
+        super::the_service_killed_under_load_loses_and_repeats_nothing(
+            crate::helpers::Backend::Sqlite,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres() {
+        if !crate::helpers::postgres_configured() {
+            eprintln!("skipped: LOYALTY_TEST_DATABASE_URL is not set");
+            return;
+        }
+        super::the_service_killed_under_load_loses_and_repeats_nothing(
+            crate::helpers::Backend::Postgres,
+        )
+        .await;
+    }
+}
+
+/// A `one-loyalty serve` process on `port` over `store`, with the rate limits off.
+pub fn spawn_service(
+    store: &TestDb,
+    port: u16,
+    env: &[(&str, &str)],
+) -> tokio::process::Child {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_one-loyalty"));
+    command
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .env("LOYALTY__DATABASE__URL", &store.settings.url)
+        .env("LOYALTY__METRICS__LISTEN", "")
+        .env("LOYALTY__TELEMETRY__LOG_FILTER", "error")
+        .env("LOYALTY__LIMITS__PER_KEY_PER_SECOND", "0")
+        .env("LOYALTY__LIMITS__PER_TENANT_PER_SECOND", "0")
+        .env("LOYALTY__LIMITS__PER_TENANT_CONCURRENCY", "0")
+        .env("LOYALTY__LIMITS__PER_KEY_CONCURRENCY", "0")
+        .env("LOYALTY__SERVER__SHUTDOWN_DRAIN_MS", "0")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    if let Some(schema) = &store.settings.schema {
+        command.env("LOYALTY__DATABASE__SCHEMA", schema);
+    }
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    command.spawn().expect("start one-loyalty")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
+}
+
+/// Waits until the service on `port` answers health checks.
+pub async fn wait_ready(port: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(channel) = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
+            .expect("endpoint")
+            .connect()
+            .await
+        {
+            let health = tonic_health::pb::health_client::HealthClient::new(channel)
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await;
+            if health.is_ok() {
+                return;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "service on {port} not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The workload
+
+/// The seeded store: funded clients with accepted consents, product P1 at 10 points a unit and a
+/// 7-point coupon on offer.
+pub struct Seeded {
+    pub store: TestDb,
+    pub coupon_id: String,
+    pub clients: Vec<String>,
+}
+
+/// Seeds through the API of an in-process service on a clock pinned to 2026-03-20, then stops it.
+pub async fn seed(store: TestDb, clients: usize) -> Seeded {
+    let app = ClockedApp::on_store(store, |_| {}).await;
+    let names: Vec<String> = (0..clients).map(|i| format!("f-{i}")).collect();
+    let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
+    let mut consents = Vec::new();
+    for name in &names {
+        funded_client(&app, name, "100", &[]).await;
+        app.seed_user(&format!("u-{name}"), name).await;
+        consents.push(pb::ConsentEvent {
+            event_id: format!("consent-{name}"),
+            user_id: format!("u-{name}"),
+            action: pb::ConsentAction::Accept as i32,
+            occurred_at: Some(prost_types::Timestamp {
+                seconds: 1_769_940_000, // 2026-02-01
+                nanos: 0,
+            }),
+            agreement_version: 1,
+            ..Default::default()
+        });
+    }
+    pb::agreement_service_client::AgreementServiceClient::new(app.channel.clone())
+        .record_consent_events(app.request(pb::RecordConsentEventsRequest {
+            request_id: "consents".into(),
+            events: consents,
+        }))
+        .await
+        .expect("consents");
+    app.services
+        .catalog
+        .save_product(
+            &tenant,
+            &ProductRecord {
+                product_id: "P1".into(),
+                name: "P1".into(),
+                sku: "P1".into(),
+                category_id: None,
+                label_ids: vec![],
+                manufacturer_id: None,
+                is_ecommerce: true,
+                active: true,
+                updated_at: chrono::Utc::now(),
+            },
+        )
+        .await
+        .expect("product");
+    pb::rules_service_client::RulesServiceClient::new(app.channel.clone())
+        .set_base_points(app.request(pb::SetBasePointsRequest {
+            request_id: "base".into(),
+            effective_from: "2026-01-01".into(),
+            entries: vec![pb::BasePointsEntry {
+                product_id: "P1".into(),
+                points: "10".into(),
+                ..Default::default()
+            }],
+        }))
+        .await
+        .expect("base points");
+    pools(&app).await;
+    let coupon_id = create(
+        &app,
+        "create-fault-coupon",
+        pb::CouponSpec {
+            point_value: COUPON_POINTS.to_string(),
+            stock: None,
+            per_client_limit: None,
+            expiration_date: "2030-12-31".into(),
+            redemption_deadline: "2031-01-31".into(),
+            ..spec("fault coupon")
+        },
+    )
+    .await
+    .expect("coupon")
+    .coupon_id;
+    let ClockedApp { app, .. } = app;
+    app.stop().await;
+    let TestApp { store, .. } = app;
+    Seeded {
+        store,
+        coupon_id,
+        clients: names,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Earn,
+    Adjust,
+    Redeem,
+    Reserve,
+    Commit,
+    Release,
+}
+
+/// An operation and the answer it finally got.
+#[derive(Debug, Clone)]
+struct Answered {
+    kind: Kind,
+    /// The request id (the document id for an earn).
+    key: String,
+    client: String,
+    points: i64,
+    ok: bool,
+}
+
+/// Status codes a caller may retry on while the service or its database is away.
+fn transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted
+    )
+}
+
+/// The failures seen on the way, by code.
+type Seen = Arc<Mutex<BTreeMap<String, u64>>>;
+
+/// A closure that sends `request` with the demo credentials through a clone of `client`.
+macro_rules! send {
+    ($client:expr, $method:ident, $request:expr) => {{
+        let client = $client.clone();
+        let request = $request.clone();
+        move || {
+            let mut client = client.clone();
+            let request = request.clone();
+            async move {
+                client
+                    .$method(request_as(DEMO_TENANT, crate::helpers::DEMO_KEY, request))
+                    .await
+            }
+        }
+    }};
+}
+
+/// Sends `call` until it is answered with success or a refusal that is not transient.
+async fn until_answered<T, F, Fut>(seen: &Seen, mut call: F) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        match call().await {
+            Err(status) if transient(status.code()) => {
+                *seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .entry(format!("{:?}", status.code()))
+                    .or_default() += 1;
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "no answer for two minutes: {status:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn channel(ports: &[u16], index: usize) -> Channel {
+    Endpoint::from_shared(format!("http://127.0.0.1:{}", ports[index % ports.len()]))
+        .expect("endpoint")
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
+
+fn sale_date() -> String {
+    (chrono::Utc::now()
+        .with_timezone(&chrono_tz::Europe::Warsaw)
+        .date_naive()
+        - chrono::Days::new(1))
+    .to_string()
+}
+
+/// One caller: random operations on its own clients until `stop`, each retried with its request
+/// id until answered; one answer in four is asked for again and must come back the same.
+#[allow(clippy::too_many_lines)]
+async fn worker(
+    index: usize,
+    ports: Vec<u16>,
+    clients: Vec<String>,
+    coupon_id: String,
+    stop: Arc<AtomicBool>,
+    seen: Seen,
+) -> Vec<Answered> {
+    let channel = channel(&ports, index);
+    let earn = pb::earn_service_client::EarnServiceClient::new(channel.clone());
+    let ledger = pb::ledger_service_client::LedgerServiceClient::new(channel.clone());
+    let redeem = pb::redeem_service_client::RedeemServiceClient::new(channel);
+    let mut rng = StdRng::seed_from_u64(index as u64);
+    let mut held: Vec<(String, String, i64)> = Vec::new();
+    let mut answered = Vec::new();
+    let mut n = 0;
+    while !stop.load(Ordering::Relaxed) {
+        n += 1;
+        let key = format!("w{index}-{n}");
+        let client = clients[rng.random_range(0..clients.len())].clone();
+        let roll = rng.random_range(0..12);
+        let ask_again = rng.random_range(0..4) == 0;
+        let kind = match roll {
+            0..=2 => Kind::Earn,
+            3..=4 => Kind::Adjust,
+            5..=6 => Kind::Redeem,
+            7..=8 => Kind::Reserve,
+            9..=10 if !held.is_empty() => Kind::Commit,
+            _ if !held.is_empty() => Kind::Release,
+            _ => Kind::Adjust,
+        };
+        let times = if ask_again { 2 } else { 1 };
+        // Drawn once: asking again sends the very same request.
+        let adjust_points: i64 = rng.random_range(1..30);
+        let reserve_points: i64 = rng.random_range(1..20);
+        let settle_pick = rng.random_range(0..held.len().max(1));
+        let mut first: Option<(bool, String)> = None;
+        let mut points = 0;
+        let mut subject = client.clone();
+        for _ in 0..times {
+            let (ok, reply) = match kind {
+                Kind::Earn => {
+                    let units = i64::from(u8::try_from(n % 5).unwrap_or(0)) + 1;
+                    points = 10 * units;
+                    let request = pb::ProcessInvoiceRequest {
+                        request_id: key.clone(),
+                        invoice: Some(pb::Document {
+                            document_id: format!("doc-{key}"),
+                            number: format!("FV/{key}"),
+                            client_id: client.clone(),
+                            sale_date: sale_date(),
+                            lines: vec![pb::DocumentLine {
+                                line_no: 1,
+                                product_id: "P1".into(),
+                                quantity: units.to_string(),
+                                order_number: String::new(),
+                                corrected_line_no: 0,
+                            }],
+                            ..Default::default()
+                        }),
+                    };
+                    let result = until_answered(&seen, send!(earn, process_invoice, request))
+                    .await;
+                    let result = result.map(|r| r.into_inner().result.unwrap_or_default());
+                    match result {
+                        Ok(r) => {
+                            assert_eq!(r.status, pb::DocumentStatus::Processed as i32, "{r:?}");
+                            (true, r.event_id)
+                        }
+                        Err(status) => panic!("earn refused: {status:?}"),
+                    }
+                }
+                Kind::Adjust => {
+                    points = adjust_points;
+                    let request = pb::AdjustPointsRequest {
+                        request_id: key.clone(),
+                        client_id: client.clone(),
+                        points: points.to_string(),
+                        reason_code: "FAULTS".into(),
+                        reason: "fault test".into(),
+                        user_id: "tester".into(),
+                    };
+                    let result = until_answered(&seen, send!(ledger, adjust_points, request))
+                    .await
+                    .expect("adjust");
+                    (true, result.into_inner().event.unwrap_or_default().event_id)
+                }
+                Kind::Redeem => {
+                    points = COUPON_POINTS;
+                    let request = pb::RedeemCouponRequest {
+                        request_id: key.clone(),
+                        client_id: client.clone(),
+                        coupon_id: coupon_id.clone(),
+                        user_id: String::new(),
+                    };
+                    match until_answered(&seen, send!(redeem, redeem_coupon, request))
+                    .await
+                    {
+                        Ok(r) => (
+                            true,
+                            r.into_inner().redemption.unwrap_or_default().redemption_id,
+                        ),
+                        Err(status) if status.code() == Code::FailedPrecondition => {
+                            (false, String::new())
+                        }
+                        Err(status) => panic!("redeem: {status:?}"),
+                    }
+                }
+                Kind::Reserve => {
+                    points = reserve_points;
+                    let request = pb::ReservePointsRequest {
+                        request_id: key.clone(),
+                        client_id: client.clone(),
+                        basket_id: format!("basket-{key}"),
+                        points: points.to_string(),
+                        user_id: String::new(),
+                    };
+                    match until_answered(&seen, send!(redeem, reserve_points, request))
+                    .await
+                    {
+                        Ok(r) => {
+                            let id = r.into_inner().reservation.unwrap_or_default().reservation_id;
+                            if first.is_none() {
+                                held.push((id.clone(), client.clone(), points));
+                            }
+                            (true, id)
+                        }
+                        Err(status) if status.code() == Code::FailedPrecondition => {
+                            (false, String::new())
+                        }
+                        Err(status) => panic!("reserve: {status:?}"),
+                    }
+                }
+                Kind::Commit | Kind::Release => {
+                    if first.is_none() {
+                        let (id, owner, reserved) =
+                            held.swap_remove(settle_pick);
+                        subject = id;
+                        points = reserved;
+                        answered.push(Answered {
+                            kind,
+                            key: String::new(),
+                            client: owner,
+                            points,
+                            ok: true,
+                        });
+                    }
+                    let result = if kind == Kind::Commit {
+                        let request = pb::CommitReservationRequest {
+                            request_id: key.clone(),
+                            reservation_id: subject.clone(),
+                            order_number: format!("order-{key}"),
+                        };
+                        until_answered(&seen, send!(redeem, commit_reservation, request))
+                        .await
+                        .map(|r| r.into_inner().reservation.unwrap_or_default().status)
+                    } else {
+                        let request = pb::ReleaseReservationRequest {
+                            request_id: key.clone(),
+                            reservation_id: subject.clone(),
+                        };
+                        until_answered(&seen, send!(redeem, release_reservation, request))
+                        .await
+                        .map(|r| r.into_inner().reservation.unwrap_or_default().status)
+                    };
+                    (true, format!("{:?}", result.expect("settle a held reservation")))
+                }
+            };
+            match &first {
+                None => first = Some((ok, reply)),
+                Some(earlier) => assert_eq!(
+                    earlier,
+                    &(ok, reply),
+                    "{kind:?} {key} answered differently when asked again"
+                ),
+            }
+        }
+        let (ok, _) = first.unwrap_or_default();
+        match kind {
+            Kind::Commit | Kind::Release => {
+                if let Some(last) = answered.last_mut() {
+                    last.key = key;
+                }
+            }
+            _ => answered.push(Answered {
+                kind,
+                key: if kind == Kind::Earn {
+                    format!("doc-{key}")
+                } else {
+                    key
+                },
+                client,
+                points,
+                ok,
+            }),
+        }
+    }
+    answered
+}
+
+/// Runs the workers until `disrupt` returns, then lets them finish their current operation.
+async fn under_load<R, D: std::future::Future<Output = R>>(
+    seeded: &Seeded,
+    ports: &[u16],
+    seen: &Seen,
+    disrupt: D,
+) -> (Vec<Answered>, R) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|index| {
+            let clients = seeded.clients
+                [index * CLIENTS_PER_WORKER..(index + 1) * CLIENTS_PER_WORKER]
+                .to_vec();
+            tokio::spawn(worker(
+                index,
+                ports.to_vec(),
+                clients,
+                seeded.coupon_id.clone(),
+                Arc::clone(&stop),
+                Arc::clone(seen),
+            ))
+        })
+        .collect();
+    let disrupted = disrupt.await;
+    stop.store(true, Ordering::Relaxed);
+    let mut answered = Vec::new();
+    for worker in workers {
+        answered.extend(worker.await.expect("worker"));
+    }
+    (answered, disrupted)
+}
+
+/// Every answered operation is in the store exactly once (refused ones not at all); each
+/// client's total and reserved points are what the answers add up to; the ledger is consistent.
+async fn assert_exactly_once(seeded: &Seeded, port: u16, answered: &[Answered]) {
+    let db = &seeded.store.db;
+    let mut expected: BTreeMap<String, (i64, i64)> = seeded
+        .clients
+        .iter()
+        .map(|c| (c.clone(), (100, 0)))
+        .collect();
+    for op in answered {
+        let events = match op.kind {
+            Kind::Earn => ledger_events::Entity::find()
+                .filter(ledger_events::Column::DocumentId.eq(op.key.as_str()))
+                .count(db)
+                .await
+                .expect("count"),
+            Kind::Reserve => reservations::Entity::find()
+                .filter(reservations::Column::RequestId.eq(op.key.as_str()))
+                .count(db)
+                .await
+                .expect("count"),
+            Kind::Release => 1,
+            Kind::Adjust | Kind::Redeem | Kind::Commit => ledger_events::Entity::find()
+                .filter(ledger_events::Column::RequestId.eq(op.key.as_str()))
+                .count(db)
+                .await
+                .expect("count"),
+        };
+        assert_eq!(events, u64::from(op.ok), "{op:?}");
+        let entry = expected.entry(op.client.clone()).or_default();
+        if op.ok {
+            match op.kind {
+                Kind::Earn | Kind::Adjust => entry.0 += op.points,
+                Kind::Redeem => entry.0 -= op.points,
+                Kind::Reserve => entry.1 += op.points,
+                Kind::Commit => {
+                    entry.0 -= op.points;
+                    entry.1 -= op.points;
+                }
+                Kind::Release => entry.1 -= op.points,
+            }
+        }
+    }
+    let mut ledger = pb::ledger_service_client::LedgerServiceClient::new(channel(&[port], 0));
+    for (client, (total, reserved)) in &expected {
+        let balance = ledger
+            .get_balance(request_as(
+                DEMO_TENANT,
+                crate::helpers::DEMO_KEY,
+                pb::GetBalanceRequest {
+                    client_id: client.clone(),
+                    expiring_within_days: 0,
+                },
+            ))
+            .await
+            .expect("balance")
+            .into_inner()
+            .balance
+            .unwrap_or_default();
+        let parse = |text: &str| -> i64 {
+            let value: rust_decimal::Decimal = text.parse().expect("decimal");
+            i64::try_from(value).expect("whole points")
+        };
+        assert_eq!(
+            (parse(&balance.total), parse(&balance.reserved)),
+            (*total, *reserved),
+            "client {client}"
+        );
+    }
+    seeded.store.assert_ledger_consistent().await;
+}
+
+fn count(answered: &[Answered], ok: bool) -> usize {
+    answered.iter().filter(|a| a.ok == ok).count()
+}
+
+async fn the_service_killed_under_load_loses_and_repeats_nothing(backend: Backend) {
+    let kills: u32 = std::env::var("FAULT_KILLS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let seeded = seed(TestDb::new(backend).await, WORKERS * CLIENTS_PER_WORKER).await;
+    let port = free_port();
+    let seen: Seen = Arc::default();
+    let store = &seeded.store;
+    let mut rng = StdRng::seed_from_u64(7);
+    let (answered, mut service) = under_load(&seeded, &[port], &seen, async {
+        for _ in 0..kills {
+            let mut service = spawn_service(store, port, &[("LOYALTY__OUTBOX__ENABLED", "false")]);
+            wait_ready(port).await;
+            tokio::time::sleep(Duration::from_millis(rng.random_range(30..400))).await;
+            service.start_kill().expect("SIGKILL");
+            service.wait().await.expect("killed");
+        }
+        // Up again for the workers to finish.
+        let service = spawn_service(store, port, &[("LOYALTY__OUTBOX__ENABLED", "false")]);
+        wait_ready(port).await;
+        service
+    })
+    .await;
+    assert_exactly_once(&seeded, port, &answered).await;
+    service.start_kill().expect("stop");
+    service.wait().await.expect("stopped");
+    let failures = seen.lock().expect("seen").clone();
+    eprintln!(
+        "{kills} SIGKILLs: {} operations answered ({} done, {} refused), failed attempts retried: {failures:?}",
+        answered.len(),
+        count(&answered, true),
+        count(&answered, false)
+    );
+    assert!(
+        answered.len() >= 5 * kills as usize,
+        "too little load: {}",
+        answered.len()
+    );
+    assert!(!failures.is_empty(), "no call ever failed: the kills missed");
+}
