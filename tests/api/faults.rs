@@ -654,3 +654,176 @@ async fn the_service_killed_under_load_loses_and_repeats_nothing(backend: Backen
     );
     assert!(!failures.is_empty(), "no call ever failed: the kills missed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// PostgreSQL restarted under load
+
+/// A PostgreSQL cluster of this test's own (initdb in a temporary directory, a free port), so
+/// that stopping it disturbs no other test. Run as the `postgres` user when the test runs as root.
+struct PrivateCluster {
+    dir: tempfile::TempDir,
+    bin: std::path::PathBuf,
+    port: u16,
+    as_postgres: bool,
+}
+
+impl PrivateCluster {
+    fn create() -> Self {
+        let bin = std::fs::read_dir("/usr/lib/postgresql")
+            .expect("PostgreSQL server binaries under /usr/lib/postgresql")
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("bin"))
+            .filter(|p| p.join("pg_ctl").exists())
+            .max()
+            .expect("pg_ctl");
+        let dir = tempfile::tempdir().expect("temp dir");
+        // PostgreSQL refuses to run as root.
+        let as_postgres = std::process::Command::new("id")
+            .arg("-u")
+            .output()
+            .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+        let cluster = Self {
+            dir,
+            bin,
+            port: free_port(),
+            as_postgres,
+        };
+        if as_postgres {
+            let status = std::process::Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(cluster.dir.path())
+                .status()
+                .expect("chown");
+            assert!(status.success(), "chown the cluster directory");
+        }
+        cluster.run(
+            "initdb",
+            &[
+                "-D",
+                &cluster.data(),
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "--no-sync",
+            ],
+        );
+        cluster.start();
+        cluster
+    }
+
+    fn data(&self) -> String {
+        self.dir.path().join("data").display().to_string()
+    }
+
+    fn run(&self, tool: &str, args: &[&str]) {
+        let program = self.bin.join(tool);
+        let mut command = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            std::process::Command::new(program)
+        };
+        let output = command.args(args).output().expect(tool);
+        assert!(
+            output.status.success(),
+            "{tool} {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
+    fn start(&self) {
+        let options = format!(
+            "-p {} -k {} -c listen_addresses=127.0.0.1",
+            self.port,
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join("log").display().to_string();
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "start"],
+        );
+    }
+
+    /// Stops the server at once, as a crash would (no checkpoint, connections cut).
+    fn stop_hard(&self) {
+        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+    }
+
+    fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+}
+
+impl Drop for PrivateCluster {
+    fn drop(&mut self) {
+        let data = self.data();
+        let program = self.bin.join("pg_ctl");
+        let mut command = if self.as_postgres {
+            let mut c = std::process::Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(program);
+            c
+        } else {
+            std::process::Command::new(program)
+        };
+        let _ = command
+            .args(["-D", &data, "-m", "immediate", "stop"])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restarted_under_load_gives_unavailable_then_recovers_by_itself() {
+    if !crate::helpers::postgres_configured() {
+        eprintln!("skipped: LOYALTY_TEST_DATABASE_URL is not set");
+        return;
+    }
+    let cluster = PrivateCluster::create();
+    let mut settings = one_loyalty::config::Settings::load(
+        None,
+        &one_loyalty::config::Overrides::default(),
+    )
+    .expect("settings")
+    .database;
+    settings.url = cluster.url();
+    settings.max_connections = 4;
+    let seeded = seed(TestDb::at(settings).await, WORKERS * CLIENTS_PER_WORKER).await;
+    let port = free_port();
+    let mut service = spawn_service(
+        &seeded.store,
+        port,
+        &[
+            ("LOYALTY__OUTBOX__ENABLED", "false"),
+            ("LOYALTY__DATABASE__CONNECT_TIMEOUT_MS", "1000"),
+        ],
+    );
+    wait_ready(port).await;
+    let seen: Seen = Arc::default();
+    let (answered, ()) = under_load(&seeded, &[port], &seen, async {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        cluster.stop_hard();
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let failed_while_down = seen.lock().expect("seen").values().sum::<u64>();
+        assert!(failed_while_down > 0, "no call failed while PostgreSQL was down");
+        cluster.start();
+        // The same service process, not restarted, must answer again: every worker ends with a
+        // call that is retried until it is answered, and the checks below read through it.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    })
+    .await;
+    let failures = seen.lock().expect("seen").clone();
+    let codes: Vec<&String> = failures.keys().collect();
+    assert_eq!(
+        codes,
+        [&"Unavailable".to_owned()],
+        "while PostgreSQL was down, calls must fail with UNAVAILABLE only: {failures:?}"
+    );
+    assert_exactly_once(&seeded, port, &answered).await;
+    service.start_kill().expect("stop");
+    service.wait().await.expect("stopped");
+    eprintln!(
+        "PostgreSQL stopped hard and restarted: {} operations answered, attempts refused meanwhile: {failures:?}",
+        answered.len()
+    );
+}
