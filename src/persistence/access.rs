@@ -2,6 +2,7 @@
 
 use crate::domain::clock::{Clock, SystemClock};
 use async_trait::async_trait;
+use sea_orm::sea_query::OnConflict;
 use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
 
 use super::AccessRepository;
@@ -68,7 +69,19 @@ impl AccessRepository for SeaAccessRepository {
             created_at: Set(key.created_at.fixed_offset()),
             revoked_at: Set(key.revoked_at.map(|t| t.fixed_offset())),
         };
+        // Replicas that start together install the same bootstrap key at once: the second
+        // insert updates the first's row instead of failing.
         api_keys::Entity::insert(row)
+            .on_conflict(
+                OnConflict::columns([api_keys::Column::TenantId, api_keys::Column::KeyId])
+                    .update_columns([
+                        api_keys::Column::KeyHash,
+                        api_keys::Column::Roles,
+                        api_keys::Column::Label,
+                        api_keys::Column::RevokedAt,
+                    ])
+                    .to_owned(),
+            )
             .exec(&self.db)
             .await
             .map_err(classify)?;

@@ -6,8 +6,8 @@ use std::time::Duration;
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 
 use crate::config::DatabaseSettings;
@@ -87,6 +87,16 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction,
 /// # Errors
 /// A migration failed.
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), RepoError> {
+    if db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        // Replicas that start together: one migrates, inside one transaction (PostgreSQL DDL is
+        // transactional), while the others wait on the lock and then find nothing to do.
+        let txn = db.begin().await.map_err(classify)?;
+        txn.execute_unprepared("SELECT pg_advisory_xact_lock(5202611)")
+            .await
+            .map_err(classify)?;
+        Migrator::up(&txn, None).await.map_err(classify)?;
+        return txn.commit().await.map_err(classify);
+    }
     Migrator::up(db, None).await.map_err(classify)
 }
 

@@ -129,6 +129,24 @@ pub struct Seeded {
 
 /// Seeds through the API of an in-process service on a clock pinned to 2026-03-20, then stops it.
 pub async fn seed(store: TestDb, clients: usize) -> Seeded {
+    let (app, coupon_id, names) = seed_in_process(store, clients).await;
+    finish_seed(app, coupon_id, names).await
+}
+
+/// Stops the in-process service that seeded the store.
+async fn finish_seed(app: ClockedApp, coupon_id: String, clients: Vec<String>) -> Seeded {
+    let ClockedApp { app, .. } = app;
+    app.stop().await;
+    let TestApp { store, .. } = app;
+    Seeded {
+        store,
+        coupon_id,
+        clients,
+    }
+}
+
+/// The seeding, with the in-process service left running for more.
+async fn seed_in_process(store: TestDb, clients: usize) -> (ClockedApp, String, Vec<String>) {
     let app = ClockedApp::on_store(store, |_| {}).await;
     let names: Vec<String> = (0..clients).map(|i| format!("f-{i}")).collect();
     let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
@@ -201,14 +219,7 @@ pub async fn seed(store: TestDb, clients: usize) -> Seeded {
     .await
     .expect("coupon")
     .coupon_id;
-    let ClockedApp { app, .. } = app;
-    app.stop().await;
-    let TestApp { store, .. } = app;
-    Seeded {
-        store,
-        coupon_id,
-        clients: names,
-    }
+    (app, coupon_id, names)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -538,13 +549,19 @@ async fn under_load<R, D: std::future::Future<Output = R>>(
 }
 
 /// Every answered operation is in the store exactly once (refused ones not at all); each
-/// client's total and reserved points are what the answers add up to; the ledger is consistent.
-async fn assert_exactly_once(seeded: &Seeded, port: u16, answered: &[Answered]) {
+/// client's total (from its `start` points, 100 when not named) and reserved points are what the
+/// answers add up to; the ledger is consistent.
+async fn assert_exactly_once(
+    seeded: &Seeded,
+    port: u16,
+    answered: &[Answered],
+    start: &BTreeMap<String, i64>,
+) {
     let db = &seeded.store.db;
     let mut expected: BTreeMap<String, (i64, i64)> = seeded
         .clients
         .iter()
-        .map(|c| (c.clone(), (100, 0)))
+        .map(|c| (c.clone(), (start.get(c).copied().unwrap_or(100), 0)))
         .collect();
     for op in answered {
         let events = match op.kind {
@@ -637,7 +654,7 @@ async fn the_service_killed_under_load_loses_and_repeats_nothing(backend: Backen
         service
     })
     .await;
-    assert_exactly_once(&seeded, port, &answered).await;
+    assert_exactly_once(&seeded, port, &answered, &BTreeMap::new()).await;
     service.start_kill().expect("stop");
     service.wait().await.expect("stopped");
     let failures = seen.lock().expect("seen").clone();
@@ -819,11 +836,263 @@ async fn postgres_restarted_under_load_gives_unavailable_then_recovers_by_itself
         [&"Unavailable".to_owned()],
         "while PostgreSQL was down, calls must fail with UNAVAILABLE only: {failures:?}"
     );
-    assert_exactly_once(&seeded, port, &answered).await;
+    assert_exactly_once(&seeded, port, &answered, &BTreeMap::new()).await;
     service.start_kill().expect("stop");
     service.wait().await.expect("stopped");
     eprintln!(
         "PostgreSQL stopped hard and restarted: {} operations answered, attempts refused meanwhile: {failures:?}",
         answered.len()
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Two replicas
+
+/// Work left due in the past for the replicas' jobs: per client, an invoice whose sale day had
+/// not closed (to earn), a lot past its expiry (to expire), a reservation past its TTL (to
+/// release) and a redemption whose code awaits delivery (to deliver).
+async fn leave_due_work(app: &ClockedApp, clients: &[String]) {
+    app.settings_client()
+        .update_settings(app.request(pb::UpdateSettingsRequest {
+            request_id: "replicas-settings".into(),
+            settings: Some(pb::TenantSettings {
+                expiry_months: 1,
+                ..Default::default()
+            }),
+            update_mask: Some(prost_types::FieldMask {
+                paths: vec!["expiry_months".into()],
+            }),
+            expected_revision: 0,
+        }))
+        .await
+        .expect("settings");
+    let mut earn = pb::earn_service_client::EarnServiceClient::new(app.channel.clone());
+    for (kind, sale_date) in [("old", "2026-03-19"), ("pending", "2026-03-20")] {
+        for client in clients {
+            let document_id = format!("{kind}-{client}");
+            let result = earn
+                .process_invoice(app.request(pb::ProcessInvoiceRequest {
+                    request_id: document_id.clone(),
+                    invoice: Some(pb::Document {
+                        number: format!("FV/{document_id}"),
+                        document_id,
+                        client_id: client.clone(),
+                        sale_date: sale_date.into(),
+                        lines: vec![pb::DocumentLine {
+                            line_no: 1,
+                            product_id: "P1".into(),
+                            quantity: "1".into(),
+                            order_number: String::new(),
+                            corrected_line_no: 0,
+                        }],
+                        ..Default::default()
+                    }),
+                }))
+                .await
+                .expect("invoice")
+                .into_inner()
+                .result
+                .unwrap_or_default();
+            let expected = if kind == "old" {
+                pb::DocumentStatus::Processed
+            } else {
+                pb::DocumentStatus::PendingDayClose
+            };
+            assert_eq!(result.status, expected as i32, "{result:?}");
+        }
+    }
+    app.set_time("2026-03-22T10:00:00Z");
+    let mut redeem = pb::redeem_service_client::RedeemServiceClient::new(app.channel.clone());
+    for client in clients {
+        redeem
+            .reserve_points(app.request(pb::ReservePointsRequest {
+                request_id: format!("old-reserve-{client}"),
+                client_id: client.clone(),
+                basket_id: format!("old-basket-{client}"),
+                points: "5".into(),
+                user_id: String::new(),
+            }))
+            .await
+            .expect("reserve");
+    }
+}
+
+/// What the replicas' jobs have done so far: (pending invoices earned, lots expired, lots due
+/// but not expired yet, reservations released by the job).
+async fn jobs_done(db: &sea_orm::DatabaseConnection) -> (u64, u64, u64, u64) {
+    use one_loyalty::persistence::entities::earn_lots;
+    let earned = ledger_events::Entity::find()
+        .filter(ledger_events::Column::DocumentId.starts_with("pending-"))
+        .count(db)
+        .await
+        .expect("earned");
+    let expired = ledger_events::Entity::find()
+        .filter(ledger_events::Column::EventType.eq("EXPIRE"))
+        .count(db)
+        .await
+        .expect("expired");
+    let released = reservations::Entity::find()
+        .filter(reservations::Column::Status.eq("EXPIRED"))
+        .count(db)
+        .await
+        .expect("released");
+    let overdue = earn_lots::Entity::find()
+        .filter(earn_lots::Column::ExpiresAt.lt(chrono::Utc::now().fixed_offset()))
+        .filter(earn_lots::Column::Remaining.gt(0))
+        .count(db)
+        .await
+        .expect("overdue");
+    (earned, expired, overdue, released)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_with_every_job_running_do_each_thing_once() {
+    use one_loyalty::persistence::entities::{documents, redemptions, sync_cursors};
+    use one_loyalty::sim::{CoreSim, SimSpec, SimState};
+
+    if !crate::helpers::postgres_configured() {
+        eprintln!("skipped: LOYALTY_TEST_DATABASE_URL is not set");
+        return;
+    }
+    let spec = SimSpec {
+        clients: 5,
+        products: 10,
+        invoices_per_day: 10,
+        lines_per_invoice: 3,
+        days: 2,
+        seed: 5,
+    };
+    let sim = CoreSim::new(SimState::generate(spec, chrono::Utc::now()));
+    sim.state()
+        .upsert_pool("pool-spring", true, chrono::Utc::now());
+    let sim_url = crate::fakes::start_sim(&sim).await;
+
+    let clients = WORKERS * CLIENTS_PER_WORKER;
+    let (app, coupon_id, names) =
+        seed_in_process(TestDb::new(Backend::Postgres).await, clients).await;
+    leave_due_work(&app, &names).await;
+    let seeded = finish_seed(app, coupon_id, names).await;
+    let due = u64::try_from(clients).expect("count");
+
+    let ports = [free_port(), free_port()];
+    let env = [
+        ("LOYALTY__CORE__ENDPOINT", sim_url.as_str()),
+        ("LOYALTY__JOBS__INTERVAL_MS", "100"),
+        ("LOYALTY__OUTBOX__INTERVAL_MS", "100"),
+        ("LOYALTY__SYNC__INTERVAL_MS", "100"),
+        ("LOYALTY__SYNC__BATCH_SIZE", "3"),
+    ];
+    let mut replicas = [
+        spawn_service(&seeded.store, ports[0], &env),
+        spawn_service(&seeded.store, ports[1], &env),
+    ];
+    wait_ready(ports[0]).await;
+    wait_ready(ports[1]).await;
+    let seen: Seen = Arc::default();
+    let db = &seeded.store.db;
+    let (answered, done) = under_load(&seeded, &ports, &seen, async {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let done = jobs_done(db).await;
+            let synced = sync_cursors::Entity::find()
+                .filter(sync_cursors::Column::TenantId.eq(DEMO_TENANT))
+                .filter(sync_cursors::Column::Stream.eq("DOCUMENTS"))
+                .one(db)
+                .await
+                .expect("cursor")
+                .map_or(0, |c| c.items_synced);
+            // An old lot is expired, or was spent by the workload first.
+            if done.0 >= due && done.2 == 0 && done.3 >= due && synced >= 20 {
+                // Let both replicas run their loops a few more times over finished work.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                return jobs_done(db).await;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "jobs not done: {done:?}, documents synced {synced}"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    // Drain the redemptions the workload made just before it stopped.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while redemptions::Entity::find()
+        .filter(redemptions::Column::Status.ne("ISSUED"))
+        .count(db)
+        .await
+        .expect("pending")
+        > 0
+    {
+        assert!(tokio::time::Instant::now() < deadline, "codes not delivered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (earned, expired, overdue, released) = done;
+    assert_eq!(
+        (earned, overdue, released),
+        (due, 0, due),
+        "each pending invoice earned once, no lot left overdue, each reservation released once"
+    );
+    let expiries = ledger_events::Entity::find()
+        .filter(ledger_events::Column::EventType.eq("EXPIRE"))
+        .all(db)
+        .await
+        .expect("expiries");
+    let expired_lots: std::collections::BTreeSet<Option<i64>> =
+        expiries.iter().map(|e| e.related_event_id).collect();
+    assert_eq!(
+        (expired_lots.len(), expiries.len()),
+        (usize::try_from(expired).expect("count"), usize::try_from(expired).expect("count")),
+        "one expiry per lot"
+    );
+    // 100 granted, 10 earned by the old invoice and 10 by the job, less what of the old lot was
+    // left to expire (the workload may have spent some of it first); the reservation released.
+    let start: BTreeMap<String, i64> = seeded
+        .clients
+        .iter()
+        .map(|c| {
+            let expired: rust_decimal::Decimal = expiries
+                .iter()
+                .filter(|e| &e.client_id == c && e.tenant_id == DEMO_TENANT)
+                .map(|e| one_loyalty::domain::points::from_minor_units(e.points))
+                .sum();
+            (c.clone(), 120 + i64::try_from(expired).expect("whole points"))
+        })
+        .collect();
+    let issued = redemptions::Entity::find().all(db).await.expect("redemptions");
+    let requests = sim.state().code_requests.clone();
+    for redemption in &issued {
+        let code = redemption.code.clone().unwrap_or_default();
+        assert_eq!(
+            requests.get(&code).copied(),
+            Some(1),
+            "code of {} sent once",
+            redemption.redemption_id
+        );
+    }
+    assert_eq!(requests.len(), issued.len(), "no code sent that no redemption holds");
+    // The seeding service also made tenant "acme", which the replicas synchronize as well.
+    assert_eq!(
+        documents::Entity::find()
+            .filter(documents::Column::TenantId.eq(DEMO_TENANT))
+            .filter(documents::Column::Source.eq("SYNC"))
+            .count(db)
+            .await
+            .expect("synced documents"),
+        20,
+        "each synchronized document stored once"
+    );
+    assert_exactly_once(&seeded, ports[1], &answered, &start).await;
+    for replica in &mut replicas {
+        replica.start_kill().expect("stop");
+        replica.wait().await.expect("stopped");
+    }
+    eprintln!(
+        "two replicas: {} operations answered over both; {due} invoices earned, \
+         {due} reservations released by the jobs, {expired} lots expired (the others spent first), \
+         {} codes delivered, each once; retried: {:?}",
+        answered.len(),
+        issued.len(),
+        seen.lock().expect("seen")
     );
 }
