@@ -31,6 +31,7 @@ use crate::grpc::sync::SyncGrpc;
 use crate::mail::SmtpMailer;
 use crate::persistence::access::SeaAccessRepository;
 use crate::persistence::agreements::SeaAgreementRepository;
+use crate::persistence::cached::{CACHE_TTL, CachedAccessRepository, CachedSettingsRepository};
 use crate::persistence::catalog::SeaCatalogRepository;
 use crate::persistence::coupons::SeaCouponRepository;
 use crate::persistence::directory::SeaDirectoryRepository;
@@ -153,8 +154,10 @@ impl Services {
             SmtpMailer::new(&settings.smtp).map_err(|e| StartupError::Config(e.to_string()))?;
         let requests: Arc<dyn IdempotencyRepository> =
             Arc::new(SeaIdempotencyRepository::new(db.clone()));
-        let settings_repo: Arc<dyn SettingsRepository> =
-            Arc::new(SeaSettingsRepository::new(db.clone()));
+        let settings_repo: Arc<dyn SettingsRepository> = Arc::new(CachedSettingsRepository::new(
+            Arc::new(SeaSettingsRepository::new(db.clone())),
+            CACHE_TTL,
+        ));
         let directory: Arc<dyn DirectoryRepository> =
             Arc::new(SeaDirectoryRepository::new(db.clone()));
         let catalog: Arc<dyn CatalogRepository> = Arc::new(SeaCatalogRepository::new(db.clone()));
@@ -214,10 +217,7 @@ impl Services {
             coupons,
             coupon_repo,
             redeem,
-            access: Arc::new(AccessService::new(
-                Arc::new(SeaAccessRepository::new(db.clone())),
-                Arc::clone(clock),
-            )),
+            access: access_service(db, clock),
             settings: Arc::new(SettingsService::new(
                 Arc::clone(&settings_repo),
                 Arc::clone(&requests),
@@ -621,6 +621,17 @@ fn spawn_registration(
 }
 
 /// Creates the configured tenants and keys (the local demo key by default).
+/// API keys, looked up through a short-lived cache: every call authenticates.
+fn access_service(db: &DatabaseConnection, clock: &Arc<dyn Clock>) -> Arc<AccessService> {
+    Arc::new(AccessService::new(
+        Arc::new(CachedAccessRepository::new(
+            Arc::new(SeaAccessRepository::new(db.clone())),
+            CACHE_TTL,
+        )),
+        Arc::clone(clock),
+    ))
+}
+
 async fn bootstrap(access: &AccessService, settings: &Settings) -> Result<(), AccessError> {
     for tenant in &settings.bootstrap.tenants {
         access.ensure_tenant(&tenant.id, &tenant.name).await?;

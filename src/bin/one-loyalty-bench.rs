@@ -47,7 +47,10 @@ const COUPON_NAME: &str = "bench 7 points";
 const COUPON_POINTS: &str = "7";
 
 #[derive(Debug, Parser)]
-#[command(name = "one-loyalty-bench", about = "Load generator and baselines of ONe Loyalty")]
+#[command(
+    name = "one-loyalty-bench",
+    about = "Load generator and baselines of ONe Loyalty"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -84,10 +87,14 @@ struct LoadArgs {
 
 #[derive(Debug, Clone, Args)]
 struct ServiceArgs {
-    /// The database the service runs on (sqlite://PATH or postgres://...); it is seeded first.
+    /// The database the service runs on (`sqlite://PATH` or `postgres://...`); it is seeded first.
     #[arg(long)]
     database_url: String,
-    #[arg(long, value_delimiter = ',', default_value = "earn,redeem,redeem-hot,balance,mixed")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "earn,redeem,redeem-hot,balance,mixed"
+    )]
     workloads: Vec<Workload>,
     /// Client companies in the uniform workloads.
     #[arg(long, default_value_t = 10_000)]
@@ -110,7 +117,11 @@ struct SqliteArgs {
     /// The SQLite file (replaced).
     #[arg(long, default_value = "target/bench-b5.sqlite")]
     path: PathBuf,
-    #[arg(long, value_delimiter = ',', default_value = "earn,redeem,redeem-hot,balance")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "earn,redeem,redeem-hot,balance"
+    )]
     workloads: Vec<Workload>,
     #[command(flatten)]
     load: LoadArgs,
@@ -188,15 +199,26 @@ impl Measured {
         ms
     }
 
+    fn mean_ms(&self) -> f64 {
+        if self.latencies_ns.is_empty() {
+            return f64::NAN;
+        }
+        let sum: u128 = self.latencies_ns.iter().map(|&n| u128::from(n)).sum();
+        #[allow(clippy::cast_precision_loss)]
+        let mean = sum as f64 / self.latencies_ns.len() as f64 / 1e6;
+        mean
+    }
+
     fn print(&self, name: &str, backend: &str, concurrency: usize, label: &str) {
         #[allow(clippy::cast_precision_loss)]
         let tps = self.ops as f64 / self.seconds;
         let errors: u64 = self.errors.values().sum();
         println!(
             "RESULT workload={name} backend={backend} clients={concurrency} label={} ops={} \
-             errors={errors} tps={tps:.1} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}",
+             errors={errors} tps={tps:.1} mean_ms={:.3} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}",
             if label.is_empty() { "-" } else { label },
             self.ops,
+            self.mean_ms(),
             self.percentile_ms(0.50),
             self.percentile_ms(0.99),
             self.percentile_ms(0.999),
@@ -208,6 +230,8 @@ impl Measured {
 }
 
 /// A caller: one connection's clients, or one database handle.
+// One per load task, made once: the size of the service variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone)]
 enum Caller {
     Service {
@@ -370,9 +394,8 @@ async fn measure(callers: Vec<Caller>, workload: Workload, load: &LoadArgs) -> M
                         continue;
                     }
                     match outcome {
-                        Ok(()) => latencies.push(
-                            u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX),
-                        ),
+                        Ok(()) => latencies
+                            .push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)),
                         Err(code) => *errors.entry(code).or_default() += 1,
                     }
                 }
@@ -505,7 +528,7 @@ impl ServiceProcess {
             .kill_on_drop(true)
             .spawn()?;
         let address = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + Duration::from_mins(1);
         loop {
             if let Ok(channel) = connect(&address).await {
                 let ready = HealthClient::new(channel)
@@ -557,6 +580,7 @@ async fn find_coupon(address: &str) -> Result<String, BenchError> {
 /// coupon is on offer and the consents, base points and grants are in the past): the clients and
 /// their users (as synchronization writes them), a consent per user, base points for P1..P10,
 /// the 7-point coupon, a grant of points to every client, and the history clients' events.
+#[allow(clippy::too_many_lines)] // one linear seeding script
 async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
     let start = DateTime::parse_from_rfc3339("2026-01-01T09:00:00Z")?.to_utc();
     let clock = Arc::new(FixedClock::new(start));
@@ -691,7 +715,11 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
         .iter()
         .filter(|c| *c != SHORT_HISTORY_CLIENT && *c != LONG_HISTORY_CLIENT)
         .map(|c| {
-            let points = if c == HOT_CLIENT { "100000000" } else { "1000000" };
+            let points = if c == HOT_CLIENT {
+                "100000000"
+            } else {
+                "1000000"
+            };
             (format!("bench-grant-{c}"), c.clone(), points.to_owned())
         })
         .collect();
@@ -699,9 +727,13 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
         (SHORT_HISTORY_CLIENT, 10),
         (LONG_HISTORY_CLIENT, args.history),
     ] {
-        grants.extend(
-            (0..events).map(|n| (format!("bench-history-{client}-{n}"), client.to_owned(), "1".into())),
-        );
+        grants.extend((0..events).map(|n| {
+            (
+                format!("bench-history-{client}-{n}"),
+                client.to_owned(),
+                "1".into(),
+            )
+        }));
     }
     let ledger = pb::ledger_service_client::LedgerServiceClient::new(channel);
     let calls = grants.into_iter().map(|(request_id, client, points)| {
@@ -733,10 +765,10 @@ where
 {
     let mut running = tokio::task::JoinSet::new();
     for future in futures {
-        if running.len() >= width {
-            if let Some(done) = running.join_next().await {
-                done??;
-            }
+        if running.len() >= width
+            && let Some(done) = running.join_next().await
+        {
+            done??;
         }
         running.spawn(future);
     }
@@ -755,7 +787,10 @@ async fn echo(load: LoadArgs) -> Result<(), BenchError> {
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()?;
-    let stdout = server.stdout.take().ok_or("the echo server has no stdout")?;
+    let stdout = server
+        .stdout
+        .take()
+        .ok_or("the echo server has no stdout")?;
     let port = tokio::io::BufReader::new(stdout)
         .lines()
         .next_line()
@@ -767,9 +802,12 @@ async fn echo(load: LoadArgs) -> Result<(), BenchError> {
         for _ in 0..concurrency {
             callers.push(Caller::Echo(HealthClient::new(connect(&address).await?)));
         }
-        measure(callers, Workload::Echo, &load)
-            .await
-            .print("echo", "none", concurrency, &load.label);
+        measure(callers, Workload::Echo, &load).await.print(
+            "echo",
+            "none",
+            concurrency,
+            &load.label,
+        );
     }
     let _ = server.start_kill();
     let _ = server.wait().await;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
+use sea_orm::sea_query::OnConflict;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
@@ -507,18 +508,16 @@ pub(crate) async fn ensure_balance_row(
         event_count: Set(0),
         updated_at: Set(now.fixed_offset()),
     };
+    // One statement creates the row or, when it exists, locks it (the conflict update), before
+    // any lot is read: concurrent appends for one client then run one after the other
+    // (PostgreSQL row lock; SQLite serializes writers anyway).
     balances::Entity::insert(empty)
-        .on_conflict_do_nothing_on([balances::Column::TenantId, balances::Column::ClientId])
-        .exec(conn)
-        .await
-        .map_err(classify)?;
-    // Lock the row now, before any lot is read: concurrent appends for one client then run one
-    // after the other (PostgreSQL row lock; SQLite serializes writers anyway).
-    balances::Entity::update_many()
-        .col_expr(balances::Column::UpdatedAt, Expr::value(now.fixed_offset()))
-        .filter(balances::Column::TenantId.eq(tenant.as_str()))
-        .filter(balances::Column::ClientId.eq(client_id))
-        .exec(conn)
+        .on_conflict(
+            OnConflict::columns([balances::Column::TenantId, balances::Column::ClientId])
+                .update_column(balances::Column::UpdatedAt)
+                .to_owned(),
+        )
+        .exec_without_returning(conn)
         .await
         .map_err(classify)?;
     Ok(())

@@ -10,6 +10,7 @@
 
 pub mod access;
 pub mod agreements;
+pub mod cached;
 pub mod catalog;
 pub mod coupons;
 pub mod db;

@@ -55,11 +55,7 @@ mod killed_under_load {
 }
 
 /// A `one-loyalty serve` process on `port` over `store`, with the rate limits off.
-pub fn spawn_service(
-    store: &TestDb,
-    port: u16,
-    env: &[(&str, &str)],
-) -> tokio::process::Child {
+pub fn spawn_service(store: &TestDb, port: u16, env: &[(&str, &str)]) -> tokio::process::Child {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_one-loyalty"));
     command
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
@@ -92,7 +88,7 @@ pub fn free_port() -> u16 {
 
 /// Waits until the service on `port` answers health checks.
 pub async fn wait_ready(port: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
     loop {
         if let Ok(channel) = Endpoint::from_shared(format!("http://127.0.0.1:{port}"))
             .expect("endpoint")
@@ -247,7 +243,11 @@ struct Answered {
 fn transient(code: Code) -> bool {
     matches!(
         code,
-        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted
+        Code::Unavailable
+            | Code::Unknown
+            | Code::Cancelled
+            | Code::DeadlineExceeded
+            | Code::Aborted
     )
 }
 
@@ -277,7 +277,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, tonic::Status>>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let deadline = tokio::time::Instant::now() + Duration::from_mins(2);
     loop {
         match call().await {
             Err(status) if transient(status.code()) => {
@@ -377,8 +377,7 @@ async fn worker(
                             ..Default::default()
                         }),
                     };
-                    let result = until_answered(&seen, send!(earn, process_invoice, request))
-                    .await;
+                    let result = until_answered(&seen, send!(earn, process_invoice, request)).await;
                     let result = result.map(|r| r.into_inner().result.unwrap_or_default());
                     match result {
                         Ok(r) => {
@@ -399,8 +398,8 @@ async fn worker(
                         user_id: "tester".into(),
                     };
                     let result = until_answered(&seen, send!(ledger, adjust_points, request))
-                    .await
-                    .expect("adjust");
+                        .await
+                        .expect("adjust");
                     (true, result.into_inner().event.unwrap_or_default().event_id)
                 }
                 Kind::Redeem => {
@@ -411,9 +410,7 @@ async fn worker(
                         coupon_id: coupon_id.clone(),
                         user_id: String::new(),
                     };
-                    match until_answered(&seen, send!(redeem, redeem_coupon, request))
-                    .await
-                    {
+                    match until_answered(&seen, send!(redeem, redeem_coupon, request)).await {
                         Ok(r) => (
                             true,
                             r.into_inner().redemption.unwrap_or_default().redemption_id,
@@ -433,11 +430,13 @@ async fn worker(
                         points: points.to_string(),
                         user_id: String::new(),
                     };
-                    match until_answered(&seen, send!(redeem, reserve_points, request))
-                    .await
-                    {
+                    match until_answered(&seen, send!(redeem, reserve_points, request)).await {
                         Ok(r) => {
-                            let id = r.into_inner().reservation.unwrap_or_default().reservation_id;
+                            let id = r
+                                .into_inner()
+                                .reservation
+                                .unwrap_or_default()
+                                .reservation_id;
                             if first.is_none() {
                                 held.push((id.clone(), client.clone(), points));
                             }
@@ -451,8 +450,7 @@ async fn worker(
                 }
                 Kind::Commit | Kind::Release => {
                     if first.is_none() {
-                        let (id, owner, reserved) =
-                            held.swap_remove(settle_pick);
+                        let (id, owner, reserved) = held.swap_remove(settle_pick);
                         subject = id;
                         points = reserved;
                         answered.push(Answered {
@@ -470,18 +468,21 @@ async fn worker(
                             order_number: format!("order-{key}"),
                         };
                         until_answered(&seen, send!(redeem, commit_reservation, request))
-                        .await
-                        .map(|r| r.into_inner().reservation.unwrap_or_default().status)
+                            .await
+                            .map(|r| r.into_inner().reservation.unwrap_or_default().status)
                     } else {
                         let request = pb::ReleaseReservationRequest {
                             request_id: key.clone(),
                             reservation_id: subject.clone(),
                         };
                         until_answered(&seen, send!(redeem, release_reservation, request))
-                        .await
-                        .map(|r| r.into_inner().reservation.unwrap_or_default().status)
+                            .await
+                            .map(|r| r.into_inner().reservation.unwrap_or_default().status)
                     };
-                    (true, format!("{:?}", result.expect("settle a held reservation")))
+                    (
+                        true,
+                        format!("{:?}", result.expect("settle a held reservation")),
+                    )
                 }
             };
             match &first {
@@ -669,7 +670,10 @@ async fn the_service_killed_under_load_loses_and_repeats_nothing(backend: Backen
         "too little load: {}",
         answered.len()
     );
-    assert!(!failures.is_empty(), "no call ever failed: the kills missed");
+    assert!(
+        !failures.is_empty(),
+        "no call ever failed: the kills missed"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -759,13 +763,25 @@ impl PrivateCluster {
         let log = self.dir.path().join("log").display().to_string();
         self.run(
             "pg_ctl",
-            &["-D", &self.data(), "-o", &options, "-l", &log, "-w", "start"],
+            &[
+                "-D",
+                &self.data(),
+                "-o",
+                &options,
+                "-l",
+                &log,
+                "-w",
+                "start",
+            ],
         );
     }
 
     /// Stops the server at once, as a crash would (no checkpoint, connections cut).
     fn stop_hard(&self) {
-        self.run("pg_ctl", &["-D", &self.data(), "-m", "immediate", "-w", "stop"]);
+        self.run(
+            "pg_ctl",
+            &["-D", &self.data(), "-m", "immediate", "-w", "stop"],
+        );
     }
 
     fn url(&self) -> String {
@@ -797,12 +813,10 @@ async fn postgres_restarted_under_load_gives_unavailable_then_recovers_by_itself
         return;
     }
     let cluster = PrivateCluster::create();
-    let mut settings = one_loyalty::config::Settings::load(
-        None,
-        &one_loyalty::config::Overrides::default(),
-    )
-    .expect("settings")
-    .database;
+    let mut settings =
+        one_loyalty::config::Settings::load(None, &one_loyalty::config::Overrides::default())
+            .expect("settings")
+            .database;
     settings.url = cluster.url();
     settings.max_connections = 4;
     let seeded = seed(TestDb::at(settings).await, WORKERS * CLIENTS_PER_WORKER).await;
@@ -822,7 +836,10 @@ async fn postgres_restarted_under_load_gives_unavailable_then_recovers_by_itself
         cluster.stop_hard();
         tokio::time::sleep(Duration::from_secs(3)).await;
         let failed_while_down = seen.lock().expect("seen").values().sum::<u64>();
-        assert!(failed_while_down > 0, "no call failed while PostgreSQL was down");
+        assert!(
+            failed_while_down > 0,
+            "no call failed while PostgreSQL was down"
+        );
         cluster.start();
         // The same service process, not restarted, must answer again: every worker ends with a
         // call that is retried until it is answered, and the checks below read through it.
@@ -946,6 +963,7 @@ async fn jobs_done(db: &sea_orm::DatabaseConnection) -> (u64, u64, u64, u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::too_many_lines)] // one scenario, set up, run and checked in order
 async fn two_replicas_with_every_job_running_do_each_thing_once() {
     use one_loyalty::persistence::entities::{documents, redemptions, sync_cursors};
     use one_loyalty::sim::{CoreSim, SimSpec, SimState};
@@ -1024,7 +1042,10 @@ async fn two_replicas_with_every_job_running_do_each_thing_once() {
         .expect("pending")
         > 0
     {
-        assert!(tokio::time::Instant::now() < deadline, "codes not delivered");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "codes not delivered"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (earned, expired, overdue, released) = done;
@@ -1042,7 +1063,10 @@ async fn two_replicas_with_every_job_running_do_each_thing_once() {
         expiries.iter().map(|e| e.related_event_id).collect();
     assert_eq!(
         (expired_lots.len(), expiries.len()),
-        (usize::try_from(expired).expect("count"), usize::try_from(expired).expect("count")),
+        (
+            usize::try_from(expired).expect("count"),
+            usize::try_from(expired).expect("count")
+        ),
         "one expiry per lot"
     );
     // 100 granted, 10 earned by the old invoice and 10 by the job, less what of the old lot was
@@ -1056,10 +1080,16 @@ async fn two_replicas_with_every_job_running_do_each_thing_once() {
                 .filter(|e| &e.client_id == c && e.tenant_id == DEMO_TENANT)
                 .map(|e| one_loyalty::domain::points::from_minor_units(e.points))
                 .sum();
-            (c.clone(), 120 + i64::try_from(expired).expect("whole points"))
+            (
+                c.clone(),
+                120 + i64::try_from(expired).expect("whole points"),
+            )
         })
         .collect();
-    let issued = redemptions::Entity::find().all(db).await.expect("redemptions");
+    let issued = redemptions::Entity::find()
+        .all(db)
+        .await
+        .expect("redemptions");
     let requests = sim.state().code_requests.clone();
     for redemption in &issued {
         let code = redemption.code.clone().unwrap_or_default();
@@ -1070,7 +1100,11 @@ async fn two_replicas_with_every_job_running_do_each_thing_once() {
             redemption.redemption_id
         );
     }
-    assert_eq!(requests.len(), issued.len(), "no code sent that no redemption holds");
+    assert_eq!(
+        requests.len(),
+        issued.len(),
+        "no code sent that no redemption holds"
+    );
     // The seeding service also made tenant "acme", which the replicas synchronize as well.
     assert_eq!(
         documents::Entity::find()

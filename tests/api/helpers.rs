@@ -105,19 +105,24 @@ impl TestDb {
             }
         }
         settings.max_connections = 16;
-        let mut store = Self::at(settings).await;
-        store._dir = dir;
-        store
+        Self::connected(settings, dir).await
     }
 
     /// A store on the database `settings` name, migrated.
     pub async fn at(settings: one_loyalty::config::DatabaseSettings) -> Self {
+        Self::connected(settings, None).await
+    }
+
+    async fn connected(
+        settings: one_loyalty::config::DatabaseSettings,
+        dir: Option<tempfile::TempDir>,
+    ) -> Self {
         let db = db::connect(&settings).await.expect("connect");
         db::migrate(&db).await.expect("migrate");
         Self {
             db,
             settings,
-            _dir: None,
+            _dir: dir,
         }
     }
 

@@ -32,15 +32,36 @@ const IDS: u8 = 120;
 enum Op {
     /// Delivers invoice `d-{doc}`: the client and quantity follow from the number, so a second
     /// delivery is the same document.
-    Earn { doc: u8 },
-    Redeem { client: usize, id: u8 },
-    Reserve { client: usize, id: u8, points: i64 },
+    Earn {
+        doc: u8,
+    },
+    Redeem {
+        client: usize,
+        id: u8,
+    },
+    Reserve {
+        client: usize,
+        id: u8,
+        points: i64,
+    },
     /// One of the three newest reservations (`pick` modulo their count).
-    Commit { pick: usize, id: u8 },
-    Release { pick: usize, id: u8 },
-    Adjust { client: usize, id: u8, points: i64 },
+    Commit {
+        pick: usize,
+        id: u8,
+    },
+    Release {
+        pick: usize,
+        id: u8,
+    },
+    Adjust {
+        client: usize,
+        id: u8,
+        points: i64,
+    },
     /// Days pass; the reservation and lot jobs run.
-    Pass { days: u64 },
+    Pass {
+        days: u64,
+    },
     /// The previous call again, exactly.
     Retry,
 }
@@ -69,7 +90,7 @@ fn client_name(index: usize) -> String {
 // The reference model
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Held {
+enum State {
     Held,
     Committed,
     Released,
@@ -80,7 +101,7 @@ enum Held {
 struct ModelReservation {
     client: usize,
     points: i64,
-    status: Held,
+    status: State,
     /// The service's id, learned from its answer.
     id: String,
 }
@@ -194,7 +215,7 @@ impl Model {
         self.reservations.push(ModelReservation {
             client,
             points,
-            status: Held::Held,
+            status: State::Held,
             id: String::new(),
         });
         let index = self.reservations.len() - 1;
@@ -216,18 +237,18 @@ impl Model {
             };
         }
         let reservation = &mut self.reservations[index];
-        if reservation.status != Held::Held {
+        if reservation.status != State::Held {
             return Expect::Refused(Code::FailedPrecondition);
         }
         let state = &mut self.clients[reservation.client];
         state.reserved -= reservation.points;
         if commit {
-            reservation.status = Held::Committed;
+            reservation.status = State::Committed;
             state.total -= reservation.points;
             state.consume(reservation.points);
             self.committed.insert(id, index);
         } else {
-            reservation.status = Held::Released;
+            reservation.status = State::Released;
             state.available += reservation.points;
             self.released.insert(id, index);
         }
@@ -257,8 +278,8 @@ impl Model {
     fn pass(&mut self, days: u64) {
         self.now = Some(self.now() + Days::new(days));
         for reservation in &mut self.reservations {
-            if reservation.status == Held::Held {
-                reservation.status = Held::Expired;
+            if reservation.status == State::Held {
+                reservation.status = State::Expired;
                 let state = &mut self.clients[reservation.client];
                 state.reserved -= reservation.points;
                 state.available += reservation.points;
@@ -305,6 +326,7 @@ fn points(text: &str) -> i64 {
 }
 
 impl Harness {
+    #[allow(clippy::too_many_lines)] // the seeding, in order
     async fn new() -> Self {
         let app = ClockedApp::new(Backend::Sqlite).await;
         let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
@@ -411,11 +433,17 @@ impl Harness {
     }
 
     fn sale_date(&self) -> String {
-        (self.model.now().with_timezone(&chrono_tz::Europe::Warsaw).date_naive() - Days::new(1))
-            .to_string()
+        (self
+            .model
+            .now()
+            .with_timezone(&chrono_tz::Europe::Warsaw)
+            .date_naive()
+            - Days::new(1))
+        .to_string()
     }
 
     /// Runs one step on both sides; returns the client whose balance it may have touched.
+    #[allow(clippy::too_many_lines)] // one arm per operation
     async fn step(&mut self, op: &Op) -> Result<Option<usize>, TestCaseError> {
         let op = match op {
             Op::Retry => match self.last.clone() {
@@ -543,7 +571,11 @@ impl Harness {
                         user_id: "tester".into(),
                     }))
                     .await;
-                (self.model.adjust(client, id, points), outcome(&result), client)
+                (
+                    self.model.adjust(client, id, points),
+                    outcome(&result),
+                    client,
+                )
             }
             Op::Pass { days } => {
                 let next = self.model.now() + Days::new(days);
@@ -565,8 +597,15 @@ impl Harness {
             Op::Retry => return Ok(None),
         };
         prop_assert_eq!(actual, expected, "step {}: {:?}", self.steps, self.last);
-        let kind = format!("{:?}", self.last).split([' ', '(']).nth(1).unwrap_or("").to_owned();
-        *self.outcomes.entry(format!("{kind} {actual:?}")).or_default() += 1;
+        let kind = format!("{:?}", self.last)
+            .split([' ', '('])
+            .nth(1)
+            .unwrap_or("")
+            .to_owned();
+        *self
+            .outcomes
+            .entry(format!("{kind} {actual:?}"))
+            .or_default() += 1;
         Ok(Some(touched))
     }
 
@@ -635,7 +674,9 @@ fn the_service_behaves_as_the_reference_model_over_ten_thousand_random_steps() {
             }
             harness.app.finish().await;
             total_steps.fetch_add(harness.steps, std::sync::atomic::Ordering::Relaxed);
-            let mut seen = outcomes.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut seen = outcomes
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             for (kind, count) in harness.outcomes {
                 *seen.entry(kind).or_default() += count;
             }
@@ -660,5 +701,8 @@ fn the_service_behaves_as_the_reference_model_over_ten_thousand_random_steps() {
     ] {
         assert!(outcomes.contains_key(kind), "no step ended in {kind}");
     }
-    assert!(total >= (cases as usize) * steps * 9 / 10, "too few steps ran: {total}");
+    assert!(
+        total >= (cases as usize) * steps * 9 / 10,
+        "too few steps ran: {total}"
+    );
 }
