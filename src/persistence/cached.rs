@@ -168,7 +168,7 @@ mod tests {
             key_hash: "h".into(),
             roles: vec!["admin".into()],
             label: String::new(),
-            created_at: chrono::Utc::now(),
+            created_at: chrono::DateTime::UNIX_EPOCH,
             revoked_at: None,
         }
     }
