@@ -145,10 +145,24 @@ async fn finish_seed(app: ClockedApp, coupon_id: String, clients: Vec<String>) -
 async fn seed_in_process(store: TestDb, clients: usize) -> (ClockedApp, String, Vec<String>) {
     let app = ClockedApp::on_store(store, |_| {}).await;
     let names: Vec<String> = (0..clients).map(|i| format!("f-{i}")).collect();
-    let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
-    let mut consents = Vec::new();
     for name in &names {
         funded_client(&app, name, "100", &[]).await;
+    }
+    let coupon_id = earning_and_spending(&app, &names, "fault coupon").await;
+    (app, coupon_id, names)
+}
+
+/// What earning and spending need for `clients` (which exist already): a user of each who
+/// accepted the agreement on 2026-02-01, product P1 at 10 points a unit from 2026-01-01, and a
+/// 7-point coupon named `coupon_name` on offer from 2026-03-21 to 2030; returns its id.
+pub async fn earning_and_spending(
+    app: &ClockedApp,
+    clients: &[String],
+    coupon_name: &str,
+) -> String {
+    let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
+    let mut consents = Vec::new();
+    for name in clients {
         app.seed_user(&format!("u-{name}"), name).await;
         consents.push(pb::ConsentEvent {
             event_id: format!("consent-{name}"),
@@ -199,23 +213,22 @@ async fn seed_in_process(store: TestDb, clients: usize) -> (ClockedApp, String, 
         }))
         .await
         .expect("base points");
-    pools(&app).await;
-    let coupon_id = create(
-        &app,
-        "create-fault-coupon",
+    pools(app).await;
+    create(
+        app,
+        &format!("create-{}", coupon_name.replace(' ', "-")),
         pb::CouponSpec {
             point_value: COUPON_POINTS.to_string(),
             stock: None,
             per_client_limit: None,
             expiration_date: "2030-12-31".into(),
             redemption_deadline: "2031-01-31".into(),
-            ..spec("fault coupon")
+            ..spec(coupon_name)
         },
     )
     .await
     .expect("coupon")
-    .coupon_id;
-    (app, coupon_id, names)
+    .coupon_id
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,19 +11,18 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, Days, Months, Utc};
 use one_loyalty::domain::clock::Clock;
-use one_loyalty::domain::directory::ProductRecord;
-use one_loyalty::domain::tenant::TenantId;
 use one_loyalty::proto::loyalty::v1 as pb;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
 use rust_decimal::Decimal;
 use tonic::Code;
 
-use crate::coupons::{create, pools, spec};
-use crate::helpers::{Backend, ClockedApp, DEMO_TENANT};
+use crate::faults::earning_and_spending;
+use crate::helpers::{Backend, ClockedApp};
 
 const CLIENTS: usize = 3;
 const COUPON_POINTS: i64 = 7;
+/// P1's points per unit, as `earning_and_spending` sets them.
 const BASE_POINTS: i64 = 10;
 /// Request ids are drawn from small ranges, so that many are used twice.
 const IDS: u8 = 120;
@@ -326,65 +325,13 @@ fn points(text: &str) -> i64 {
 }
 
 impl Harness {
-    #[allow(clippy::too_many_lines)] // the seeding, in order
     async fn new() -> Self {
         let app = ClockedApp::new(Backend::Sqlite).await;
-        let tenant = TenantId::parse(DEMO_TENANT).expect("tenant");
-        app.app
-            .services
-            .catalog
-            .save_product(
-                &tenant,
-                &ProductRecord {
-                    product_id: "P1".into(),
-                    name: "P1".into(),
-                    sku: "P1".into(),
-                    category_id: None,
-                    label_ids: vec![],
-                    manufacturer_id: None,
-                    is_ecommerce: true,
-                    active: true,
-                    updated_at: Utc::now(),
-                },
-            )
-            .await
-            .expect("product");
-        let mut events = Vec::new();
-        for index in 0..CLIENTS {
-            let client = client_name(index);
-            app.seed_client(&client, true).await;
-            app.seed_user(&format!("u-{client}"), &client).await;
-            events.push(pb::ConsentEvent {
-                event_id: format!("consent-{client}"),
-                user_id: format!("u-{client}"),
-                action: pb::ConsentAction::Accept as i32,
-                occurred_at: Some(prost_types::Timestamp {
-                    seconds: 1_769_940_000, // 2026-02-01
-                    nanos: 0,
-                }),
-                agreement_version: 1,
-                ..Default::default()
-            });
+        let names: Vec<String> = (0..CLIENTS).map(client_name).collect();
+        for client in &names {
+            app.seed_client(client, true).await;
         }
-        pb::agreement_service_client::AgreementServiceClient::new(app.channel.clone())
-            .record_consent_events(app.request(pb::RecordConsentEventsRequest {
-                request_id: "consents".into(),
-                events,
-            }))
-            .await
-            .expect("consents");
-        pb::rules_service_client::RulesServiceClient::new(app.channel.clone())
-            .set_base_points(app.request(pb::SetBasePointsRequest {
-                request_id: "base".into(),
-                effective_from: "2026-01-01".into(),
-                entries: vec![pb::BasePointsEntry {
-                    product_id: "P1".into(),
-                    points: BASE_POINTS.to_string(),
-                    ..Default::default()
-                }],
-            }))
-            .await
-            .expect("base points");
+        let coupon_id = earning_and_spending(&app, &names, "model coupon").await;
         app.settings_client()
             .update_settings(app.request(pb::UpdateSettingsRequest {
                 request_id: "settings".into(),
@@ -400,22 +347,6 @@ impl Harness {
             }))
             .await
             .expect("settings");
-        pools(&app).await;
-        let coupon_id = create(
-            &app,
-            "create-model",
-            pb::CouponSpec {
-                point_value: COUPON_POINTS.to_string(),
-                stock: None,
-                per_client_limit: None,
-                expiration_date: "2030-12-31".into(),
-                redemption_deadline: "2031-01-31".into(),
-                ..spec("model coupon")
-            },
-        )
-        .await
-        .expect("coupon")
-        .coupon_id;
         app.set_time("2026-03-22T10:00:00Z");
         let model = Model {
             now: Some(app.clock.now()),
