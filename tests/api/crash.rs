@@ -13,27 +13,7 @@ use sea_orm::{EntityTrait, PaginatorTrait};
 use crate::fakes::start_sim;
 use crate::helpers::{Backend, TestDb};
 
-mod killed_and_restarted {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        super::a_sync_killed_at_random_moments_stores_everything_once(
-            crate::helpers::Backend::Sqlite,
-        )
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        if !crate::helpers::postgres_configured() {
-            eprintln!("skipped: LOYALTY_TEST_DATABASE_URL is not set");
-            return;
-        }
-        super::a_sync_killed_at_random_moments_stores_everything_once(
-            crate::helpers::Backend::Postgres,
-        )
-        .await;
-    }
-}
+crate::per_backend!(killed_and_restarted => a_sync_killed_at_random_moments_stores_everything_once);
 
 const SPEC: SimSpec = SimSpec {
     clients: 20,

@@ -32,27 +32,7 @@ const CLIENTS_PER_WORKER: usize = 3;
 const WORKERS: usize = 6;
 const COUPON_POINTS: i64 = 7;
 
-mod killed_under_load {
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn sqlite() {
-        super::the_service_killed_under_load_loses_and_repeats_nothing(
-            crate::helpers::Backend::Sqlite,
-        )
-        .await;
-    }
-
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn postgres() {
-        if !crate::helpers::postgres_configured() {
-            eprintln!("skipped: LOYALTY_TEST_DATABASE_URL is not set");
-            return;
-        }
-        super::the_service_killed_under_load_loses_and_repeats_nothing(
-            crate::helpers::Backend::Postgres,
-        )
-        .await;
-    }
-}
+crate::per_backend!(killed_under_load => the_service_killed_under_load_loses_and_repeats_nothing);
 
 /// A `one-loyalty serve` process on `port` over `store`, with the rate limits off.
 pub fn spawn_service(store: &TestDb, port: u16, env: &[(&str, &str)]) -> tokio::process::Child {

@@ -57,6 +57,29 @@ macro_rules! on_both_backends {
     };
 }
 
+/// A module `$module` with one test per backend for a scenario that takes the backend and builds
+/// its own fixtures (`async fn scenario(backend: Backend)`); PostgreSQL as in `on_both_backends`.
+#[macro_export]
+macro_rules! per_backend {
+    ($module:ident => $scenario:ident) => {
+        mod $module {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$scenario($crate::helpers::Backend::Sqlite).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if !$crate::helpers::postgres_configured() {
+                    eprintln!("skipped: LOYALTY_TEST_DATABASE_URL is not set");
+                    return;
+                }
+                super::$scenario($crate::helpers::Backend::Postgres).await;
+            }
+        }
+    };
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
