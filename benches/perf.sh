@@ -55,9 +55,9 @@ echo "== service on PostgreSQL"
 
 echo "== two replicas on PostgreSQL (reads)"
 "$bench" service --database-url "$pg/loyalty_bench_service" --clients "$clients" --no-seed \
-  --replicas 2 --workloads balance,mixed --concurrency 8,16 --duration "$secs" | tee -a "$results"
+  --replicas 2 --label replicas-2 --workloads balance,mixed --concurrency 8,16 --duration "$secs" | tee -a "$results"
 "$bench" service --database-url "$pg/loyalty_bench_service" --clients "$clients" --no-seed \
-  --replicas 1 --label one-replica- --workloads balance,mixed --concurrency 8,16 --duration "$secs" | tee -a "$results"
+  --replicas 1 --label replicas-1 --workloads balance,mixed --concurrency 8,16 --duration "$secs" | tee -a "$results"
 
 echo "== service on SQLite"
 rm -f target/bench/service.sqlite*

@@ -63,7 +63,7 @@ for c in (1, 8):
     row(f"Balance read through the service vs a trivial tonic call (B4), {c} client(s), calls/s", get("balance", "postgres", c), get("echo", "none", c), "tps", "(reported)", "ratio")
 for w in ("balance", "mixed"):
     for c in (8, 16):
-        row(f"Two replicas vs one, {w}, {c} clients, calls/s", get(w, "postgres", c, "replicas2"), get(w, "postgres", c, "one-replica-"), "tps", "(reported)", "ratio")
+        row(f"Two replicas vs one, {w}, {c} clients, calls/s", get(w, "postgres", c, "replicas-2"), get(w, "postgres", c, "replicas-1"), "tps", "(reported)", "ratio")
 for w in ("earn", "redeem", "mixed"):
     row(f"64 clients vs 8, {w}, PostgreSQL, calls/s", get(w, "postgres", 64), get(w, "postgres", 8), "tps", "(reported)", "ratio")
 fsync = get("fsync", "b0", 1)

@@ -620,7 +620,6 @@ fn spawn_registration(
     Some((stop, task))
 }
 
-/// Creates the configured tenants and keys (the local demo key by default).
 /// API keys, looked up through a short-lived cache: every call authenticates.
 fn access_service(db: &DatabaseConnection, clock: &Arc<dyn Clock>) -> Arc<AccessService> {
     Arc::new(AccessService::new(
@@ -632,6 +631,7 @@ fn access_service(db: &DatabaseConnection, clock: &Arc<dyn Clock>) -> Arc<Access
     ))
 }
 
+/// Creates the configured tenants and keys (the local demo key by default).
 async fn bootstrap(access: &AccessService, settings: &Settings) -> Result<(), AccessError> {
     for tenant in &settings.bootstrap.tenants {
         access.ensure_tenant(&tenant.id, &tenant.name).await?;

@@ -179,7 +179,6 @@ async fn main() -> ExitCode {
 
 /// What one run measured.
 struct Measured {
-    ops: u64,
     errors: BTreeMap<String, u64>,
     latencies_ns: Vec<u64>,
     seconds: f64,
@@ -211,13 +210,13 @@ impl Measured {
 
     fn print(&self, name: &str, backend: &str, concurrency: usize, label: &str) {
         #[allow(clippy::cast_precision_loss)]
-        let tps = self.ops as f64 / self.seconds;
+        let tps = self.latencies_ns.len() as f64 / self.seconds;
         let errors: u64 = self.errors.values().sum();
         println!(
             "RESULT workload={name} backend={backend} clients={concurrency} label={} ops={} \
              errors={errors} tps={tps:.1} mean_ms={:.3} p50_ms={:.3} p99_ms={:.3} p999_ms={:.3}",
             if label.is_empty() { "-" } else { label },
-            self.ops,
+            self.latencies_ns.len(),
             self.mean_ms(),
             self.percentile_ms(0.50),
             self.percentile_ms(0.99),
@@ -404,7 +403,6 @@ async fn measure(callers: Vec<Caller>, workload: Workload, load: &LoadArgs) -> M
         })
         .collect();
     let mut measured = Measured {
-        ops: 0,
         errors: BTreeMap::new(),
         latencies_ns: Vec::new(),
         seconds: Duration::from_secs(load.duration).as_secs_f64(),
@@ -423,7 +421,6 @@ async fn measure(callers: Vec<Caller>, workload: Workload, load: &LoadArgs) -> M
         }
     }
     measured.latencies_ns.sort_unstable();
-    measured.ops = measured.latencies_ns.len() as u64;
     measured
 }
 
@@ -476,13 +473,12 @@ async fn service(args: ServiceArgs) -> Result<(), BenchError> {
                     sale_date: Arc::clone(&sale_date),
                 });
             }
-            let measured = measure(callers, *workload, &args.load).await;
-            let label = if args.replicas > 1 {
-                format!("{}replicas{}", args.load.label, args.replicas)
-            } else {
-                args.load.label.clone()
-            };
-            measured.print(&workload.name(), backend, concurrency, &label);
+            measure(callers, *workload, &args.load).await.print(
+                &workload.name(),
+                backend,
+                concurrency,
+                &args.load.label,
+            );
         }
     }
     for replica in replicas {

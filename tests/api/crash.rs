@@ -25,24 +25,17 @@ const SPEC: SimSpec = SimSpec {
 };
 
 fn service(store: &TestDb, sim_url: &str) -> tokio::process::Child {
-    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_one-loyalty"));
-    command
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("LOYALTY__DATABASE__URL", &store.settings.url)
-        .env("LOYALTY__CORE__ENDPOINT", sim_url)
-        .env("LOYALTY__SYNC__INTERVAL_MS", "100")
-        .env("LOYALTY__SYNC__BATCH_SIZE", "5")
-        .env("LOYALTY__JOBS__ENABLED", "false")
-        .env("LOYALTY__OUTBOX__ENABLED", "false")
-        .env("LOYALTY__METRICS__LISTEN", "")
-        .env("LOYALTY__TELEMETRY__LOG_FILTER", "error")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true);
-    if let Some(schema) = &store.settings.schema {
-        command.env("LOYALTY__DATABASE__SCHEMA", schema);
-    }
-    command.spawn().expect("start one-loyalty")
+    crate::faults::spawn_service(
+        store,
+        crate::faults::free_port(),
+        &[
+            ("LOYALTY__CORE__ENDPOINT", sim_url),
+            ("LOYALTY__SYNC__INTERVAL_MS", "100"),
+            ("LOYALTY__SYNC__BATCH_SIZE", "5"),
+            ("LOYALTY__JOBS__ENABLED", "false"),
+            ("LOYALTY__OUTBOX__ENABLED", "false"),
+        ],
+    )
 }
 
 /// Items stored per stream, as the cursors count them.

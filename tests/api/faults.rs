@@ -230,6 +230,8 @@ struct Answered {
     client: String,
     points: i64,
     ok: bool,
+    /// The reservation a commit or release settled.
+    reservation: String,
 }
 
 /// Status codes a caller may retry on while the service or its database is away.
@@ -345,9 +347,11 @@ async fn worker(
         let adjust_points: i64 = rng.random_range(1..30);
         let reserve_points: i64 = rng.random_range(1..20);
         let settle_pick = rng.random_range(0..held.len().max(1));
+        // A commit or release settles one held reservation: (id, owner, points).
+        let settled =
+            matches!(kind, Kind::Commit | Kind::Release).then(|| held.swap_remove(settle_pick));
         let mut first: Option<(bool, String)> = None;
         let mut points = 0;
-        let mut subject = client.clone();
         for _ in 0..times {
             let (ok, reply) = match kind {
                 Kind::Earn => {
@@ -442,18 +446,8 @@ async fn worker(
                     }
                 }
                 Kind::Commit | Kind::Release => {
-                    if first.is_none() {
-                        let (id, owner, reserved) = held.swap_remove(settle_pick);
-                        subject = id;
-                        points = reserved;
-                        answered.push(Answered {
-                            kind,
-                            key: String::new(),
-                            client: owner,
-                            points,
-                            ok: true,
-                        });
-                    }
+                    let (subject, _, reserved) = settled.as_ref().expect("a held reservation");
+                    points = *reserved;
                     let result = if kind == Kind::Commit {
                         let request = pb::CommitReservationRequest {
                             request_id: key.clone(),
@@ -488,24 +482,20 @@ async fn worker(
             }
         }
         let (ok, _) = first.unwrap_or_default();
-        match kind {
-            Kind::Commit | Kind::Release => {
-                if let Some(last) = answered.last_mut() {
-                    last.key = key;
-                }
-            }
-            _ => answered.push(Answered {
-                kind,
-                key: if kind == Kind::Earn {
-                    format!("doc-{key}")
-                } else {
-                    key
-                },
-                client,
-                points,
-                ok,
-            }),
-        }
+        let (reservation, client) =
+            settled.map_or((String::new(), client), |(id, owner, _)| (id, owner));
+        answered.push(Answered {
+            kind,
+            key: if kind == Kind::Earn {
+                format!("doc-{key}")
+            } else {
+                key
+            },
+            client,
+            points,
+            ok,
+            reservation,
+        });
     }
     answered
 }
@@ -569,7 +559,12 @@ async fn assert_exactly_once(
                 .count(db)
                 .await
                 .expect("count"),
-            Kind::Release => 1,
+            Kind::Release => reservations::Entity::find()
+                .filter(reservations::Column::ReservationId.eq(op.reservation.as_str()))
+                .filter(reservations::Column::Status.eq("RELEASED"))
+                .count(db)
+                .await
+                .expect("count"),
             Kind::Adjust | Kind::Redeem | Kind::Commit => ledger_events::Entity::find()
                 .filter(ledger_events::Column::RequestId.eq(op.key.as_str()))
                 .count(db)

@@ -65,6 +65,22 @@ enum Op {
     Retry,
 }
 
+impl Op {
+    /// The operation's name, for the tally of outcomes.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Earn { .. } => "Earn",
+            Self::Redeem { .. } => "Redeem",
+            Self::Reserve { .. } => "Reserve",
+            Self::Commit { .. } => "Commit",
+            Self::Release { .. } => "Release",
+            Self::Adjust { .. } => "Adjust",
+            Self::Pass { .. } => "Pass",
+            Self::Retry => "Retry",
+        }
+    }
+}
+
 fn op() -> impl Strategy<Value = Op> {
     let client = 0..CLIENTS;
     prop_oneof![
@@ -384,6 +400,7 @@ impl Harness {
             other => other.clone(),
         };
         self.last = Some(op.clone());
+        let kind = op.name();
         self.steps += 1;
         let channel = self.app.channel.clone();
         let mut redeem = pb::redeem_service_client::RedeemServiceClient::new(channel.clone());
@@ -528,11 +545,6 @@ impl Harness {
             Op::Retry => return Ok(None),
         };
         prop_assert_eq!(actual, expected, "step {}: {:?}", self.steps, self.last);
-        let kind = format!("{:?}", self.last)
-            .split([' ', '('])
-            .nth(1)
-            .unwrap_or("")
-            .to_owned();
         *self
             .outcomes
             .entry(format!("{kind} {actual:?}"))
