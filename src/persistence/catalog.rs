@@ -74,7 +74,8 @@ impl CatalogRepository for SeaCatalogRepository {
                 .await
                 .map_err(classify)?;
             let leaves: Vec<String> = rows.iter().filter_map(|p| p.category_id.clone()).collect();
-            let ancestors = self.ancestors(tenant, &leaves).await?;
+            let (ancestors, labels) =
+                tokio::try_join!(self.ancestors(tenant, &leaves), self.labels(tenant, chunk))?;
             for row in rows {
                 let categories = row
                     .category_id
@@ -91,13 +92,6 @@ impl CatalogRepository for SeaCatalogRepository {
                     },
                 );
             }
-            let labels = product_labels::Entity::find()
-                .filter(product_labels::Column::TenantId.eq(tenant.as_str()))
-                .filter(product_labels::Column::ProductId.is_in(chunk.iter().map(String::as_str)))
-                .order_by_asc(product_labels::Column::LabelId)
-                .all(&self.db)
-                .await
-                .map_err(classify)?;
             for label in labels {
                 if let Some(f) = facts.get_mut(&label.product_id) {
                     f.label_ids.push(label.label_id);
@@ -140,12 +134,30 @@ impl CatalogRepository for SeaCatalogRepository {
 }
 
 impl SeaCatalogRepository {
+    /// The products' labels, by label id.
+    async fn labels(
+        &self,
+        tenant: &TenantId,
+        product_ids: &[String],
+    ) -> Result<Vec<product_labels::Model>, RepoError> {
+        product_labels::Entity::find()
+            .filter(product_labels::Column::TenantId.eq(tenant.as_str()))
+            .filter(product_labels::Column::ProductId.is_in(product_ids.iter().map(String::as_str)))
+            .order_by_asc(product_labels::Column::LabelId)
+            .all(&self.db)
+            .await
+            .map_err(classify)
+    }
+
     /// Each category's ancestors-or-self, nearest first.
     async fn ancestors(
         &self,
         tenant: &TenantId,
         leaves: &[String],
     ) -> Result<HashMap<String, Vec<String>>, RepoError> {
+        if leaves.is_empty() {
+            return Ok(HashMap::new());
+        }
         let rows = category_ancestors::Entity::find()
             .filter(category_ancestors::Column::TenantId.eq(tenant.as_str()))
             .filter(category_ancestors::Column::CategoryId.is_in(leaves.iter().map(String::as_str)))

@@ -1,6 +1,7 @@
 //! SeaORM implementation of [`DocumentRepository`]: documents are stored on arrival (the primary
-//! key decides which of several concurrent deliveries stores one), then completed once: the event,
-//! its lines, the balance and the document's status in one transaction.
+//! key decides which of several concurrent deliveries stores one), with their decision when it
+//! was taken before, or completed once later: the event, its lines, the balance and the
+//! document's status in one transaction either way.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -39,6 +40,34 @@ pub struct Completion {
     pub event: Option<(NewLedgerEvent, Vec<LineCalculation>)>,
 }
 
+impl Completion {
+    /// The record as it stands once this completion is stored at `now`, its event (if any)
+    /// numbered `event_id`.
+    pub fn applied_to(
+        &self,
+        mut record: DocumentRecord,
+        event_id: Option<i64>,
+        now: DateTime<Utc>,
+    ) -> DocumentRecord {
+        record.status = self.status;
+        record.non_earning_reason = self.reason;
+        record.points = self.event.as_ref().map_or(Decimal::ZERO, |(e, _)| e.points);
+        record.event_id = event_id;
+        record.earn_after = self.earn_after;
+        record.processed_at = self.status.is_final().then_some(now);
+        record
+    }
+}
+
+/// What storing a received document found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Received {
+    /// Stored now, as the record shows (decided, when a decision came with it).
+    Stored(DocumentRecord),
+    /// The document id was stored before: the stored document, untouched.
+    Before(DocumentRecord),
+}
+
 #[derive(Clone)]
 pub struct SeaDocumentRepository {
     db: DatabaseConnection,
@@ -57,18 +86,46 @@ fn units(value: Decimal) -> Result<i64, RepoError> {
 
 #[async_trait]
 impl DocumentRepository for SeaDocumentRepository {
-    async fn receive(
+    async fn receive<'d>(
         &self,
         tenant: &TenantId,
         record: &DocumentRecord,
-    ) -> Result<Option<DocumentRecord>, RepoError> {
+        decision: Option<&'d Completion>,
+    ) -> Result<Received, RepoError> {
+        let now = self.clock.now();
+        let stored = match decision {
+            Some(decision) => decision.applied_to(record.clone(), None, now),
+            None => record.clone(),
+        };
+        let id = &record.document.document_id;
         let txn = crate::persistence::db::begin_write(&self.db).await?;
-        if !receive_in(&txn, tenant, record).await? {
+        // The document row first, as `complete` does: of concurrent deliveries one inserts it,
+        // and the others wait here for its commit without holding the client's balance row.
+        if !receive_in(&txn, tenant, &stored).await? {
             drop(txn);
-            return self.find(tenant, &record.document.document_id).await;
+            return self
+                .find(tenant, id)
+                .await?
+                .map(Received::Before)
+                .ok_or_else(|| RepoError::Conflict(format!("document {id} vanished")));
         }
+        let event_id = match decision.and_then(|d| d.event.as_ref()) {
+            Some((event, lines)) => {
+                let event_id = append_in(&txn, tenant, event, now).await?.event_id;
+                insert_lines(&txn, tenant, event_id, lines).await?;
+                documents::Entity::update_many()
+                    .col_expr(documents::Column::EventId, Expr::value(event_id))
+                    .filter(documents::Column::TenantId.eq(tenant.as_str()))
+                    .filter(documents::Column::DocumentId.eq(id.as_str()))
+                    .exec(&txn)
+                    .await
+                    .map_err(classify)?;
+                Some(event_id)
+            }
+            None => None,
+        };
         txn.commit().await.map_err(classify)?;
-        Ok(None)
+        Ok(Received::Stored(DocumentRecord { event_id, ..stored }))
     }
 
     async fn find(
@@ -97,10 +154,11 @@ impl DocumentRepository for SeaDocumentRepository {
     async fn complete(
         &self,
         tenant: &TenantId,
-        document_id: &str,
+        record: &DocumentRecord,
         completion: &Completion,
-    ) -> Result<(), RepoError> {
+    ) -> Result<DocumentRecord, RepoError> {
         let now = self.clock.now();
+        let document_id = record.document.document_id.as_str();
         let txn = crate::persistence::db::begin_write(&self.db).await?;
         // Only a document not yet decided can be completed: a concurrent delivery that got here
         // first makes this one a no-op.
@@ -154,7 +212,8 @@ impl DocumentRepository for SeaDocumentRepository {
             .exec(&txn)
             .await
             .map_err(classify)?;
-        txn.commit().await.map_err(classify)
+        txn.commit().await.map_err(classify)?;
+        Ok(completion.applied_to(record.clone(), event_id, now))
     }
 
     async fn due(
@@ -234,8 +293,8 @@ fn from_rows(
     })
 }
 
-/// Stores a received document and its lines inside the caller's transaction. `false`: a
-/// document with this id is stored already (nothing was written).
+/// Stores a received document (as the record stands) and its lines inside the caller's
+/// transaction. `false`: a document with this id is stored already (nothing was written).
 pub(crate) async fn receive_in(
     conn: &impl sea_orm::ConnectionTrait,
     tenant: &TenantId,
@@ -257,13 +316,13 @@ pub(crate) async fn receive_in(
         offline: Set(d.offline),
         source: Set(record.source.as_str().to_owned()),
         status: Set(record.status.as_str().to_owned()),
-        non_earning_reason: Set(None),
-        points: Set(0),
-        event_id: Set(None),
+        non_earning_reason: Set(record.non_earning_reason.map(|r| r.as_str().to_owned())),
+        points: Set(units(record.points)?),
+        event_id: Set(record.event_id),
         earn_after: Set(record.earn_after.map(|t| t.fixed_offset())),
         attempts: Set(0),
         received_at: Set(record.received_at.fixed_offset()),
-        processed_at: Set(None),
+        processed_at: Set(record.processed_at.map(|t| t.fixed_offset())),
     };
     let inserted = documents::Entity::insert(row)
         .on_conflict_do_nothing_on([documents::Column::TenantId, documents::Column::DocumentId])

@@ -328,53 +328,36 @@ pub(crate) async fn append_in(
     event: &NewLedgerEvent,
     now: DateTime<Utc>,
 ) -> Result<LedgerEvent, RepoError> {
+    let locked = ensure_balance_row(conn, tenant, &event.client_id, now).await?;
+    append_locked(conn, tenant, event, &locked, now).await
+}
+
+/// Appends an event for a client whose balance row this transaction has locked already;
+/// `locked` is what the row held then. The lock keeps it true until the commit, so the running
+/// balance is computed here and the row is written once.
+pub(crate) async fn append_locked(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    event: &NewLedgerEvent,
+    locked: &balances::Model,
+    now: DateTime<Utc>,
+) -> Result<LedgerEvent, RepoError> {
     let points = units(event.points)?;
-    ensure_balance_row(conn, tenant, &event.client_id, now).await?;
-    let from_reserved = spend_source(conn, tenant, event, points).await?;
+    let from_reserved = spend_source(event, points, locked.available)?;
     // Points that enter (a locked earn) or leave (taken from a locked lot) the locked part.
     let mut into_locked = if event.lot.is_some_and(|l| l.locked()) && points > 0 {
         points
     } else {
         0
     };
-    match take_from_lot(conn, tenant, event, points).await? {
+    match take_from_lot(conn, tenant, event, points, locked.available).await? {
         Some(taken_from_locked) => into_locked = -taken_from_locked,
         None if points < 0 => {
             consume_oldest_lots(conn, tenant, &event.client_id, -points).await?;
         }
         None => {}
     }
-    let updated = balances::Entity::update_many()
-        .col_expr(
-            balances::Column::Total,
-            Expr::col(balances::Column::Total).add(points),
-        )
-        .col_expr(
-            balances::Column::Available,
-            Expr::col(balances::Column::Available).add(points - into_locked + from_reserved),
-        )
-        .col_expr(
-            balances::Column::Reserved,
-            Expr::col(balances::Column::Reserved).sub(from_reserved),
-        )
-        .col_expr(
-            balances::Column::Locked,
-            Expr::col(balances::Column::Locked).add(into_locked),
-        )
-        .col_expr(
-            balances::Column::EventCount,
-            Expr::col(balances::Column::EventCount).add(1),
-        )
-        .col_expr(balances::Column::UpdatedAt, Expr::value(now.fixed_offset()))
-        .filter(balances::Column::TenantId.eq(tenant.as_str()))
-        .filter(balances::Column::ClientId.eq(event.client_id.as_str()))
-        .exec_with_returning(conn)
-        .await
-        .map_err(classify)?;
-    let balance_after = updated
-        .first()
-        .map(|b| b.total)
-        .ok_or_else(|| RepoError::Other("balance row vanished inside its transaction".into()))?;
+    let balance_after = locked.total + points;
     let row = ledger_events::ActiveModel {
         event_id: NotSet,
         tenant_id: Set(tenant.as_str().to_owned()),
@@ -400,13 +383,39 @@ pub(crate) async fn append_in(
         .await
         .map_err(classify)?
         .last_insert_id;
-    balances::Entity::update_many()
+    let updated = balances::Entity::update_many()
+        .col_expr(
+            balances::Column::Total,
+            Expr::col(balances::Column::Total).add(points),
+        )
+        .col_expr(
+            balances::Column::Available,
+            Expr::col(balances::Column::Available).add(points - into_locked + from_reserved),
+        )
+        .col_expr(
+            balances::Column::Reserved,
+            Expr::col(balances::Column::Reserved).sub(from_reserved),
+        )
+        .col_expr(
+            balances::Column::Locked,
+            Expr::col(balances::Column::Locked).add(into_locked),
+        )
+        .col_expr(
+            balances::Column::EventCount,
+            Expr::col(balances::Column::EventCount).add(1),
+        )
         .col_expr(balances::Column::LastEventId, Expr::value(event_id))
+        .col_expr(balances::Column::UpdatedAt, Expr::value(now.fixed_offset()))
         .filter(balances::Column::TenantId.eq(tenant.as_str()))
         .filter(balances::Column::ClientId.eq(event.client_id.as_str()))
         .exec(conn)
         .await
         .map_err(classify)?;
+    if updated.rows_affected != 1 {
+        return Err(RepoError::Other(
+            "balance row vanished inside its transaction".into(),
+        ));
+    }
     if let (Some(terms), true) = (event.lot, points > 0) {
         insert_lot(conn, tenant, &event.client_id, event_id, points, terms, now).await?;
     }
@@ -446,27 +455,16 @@ async fn insert_lot(
     Ok(())
 }
 
-/// Checks a spend against the locked balance row: a Use must be covered by the available
-/// points. Returns how much of it comes out of the reserved part (a committed reservation's
+/// Checks a spend against the locked balance row's `available` points: a Use must be covered
+/// by them. Returns how much of it comes out of the reserved part (a committed reservation's
 /// points were set aside when reserved).
-async fn spend_source(
-    conn: &impl ConnectionTrait,
-    tenant: &TenantId,
-    event: &NewLedgerEvent,
-    points: i64,
-) -> Result<i64, RepoError> {
-    if event.spends_available() {
-        // The row is locked: what it shows cannot change before this transaction ends.
-        let available = locked_balance(conn, tenant, &event.client_id)
-            .await?
-            .available;
-        if available < -points {
-            return Err(RepoError::Precondition(format!(
-                "not enough available points: {} available, {} needed",
-                from_minor_units(available),
-                from_minor_units(-points)
-            )));
-        }
+fn spend_source(event: &NewLedgerEvent, points: i64, available: i64) -> Result<i64, RepoError> {
+    if event.spends_available() && available < -points {
+        return Err(RepoError::Precondition(format!(
+            "not enough available points: {} available, {} needed",
+            from_minor_units(available),
+            from_minor_units(-points)
+        )));
     }
     Ok(
         if event.reservation_id.is_some() && event.event_type == EventType::Use {
@@ -477,26 +475,14 @@ async fn spend_source(
     )
 }
 
-/// The client's balance row, read inside the transaction that locked it.
-pub(crate) async fn locked_balance(
-    conn: &impl ConnectionTrait,
-    tenant: &TenantId,
-    client_id: &str,
-) -> Result<balances::Model, RepoError> {
-    balances::Entity::find_by_id((tenant.as_str().to_owned(), client_id.to_owned()))
-        .one(conn)
-        .await
-        .map_err(classify)?
-        .ok_or_else(|| RepoError::Other("balance row vanished inside its transaction".into()))
-}
-
 /// Creates the client's balance row at zero if it has none, and locks it for the transaction.
+/// Returns what the row holds.
 pub(crate) async fn ensure_balance_row(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
     client_id: &str,
     now: DateTime<Utc>,
-) -> Result<(), RepoError> {
+) -> Result<balances::Model, RepoError> {
     let empty = balances::ActiveModel {
         tenant_id: Set(tenant.as_str().to_owned()),
         client_id: Set(client_id.to_owned()),
@@ -517,10 +503,9 @@ pub(crate) async fn ensure_balance_row(
                 .update_column(balances::Column::UpdatedAt)
                 .to_owned(),
         )
-        .exec_without_returning(conn)
+        .exec_with_returning(conn)
         .await
-        .map_err(classify)?;
-    Ok(())
+        .map_err(classify)
 }
 
 /// Points that leave without naming a lot (a penalty, a spend) come out of the client's unlocked
@@ -583,6 +568,7 @@ async fn take_from_lot(
     tenant: &TenantId,
     event: &NewLedgerEvent,
     points: i64,
+    available: i64,
 ) -> Result<Option<i64>, RepoError> {
     let takes = matches!(event.event_type, EventType::Lose | EventType::Expire) && points < 0;
     let Some(lot_id) = event.related_event_id.filter(|_| takes) else {
@@ -607,9 +593,6 @@ async fn take_from_lot(
     if event.event_type == EventType::Expire && !lot.locked {
         // Reserved points stay in their lots until the reservation is committed or released;
         // expiring them now could take the available part below zero. The next run retries.
-        let available = locked_balance(conn, tenant, &event.client_id)
-            .await?
-            .available;
         if available < take {
             return Err(RepoError::Conflict(format!(
                 "lot {lot_id}: {take} to expire but only {available} available (reserved); later"

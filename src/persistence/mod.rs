@@ -359,30 +359,35 @@ pub trait CatalogRepository: Send + Sync {
     ) -> Result<HashMap<String, OrderRecord>, RepoError>;
 }
 
-/// Invoices and corrections, received then completed once.
+/// Invoices and corrections, received (and decided, when they can be) then completed once.
+// mockall's generated expectations take `&Option<&T>`.
+#[cfg_attr(test, allow(clippy::ref_option_ref))]
 #[cfg_attr(test, mockall::automock)]
 #[async_trait]
 pub trait DocumentRepository: Send + Sync {
-    /// Stores a newly arrived document with its lines; when the document id is stored already,
-    /// stores nothing and returns the stored one.
-    async fn receive(
+    /// Stores a newly arrived document with its lines and, when given, the decision taken on it
+    /// (its event with lines and the balance), in one transaction. When the document id is
+    /// stored already, stores nothing and returns the stored one.
+    async fn receive<'d>(
         &self,
         tenant: &TenantId,
         record: &DocumentRecord,
-    ) -> Result<Option<DocumentRecord>, RepoError>;
+        decision: Option<&'d documents::Completion>,
+    ) -> Result<documents::Received, RepoError>;
     async fn find(
         &self,
         tenant: &TenantId,
         document_id: &str,
     ) -> Result<Option<DocumentRecord>, RepoError>;
-    /// Decides a document (or sets it waiting): its event with lines and the balance, and its
-    /// status, in one transaction. `Conflict` when it was decided already.
+    /// Decides a stored document (or sets it waiting): its event with lines and the balance,
+    /// and its status, in one transaction. Returns the record as it now stands. `Conflict` when
+    /// it was decided already.
     async fn complete(
         &self,
         tenant: &TenantId,
-        document_id: &str,
+        record: &DocumentRecord,
         completion: &documents::Completion,
-    ) -> Result<(), RepoError>;
+    ) -> Result<DocumentRecord, RepoError>;
     /// Documents of every tenant that a job may take now.
     async fn due(
         &self,

@@ -18,7 +18,7 @@ use sea_orm::{
 use super::entities::{coupons, outbox, redemptions};
 use super::error::{RepoError, classify};
 use super::idempotency::{insert_record, set_result_ref};
-use super::ledger::{append_in, ensure_balance_row};
+use super::ledger::{append_in, append_locked, ensure_balance_row};
 use super::{RedeemPlan, RedemptionFilter, RedemptionRepository, RefundPlan};
 use crate::domain::clock::Clock;
 use crate::domain::idempotency::IdempotencyRecord;
@@ -56,8 +56,14 @@ impl RedemptionRepository for SeaRedemptionRepository {
         let now = self.clock.now();
         let r = &plan.redemption;
         let txn = crate::persistence::db::begin_write(&self.db).await?;
-        insert_record(&txn, tenant, request).await?;
-        ensure_balance_row(&txn, tenant, &r.client_id, now).await?;
+        // The redemption id is known before anything is written: the record names it at once.
+        let request = IdempotencyRecord {
+            result_ref: r.redemption_id.clone(),
+            ..request.clone()
+        };
+        insert_record(&txn, tenant, &request).await?;
+        // The client's balance row is locked first, so that the limit below is counted alone.
+        let locked = ensure_balance_row(&txn, tenant, &r.client_id, now).await?;
         if let Some(limit) = plan.per_client_limit {
             let held = redemptions::Entity::find()
                 .filter(redemptions::Column::TenantId.eq(tenant.as_str()))
@@ -91,7 +97,7 @@ impl RedemptionRepository for SeaRedemptionRepository {
                 r.coupon_id
             )));
         }
-        let spent = append_in(&txn, tenant, &plan.use_event, now).await?;
+        let spent = append_locked(&txn, tenant, &plan.use_event, &locked, now).await?;
         let mut stored = r.clone();
         stored.use_event_id = Some(spent.event_id);
         stored.created_at = now;
@@ -120,7 +126,6 @@ impl RedemptionRepository for SeaRedemptionRepository {
             .exec(&txn)
             .await
             .map_err(classify)?;
-        set_result_ref(&txn, tenant, &request.request_id, &r.redemption_id).await?;
         txn.commit().await.map_err(classify)?;
         Ok(stored)
     }

@@ -16,7 +16,7 @@ use super::ReservationRepository;
 use super::entities::{balances, reservations};
 use super::error::{RepoError, classify};
 use super::idempotency::{insert_record, set_result_ref};
-use super::ledger::{append_in, ensure_balance_row, locked_balance};
+use super::ledger::{append_in, ensure_balance_row};
 use crate::domain::clock::Clock;
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::ledger::NewLedgerEvent;
@@ -49,8 +49,7 @@ impl ReservationRepository for SeaReservationRepository {
         let points = units(reservation.points)?;
         let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, request).await?;
-        ensure_balance_row(&txn, tenant, &reservation.client_id, now).await?;
-        let available = locked_balance(&txn, tenant, &reservation.client_id)
+        let available = ensure_balance_row(&txn, tenant, &reservation.client_id, now)
             .await?
             .available;
         if available < points {

@@ -23,7 +23,7 @@ use crate::domain::rules::Channel;
 use crate::domain::settings::TenantSettings;
 use crate::domain::tenant::TenantId;
 use crate::domain::validation::{FieldViolation, Invalid};
-use crate::persistence::documents::Completion;
+use crate::persistence::documents::{Completion, Received};
 use crate::persistence::{CatalogRepository, DocumentRepository, LedgerRepository};
 use crate::persistence::{DirectoryRepository, RepoError, SettingsRepository};
 use crate::service::agreements::AgreementService;
@@ -163,15 +163,23 @@ impl EarnService {
             processed_at: None,
             earn_after: Some(now),
         };
-        let id = record.document.document_id.clone();
-        let replayed = match self.documents.receive(&caller.tenant, &record).await? {
-            Some(stored) if stored.document != record.document => {
-                return Err(EarnError::DocumentChanged(id));
+        // Decided before it is stored, so that a new document is stored and decided in one
+        // transaction. A decision that fails leaves the document stored as received: the job
+        // decides it later, and the caller hears why not now.
+        let decision = self.decide(&caller.tenant, &record).await;
+        match self
+            .documents
+            .receive(&caller.tenant, &record, decision.as_ref().ok())
+            .await?
+        {
+            Received::Stored(stored) => decision.map(|_| (stored, false)),
+            Received::Before(stored) if stored.document != record.document => Err(
+                EarnError::DocumentChanged(record.document.document_id.clone()),
+            ),
+            Received::Before(stored) => {
+                Ok((self.process_record(&caller.tenant, stored).await?, true))
             }
-            Some(_) => true,
-            None => false,
-        };
-        Ok((self.process(&caller.tenant, &id).await?, replayed))
+        }
     }
 
     /// Decides a stored document if it is due; returns where it stands. Safe to run from several
@@ -185,20 +193,35 @@ impl EarnService {
         document_id: &str,
     ) -> Result<DocumentRecord, EarnError> {
         let record = self.stored(tenant, document_id).await?;
+        self.process_record(tenant, record).await
+    }
+
+    /// Decides a document read from the store, if it is due.
+    async fn process_record(
+        &self,
+        tenant: &TenantId,
+        record: DocumentRecord,
+    ) -> Result<DocumentRecord, EarnError> {
         if record.status.is_final() || record.earn_after.is_some_and(|at| at > self.clock.now()) {
             return Ok(record);
         }
-        let completion = match record.document.kind {
-            DocumentKind::Invoice => self.decide_invoice(tenant, &record).await?,
-            DocumentKind::Correction => self.decide_correction(tenant, &record).await?,
-        };
-        match self
-            .documents
-            .complete(tenant, document_id, &completion)
-            .await
-        {
-            Ok(()) | Err(RepoError::Conflict(_)) => self.stored(tenant, document_id).await,
+        let completion = self.decide(tenant, &record).await?;
+        match self.documents.complete(tenant, &record, &completion).await {
+            Ok(completed) => Ok(completed),
+            Err(RepoError::Conflict(_)) => self.stored(tenant, &record.document.document_id).await,
             Err(other) => Err(other.into()),
+        }
+    }
+
+    /// How a document ends now (or what it waits for).
+    async fn decide(
+        &self,
+        tenant: &TenantId,
+        record: &DocumentRecord,
+    ) -> Result<Completion, EarnError> {
+        match record.document.kind {
+            DocumentKind::Invoice => self.decide_invoice(tenant, record).await,
+            DocumentKind::Correction => self.decide_correction(tenant, record).await,
         }
     }
 
@@ -296,21 +319,22 @@ impl EarnService {
         if !client.has_account {
             return Ok(not_earning(NonEarningReason::NoAccount));
         }
-        if !self
-            .agreements
-            .eligible_under(tenant, &settings, &client.client_id, d.sale_date)
-            .await?
-        {
-            return Ok(not_earning(NonEarningReason::NoAgreement));
-        }
         let numbers: Vec<String> = d
             .lines
             .iter()
             .filter_map(|l| l.order_number.clone())
             .collect();
-        let orders = self.catalog.orders(tenant, &numbers).await?;
         let ids: Vec<String> = d.lines.iter().map(|l| l.product_id.clone()).collect();
-        let (facts, book) = self.pricing.book(tenant, &client, &ids).await?;
+        // Independent reads, in parallel: the latency of one call is the longest of them.
+        let (eligible, orders, (facts, book)) = tokio::try_join!(
+            self.agreements
+                .eligible_under(tenant, &settings, &client.client_id, d.sale_date),
+            self.catalog.orders(tenant, &numbers),
+            self.pricing.book(tenant, &client, &ids),
+        )?;
+        if !eligible {
+            return Ok(not_earning(NonEarningReason::NoAgreement));
+        }
         let lines: Vec<LineInput> = d
             .lines
             .iter()

@@ -40,25 +40,30 @@ impl Pricing {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut facts = self.catalog.product_facts(tenant, &unique).await?;
-        for id in &unique {
-            facts.entry(id.clone()).or_insert_with(|| ProductFacts {
-                product_id: id.clone(),
-                ..ProductFacts::default()
-            });
-        }
-        let targets: Vec<RuleTarget> = facts
-            .values()
-            .flat_map(ProductFacts::targets)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let rules = self.rules.published_rules_for(tenant, &targets).await?;
-        let base_points = self.rules.base_points(tenant, &unique).await?;
-        let segment_rates = self
-            .rules
-            .segment_rates(tenant, Some(client.segment_ids.clone()))
-            .await?;
+        let facts_and_rules = async {
+            let mut facts = self.catalog.product_facts(tenant, &unique).await?;
+            for id in &unique {
+                facts.entry(id.clone()).or_insert_with(|| ProductFacts {
+                    product_id: id.clone(),
+                    ..ProductFacts::default()
+                });
+            }
+            let targets: Vec<RuleTarget> = facts
+                .values()
+                .flat_map(ProductFacts::targets)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let rules = self.rules.published_rules_for(tenant, &targets).await?;
+            Ok::<_, RepoError>((facts, rules))
+        };
+        // The rules depend on the products' facts; the rest is read alongside.
+        let ((facts, rules), base_points, segment_rates) = tokio::try_join!(
+            facts_and_rules,
+            self.rules.base_points(tenant, &unique),
+            self.rules
+                .segment_rates(tenant, Some(client.segment_ids.clone())),
+        )?;
         let book = PricingBook {
             rules: RuleIndex::new(rules),
             base_points,

@@ -15,6 +15,7 @@ use crate::domain::access::Caller;
 use crate::domain::calendar::day_of;
 use crate::domain::clock::Clock;
 use crate::domain::coupons::{Coupon, CouponType, OfferView};
+use crate::domain::directory::ClientRecord;
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::ledger::{EventType, LotTerms, NewLedgerEvent};
 use crate::domain::redemption::{
@@ -126,7 +127,12 @@ impl RedeemService {
         after: Option<String>,
         page_size: u64,
     ) -> Result<Offers, RedeemError> {
-        let segments = self.client_segments(caller, client_id).await?;
+        let segments: BTreeSet<String> = self
+            .client(caller, client_id)
+            .await?
+            .segment_ids
+            .into_iter()
+            .collect();
         let settings = self.deps.settings.current(&caller.tenant).await?;
         let day = day.unwrap_or_else(|| day_of(settings.time_zone, self.deps.clock.now()));
         let available = self.available(caller, client_id).await?;
@@ -174,33 +180,31 @@ impl RedeemService {
         key: &RequestKey,
         request: &RedeemRequest,
     ) -> Result<Redemption, RedeemError> {
-        if let Some(id) = self.prior(caller, key, REDEEM).await? {
+        // Read side by side (one call's latency is the longest read), then judged in order: a
+        // retry answers first, whatever changed since.
+        let (prior, client, user, coupon) = tokio::join!(
+            self.prior(caller, key, REDEEM),
+            self.client(caller, &request.client_id),
+            self.check_user(caller, request.user_id.as_deref(), &request.client_id),
+            self.deps.coupons.get(&caller.tenant, &request.coupon_id),
+        );
+        if let Some(id) = prior? {
             return self.redemption(caller, &id).await;
         }
         let mut found = required(&request.client_id, "client_id");
         found.extend(required(&request.coupon_id, "coupon_id"));
         Invalid::check(found)?;
-        let segments = self.client_segments(caller, &request.client_id).await?;
-        self.check_user(caller, request.user_id.as_deref(), &request.client_id)
-            .await?;
-        let coupon = self
-            .deps
-            .coupons
-            .get(&caller.tenant, &request.coupon_id)
-            .await?
+        let client = client?;
+        user?;
+        let coupon = coupon?
             .ok_or_else(|| RedeemError::NotFound(format!("coupon {}", request.coupon_id)))?;
         let settings = self.deps.settings.current(&caller.tenant).await?;
         let now = self.deps.clock.now();
+        let segments: BTreeSet<String> = client.segment_ids.into_iter().collect();
         coupon
             .redeemable_on(day_of(settings.time_zone, now), &segments)
             .map_err(|refusal| RedeemError::Refused(refusal.to_string()))?;
-        let client_name = self
-            .deps
-            .directory
-            .client(&caller.tenant, &request.client_id)
-            .await?
-            .map(|c| c.name)
-            .unwrap_or_default();
+        let client_name = client.name;
         let record = IdempotencyRecord {
             request_id: key.request_id.clone(),
             operation: REDEEM.into(),
@@ -493,7 +497,7 @@ impl RedeemService {
             ));
         }
         Invalid::check(found)?;
-        self.client_segments(caller, &request.client_id).await?;
+        self.client(caller, &request.client_id).await?;
         self.check_user(caller, request.user_id.as_deref(), &request.client_id)
             .await?;
         let now = self.deps.clock.now();
@@ -705,19 +709,13 @@ impl RedeemService {
             .map_or(Decimal::ZERO, |b| b.available))
     }
 
-    /// The client's segments; `NotFound` for an unknown client.
-    async fn client_segments(
-        &self,
-        caller: &Caller,
-        client_id: &str,
-    ) -> Result<BTreeSet<String>, RedeemError> {
-        let client = self
-            .deps
+    /// The client; `NotFound` for an unknown client.
+    async fn client(&self, caller: &Caller, client_id: &str) -> Result<ClientRecord, RedeemError> {
+        self.deps
             .directory
             .client(&caller.tenant, client_id)
             .await?
-            .ok_or_else(|| RedeemError::NotFound(format!("client {client_id}")))?;
-        Ok(client.segment_ids.into_iter().collect())
+            .ok_or_else(|| RedeemError::NotFound(format!("client {client_id}")))
     }
 
     /// A named user must be an active user of the client.
