@@ -80,23 +80,6 @@ impl RedemptionRepository for SeaRedemptionRepository {
                 )));
             }
         }
-        // The count is what the catalogue shows; with a stock, it is also the guard.
-        let mut count = coupons::Entity::update_many()
-            .col_expr(
-                coupons::Column::RedeemedCount,
-                Expr::col(coupons::Column::RedeemedCount).add(1),
-            )
-            .filter(coupons::Column::TenantId.eq(tenant.as_str()))
-            .filter(coupons::Column::CouponId.eq(r.coupon_id.as_str()));
-        if let Some(stock) = plan.stock {
-            count = count.filter(coupons::Column::RedeemedCount.lt(i64::from(stock)));
-        }
-        if count.exec(&txn).await.map_err(classify)?.rows_affected != 1 {
-            return Err(RepoError::Precondition(format!(
-                "coupon {} is out of stock",
-                r.coupon_id
-            )));
-        }
         let spent = append_locked(&txn, tenant, &plan.use_event, &locked, now).await?;
         let mut stored = r.clone();
         stored.use_event_id = Some(spent.event_id);
@@ -126,6 +109,24 @@ impl RedemptionRepository for SeaRedemptionRepository {
             .exec(&txn)
             .await
             .map_err(classify)?;
+        // The count is what the catalogue shows; with a stock, it is also the guard. Last, so that
+        // the coupon's row, which every redemption of it updates, is locked only until the commit.
+        let mut count = coupons::Entity::update_many()
+            .col_expr(
+                coupons::Column::RedeemedCount,
+                Expr::col(coupons::Column::RedeemedCount).add(1),
+            )
+            .filter(coupons::Column::TenantId.eq(tenant.as_str()))
+            .filter(coupons::Column::CouponId.eq(r.coupon_id.as_str()));
+        if let Some(stock) = plan.stock {
+            count = count.filter(coupons::Column::RedeemedCount.lt(i64::from(stock)));
+        }
+        if count.exec(&txn).await.map_err(classify)?.rows_affected != 1 {
+            return Err(RepoError::Precondition(format!(
+                "coupon {} is out of stock",
+                r.coupon_id
+            )));
+        }
         txn.commit().await.map_err(classify)?;
         Ok(stored)
     }

@@ -100,7 +100,21 @@ impl LedgerService {
         window_days: Option<u32>,
     ) -> Result<BalanceView, LedgerError> {
         let settings = self.settings.current(&caller.tenant).await?;
-        let balance = if let Some(balance) = self.repo.balance(&caller.tenant, client_id).await? {
+        let window = window_days
+            .filter(|d| *d > 0)
+            .unwrap_or(settings.expiring_window_days)
+            .min(3_660);
+        let expiring = async {
+            if settings.expiry_months == 0 {
+                return Ok(Decimal::ZERO);
+            }
+            let until = self.clock.now() + Duration::days(i64::from(window));
+            self.repo.expiring(&caller.tenant, client_id, until).await
+        };
+        // Read side by side: the latency of a balance read is one round trip.
+        let (stored, expiring) =
+            tokio::try_join!(self.repo.balance(&caller.tenant, client_id), expiring)?;
+        let balance = if let Some(balance) = stored {
             balance
         } else {
             self.known_client(caller, client_id).await?;
@@ -113,16 +127,6 @@ impl LedgerService {
                 last_event_id: None,
                 updated_at: self.clock.now(),
             }
-        };
-        let window = window_days
-            .filter(|d| *d > 0)
-            .unwrap_or(settings.expiring_window_days)
-            .min(3_660);
-        let expiring = if settings.expiry_months == 0 {
-            Decimal::ZERO
-        } else {
-            let until = self.clock.now() + Duration::days(i64::from(window));
-            self.repo.expiring(&caller.tenant, client_id, until).await?
         };
         Ok(BalanceView {
             balance,
