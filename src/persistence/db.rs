@@ -53,6 +53,9 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
         .min_connections(1)
         .connect_timeout(Duration::from_millis(settings.connect_timeout_ms))
         .acquire_timeout(Duration::from_millis(settings.connect_timeout_ms))
+        // A ping before each use is one more round trip per statement: only a connection idle
+        // for a second is pinged (one the database may have dropped meanwhile, as in a restart).
+        .test_before_acquire_if_idle_for(Duration::from_secs(1))
         .sqlx_logging(false);
     if let Some(schema) = &settings.schema {
         options.set_schema_search_path(schema.clone());
