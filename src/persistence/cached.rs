@@ -3,6 +3,7 @@
 //! a balance read (docs/PERFORMANCE.md). A change made through this process clears its cache at
 //! once; one made by another replica is seen within the time-to-live.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -36,7 +37,10 @@ impl<K: Eq + Hash, V: Clone> TtlCache<K, V> {
         }
     }
 
-    fn get(&self, key: &K) -> Option<V> {
+    fn get<Q: Eq + Hash + ?Sized>(&self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+    {
         let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         entries
             .get(key)
@@ -93,13 +97,12 @@ impl AccessRepository for CachedAccessRepository {
     }
 
     async fn find_key_by_hash(&self, key_hash: &str) -> Result<Option<ApiKeyRecord>, RepoError> {
-        let key_hash = key_hash.to_owned();
-        if let Some(found) = self.keys.get(&key_hash) {
+        if let Some(found) = self.keys.get(key_hash) {
             return Ok(Some(found));
         }
-        let found = self.inner.find_key_by_hash(&key_hash).await?;
+        let found = self.inner.find_key_by_hash(key_hash).await?;
         if let Some(record) = &found {
-            self.keys.put(key_hash, record.clone());
+            self.keys.put(key_hash.to_owned(), record.clone());
         }
         Ok(found)
     }

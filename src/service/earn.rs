@@ -550,3 +550,102 @@ fn check_items(items: &[PreviewItem]) -> Result<(), Invalid> {
     }
     Invalid::check(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::clock::FixedClock;
+    use crate::domain::documents::DocumentLine;
+    use crate::persistence::{
+        MockAgreementRepository, MockCatalogRepository, MockDirectoryRepository,
+        MockDocumentRepository, MockIdempotencyRepository, MockLedgerRepository,
+        MockRulesRepository, MockSettingsRepository,
+    };
+
+    fn invoice() -> Document {
+        Document {
+            document_id: "D1".into(),
+            number: "FV/1".into(),
+            kind: DocumentKind::Invoice,
+            client_id: "org:acme".into(),
+            sale_date: NaiveDate::from_ymd_opt(2026, 3, 1).expect("day"),
+            customer_purchase_numbers: vec![],
+            lines: vec![DocumentLine {
+                line_no: 1,
+                product_id: "P1".into(),
+                quantity: Decimal::ONE,
+                order_number: None,
+                corrected_line_no: None,
+            }],
+            correction_type: None,
+            corrected_document_id: None,
+            offline: false,
+            issued_at: None,
+        }
+    }
+
+    /// An earn service whose directory fails and whose store records what it was given.
+    fn service(documents: MockDocumentRepository) -> EarnService {
+        let settings: Arc<dyn SettingsRepository> = Arc::new({
+            let mut settings = MockSettingsRepository::new();
+            settings
+                .expect_current()
+                .returning(|_| Ok(TenantSettings::default()));
+            settings
+        });
+        let directory: Arc<dyn DirectoryRepository> = Arc::new({
+            let mut directory = MockDirectoryRepository::new();
+            directory
+                .expect_client()
+                .returning(|_, _| Err(RepoError::Unavailable("connection refused".into())));
+            directory
+        });
+        let catalog: Arc<dyn CatalogRepository> = Arc::new(MockCatalogRepository::new());
+        let clock: Arc<dyn Clock> = Arc::new(FixedClock::new(
+            chrono::DateTime::parse_from_rfc3339("2026-03-05T12:00:00Z")
+                .expect("instant")
+                .to_utc(),
+        ));
+        EarnService::new(EarnDependencies {
+            pricing: Pricing::new(Arc::clone(&catalog), Arc::new(MockRulesRepository::new())),
+            documents: Arc::new(documents),
+            catalog,
+            ledger: Arc::new(MockLedgerRepository::new()),
+            agreements: Arc::new(AgreementService::new(
+                Arc::new(MockAgreementRepository::new()),
+                Arc::clone(&directory),
+                Arc::clone(&settings),
+                Arc::new(MockIdempotencyRepository::new()),
+                Arc::clone(&clock),
+            )),
+            directory,
+            settings,
+            clock,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_decision_that_fails_leaves_the_document_stored_as_received_and_reports_why() {
+        let mut documents = MockDocumentRepository::new();
+        documents
+            .expect_receive()
+            .withf(|_, record, decision| {
+                decision.is_none() && record.status == DocumentStatus::Received
+            })
+            .times(1)
+            .returning(|_, record, _| Ok(Received::Stored(record.clone())));
+        let caller = Caller {
+            tenant: TenantId::parse("acme").expect("tenant"),
+            key_id: "k1".into(),
+            roles: vec!["admin".into()],
+            acting_for: None,
+        };
+        let outcome = service(documents)
+            .receive(&caller, "r1", invoice(), DocumentSource::Api)
+            .await;
+        assert!(
+            matches!(outcome, Err(EarnError::Repo(RepoError::Unavailable(_)))),
+            "{outcome:?}"
+        );
+    }
+}
