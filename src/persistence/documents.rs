@@ -17,6 +17,7 @@ use super::entities::{document_lines, documents};
 use super::error::{RepoError, classify};
 use super::event_lines::insert_lines;
 use super::ledger::append_in;
+use super::one_statement;
 use crate::domain::clock::Clock;
 use crate::domain::documents::{
     CorrectionType, Document, DocumentKind, DocumentLine, DocumentRecord, DocumentSource,
@@ -78,6 +79,14 @@ impl SeaDocumentRepository {
     pub fn new(db: DatabaseConnection, clock: std::sync::Arc<dyn Clock>) -> Self {
         Self { db, clock }
     }
+
+    /// A document whose id was found stored when receiving it.
+    async fn stored_before(&self, tenant: &TenantId, id: &str) -> Result<Received, RepoError> {
+        self.find(tenant, id)
+            .await?
+            .map(Received::Before)
+            .ok_or_else(|| RepoError::Conflict(format!("document {id} vanished")))
+    }
 }
 
 fn units(value: Decimal) -> Result<i64, RepoError> {
@@ -98,16 +107,29 @@ impl DocumentRepository for SeaDocumentRepository {
             None => record.clone(),
         };
         let id = &record.document.document_id;
+        if let Some((event, lines)) = decision.and_then(|d| d.event.as_ref())
+            && one_statement::fits(&self.db, event)
+        {
+            return match one_statement::receive_earning(
+                &self.db, tenant, &stored, event, lines, now,
+            )
+            .await
+            {
+                Ok(Some(event_id)) => Ok(Received::Stored(DocumentRecord {
+                    event_id: Some(event_id),
+                    ..stored
+                })),
+                // Stored before, or by a concurrent delivery that committed first.
+                Ok(None) | Err(RepoError::Conflict(_)) => self.stored_before(tenant, id).await,
+                Err(other) => Err(other),
+            };
+        }
         let txn = crate::persistence::db::begin_write(&self.db).await?;
         // The document row first, as `complete` does: of concurrent deliveries one inserts it,
         // and the others wait here for its commit without holding the client's balance row.
         if !receive_in(&txn, tenant, &stored).await? {
             drop(txn);
-            return self
-                .find(tenant, id)
-                .await?
-                .map(Received::Before)
-                .ok_or_else(|| RepoError::Conflict(format!("document {id} vanished")));
+            return self.stored_before(tenant, id).await;
         }
         let event_id = match decision.and_then(|d| d.event.as_ref()) {
             Some((event, lines)) => {
@@ -300,8 +322,31 @@ pub(crate) async fn receive_in(
     tenant: &TenantId,
     record: &DocumentRecord,
 ) -> Result<bool, RepoError> {
+    let inserted = documents::Entity::insert(document_row(tenant, record)?)
+        .on_conflict_do_nothing_on([documents::Column::TenantId, documents::Column::DocumentId])
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    if matches!(inserted, sea_orm::TryInsertResult::Conflicted) {
+        return Ok(false);
+    }
+    let lines = line_rows(tenant, &record.document)?;
+    for chunk in lines.chunks(CHUNK) {
+        document_lines::Entity::insert_many(chunk.to_vec())
+            .exec(conn)
+            .await
+            .map_err(classify)?;
+    }
+    Ok(true)
+}
+
+/// The row of a document as the record stands.
+pub(crate) fn document_row(
+    tenant: &TenantId,
+    record: &DocumentRecord,
+) -> Result<documents::ActiveModel, RepoError> {
     let d = &record.document;
-    let row = documents::ActiveModel {
+    Ok(documents::ActiveModel {
         tenant_id: Set(tenant.as_str().to_owned()),
         document_id: Set(d.document_id.clone()),
         number: Set(d.number.clone()),
@@ -323,35 +368,27 @@ pub(crate) async fn receive_in(
         attempts: Set(0),
         received_at: Set(record.received_at.fixed_offset()),
         processed_at: Set(record.processed_at.map(|t| t.fixed_offset())),
-    };
-    let inserted = documents::Entity::insert(row)
-        .on_conflict_do_nothing_on([documents::Column::TenantId, documents::Column::DocumentId])
-        .exec(conn)
-        .await
-        .map_err(classify)?;
-    if matches!(inserted, sea_orm::TryInsertResult::Conflicted) {
-        return Ok(false);
-    }
-    for chunk in d.lines.chunks(CHUNK) {
-        let rows = chunk
-            .iter()
-            .map(|l| {
-                Ok(document_lines::ActiveModel {
-                    tenant_id: Set(tenant.as_str().to_owned()),
-                    document_id: Set(d.document_id.clone()),
-                    line_no: Set(i32::try_from(l.line_no)
-                        .map_err(|_| RepoError::Other("line number out of range".into()))?),
-                    product_id: Set(l.product_id.clone()),
-                    quantity: Set(units(l.quantity)?),
-                    order_number: Set(l.order_number.clone()),
-                    corrected_line_no: Set(l.corrected_line_no.and_then(|n| i32::try_from(n).ok())),
-                })
+    })
+}
+
+/// The rows of a document's lines.
+pub(crate) fn line_rows(
+    tenant: &TenantId,
+    d: &Document,
+) -> Result<Vec<document_lines::ActiveModel>, RepoError> {
+    d.lines
+        .iter()
+        .map(|l| {
+            Ok(document_lines::ActiveModel {
+                tenant_id: Set(tenant.as_str().to_owned()),
+                document_id: Set(d.document_id.clone()),
+                line_no: Set(i32::try_from(l.line_no)
+                    .map_err(|_| RepoError::Other("line number out of range".into()))?),
+                product_id: Set(l.product_id.clone()),
+                quantity: Set(units(l.quantity)?),
+                order_number: Set(l.order_number.clone()),
+                corrected_line_no: Set(l.corrected_line_no.and_then(|n| i32::try_from(n).ok())),
             })
-            .collect::<Result<Vec<_>, RepoError>>()?;
-        document_lines::Entity::insert_many(rows)
-            .exec(conn)
-            .await
-            .map_err(classify)?;
-    }
-    Ok(true)
+        })
+        .collect()
 }

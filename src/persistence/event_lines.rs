@@ -57,7 +57,7 @@ pub(crate) async fn read_lines(
     rows.iter().map(from_row).collect()
 }
 
-fn row(
+pub(crate) fn row(
     tenant: &TenantId,
     event_id: i64,
     l: &LineCalculation,

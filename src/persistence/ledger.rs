@@ -345,11 +345,7 @@ pub(crate) async fn append_locked(
     let points = units(event.points)?;
     let from_reserved = spend_source(event, points, locked.available)?;
     // Points that enter (a locked earn) or leave (taken from a locked lot) the locked part.
-    let mut into_locked = if event.lot.is_some_and(|l| l.locked()) && points > 0 {
-        points
-    } else {
-        0
-    };
+    let mut into_locked = entering_locked(event, points);
     match take_from_lot(conn, tenant, event, points, locked.available).await? {
         Some(taken_from_locked) => into_locked = -taken_from_locked,
         None if points < 0 => {
@@ -358,26 +354,7 @@ pub(crate) async fn append_locked(
         None => {}
     }
     let balance_after = locked.total + points;
-    let row = ledger_events::ActiveModel {
-        event_id: NotSet,
-        tenant_id: Set(tenant.as_str().to_owned()),
-        client_id: Set(event.client_id.clone()),
-        event_type: Set(event.event_type.as_str().to_owned()),
-        points: Set(points),
-        balance_after: Set(balance_after),
-        occurred_at: Set(event.occurred_at.fixed_offset()),
-        recorded_at: Set(now.fixed_offset()),
-        document_id: Set(event.document_id.clone()),
-        redemption_id: Set(event.redemption_id.clone()),
-        reservation_id: Set(event.reservation_id.clone()),
-        related_event_id: Set(event.related_event_id),
-        request_id: Set(event.request_id.clone()),
-        reason_code: Set(event.reason_code.clone()),
-        reason: Set(event.reason.clone()),
-        actor_key_id: Set(event.actor_key_id.clone()),
-        actor_user_id: Set(event.actor_user_id.clone()),
-        stacking_mode: Set(event.stacking_mode.map(|m| m.as_str().to_owned())),
-    };
+    let row = event_row(tenant, event, points, balance_after, now);
     let event_id = ledger_events::Entity::insert(row)
         .exec(conn)
         .await
@@ -437,7 +414,65 @@ async fn insert_lot(
     terms: crate::domain::ledger::LotTerms,
     now: DateTime<Utc>,
 ) -> Result<(), RepoError> {
-    let lot = earn_lots::ActiveModel {
+    let lot = lot_row(tenant, client_id, event_id, points, terms, now);
+    earn_lots::Entity::insert(lot)
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// Points of an event that enter the locked part of the balance: a positive event that forms a
+/// locked lot (an earn with a lock period).
+pub(crate) fn entering_locked(event: &NewLedgerEvent, points: i64) -> i64 {
+    if event.lot.is_some_and(|l| l.locked()) && points > 0 {
+        points
+    } else {
+        0
+    }
+}
+
+/// The row of an event (`points` in minor units) with the running balance after it; its id is
+/// the database's to give.
+pub(crate) fn event_row(
+    tenant: &TenantId,
+    event: &NewLedgerEvent,
+    points: i64,
+    balance_after: i64,
+    now: DateTime<Utc>,
+) -> ledger_events::ActiveModel {
+    ledger_events::ActiveModel {
+        event_id: NotSet,
+        tenant_id: Set(tenant.as_str().to_owned()),
+        client_id: Set(event.client_id.clone()),
+        event_type: Set(event.event_type.as_str().to_owned()),
+        points: Set(points),
+        balance_after: Set(balance_after),
+        occurred_at: Set(event.occurred_at.fixed_offset()),
+        recorded_at: Set(now.fixed_offset()),
+        document_id: Set(event.document_id.clone()),
+        redemption_id: Set(event.redemption_id.clone()),
+        reservation_id: Set(event.reservation_id.clone()),
+        related_event_id: Set(event.related_event_id),
+        request_id: Set(event.request_id.clone()),
+        reason_code: Set(event.reason_code.clone()),
+        reason: Set(event.reason.clone()),
+        actor_key_id: Set(event.actor_key_id.clone()),
+        actor_user_id: Set(event.actor_user_id.clone()),
+        stacking_mode: Set(event.stacking_mode.map(|m| m.as_str().to_owned())),
+    }
+}
+
+/// The lot an earn of `points` (minor units) forms under `terms`.
+pub(crate) fn lot_row(
+    tenant: &TenantId,
+    client_id: &str,
+    event_id: i64,
+    points: i64,
+    terms: crate::domain::ledger::LotTerms,
+    now: DateTime<Utc>,
+) -> earn_lots::ActiveModel {
+    earn_lots::ActiveModel {
         tenant_id: Set(tenant.as_str().to_owned()),
         event_id: Set(event_id),
         client_id: Set(client_id.to_owned()),
@@ -447,12 +482,7 @@ async fn insert_lot(
         unlocks_at: Set(terms.unlocks_at.map(|t| t.fixed_offset())),
         expires_at: Set(terms.expires_at.map(|t| t.fixed_offset())),
         earned_at: Set(now.fixed_offset()),
-    };
-    earn_lots::Entity::insert(lot)
-        .exec(conn)
-        .await
-        .map_err(classify)?;
-    Ok(())
+    }
 }
 
 /// Checks a spend against the locked balance row's `available` points: a Use must be covered

@@ -21,6 +21,7 @@ pub mod error;
 pub mod event_lines;
 pub mod idempotency;
 pub mod ledger;
+pub mod one_statement;
 pub mod redemptions;
 pub mod reservations;
 pub mod rules;
@@ -325,6 +326,13 @@ pub trait RulesRepository: Send + Sync {
         tenant: &TenantId,
         segment_ids: Option<Vec<String>>,
     ) -> Result<HashMap<String, EffectiveDated>, RepoError>;
+    /// The segments a client belongs to, with the rates of those that have any, read together
+    /// (one snapshot), without reading the client first.
+    async fn client_segment_rates(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+    ) -> Result<(Vec<String>, HashMap<String, EffectiveDated>), RepoError>;
 }
 
 /// The catalogue and the orders, as synchronized from ONe.

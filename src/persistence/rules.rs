@@ -14,7 +14,8 @@ use sea_orm::{
 
 use super::RulesRepository;
 use super::entities::{
-    base_points, multiplier_rule_segments, multiplier_rule_targets, multiplier_rules, segment_rates,
+    base_points, client_segments, multiplier_rule_segments, multiplier_rule_targets,
+    multiplier_rules, segment_rates,
 };
 use super::error::{RepoError, classify};
 use super::idempotency::insert_record;
@@ -434,6 +435,47 @@ impl RulesRepository for SeaRulesRepository {
             rows.into_iter()
                 .map(|r| (r.segment_id, r.effective_from, r.rate)),
         ))
+    }
+
+    async fn client_segment_rates(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+    ) -> Result<(Vec<String>, HashMap<String, EffectiveDated>), RepoError> {
+        use sea_orm::sea_query::{ExprTrait, Query};
+        let member = |c: client_segments::Column| Expr::col((client_segments::Entity, c));
+        let rate = |c: segment_rates::Column| Expr::col((segment_rates::Entity, c));
+        let query = Query::select()
+            .expr(member(client_segments::Column::SegmentId))
+            .expr(rate(segment_rates::Column::EffectiveFrom))
+            .expr(rate(segment_rates::Column::Rate))
+            .from(client_segments::Entity)
+            .left_join(
+                segment_rates::Entity,
+                rate(segment_rates::Column::TenantId)
+                    .equals((client_segments::Entity, client_segments::Column::TenantId))
+                    .and(
+                        rate(segment_rates::Column::SegmentId)
+                            .equals((client_segments::Entity, client_segments::Column::SegmentId)),
+                    ),
+            )
+            .and_where(member(client_segments::Column::TenantId).eq(tenant.as_str()))
+            .and_where(member(client_segments::Column::ClientId).eq(client_id))
+            .to_owned();
+        let mut segments = Vec::new();
+        let mut rates = Vec::new();
+        for row in self.db.query_all(&query).await.map_err(classify)? {
+            let segment: String = row.try_get_by_index(0).map_err(classify)?;
+            let from: Option<NaiveDate> = row.try_get_by_index(1).map_err(classify)?;
+            let units: Option<i64> = row.try_get_by_index(2).map_err(classify)?;
+            if let (Some(from), Some(units)) = (from, units) {
+                rates.push((segment.clone(), from, units));
+            }
+            if !segments.contains(&segment) {
+                segments.push(segment);
+            }
+        }
+        Ok((segments, group_dated(rates.into_iter())))
     }
 }
 

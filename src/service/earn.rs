@@ -25,7 +25,7 @@ use crate::domain::tenant::TenantId;
 use crate::domain::validation::{FieldViolation, Invalid};
 use crate::persistence::documents::{Completion, Received};
 use crate::persistence::{CatalogRepository, DocumentRepository, LedgerRepository};
-use crate::persistence::{DirectoryRepository, RepoError, SettingsRepository};
+use crate::persistence::{RepoError, SettingsRepository};
 use crate::service::agreements::AgreementService;
 use crate::service::pricing::Pricing;
 
@@ -74,7 +74,6 @@ pub struct EarnDependencies {
     pub catalog: Arc<dyn CatalogRepository>,
     pub ledger: Arc<dyn LedgerRepository>,
     pub agreements: Arc<AgreementService>,
-    pub directory: Arc<dyn DirectoryRepository>,
     pub settings: Arc<dyn SettingsRepository>,
     pub clock: Arc<dyn Clock>,
 }
@@ -96,7 +95,6 @@ pub struct EarnService {
     catalog: Arc<dyn CatalogRepository>,
     ledger: Arc<dyn LedgerRepository>,
     agreements: Arc<AgreementService>,
-    directory: Arc<dyn DirectoryRepository>,
     settings: Arc<dyn SettingsRepository>,
     clock: Arc<dyn Clock>,
 }
@@ -109,7 +107,6 @@ impl EarnService {
             catalog,
             ledger,
             agreements,
-            directory,
             settings,
             clock,
         } = deps;
@@ -119,7 +116,6 @@ impl EarnService {
             catalog,
             ledger,
             agreements,
-            directory,
             settings,
             clock,
         }
@@ -310,7 +306,21 @@ impl EarnService {
         if d.client_id.starts_with("ind:") {
             return Ok(not_earning(NonEarningReason::IndividualClient));
         }
-        let Some(client) = self.directory.client(tenant, &d.client_id).await? else {
+        let numbers: Vec<String> = d
+            .lines
+            .iter()
+            .filter_map(|l| l.order_number.clone())
+            .collect();
+        let ids: Vec<String> = d.lines.iter().map(|l| l.product_id.clone()).collect();
+        // Independent reads, in parallel: the latency of one call is the longest of them. They
+        // are judged in order (the client, its account, its agreement) once all are in.
+        let (priced, eligible, orders) = tokio::try_join!(
+            self.pricing.book(tenant, &d.client_id, &ids),
+            self.agreements
+                .eligible_under(tenant, &settings, &d.client_id, d.sale_date),
+            self.catalog.orders(tenant, &numbers),
+        )?;
+        let Some((client, facts, book)) = priced else {
             return Ok(waiting(
                 DocumentStatus::WaitingForData,
                 now + RETRY_WAITING_AFTER,
@@ -319,19 +329,6 @@ impl EarnService {
         if !client.has_account {
             return Ok(not_earning(NonEarningReason::NoAccount));
         }
-        let numbers: Vec<String> = d
-            .lines
-            .iter()
-            .filter_map(|l| l.order_number.clone())
-            .collect();
-        let ids: Vec<String> = d.lines.iter().map(|l| l.product_id.clone()).collect();
-        // Independent reads, in parallel: the latency of one call is the longest of them.
-        let (eligible, orders, (facts, book)) = tokio::try_join!(
-            self.agreements
-                .eligible_under(tenant, &settings, &client.client_id, d.sale_date),
-            self.catalog.orders(tenant, &numbers),
-            self.pricing.book(tenant, &client, &ids),
-        )?;
         if !eligible {
             return Ok(not_earning(NonEarningReason::NoAgreement));
         }
@@ -461,15 +458,14 @@ impl EarnService {
         items: &[PreviewItem],
     ) -> Result<Preview, EarnError> {
         check_items(items)?;
-        let client = self
-            .directory
-            .client(&caller.tenant, client_id)
-            .await?
-            .ok_or_else(|| EarnError::NotFound(format!("client {client_id}")))?;
         let settings = self.settings.current(&caller.tenant).await?;
         let day = day.unwrap_or_else(|| day_of(settings.time_zone, self.clock.now()));
         let ids: Vec<String> = items.iter().map(|i| i.product_id.clone()).collect();
-        let (facts, book) = self.pricing.book(&caller.tenant, &client, &ids).await?;
+        let (_, facts, book) = self
+            .pricing
+            .book(&caller.tenant, client_id, &ids)
+            .await?
+            .ok_or_else(|| EarnError::NotFound(format!("client {client_id}")))?;
         let lines: Vec<LineInput> = items
             .iter()
             .zip(1_u32..)
@@ -554,12 +550,14 @@ fn check_items(items: &[PreviewItem]) -> Result<(), Invalid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
+
     use crate::domain::clock::FixedClock;
     use crate::domain::documents::DocumentLine;
     use crate::persistence::{
-        MockAgreementRepository, MockCatalogRepository, MockDirectoryRepository,
-        MockDocumentRepository, MockIdempotencyRepository, MockLedgerRepository,
-        MockRulesRepository, MockSettingsRepository,
+        DirectoryRepository, MockAgreementRepository, MockCatalogRepository,
+        MockDirectoryRepository, MockDocumentRepository, MockIdempotencyRepository,
+        MockLedgerRepository, MockRulesRepository, MockSettingsRepository,
     };
 
     fn invoice() -> Document {
@@ -600,25 +598,54 @@ mod tests {
                 .returning(|_, _| Err(RepoError::Unavailable("connection refused".into())));
             directory
         });
-        let catalog: Arc<dyn CatalogRepository> = Arc::new(MockCatalogRepository::new());
+        // Everything else an earn reads starts alongside the client and answers.
+        let catalog: Arc<dyn CatalogRepository> = Arc::new({
+            let mut catalog = MockCatalogRepository::new();
+            catalog
+                .expect_product_facts()
+                .returning(|_, _| Ok(HashMap::new()));
+            catalog.expect_orders().returning(|_, _| Ok(HashMap::new()));
+            catalog
+        });
         let clock: Arc<dyn Clock> = Arc::new(FixedClock::new(
             chrono::DateTime::parse_from_rfc3339("2026-03-05T12:00:00Z")
                 .expect("instant")
                 .to_utc(),
         ));
         EarnService::new(EarnDependencies {
-            pricing: Pricing::new(Arc::clone(&catalog), Arc::new(MockRulesRepository::new())),
+            pricing: Pricing::new(
+                Arc::clone(&directory),
+                Arc::clone(&catalog),
+                Arc::new({
+                    let mut rules = MockRulesRepository::new();
+                    rules
+                        .expect_client_segment_rates()
+                        .returning(|_, _| Ok((Vec::new(), HashMap::new())));
+                    rules
+                        .expect_base_points()
+                        .returning(|_, _| Ok(HashMap::new()));
+                    rules
+                        .expect_published_rules_for()
+                        .returning(|_, _| Ok(Vec::new()));
+                    rules
+                }),
+            ),
             documents: Arc::new(documents),
             catalog,
             ledger: Arc::new(MockLedgerRepository::new()),
             agreements: Arc::new(AgreementService::new(
-                Arc::new(MockAgreementRepository::new()),
+                Arc::new({
+                    let mut agreements = MockAgreementRepository::new();
+                    agreements
+                        .expect_holds_until()
+                        .returning(|_, _, _, _| Ok(true));
+                    agreements
+                }),
                 Arc::clone(&directory),
                 Arc::clone(&settings),
                 Arc::new(MockIdempotencyRepository::new()),
                 Arc::clone(&clock),
             )),
-            directory,
             settings,
             clock,
         })

@@ -36,6 +36,7 @@ on_both_backends!(TestDb:
     coupon_names_and_redemption_codes_are_unique_per_tenant,
     a_settings_revision_can_be_written_once,
     api_keys_are_found_by_hash_only,
+    a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction,
 );
 
 fn tenant(id: &str) -> TenantId {
@@ -488,5 +489,307 @@ async fn concurrent_penalties_consume_a_lot_without_conflicts(store: &TestDb) {
             .expect("expiring"),
         Decimal::ZERO,
         "the lot is used up"
+    );
+}
+
+/// A decided 2-line invoice `id` for `client`, with its earn (a locked, expiring lot) and the
+/// calculation of its lines.
+fn decided_invoice(
+    id: &str,
+    client: &str,
+    now: chrono::DateTime<Utc>,
+) -> (
+    one_loyalty::domain::documents::DocumentRecord,
+    one_loyalty::persistence::documents::Completion,
+) {
+    use one_loyalty::domain::documents::{
+        Document, DocumentKind, DocumentLine, DocumentRecord, DocumentSource, DocumentStatus,
+    };
+    use one_loyalty::domain::engine::{LineCalculation, RuleEvaluation};
+    use one_loyalty::domain::rules::{Channel, RuleTarget, TargetKind};
+    use one_loyalty::domain::settings::StackingMode;
+    let day = NaiveDate::from_ymd_opt(2026, 3, 1).expect("day");
+    let lines: Vec<DocumentLine> = (1..=2)
+        .map(|n| DocumentLine {
+            line_no: n,
+            product_id: format!("P{n}"),
+            quantity: dec("2.5"),
+            order_number: (n == 2).then(|| "ZAM/1".into()),
+            corrected_line_no: None,
+        })
+        .collect();
+    let record = DocumentRecord {
+        document: Document {
+            document_id: id.into(),
+            number: format!("FV/{id}"),
+            kind: DocumentKind::Invoice,
+            client_id: client.into(),
+            sale_date: day,
+            customer_purchase_numbers: vec!["PO-1".into()],
+            lines,
+            correction_type: None,
+            corrected_document_id: None,
+            offline: false,
+            issued_at: Some(now),
+        },
+        source: DocumentSource::Api,
+        status: DocumentStatus::Received,
+        non_earning_reason: None,
+        points: Decimal::ZERO,
+        event_id: None,
+        received_at: now,
+        processed_at: None,
+        earn_after: Some(now),
+    };
+    let calculation = |n: u32| LineCalculation {
+        line_no: n,
+        product_id: format!("P{n}"),
+        quantity: dec("2.5"),
+        channel: if n == 2 {
+            Channel::Online
+        } else {
+            Channel::Offline
+        },
+        order_number: (n == 2).then(|| "ZAM/1".into()),
+        pricing_date: day,
+        base_points: (n == 1).then(|| dec("10")),
+        rules: vec![RuleEvaluation {
+            rule_id: "R1".into(),
+            rule_version: 3,
+            rule_name: "x2 \"spring\"".into(),
+            factor: dec("2"),
+            applied: n == 1,
+            reason: if n == 1 {
+                String::new()
+            } else {
+                "outside its window".into()
+            },
+            matched_by: RuleTarget {
+                kind: TargetKind::Product,
+                id: format!("P{n}"),
+            },
+        }],
+        stacking_mode: StackingMode::Multiply,
+        multiplier: dec("2"),
+        segment_id: (n == 1).then(|| "gold".into()),
+        segment_rate: dec("1.5"),
+        unrounded_points: dec("75.0000001"),
+        points: if n == 1 { dec("75") } else { dec("0.0001") },
+        note: (n == 2).then(|| "no base points".into()),
+    };
+    let event = NewLedgerEvent {
+        client_id: client.into(),
+        event_type: EventType::Earn,
+        points: dec("75.0001"),
+        occurred_at: now,
+        document_id: Some(id.into()),
+        request_id: None,
+        reason_code: None,
+        reason: Some(format!("invoice FV/{id}")),
+        actor_key_id: None,
+        actor_user_id: None,
+        related_event_id: None,
+        redemption_id: None,
+        reservation_id: None,
+        stacking_mode: Some(StackingMode::Multiply),
+        lot: Some(LotTerms::new(now, 14, 24)),
+    };
+    let completion = one_loyalty::persistence::documents::Completion {
+        status: DocumentStatus::Processed,
+        reason: None,
+        earn_after: None,
+        event: Some((event, vec![calculation(1), calculation(2)])),
+    };
+    (record, completion)
+}
+
+/// On PostgreSQL a pushed invoice and its earn are written in one statement, on SQLite (and for
+/// a document decided later, on both) in a transaction: both must leave the same rows.
+async fn a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction(store: &TestDb) {
+    use one_loyalty::persistence::DocumentRepository;
+    use one_loyalty::persistence::documents::{Received, SeaDocumentRepository};
+    use one_loyalty::persistence::entities::{
+        document_lines, documents, earn_lots, ledger_event_lines, ledger_events,
+    };
+    let repo = SeaDocumentRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let t = tenant("t1");
+    // At microseconds, what both databases keep.
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    // Pushed and decided at once: the one-statement path on PostgreSQL.
+    let (pushed, decision) = decided_invoice("A", "org:a", now);
+    let Received::Stored(a) = repo
+        .receive(&t, &pushed, Some(&decision))
+        .await
+        .expect("receive A")
+    else {
+        panic!("A was new");
+    };
+    // Stored first, decided later: the transaction path.
+    let (waiting, decision) = decided_invoice("B", "org:a", now);
+    repo.receive(&t, &waiting, None).await.expect("receive B");
+    let b = repo
+        .complete(&t, &waiting, &decision)
+        .await
+        .expect("complete B");
+    let (ea, eb) = (a.event_id.expect("A earned"), b.event_id.expect("B earned"));
+    assert!(eb > ea, "events numbered in order: {ea} then {eb}");
+    assert_eq!(repo.find(&t, "A").await.expect("find"), Some(a.clone()));
+
+    let doc = |id: &'static str| {
+        let db = store.db.clone();
+        async move {
+            let mut row = documents::Entity::find_by_id(("t1".to_owned(), id.to_owned()))
+                .one(&db)
+                .await
+                .expect("read")
+                .expect("document");
+            row.document_id = String::new();
+            row.number = String::new();
+            row.event_id = None;
+            row.attempts = 0;
+            row.processed_at = None;
+            row
+        }
+    };
+    assert_eq!(doc("A").await, doc("B").await, "document rows");
+    let lines = |id: &'static str| {
+        let db = store.db.clone();
+        async move {
+            document_lines::Entity::find()
+                .filter(document_lines::Column::DocumentId.eq(id))
+                .all(&db)
+                .await
+                .expect("read")
+                .into_iter()
+                .map(|mut l| {
+                    l.document_id = String::new();
+                    l
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(lines("A").await, lines("B").await, "document lines");
+    assert_eq!(lines("A").await.len(), 2);
+
+    let event = |id: i64| {
+        let db = store.db.clone();
+        async move {
+            let mut row = ledger_events::Entity::find()
+                .filter(ledger_events::Column::EventId.eq(id))
+                .one(&db)
+                .await
+                .expect("read")
+                .expect("event");
+            row.event_id = 0;
+            row.document_id = None;
+            row.reason = None;
+            row.recorded_at = chrono::DateTime::UNIX_EPOCH.fixed_offset();
+            row
+        }
+    };
+    let (row_a, row_b) = (event(ea).await, event(eb).await);
+    assert_eq!(row_a.balance_after, 750_001, "A's running balance");
+    assert_eq!(row_b.balance_after, 1_500_002, "B's running balance");
+    assert_eq!(
+        ledger_events::Model {
+            balance_after: 0,
+            ..row_a
+        },
+        ledger_events::Model {
+            balance_after: 0,
+            ..row_b
+        },
+        "event rows"
+    );
+    let event_lines = |id: i64| {
+        let db = store.db.clone();
+        async move {
+            ledger_event_lines::Entity::find()
+                .filter(ledger_event_lines::Column::EventId.eq(id))
+                .all(&db)
+                .await
+                .expect("read")
+                .into_iter()
+                .map(|mut l| {
+                    l.event_id = 0;
+                    l
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(event_lines(ea).await, event_lines(eb).await, "event lines");
+    let (detail_a, _) = ledger
+        .event_detail(&t, ea)
+        .await
+        .expect("read")
+        .expect("detail");
+    assert_eq!(
+        ledger
+            .event_detail(&t, ea)
+            .await
+            .expect("read")
+            .map(|d| d.1),
+        Some(decision.event.clone().expect("event").1),
+        "the calculation reads back exactly"
+    );
+    assert_eq!(detail_a.event.points, dec("75.0001"));
+    let lot = |id: i64| {
+        let db = store.db.clone();
+        async move {
+            let mut row = earn_lots::Entity::find_by_id(("t1".to_owned(), id))
+                .one(&db)
+                .await
+                .expect("read")
+                .expect("lot");
+            row.event_id = 0;
+            row.earned_at = chrono::DateTime::UNIX_EPOCH.fixed_offset();
+            row
+        }
+    };
+    let (lot_a, lot_b) = (lot(ea).await, lot(eb).await);
+    assert!(lot_a.locked && lot_a.remaining == 750_001, "{lot_a:?}");
+    let terms = LotTerms::new(now, 14, 24);
+    assert_eq!(
+        (lot_a.unlocks_at, lot_a.expires_at),
+        (
+            terms.unlocks_at.map(|t| t.fixed_offset()),
+            terms.expires_at.map(|t| t.fixed_offset())
+        ),
+        "the lot's terms"
+    );
+    assert_eq!(lot_a, lot_b, "lots");
+    let balance = balances::Entity::find_by_id(("t1".to_owned(), "org:a".to_owned()))
+        .one(&store.db)
+        .await
+        .expect("read")
+        .expect("balance");
+    assert_eq!(
+        (
+            balance.total,
+            balance.available,
+            balance.locked,
+            balance.reserved
+        ),
+        (1_500_002, 0, 1_500_002, 0),
+        "both earns locked"
+    );
+    assert_eq!((balance.event_count, balance.last_event_id), (2, Some(eb)));
+    // A redelivery writes nothing and answers with what is stored.
+    let (again, decision) = decided_invoice("A", "org:a", now);
+    let before = repo
+        .receive(&t, &again, Some(&decision))
+        .await
+        .expect("redeliver A");
+    assert_eq!(before, Received::Before(a));
+    let after = ledger
+        .balance(&t, "org:a")
+        .await
+        .expect("read")
+        .expect("balance");
+    assert_eq!(
+        after.total,
+        dec("150.0002"),
+        "the redelivery earned nothing"
     );
 }

@@ -1,0 +1,224 @@
+//! PostgreSQL only: a received invoice with its earn, written in one statement. The transaction
+//! it replaces (the document, its lines, the balance row, the event, the balance, the lot, the
+//! event's lines, the document's event id; `BEGIN` and `COMMIT`) was ten round trips, and an
+//! earn's time was its round trips (docs/PERFORMANCE.md). Data-modifying CTEs make the same writes
+//! one atomic statement: it commits on its own, and a failure anywhere writes nothing.
+//!
+//! The rows are the ones the transaction path builds (`document_row`, `line_rows`, `event_row`,
+//! `lot_row`, the event lines' `row`), sent as JSON objects keyed by column and turned back into
+//! rows of the table's own type by `jsonb_populate_record`, so no column list is written twice.
+//! Only what the statement decides itself is added there: the event id and the running balance.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Iden, Iterable,
+    Statement,
+};
+use serde_json::{Map, Value as Json};
+
+use super::documents::{document_row, line_rows};
+use super::error::{RepoError, classify};
+use super::event_lines::row as event_line_row;
+use super::ledger::{entering_locked, event_row, lot_row};
+use crate::domain::documents::DocumentRecord;
+use crate::domain::engine::LineCalculation;
+use crate::domain::ledger::{EventType, NewLedgerEvent};
+use crate::domain::points::to_minor_units;
+use crate::domain::tenant::TenantId;
+
+/// The earn, in order of the locks it takes: the client's balance row first (created, or locked
+/// by the conflict update), unless the document is stored already; the event's id is drawn only
+/// then, under the lock, so that one client's events are numbered in the order they commit, as
+/// on the transaction path. A concurrent first delivery of the same document waits on that row
+/// and then fails on the document's primary key, which undoes the whole statement.
+const EARN: &str = r"
+WITH bal AS (
+    INSERT INTO balances AS b
+        (tenant_id, client_id, total, available, locked, reserved, last_event_id, event_count,
+         updated_at)
+    SELECT $1, $2, $3, $4, $5, 0, nextval(pg_get_serial_sequence('ledger_events', 'event_id')),
+        1, $6
+    WHERE NOT EXISTS (SELECT 1 FROM documents WHERE tenant_id = $1 AND document_id = $7)
+    ON CONFLICT (tenant_id, client_id) DO UPDATE SET
+        total = b.total + EXCLUDED.total,
+        available = b.available + EXCLUDED.available,
+        locked = b.locked + EXCLUDED.locked,
+        last_event_id = nextval(pg_get_serial_sequence('ledger_events', 'event_id')),
+        event_count = b.event_count + 1,
+        updated_at = EXCLUDED.updated_at
+    RETURNING b.last_event_id AS event_id, b.total AS total
+), event AS (
+    INSERT INTO ledger_events
+    SELECT r.* FROM bal, jsonb_populate_record(NULL::ledger_events,
+        $8::jsonb || jsonb_build_object('event_id', bal.event_id, 'balance_after', bal.total)) r
+), document AS (
+    INSERT INTO documents
+    SELECT r.* FROM bal, jsonb_populate_record(NULL::documents,
+        $9::jsonb || jsonb_build_object('event_id', bal.event_id)) r
+), document_line AS (
+    INSERT INTO document_lines
+    SELECT r.* FROM bal, jsonb_array_elements($10::jsonb) l,
+        jsonb_populate_record(NULL::document_lines, l) r
+), lot AS (
+    INSERT INTO earn_lots
+    SELECT r.* FROM bal, jsonb_array_elements($11::jsonb) l,
+        jsonb_populate_record(NULL::earn_lots, l || jsonb_build_object('event_id', bal.event_id)) r
+), event_line AS (
+    INSERT INTO ledger_event_lines
+    SELECT r.* FROM bal, jsonb_array_elements($12::jsonb) l,
+        jsonb_populate_record(NULL::ledger_event_lines,
+            l || jsonb_build_object('event_id', bal.event_id)) r
+)
+SELECT event_id FROM bal
+";
+
+/// Whether an event can be written by [`receive_earning`]: an earn takes from no lot and spends
+/// nothing, so the balance moves by its points alone.
+pub fn fits(db: &DatabaseConnection, event: &NewLedgerEvent) -> bool {
+    db.get_database_backend() == DbBackend::Postgres
+        && event.event_type == EventType::Earn
+        && event.points.is_sign_positive()
+        && event.related_event_id.is_none()
+        && event.reservation_id.is_none()
+        && event.redemption_id.is_none()
+}
+
+/// Stores a decided document (`stored`: the record as it stands once decided) with its earn
+/// `event` and `lines`. `Some(event id)`: stored now; `None`: the document was stored before and
+/// nothing was written. A concurrent first delivery of the same document is `Conflict`.
+///
+/// # Errors
+/// `Conflict` as above, or the database.
+pub async fn receive_earning(
+    db: &DatabaseConnection,
+    tenant: &TenantId,
+    stored: &DocumentRecord,
+    event: &NewLedgerEvent,
+    lines: &[LineCalculation],
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, RepoError> {
+    let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
+    let into_locked = entering_locked(event, points);
+    // The id and the running balance are the statement's; these placeholders are replaced there.
+    let event_json = json_row(&event_row(tenant, event, points, 0, now))?;
+    let document_json = json_row(&document_row(tenant, stored)?)?;
+    let document_lines = line_rows(tenant, &stored.document)?
+        .iter()
+        .map(json_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let lots = match event.lot.filter(|_| points > 0) {
+        Some(terms) => vec![json_row(&lot_row(
+            tenant,
+            &event.client_id,
+            0,
+            points,
+            terms,
+            now,
+        ))?],
+        None => Vec::new(),
+    };
+    let event_lines = lines
+        .iter()
+        .map(|l| json_row(&event_line_row(tenant, 0, l)?))
+        .collect::<Result<Vec<_>, _>>()?;
+    let values: Vec<sea_orm::Value> = vec![
+        tenant.as_str().into(),
+        event.client_id.as_str().into(),
+        points.into(),
+        (points - into_locked).into(),
+        into_locked.into(),
+        now.fixed_offset().into(),
+        stored.document.document_id.as_str().into(),
+        Json::Object(event_json).to_string().into(),
+        Json::Object(document_json).to_string().into(),
+        Json::Array(document_lines.into_iter().map(Json::Object).collect())
+            .to_string()
+            .into(),
+        Json::Array(lots.into_iter().map(Json::Object).collect())
+            .to_string()
+            .into(),
+        Json::Array(event_lines.into_iter().map(Json::Object).collect())
+            .to_string()
+            .into(),
+    ];
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            EARN,
+            values,
+        ))
+        .await
+        .map_err(classify)?;
+    row.map(|r| r.try_get::<i64>("", "event_id").map_err(classify))
+        .transpose()
+}
+
+/// A row as a JSON object keyed by column name; columns not set are left out.
+fn json_row<A: ActiveModelTrait>(row: &A) -> Result<Map<String, Json>, RepoError> {
+    let mut object = Map::new();
+    for column in <A::Entity as EntityTrait>::Column::iter() {
+        if let Some(value) = row.get(column).into_value() {
+            object.insert(column.to_string(), json_value(value)?);
+        }
+    }
+    Ok(object)
+}
+
+/// A column value as `jsonb_populate_record` reads it back exactly: integers as JSON integers,
+/// days as `YYYY-MM-DD`, instants as RFC 3339 at microseconds (what PostgreSQL keeps, truncated
+/// as the bound parameters of the transaction path are).
+fn json_value(value: sea_orm::Value) -> Result<Json, RepoError> {
+    use sea_orm::Value as V;
+    Ok(match value {
+        V::Bool(v) => v.map_or(Json::Null, Json::Bool),
+        V::Int(v) => v.map_or(Json::Null, Json::from),
+        V::BigInt(v) => v.map_or(Json::Null, Json::from),
+        V::String(v) => v.map_or(Json::Null, Json::String),
+        V::ChronoDate(v) => v.map_or(Json::Null, |d| {
+            Json::String(d.format("%Y-%m-%d").to_string())
+        }),
+        V::ChronoDateTimeWithTimeZone(v) => v.map_or(Json::Null, |t| {
+            Json::String(t.to_utc().to_rfc3339_opts(SecondsFormat::Micros, true))
+        }),
+        other => {
+            return Err(RepoError::Other(format!(
+                "a column of type {other:?} cannot be written in one statement"
+            )));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{NaiveDate, TimeZone};
+
+    #[test]
+    fn values_become_json_that_postgresql_reads_back_exactly() {
+        use sea_orm::Value as V;
+        let instant = Utc
+            .with_ymd_and_hms(2026, 12, 1, 21, 35, 20)
+            .single()
+            .expect("instant")
+            + chrono::Duration::nanoseconds(123_456_789);
+        let cases = [
+            (V::BigInt(Some(9_007_199_254_740_993)), "9007199254740993"),
+            (V::BigInt(None), "null"),
+            (V::Int(Some(-3)), "-3"),
+            (V::Bool(Some(true)), "true"),
+            (V::String(Some("a\"b".into())), r#""a\"b""#),
+            (
+                V::ChronoDate(NaiveDate::from_ymd_opt(2026, 3, 1)),
+                r#""2026-03-01""#,
+            ),
+            (
+                V::ChronoDateTimeWithTimeZone(Some(instant.fixed_offset())),
+                r#""2026-12-01T21:35:20.123456Z""#,
+            ),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(json_value(value).expect("converts").to_string(), expected);
+        }
+        assert!(json_value(V::Double(Some(1.5))).is_err());
+    }
+}
