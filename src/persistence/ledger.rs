@@ -394,7 +394,12 @@ pub(crate) async fn append_locked(
         ));
     }
     if let (Some(terms), true) = (event.lot, points > 0) {
-        insert_lot(conn, tenant, &event.client_id, event_id, points, terms, now).await?;
+        // The lot an earn (or a refund) forms: what later spends, penalties and expiry take from.
+        let lot = lot_row(tenant, &event.client_id, event_id, points, terms, now);
+        earn_lots::Entity::insert(lot)
+            .exec(conn)
+            .await
+            .map_err(classify)?;
     }
     Ok(LedgerEvent {
         event_id,
@@ -402,24 +407,6 @@ pub(crate) async fn append_locked(
         balance_after: from_minor_units(balance_after),
         recorded_at: now,
     })
-}
-
-/// The lot an earn (or a refund) forms: the points later spends, penalties and expiry take from.
-async fn insert_lot(
-    conn: &impl ConnectionTrait,
-    tenant: &TenantId,
-    client_id: &str,
-    event_id: i64,
-    points: i64,
-    terms: crate::domain::ledger::LotTerms,
-    now: DateTime<Utc>,
-) -> Result<(), RepoError> {
-    let lot = lot_row(tenant, client_id, event_id, points, terms, now);
-    earn_lots::Entity::insert(lot)
-        .exec(conn)
-        .await
-        .map_err(classify)?;
-    Ok(())
 }
 
 /// Points of an event that enter the locked part of the balance: a positive event that forms a

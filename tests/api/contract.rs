@@ -605,6 +605,7 @@ fn decided_invoice(
 
 /// On PostgreSQL a pushed invoice and its earn are written in one statement, on SQLite (and for
 /// a document decided later, on both) in a transaction: both must leave the same rows.
+#[allow(clippy::too_many_lines)] // one scenario, compared table by table
 async fn a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction(store: &TestDb) {
     use one_loyalty::persistence::DocumentRepository;
     use one_loyalty::persistence::documents::{Received, SeaDocumentRepository};
