@@ -46,25 +46,35 @@ impl DirectoryRepository for SeaDirectoryRepository {
         client_id: &str,
     ) -> Result<Option<ClientRecord>, RepoError> {
         // Read side by side: a client is looked up far more often than it is missing.
-        let (row, segments) = tokio::try_join!(
-            clients::Entity::find_by_id((tenant.as_str().to_owned(), client_id.to_owned()))
-                .one(&self.db),
+        let (client, segments) = tokio::try_join!(self.client_row(tenant, client_id), async {
             client_segments::Entity::find()
                 .filter(client_segments::Column::TenantId.eq(tenant.as_str()))
                 .filter(client_segments::Column::ClientId.eq(client_id))
-                .all(&self.db),
-        )
-        .map_err(classify)?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        let segment_ids = segments.into_iter().map(|m| m.segment_id).collect();
-        Ok(Some(ClientRecord {
+                .all(&self.db)
+                .await
+                .map_err(classify)
+        },)?;
+        Ok(client.map(|client| ClientRecord {
+            segment_ids: segments.into_iter().map(|m| m.segment_id).collect(),
+            ..client
+        }))
+    }
+
+    async fn client_row(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+    ) -> Result<Option<ClientRecord>, RepoError> {
+        let row = clients::Entity::find_by_id((tenant.as_str().to_owned(), client_id.to_owned()))
+            .one(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(row.map(|row| ClientRecord {
             client_id: row.client_id,
             name: row.name,
             status: row.status,
             has_account: row.has_account,
-            segment_ids,
+            segment_ids: Vec::new(),
             updated_at: row.updated_at.to_utc(),
         }))
     }

@@ -173,6 +173,13 @@ pub trait DirectoryRepository: Send + Sync {
         tenant: &TenantId,
         client_id: &str,
     ) -> Result<Option<ClientRecord>, RepoError>;
+    /// The client's own row, with no segments read (`segment_ids` empty): for a caller that
+    /// reads the memberships together with something else.
+    async fn client_row(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+    ) -> Result<Option<ClientRecord>, RepoError>;
     async fn user(&self, tenant: &TenantId, user_id: &str)
     -> Result<Option<UserRecord>, RepoError>;
 }

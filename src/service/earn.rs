@@ -594,7 +594,7 @@ mod tests {
         let directory: Arc<dyn DirectoryRepository> = Arc::new({
             let mut directory = MockDirectoryRepository::new();
             directory
-                .expect_client()
+                .expect_client_row()
                 .returning(|_, _| Err(RepoError::Unavailable("connection refused".into())));
             directory
         });

@@ -74,7 +74,8 @@ impl Pricing {
         };
         // The rules depend on the products' facts; the rest is read alongside.
         let (client, (facts, rules), base_points, (segments, segment_rates)) = tokio::try_join!(
-            self.directory.client(tenant, client_id),
+            // The memberships come with their rates, below: one read of them, one snapshot.
+            self.directory.client_row(tenant, client_id),
             facts_and_rules,
             self.rules.base_points(tenant, &unique),
             self.rules.client_segment_rates(tenant, client_id),
@@ -86,7 +87,11 @@ impl Pricing {
             rules: RuleIndex::new(rules),
             base_points,
             segment_rates,
-            client_segments: segments.into_iter().collect(),
+            client_segments: segments.iter().cloned().collect(),
+        };
+        let client = ClientRecord {
+            segment_ids: segments,
+            ..client
         };
         Ok(Some((client, facts, book)))
     }

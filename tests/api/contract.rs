@@ -37,6 +37,7 @@ on_both_backends!(TestDb:
     a_settings_revision_can_be_written_once,
     api_keys_are_found_by_hash_only,
     a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction,
+    a_clients_segments_come_with_their_rates_and_only_theirs,
 );
 
 fn tenant(id: &str) -> TenantId {
@@ -720,18 +721,14 @@ async fn a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction
         }
     };
     assert_eq!(event_lines(ea).await, event_lines(eb).await, "event lines");
-    let (detail_a, _) = ledger
+    let (detail_a, lines_a) = ledger
         .event_detail(&t, ea)
         .await
         .expect("read")
         .expect("detail");
     assert_eq!(
-        ledger
-            .event_detail(&t, ea)
-            .await
-            .expect("read")
-            .map(|d| d.1),
-        Some(decision.event.clone().expect("event").1),
+        Some(lines_a),
+        decision.event.clone().map(|(_, lines)| lines),
         "the calculation reads back exactly"
     );
     assert_eq!(detail_a.event.points, dec("75.0001"));
@@ -793,4 +790,67 @@ async fn a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction
         dec("150.0002"),
         "the redelivery earned nothing"
     );
+}
+
+/// An earn reads a client's segments and their rates in one query, without reading the client
+/// first: every segment it belongs to, each segment's dated rates, none of another client's or
+/// another tenant's.
+async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb) {
+    use one_loyalty::persistence::RulesRepository;
+    use one_loyalty::persistence::entities::{client_segments, segment_rates};
+    use one_loyalty::persistence::rules::SeaRulesRepository;
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 3, d).expect("day");
+    let members = [
+        ("t1", "org:a", "gold"),
+        ("t1", "org:a", "bronze"),
+        ("t1", "org:b", "silver"),
+        ("t2", "org:a", "platinum"),
+    ];
+    client_segments::Entity::insert_many(members.map(|(t, c, s)| client_segments::ActiveModel {
+        tenant_id: Set(t.into()),
+        client_id: Set(c.into()),
+        segment_id: Set(s.into()),
+    }))
+    .exec(&store.db)
+    .await
+    .expect("members");
+    let rates = [
+        ("t1", "gold", 1, 11_000),
+        ("t1", "gold", 10, 12_000),
+        ("t1", "silver", 1, 10_500),
+        ("t2", "platinum", 1, 20_000),
+        ("t2", "gold", 1, 30_000),
+    ];
+    segment_rates::Entity::insert_many(rates.map(|(t, s, d, units)| segment_rates::ActiveModel {
+        tenant_id: Set(t.into()),
+        segment_id: Set(s.into()),
+        effective_from: Set(day(d)),
+        rate: Set(units),
+        request_id: Set(format!("{t}-{s}-{d}")),
+        recorded_at: Set(Utc::now().fixed_offset()),
+    }))
+    .exec(&store.db)
+    .await
+    .expect("rates");
+    let repo = SeaRulesRepository::new(store.db.clone());
+    let (mut segments, rates) = repo
+        .client_segment_rates(&tenant("t1"), "org:a")
+        .await
+        .expect("read");
+    segments.sort();
+    assert_eq!(
+        segments,
+        ["bronze", "gold"],
+        "every segment, with a rate or not"
+    );
+    assert_eq!(rates.len(), 1, "only gold has rates: {rates:?}");
+    let gold = &rates["gold"];
+    assert_eq!(gold.entries().len(), 2, "both of gold's dated rates");
+    assert_eq!(gold.on(day(5)), Some(dec("1.1")));
+    assert_eq!(gold.on(day(10)), Some(dec("1.2")));
+    let (segments, rates) = repo
+        .client_segment_rates(&tenant("t1"), "org:unknown")
+        .await
+        .expect("read");
+    assert!(segments.is_empty() && rates.is_empty());
 }
