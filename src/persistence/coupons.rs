@@ -80,14 +80,17 @@ impl CouponRepository for SeaCouponRepository {
     }
 
     async fn get(&self, tenant: &TenantId, coupon_id: &str) -> Result<Option<Coupon>, RepoError> {
-        let row = coupons::Entity::find_by_id((tenant.as_str().to_owned(), coupon_id.to_owned()))
-            .one(&self.db)
-            .await
-            .map_err(classify)?;
-        match row {
-            Some(row) => Ok(Some(self.with_segments(tenant, row).await?)),
-            None => Ok(None),
-        }
+        // Read side by side: every redemption reads its coupon, which is seldom missing.
+        let (row, segments) = tokio::try_join!(
+            async {
+                coupons::Entity::find_by_id((tenant.as_str().to_owned(), coupon_id.to_owned()))
+                    .one(&self.db)
+                    .await
+                    .map_err(classify)
+            },
+            self.segments_of(tenant, coupon_id)
+        )?;
+        row.map(|row| from_row(row, segments)).transpose()
     }
 
     async fn name_taken(
@@ -200,17 +203,26 @@ impl SeaCouponRepository {
         tenant: &TenantId,
         row: coupons::Model,
     ) -> Result<Coupon, RepoError> {
-        let segments = coupon_segments::Entity::find()
+        let segments = self.segments_of(tenant, &row.coupon_id).await?;
+        from_row(row, segments)
+    }
+
+    /// The segments a coupon is offered to.
+    async fn segments_of(
+        &self,
+        tenant: &TenantId,
+        coupon_id: &str,
+    ) -> Result<Vec<String>, RepoError> {
+        Ok(coupon_segments::Entity::find()
             .filter(coupon_segments::Column::TenantId.eq(tenant.as_str()))
-            .filter(coupon_segments::Column::CouponId.eq(row.coupon_id.as_str()))
+            .filter(coupon_segments::Column::CouponId.eq(coupon_id))
             .order_by_asc(coupon_segments::Column::SegmentId)
             .all(&self.db)
             .await
             .map_err(classify)?
             .into_iter()
             .map(|s| s.segment_id)
-            .collect();
-        from_row(row, segments)
+            .collect())
     }
 }
 

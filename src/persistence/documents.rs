@@ -16,8 +16,8 @@ use super::DocumentRepository;
 use super::entities::{document_lines, documents};
 use super::error::{RepoError, classify};
 use super::event_lines::insert_lines;
+use super::few_statements;
 use super::ledger::append_in;
-use super::one_statement;
 use crate::domain::clock::Clock;
 use crate::domain::documents::{
     CorrectionType, Document, DocumentKind, DocumentLine, DocumentRecord, DocumentSource,
@@ -108,9 +108,9 @@ impl DocumentRepository for SeaDocumentRepository {
         };
         let id = &record.document.document_id;
         if let Some((event, lines)) = decision.and_then(|d| d.event.as_ref())
-            && one_statement::fits(&self.db, event)
+            && few_statements::fits(&self.db, event)
         {
-            return match one_statement::receive_earning(
+            return match few_statements::receive_earning(
                 &self.db, tenant, &stored, event, lines, now,
             )
             .await

@@ -52,19 +52,26 @@ pub(crate) async fn insert_record(
     tenant: &TenantId,
     record: &IdempotencyRecord,
 ) -> Result<(), RepoError> {
-    let row = idempotency_records::ActiveModel {
+    idempotency_records::Entity::insert(record_row(tenant, record))
+        .exec(conn)
+        .await
+        .map_err(classify)?;
+    Ok(())
+}
+
+/// The row of a request's record.
+pub(crate) fn record_row(
+    tenant: &TenantId,
+    record: &IdempotencyRecord,
+) -> idempotency_records::ActiveModel {
+    idempotency_records::ActiveModel {
         tenant_id: Set(tenant.as_str().to_owned()),
         request_id: Set(record.request_id.clone()),
         operation: Set(record.operation.clone()),
         request_hash: Set(record.request_hash.clone()),
         result_ref: Set(Some(record.result_ref.clone())),
         created_at: Set(SystemClock.now().fixed_offset()),
-    };
-    idempotency_records::Entity::insert(row)
-        .exec(conn)
-        .await
-        .map_err(classify)?;
-    Ok(())
+    }
 }
 
 /// Sets what a call produced once it is known, inside the caller's transaction.

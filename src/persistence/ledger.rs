@@ -475,7 +475,11 @@ pub(crate) fn lot_row(
 /// Checks a spend against the locked balance row's `available` points: a Use must be covered
 /// by them. Returns how much of it comes out of the reserved part (a committed reservation's
 /// points were set aside when reserved).
-fn spend_source(event: &NewLedgerEvent, points: i64, available: i64) -> Result<i64, RepoError> {
+pub(crate) fn spend_source(
+    event: &NewLedgerEvent,
+    points: i64,
+    available: i64,
+) -> Result<i64, RepoError> {
     if event.spends_available() && available < -points {
         return Err(RepoError::Precondition(format!(
             "not enough available points: {} available, {} needed",
@@ -528,7 +532,7 @@ pub(crate) async fn ensure_balance_row(
 /// Points that leave without naming a lot (a penalty, a spend) come out of the client's unlocked
 /// lots, oldest first, so that what later expires is only what is left. Points beyond the lots
 /// leave nothing to consume.
-async fn consume_oldest_lots(
+pub(crate) async fn consume_oldest_lots(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
     client_id: &str,

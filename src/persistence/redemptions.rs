@@ -17,6 +17,7 @@ use sea_orm::{
 
 use super::entities::{coupons, outbox, redemptions};
 use super::error::{RepoError, classify};
+use super::few_statements;
 use super::idempotency::{insert_record, set_result_ref};
 use super::ledger::{append_in, append_locked, ensure_balance_row};
 use super::{RedeemPlan, RedemptionFilter, RedemptionRepository, RefundPlan};
@@ -36,12 +37,28 @@ const WITHDRAWN: &str = "WITHDRAWN";
 pub struct SeaRedemptionRepository {
     db: DatabaseConnection,
     clock: std::sync::Arc<dyn Clock>,
+    /// On PostgreSQL, a redemption in two statements (`few_statements::redeem`).
+    few_statements: bool,
 }
 
 impl SeaRedemptionRepository {
     /// `clock` stamps the rows.
     pub fn new(db: DatabaseConnection, clock: std::sync::Arc<dyn Clock>) -> Self {
-        Self { db, clock }
+        Self {
+            db,
+            clock,
+            few_statements: true,
+        }
+    }
+
+    /// The same, writing every redemption statement by statement, as on SQLite: the path the
+    /// PostgreSQL one is compared with.
+    #[must_use]
+    pub fn statement_by_statement(self) -> Self {
+        Self {
+            few_statements: false,
+            ..self
+        }
     }
 }
 
@@ -61,6 +78,11 @@ impl RedemptionRepository for SeaRedemptionRepository {
             result_ref: r.redemption_id.clone(),
             ..request.clone()
         };
+        if self.few_statements && few_statements::fits_redemption(&self.db, plan) {
+            let stored = few_statements::redeem(&txn, tenant, plan, &request, now).await?;
+            txn.commit().await.map_err(classify)?;
+            return Ok(stored);
+        }
         insert_record(&txn, tenant, &request).await?;
         // The client's balance row is locked first, so that the limit below is counted alone.
         let locked = ensure_balance_row(&txn, tenant, &r.client_id, now).await?;
@@ -89,23 +111,7 @@ impl RedemptionRepository for SeaRedemptionRepository {
             .exec(&txn)
             .await
             .map_err(classify)?;
-        let message = outbox::ActiveModel {
-            message_id: NotSet,
-            tenant_id: Set(tenant.as_str().to_owned()),
-            kind: Set(plan.delivery.kind().as_str().to_owned()),
-            aggregate_id: Set(r.redemption_id.clone()),
-            payload: Set(serde_json::to_string(&plan.delivery)
-                .map_err(|e| RepoError::Other(format!("outbox payload: {e}")))?),
-            status: Set(PENDING.into()),
-            attempts: Set(0),
-            next_attempt_at: Set(now.fixed_offset()),
-            lease_owner: Set(None),
-            lease_until: Set(None),
-            last_error: Set(None),
-            created_at: Set(now.fixed_offset()),
-            delivered_at: Set(None),
-        };
-        outbox::Entity::insert(message)
+        outbox::Entity::insert(outbox_row(tenant, plan, now)?)
             .exec(&txn)
             .await
             .map_err(classify)?;
@@ -395,7 +401,31 @@ impl RedemptionRepository for SeaRedemptionRepository {
     }
 }
 
-fn live_statuses() -> [&'static str; 2] {
+/// The outbox message that delivers a new redemption; its id is the database's to give.
+pub(super) fn outbox_row(
+    tenant: &TenantId,
+    plan: &RedeemPlan,
+    now: DateTime<Utc>,
+) -> Result<outbox::ActiveModel, RepoError> {
+    Ok(outbox::ActiveModel {
+        message_id: NotSet,
+        tenant_id: Set(tenant.as_str().to_owned()),
+        kind: Set(plan.delivery.kind().as_str().to_owned()),
+        aggregate_id: Set(plan.redemption.redemption_id.clone()),
+        payload: Set(serde_json::to_string(&plan.delivery)
+            .map_err(|e| RepoError::Other(format!("outbox payload: {e}")))?),
+        status: Set(PENDING.into()),
+        attempts: Set(0),
+        next_attempt_at: Set(now.fixed_offset()),
+        lease_owner: Set(None),
+        lease_until: Set(None),
+        last_error: Set(None),
+        created_at: Set(now.fixed_offset()),
+        delivered_at: Set(None),
+    })
+}
+
+pub(super) fn live_statuses() -> [&'static str; 2] {
     [
         RedemptionStatus::Pending.as_str(),
         RedemptionStatus::Issued.as_str(),
@@ -415,7 +445,10 @@ async fn find(
         .transpose()
 }
 
-fn to_row(tenant: &TenantId, r: &Redemption) -> Result<redemptions::ActiveModel, RepoError> {
+pub(super) fn to_row(
+    tenant: &TenantId,
+    r: &Redemption,
+) -> Result<redemptions::ActiveModel, RepoError> {
     Ok(redemptions::ActiveModel {
         tenant_id: Set(tenant.as_str().to_owned()),
         redemption_id: Set(r.redemption_id.clone()),

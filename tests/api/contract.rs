@@ -38,6 +38,8 @@ on_both_backends!(TestDb:
     api_keys_are_found_by_hash_only,
     a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction,
     a_clients_segments_come_with_their_rates_and_only_theirs,
+    a_redemption_is_stored_alike_in_two_statements_and_statement_by_statement,
+    a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on,
 );
 
 fn tenant(id: &str) -> TenantId {
@@ -853,4 +855,384 @@ async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb
         .await
         .expect("read");
     assert!(segments.is_empty() && rates.is_empty());
+}
+
+/// Client `client` earns lots of `points` each (one locked besides, which a spend skips).
+async fn earn_lots_for(ledger: &SeaLedgerRepository, t: &TenantId, client: &str, points: &[&str]) {
+    let now = Utc::now();
+    for (n, p) in points.iter().enumerate() {
+        let mut earn = event(client, p);
+        earn.event_type = EventType::Earn;
+        earn.document_id = Some(format!("{client}-inv-{n}"));
+        earn.lot = Some(LotTerms::new(now, 0, 12));
+        ledger.append(t, &earn, None).await.expect("earn");
+    }
+    let mut locked = event(client, "100");
+    locked.event_type = EventType::Earn;
+    locked.document_id = Some(format!("{client}-inv-locked"));
+    locked.lot = Some(LotTerms::new(now, 30, 12));
+    ledger.append(t, &locked, None).await.expect("locked earn");
+}
+
+/// A plan to redeem coupon c1 for `points`, as the redeem service makes it.
+fn redeem_plan(
+    client: &str,
+    request_id: &str,
+    points: &str,
+) -> one_loyalty::persistence::RedeemPlan {
+    use one_loyalty::domain::redemption::{Delivery, Redemption, RedemptionStatus};
+    let now = Utc::now();
+    let redemption_id = format!("rdm-{request_id}");
+    let mut use_event = event(client, &format!("-{points}"));
+    use_event.event_type = EventType::Use;
+    use_event.request_id = Some(request_id.into());
+    use_event.redemption_id = Some(redemption_id.clone());
+    use_event.reason_code = None;
+    use_event.reason = Some("Mug".into());
+    one_loyalty::persistence::RedeemPlan {
+        redemption: Redemption {
+            redemption_id: redemption_id.clone(),
+            request_id: request_id.into(),
+            client_id: client.into(),
+            user_id: None,
+            coupon_id: "c1".into(),
+            coupon_name: "Mug".into(),
+            points: dec(points),
+            status: RedemptionStatus::Pending,
+            code: None,
+            valid_until: NaiveDate::from_ymd_opt(2027, 1, 1).expect("day"),
+            use_event_id: None,
+            refund_event_id: None,
+            reason: None,
+            created_at: now,
+            updated_at: now,
+        },
+        stock: None,
+        per_client_limit: None,
+        use_event,
+        delivery: Delivery::SendSpecialEmail {
+            to: "rewards@example.com".into(),
+            client_id: "org".into(),
+            client_name: "Org".into(),
+            user_id: None,
+            coupon_name: "Mug".into(),
+            points: points.into(),
+            redeemed_at: now,
+            company_logo_url: String::new(),
+            redemption_id,
+        },
+    }
+}
+
+fn redeem_record(request_id: &str) -> IdempotencyRecord {
+    IdempotencyRecord {
+        request_id: request_id.into(),
+        operation: "RedeemService/RedeemCoupon".into(),
+        request_hash: "h".into(),
+        result_ref: String::new(),
+    }
+}
+
+/// What is left in a client's lots, oldest first.
+async fn lots_left(store: &TestDb, client: &str) -> Vec<i64> {
+    use one_loyalty::persistence::entities::earn_lots;
+    use sea_orm::QueryOrder;
+    earn_lots::Entity::find()
+        .filter(earn_lots::Column::ClientId.eq(client))
+        .order_by_asc(earn_lots::Column::EventId)
+        .all(&store.db)
+        .await
+        .expect("lots")
+        .into_iter()
+        .map(|l| l.remaining)
+        .collect()
+}
+
+/// On PostgreSQL a redemption is written in two statements, on SQLite (and by the
+/// statement-by-statement repository, on both) one row at a time: both must leave the same rows.
+#[allow(clippy::too_many_lines)] // one scenario, compared table by table
+async fn a_redemption_is_stored_alike_in_two_statements_and_statement_by_statement(store: &TestDb) {
+    use one_loyalty::persistence::RedemptionRepository;
+    use one_loyalty::persistence::entities::{idempotency_records, ledger_events, outbox};
+    use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
+    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let fast = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let slow = fast.clone().statement_by_statement();
+    let t = tenant("t1");
+    coupons::Entity::insert(coupon("t1", "c1", "Mug"))
+        .exec(&store.db)
+        .await
+        .expect("coupon");
+    for client in ["org:a", "org:b"] {
+        earn_lots_for(&ledger, &t, client, &["3", "4", "5"]).await;
+    }
+    let a = fast
+        .redeem(&t, &redeem_plan("org:a", "q-a", "6"), &redeem_record("q-a"))
+        .await
+        .expect("redeem a");
+    let b = slow
+        .redeem(&t, &redeem_plan("org:b", "q-b", "6"), &redeem_record("q-b"))
+        .await
+        .expect("redeem b");
+    let left = [0, 10_000, 50_000, 1_000_000];
+    assert_eq!(
+        lots_left(store, "org:a").await,
+        left,
+        "oldest first, the locked lot skipped"
+    );
+    assert_eq!(lots_left(store, "org:b").await, left);
+    assert_eq!(fast.get(&t, "rdm-q-a").await.expect("get"), Some(a.clone()));
+
+    let mask_redemption = |mut r: one_loyalty::domain::redemption::Redemption| {
+        assert!(
+            r.use_event_id.is_some(),
+            "the redemption names its Use event"
+        );
+        r.redemption_id = String::new();
+        r.request_id = String::new();
+        r.client_id = String::new();
+        r.use_event_id = None;
+        r.created_at = chrono::DateTime::default();
+        r.updated_at = chrono::DateTime::default();
+        r
+    };
+    assert_eq!(mask_redemption(a.clone()), mask_redemption(b.clone()));
+    let stored = |r: &one_loyalty::domain::redemption::Redemption| {
+        let (fast, id) = (fast.clone(), r.redemption_id.clone());
+        let t = t.clone();
+        async move { fast.get(&t, &id).await.expect("get").expect("stored") }
+    };
+    assert_eq!(
+        mask_redemption(stored(&a).await),
+        mask_redemption(stored(&b).await),
+        "redemption rows"
+    );
+
+    let use_event = |id: Option<i64>| {
+        let db = store.db.clone();
+        async move {
+            let mut row = ledger_events::Entity::find()
+                .filter(ledger_events::Column::EventId.eq(id.expect("use event")))
+                .one(&db)
+                .await
+                .expect("read")
+                .expect("event");
+            row.event_id = 0;
+            row.client_id = String::new();
+            row.request_id = None;
+            row.redemption_id = None;
+            row.occurred_at = chrono::DateTime::default();
+            row.recorded_at = chrono::DateTime::default();
+            row
+        }
+    };
+    let ua = use_event(a.use_event_id).await;
+    assert_eq!(ua, use_event(b.use_event_id).await, "Use events");
+    assert_eq!((ua.points, ua.balance_after), (-60_000, 1_060_000));
+
+    let balance = |client: &'static str| {
+        let db = store.db.clone();
+        async move {
+            let mut row = balances::Entity::find_by_id(("t1".to_owned(), client.to_owned()))
+                .one(&db)
+                .await
+                .expect("read")
+                .expect("balance");
+            row.client_id = String::new();
+            row.last_event_id = None;
+            row.updated_at = chrono::DateTime::default();
+            row
+        }
+    };
+    let ba = balance("org:a").await;
+    assert_eq!(ba, balance("org:b").await, "balance rows");
+    assert_eq!(
+        (ba.total, ba.available, ba.locked, ba.event_count),
+        (1_060_000, 60_000, 1_000_000, 5)
+    );
+    let last = |client: &'static str| {
+        let db = store.db.clone();
+        async move {
+            balances::Entity::find_by_id(("t1".to_owned(), client.to_owned()))
+                .one(&db)
+                .await
+                .expect("read")
+                .expect("balance")
+                .last_event_id
+        }
+    };
+    assert_eq!(last("org:a").await, a.use_event_id);
+    assert_eq!(last("org:b").await, b.use_event_id);
+
+    let message = |redemption_id: String| {
+        let db = store.db.clone();
+        async move {
+            let mut row = outbox::Entity::find()
+                .filter(outbox::Column::AggregateId.eq(redemption_id))
+                .one(&db)
+                .await
+                .expect("read")
+                .expect("message");
+            row.message_id = 0;
+            row.aggregate_id = String::new();
+            row.next_attempt_at = chrono::DateTime::default();
+            row.created_at = chrono::DateTime::default();
+            let mut payload: serde_json::Value =
+                serde_json::from_str(&row.payload).expect("payload");
+            payload["redemption_id"] = serde_json::Value::Null;
+            payload["redeemed_at"] = serde_json::Value::Null;
+            row.payload = payload.to_string();
+            row
+        }
+    };
+    assert_eq!(
+        message(a.redemption_id.clone()).await,
+        message(b.redemption_id.clone()).await,
+        "outbox messages"
+    );
+
+    let request = |id: &'static str| {
+        let db = store.db.clone();
+        async move {
+            let mut row = idempotency_records::Entity::find_by_id(("t1".to_owned(), id.to_owned()))
+                .one(&db)
+                .await
+                .expect("read")
+                .expect("record");
+            row.request_id = String::new();
+            row.created_at = chrono::DateTime::default();
+            row.result_ref = row.result_ref.map(|r| r.replace(id, ""));
+            row
+        }
+    };
+    assert_eq!(
+        request("q-a").await,
+        request("q-b").await,
+        "request records"
+    );
+    assert_eq!(request("q-a").await.result_ref.as_deref(), Some("rdm-"));
+
+    let counted = coupons::Entity::find_by_id(("t1".to_owned(), "c1".to_owned()))
+        .one(&store.db)
+        .await
+        .expect("read")
+        .expect("coupon")
+        .redeemed_count;
+    assert_eq!(counted, 2);
+}
+
+/// Every guard of a redemption, on both paths: what it refuses leaves no trace (no record, no
+/// event, no lot spent, no count), and a spend beyond the lots read at once goes on to the next.
+#[allow(clippy::too_many_lines)] // one scenario per guard
+async fn a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on(store: &TestDb) {
+    use one_loyalty::persistence::RedemptionRepository;
+    use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
+    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let requests = SeaIdempotencyRepository::new(store.db.clone());
+    let fast = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let t = tenant("t1");
+    coupons::Entity::insert(coupon("t1", "c1", "Mug"))
+        .exec(&store.db)
+        .await
+        .expect("coupon");
+    for (client, repo) in [
+        ("org:f", fast.clone()),
+        ("org:s", fast.clone().statement_by_statement()),
+    ] {
+        coupons::Entity::update_many()
+            .col_expr(coupons::Column::RedeemedCount, Expr::value(0))
+            .exec(&store.db)
+            .await
+            .expect("reset the count");
+        let lots: Vec<&str> = std::iter::repeat_n("1", 70).collect();
+        earn_lots_for(&ledger, &t, client, &lots).await;
+        let before = ledger
+            .balance(&t, client)
+            .await
+            .expect("read")
+            .expect("balance");
+        let lots_before = lots_left(store, client).await;
+        // Request ids are the tenant's: each client's are its own.
+        let q = |name: &str| format!("{client}/{name}");
+        let refused = |plan: one_loyalty::persistence::RedeemPlan| {
+            let repo = repo.clone();
+            let t = t.clone();
+            async move {
+                let record = redeem_record(&plan.redemption.request_id);
+                repo.redeem(&t, &plan, &record).await.expect_err("refused")
+            }
+        };
+        let err = refused(redeem_plan(client, &q("dear"), "70.0001")).await;
+        assert!(matches!(err, RepoError::Precondition(_)), "{err:?}");
+        let mut no_stock = redeem_plan(client, &q("stock"), "1");
+        no_stock.stock = Some(0);
+        let err = refused(no_stock).await;
+        assert!(
+            matches!(err, RepoError::Precondition(ref m) if m.contains("stock")),
+            "{err:?}"
+        );
+        let mut limited = redeem_plan(client, &q("limit-1"), "1");
+        limited.per_client_limit = Some(1);
+        repo.redeem(&t, &limited, &redeem_record(&q("limit-1")))
+            .await
+            .expect("first within the limit");
+        let mut again = redeem_plan(client, &q("limit-2"), "1");
+        again.per_client_limit = Some(1);
+        let err = refused(again).await;
+        assert!(
+            matches!(err, RepoError::Precondition(ref m) if m.contains("limit")),
+            "{err:?}"
+        );
+        let err = refused(redeem_plan(client, &q("limit-1"), "1")).await;
+        assert!(
+            matches!(err, RepoError::Conflict(_)),
+            "a request id twice: {err:?}"
+        );
+        for request in ["dear", "stock", "limit-2"] {
+            assert_eq!(
+                requests.find(&t, &q(request)).await.expect("find"),
+                None,
+                "{client}: {request} left no record"
+            );
+        }
+        let after = ledger
+            .balance(&t, client)
+            .await
+            .expect("read")
+            .expect("balance");
+        assert_eq!(
+            after.total,
+            before.total - dec("1"),
+            "{client}: only the first spent"
+        );
+        let mut expected = lots_before.clone();
+        expected[0] = 0;
+        assert_eq!(
+            lots_left(store, client).await,
+            expected,
+            "{client}: one lot spent"
+        );
+
+        // 68 points: the 64 lots read at once, then 4 more.
+        repo.redeem(
+            &t,
+            &redeem_plan(client, &q("long"), "68"),
+            &redeem_record(&q("long")),
+        )
+        .await
+        .expect("a long spend");
+        let left = lots_left(store, client).await;
+        let mut expected = vec![0; 69];
+        expected.extend([10_000, 1_000_000]);
+        assert_eq!(
+            left, expected,
+            "{client}: one point left, and the locked lot"
+        );
+        let balance = ledger
+            .balance(&t, client)
+            .await
+            .expect("read")
+            .expect("balance");
+        assert_eq!((balance.available, balance.locked), (dec("1"), dec("100")));
+    }
 }

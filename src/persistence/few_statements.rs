@@ -1,0 +1,426 @@
+//! PostgreSQL only: the two hot writes in as few statements as their locks allow. Each
+//! transaction they replace was a round trip per row (BEGIN, ten statements, COMMIT), and these
+//! calls' time was their round trips (docs/PERFORMANCE.md).
+//!
+//! - A received invoice with its earn: one statement. Data-modifying CTEs make the writes one
+//!   atomic statement: it commits on its own, and a failure anywhere writes nothing.
+//! - A redemption: two statements in one transaction. The first locks the client's balance row;
+//!   the second reads the lots to spend and writes the rest. It cannot be one: a statement sees
+//!   the database as it was when it started, before it waited for the lock, and would spend lots
+//!   that another redemption had just spent.
+//!
+//! The rows are the ones the transaction path builds (`document_row`, `line_rows`, `event_row`,
+//! `lot_row`, the event lines' `row`, the redemption's `to_row`, `outbox_row`, `record_row`),
+//! sent as JSON objects keyed by column and turned back into rows of the table's own type by
+//! `jsonb_populate_record`, so no column list is written twice. Only what the statement decides
+//! itself is added there: the ids the database gives and the running balance.
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use sea_orm::{
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
+    EntityTrait, Iden, Iterable, Statement,
+};
+use serde_json::{Map, Value as Json};
+
+use super::RedeemPlan;
+use super::documents::{document_row, line_rows};
+use super::error::{RepoError, classify};
+use super::event_lines::row as event_line_row;
+use super::idempotency::record_row;
+use super::ledger::{consume_oldest_lots, entering_locked, event_row, lot_row, spend_source};
+use super::redemptions::{live_statuses, outbox_row, to_row};
+use crate::domain::documents::DocumentRecord;
+use crate::domain::engine::LineCalculation;
+use crate::domain::idempotency::IdempotencyRecord;
+use crate::domain::ledger::{EventType, NewLedgerEvent};
+use crate::domain::points::to_minor_units;
+use crate::domain::redemption::Redemption;
+use crate::domain::tenant::TenantId;
+
+/// The earn, in order of the locks it takes: the client's balance row first (created, or locked
+/// by the conflict update), unless the document is stored already; the event's id is drawn only
+/// then, under the lock, so that one client's events are numbered in the order they commit, as
+/// on the transaction path. A concurrent first delivery of the same document waits on that row
+/// and then fails on the document's primary key, which undoes the whole statement.
+const EARN: &str = r"
+WITH bal AS (
+    INSERT INTO balances AS b
+        (tenant_id, client_id, total, available, locked, reserved, last_event_id, event_count,
+         updated_at)
+    SELECT $1, $2, $3, $4, $5, 0, nextval(pg_get_serial_sequence('ledger_events', 'event_id')),
+        1, $6
+    WHERE NOT EXISTS (SELECT 1 FROM documents WHERE tenant_id = $1 AND document_id = $7)
+    ON CONFLICT (tenant_id, client_id) DO UPDATE SET
+        total = b.total + EXCLUDED.total,
+        available = b.available + EXCLUDED.available,
+        locked = b.locked + EXCLUDED.locked,
+        last_event_id = nextval(pg_get_serial_sequence('ledger_events', 'event_id')),
+        event_count = b.event_count + 1,
+        updated_at = EXCLUDED.updated_at
+    RETURNING b.last_event_id AS event_id, b.total AS total
+), event AS (
+    INSERT INTO ledger_events
+    SELECT r.* FROM bal, jsonb_populate_record(NULL::ledger_events,
+        $8::jsonb || jsonb_build_object('event_id', bal.event_id, 'balance_after', bal.total)) r
+), document AS (
+    INSERT INTO documents
+    SELECT r.* FROM bal, jsonb_populate_record(NULL::documents,
+        $9::jsonb || jsonb_build_object('event_id', bal.event_id)) r
+), document_line AS (
+    INSERT INTO document_lines
+    SELECT r.* FROM bal, jsonb_array_elements($10::jsonb) l,
+        jsonb_populate_record(NULL::document_lines, l) r
+), lot AS (
+    INSERT INTO earn_lots
+    SELECT r.* FROM bal, jsonb_array_elements($11::jsonb) l,
+        jsonb_populate_record(NULL::earn_lots, l || jsonb_build_object('event_id', bal.event_id)) r
+), event_line AS (
+    INSERT INTO ledger_event_lines
+    SELECT r.* FROM bal, jsonb_array_elements($12::jsonb) l,
+        jsonb_populate_record(NULL::ledger_event_lines,
+            l || jsonb_build_object('event_id', bal.event_id)) r
+)
+SELECT event_id FROM bal
+";
+
+/// Whether an event can be written by [`receive_earning`]: an earn takes from no lot and spends
+/// nothing, so the balance moves by its points alone.
+pub fn fits(db: &DatabaseConnection, event: &NewLedgerEvent) -> bool {
+    db.get_database_backend() == DbBackend::Postgres
+        && event.event_type == EventType::Earn
+        && event.points.is_sign_positive()
+        && event.related_event_id.is_none()
+        && event.reservation_id.is_none()
+        && event.redemption_id.is_none()
+}
+
+/// Stores a decided document (`stored`: the record as it stands once decided) with its earn
+/// `event` and `lines`. `Some(event id)`: stored now; `None`: the document was stored before and
+/// nothing was written. A concurrent first delivery of the same document is `Conflict`.
+///
+/// # Errors
+/// `Conflict` as above, or the database.
+pub async fn receive_earning(
+    db: &DatabaseConnection,
+    tenant: &TenantId,
+    stored: &DocumentRecord,
+    event: &NewLedgerEvent,
+    lines: &[LineCalculation],
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, RepoError> {
+    let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
+    let into_locked = entering_locked(event, points);
+    // The id and the running balance are the statement's; these placeholders are replaced there.
+    let event_json = json_row(&event_row(tenant, event, points, 0, now))?;
+    let document_json = json_row(&document_row(tenant, stored)?)?;
+    let document_lines = line_rows(tenant, &stored.document)?
+        .iter()
+        .map(json_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let lots = match event.lot.filter(|_| points > 0) {
+        Some(terms) => vec![json_row(&lot_row(
+            tenant,
+            &event.client_id,
+            0,
+            points,
+            terms,
+            now,
+        ))?],
+        None => Vec::new(),
+    };
+    let event_lines = lines
+        .iter()
+        .map(|l| json_row(&event_line_row(tenant, 0, l)?))
+        .collect::<Result<Vec<_>, _>>()?;
+    let values: Vec<sea_orm::Value> = vec![
+        tenant.as_str().into(),
+        event.client_id.as_str().into(),
+        points.into(),
+        (points - into_locked).into(),
+        into_locked.into(),
+        now.fixed_offset().into(),
+        stored.document.document_id.as_str().into(),
+        Json::Object(event_json).to_string().into(),
+        Json::Object(document_json).to_string().into(),
+        Json::Array(document_lines.into_iter().map(Json::Object).collect())
+            .to_string()
+            .into(),
+        Json::Array(lots.into_iter().map(Json::Object).collect())
+            .to_string()
+            .into(),
+        Json::Array(event_lines.into_iter().map(Json::Object).collect())
+            .to_string()
+            .into(),
+    ];
+    let row = db
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            EARN,
+            values,
+        ))
+        .await
+        .map_err(classify)?;
+    row.map(|r| r.try_get::<i64>("", "event_id").map_err(classify))
+        .transpose()
+}
+
+/// A redemption's first statement: the request's record, and the client's balance row created
+/// at zero or locked by the conflict update. Returns what the row holds under the lock.
+const LOCK_FOR_REDEMPTION: &str = r"
+WITH request AS (
+    INSERT INTO idempotency_records
+    SELECT r.* FROM jsonb_populate_record(NULL::idempotency_records, $1::jsonb) r
+)
+INSERT INTO balances AS b
+    (tenant_id, client_id, total, available, locked, reserved, last_event_id, event_count,
+     updated_at)
+VALUES ($2, $3, 0, 0, 0, 0, NULL, 0, $4)
+ON CONFLICT (tenant_id, client_id) DO UPDATE SET updated_at = EXCLUDED.updated_at
+RETURNING b.total AS total, b.available AS available
+";
+
+/// Lots read at once by [`REDEEM`]; a spend beyond them reads on (`consume_oldest_lots`).
+const LOTS_AT_ONCE: i64 = 64;
+
+/// A redemption's second statement, under the balance lock the first took, so that it reads the
+/// lots as the last redemption left them: the Use event ($4) with a new id, its points ($3, in
+/// minor units) taken from the oldest unlocked lots, the balance, the redemption ($6), its outbox
+/// message ($7) and the coupon's count, raised only below the stock ($9). The guards are
+/// returned rather than applied: the caller rolls back when one fails.
+const REDEEM: &str = r"
+WITH new_event AS (
+    SELECT nextval(pg_get_serial_sequence('ledger_events', 'event_id')) AS event_id
+), oldest AS (
+    SELECT event_id, remaining,
+        CAST(SUM(remaining) OVER (ORDER BY earned_at, event_id) AS BIGINT) - remaining AS before
+    FROM (
+        SELECT event_id, remaining, earned_at FROM earn_lots
+        WHERE tenant_id = $1 AND client_id = $2 AND NOT locked AND remaining > 0
+        ORDER BY earned_at, event_id
+        LIMIT $10
+    ) l
+), taken AS (
+    UPDATE earn_lots AS l SET remaining = l.remaining - LEAST(o.remaining, $3 - o.before)
+    FROM oldest o
+    WHERE l.tenant_id = $1 AND l.event_id = o.event_id AND o.before < $3
+        AND l.remaining = o.remaining
+    RETURNING LEAST(o.remaining, $3 - o.before) AS points
+), event AS (
+    INSERT INTO ledger_events
+    SELECT r.* FROM new_event, jsonb_populate_record(NULL::ledger_events,
+        $4::jsonb || jsonb_build_object('event_id', new_event.event_id)) r
+), balance AS (
+    UPDATE balances AS b SET total = b.total - $3, available = b.available - $3,
+        event_count = b.event_count + 1, last_event_id = new_event.event_id, updated_at = $5
+    FROM new_event
+    WHERE b.tenant_id = $1 AND b.client_id = $2
+), redemption AS (
+    INSERT INTO redemptions
+    SELECT r.* FROM new_event, jsonb_populate_record(NULL::redemptions,
+        $6::jsonb || jsonb_build_object('use_event_id', new_event.event_id)) r
+), message AS (
+    INSERT INTO outbox
+    SELECT r.* FROM jsonb_populate_record(NULL::outbox, $7::jsonb
+        || jsonb_build_object('message_id', nextval(pg_get_serial_sequence('outbox', 'message_id')))) r
+), counted AS (
+    UPDATE coupons SET redeemed_count = redeemed_count + 1
+    WHERE tenant_id = $1 AND coupon_id = $8 AND ($9::bigint IS NULL OR redeemed_count < $9)
+    RETURNING 1
+)
+SELECT new_event.event_id,
+    (SELECT COUNT(*) FROM counted) AS counted,
+    (SELECT COUNT(*) FROM redemptions
+        WHERE tenant_id = $1 AND coupon_id = $8 AND client_id = $2 AND status IN ($11, $12)) AS held,
+    (SELECT COUNT(*) FROM oldest) AS lots_read,
+    (SELECT COUNT(*) FROM oldest WHERE before < $3) AS lots_to_take,
+    (SELECT COUNT(*) FROM taken) AS lots_taken,
+    (SELECT CAST(COALESCE(SUM(points), 0) AS BIGINT) FROM taken) AS points_taken
+FROM new_event
+";
+
+/// Whether a redemption can be written by [`redeem`]: its Use event spends available points
+/// from the oldest lots, with no reservation behind it and no lot named.
+pub fn fits_redemption(db: &DatabaseConnection, plan: &RedeemPlan) -> bool {
+    let event = &plan.use_event;
+    db.get_database_backend() == DbBackend::Postgres
+        && event.event_type == EventType::Use
+        && event.points.is_sign_negative()
+        && event.related_event_id.is_none()
+        && event.reservation_id.is_none()
+        && event.lot.is_none()
+}
+
+/// Writes a redemption inside `txn` (begun by the caller, committed by it when this succeeds):
+/// the request's `record`, the Use event, the lots it spends, the balance, the redemption, its
+/// outbox message and the coupon's count. Returns the redemption as stored.
+///
+/// # Errors
+/// `Precondition` when the points, the client's limit or the stock refuse it (the caller then
+/// drops the transaction, which undoes it), `Conflict` when the request id or the code is taken
+/// or a lot changed meanwhile, or the database.
+pub async fn redeem(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    plan: &RedeemPlan,
+    record: &IdempotencyRecord,
+    now: DateTime<Utc>,
+) -> Result<Redemption, RepoError> {
+    let r = &plan.redemption;
+    let event = &plan.use_event;
+    let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
+    let locked = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            LOCK_FOR_REDEMPTION,
+            [
+                Json::Object(json_row(&record_row(tenant, record))?)
+                    .to_string()
+                    .into(),
+                tenant.as_str().into(),
+                event.client_id.as_str().into(),
+                now.fixed_offset().into(),
+            ],
+        ))
+        .await
+        .map_err(classify)?
+        .ok_or_else(|| RepoError::Other("the balance row was not returned".into()))?;
+    let total: i64 = locked.try_get("", "total").map_err(classify)?;
+    let available: i64 = locked.try_get("", "available").map_err(classify)?;
+    spend_source(event, points, available)?;
+
+    let mut stored = r.clone();
+    stored.created_at = now;
+    stored.updated_at = now;
+    let [pending, issued] = live_statuses();
+    let values: Vec<sea_orm::Value> = vec![
+        tenant.as_str().into(),
+        event.client_id.as_str().into(),
+        (-points).into(),
+        Json::Object(json_row(&event_row(
+            tenant,
+            event,
+            points,
+            total + points,
+            now,
+        ))?)
+        .to_string()
+        .into(),
+        now.fixed_offset().into(),
+        Json::Object(json_row(&to_row(tenant, &stored)?)?)
+            .to_string()
+            .into(),
+        Json::Object(json_row(&outbox_row(tenant, plan, now)?)?)
+            .to_string()
+            .into(),
+        r.coupon_id.as_str().into(),
+        plan.stock.map(i64::from).into(),
+        LOTS_AT_ONCE.into(),
+        pending.into(),
+        issued.into(),
+    ];
+    let row = txn
+        .query_one_raw(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            REDEEM,
+            values,
+        ))
+        .await
+        .map_err(classify)?
+        .ok_or_else(|| RepoError::Other("the redemption statement returned no row".into()))?;
+    let count = |column: &str| row.try_get::<i64>("", column).map_err(classify);
+    if let Some(limit) = plan.per_client_limit
+        && count("held")? >= i64::from(limit)
+    {
+        return Err(RepoError::Precondition(format!(
+            "the client has redeemed coupon {} as often as its limit ({limit}) allows",
+            r.coupon_id
+        )));
+    }
+    if count("counted")? != 1 {
+        return Err(RepoError::Precondition(format!(
+            "coupon {} is out of stock",
+            r.coupon_id
+        )));
+    }
+    if count("lots_taken")? != count("lots_to_take")? {
+        return Err(RepoError::Conflict(
+            "a lot changed while the redemption spent it".into(),
+        ));
+    }
+    let rest = -points - count("points_taken")?;
+    if rest > 0 && count("lots_read")? == LOTS_AT_ONCE {
+        consume_oldest_lots(txn, tenant, &event.client_id, rest).await?;
+    }
+    stored.use_event_id = Some(count("event_id")?);
+    Ok(stored)
+}
+
+/// A row as a JSON object keyed by column name; columns not set are left out.
+fn json_row<A: ActiveModelTrait>(row: &A) -> Result<Map<String, Json>, RepoError> {
+    let mut object = Map::new();
+    for column in <A::Entity as EntityTrait>::Column::iter() {
+        if let Some(value) = row.get(column).into_value() {
+            object.insert(column.to_string(), json_value(value)?);
+        }
+    }
+    Ok(object)
+}
+
+/// A column value as `jsonb_populate_record` reads it back exactly: integers as JSON integers,
+/// days as `YYYY-MM-DD`, instants as RFC 3339 at microseconds (what PostgreSQL keeps, truncated
+/// as the bound parameters of the transaction path are).
+fn json_value(value: sea_orm::Value) -> Result<Json, RepoError> {
+    use sea_orm::Value as V;
+    Ok(match value {
+        V::Bool(v) => v.map_or(Json::Null, Json::Bool),
+        V::Int(v) => v.map_or(Json::Null, Json::from),
+        V::BigInt(v) => v.map_or(Json::Null, Json::from),
+        V::String(v) => v.map_or(Json::Null, Json::String),
+        V::ChronoDate(v) => v.map_or(Json::Null, |d| {
+            Json::String(d.format("%Y-%m-%d").to_string())
+        }),
+        V::ChronoDateTimeWithTimeZone(v) => v.map_or(Json::Null, |t| {
+            Json::String(t.to_utc().to_rfc3339_opts(SecondsFormat::Micros, true))
+        }),
+        other => {
+            return Err(RepoError::Other(format!(
+                "a column of type {other:?} cannot be written in one statement"
+            )));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{NaiveDate, TimeZone};
+
+    #[test]
+    fn values_become_json_that_postgresql_reads_back_exactly() {
+        use sea_orm::Value as V;
+        let instant = Utc
+            .with_ymd_and_hms(2026, 12, 1, 21, 35, 20)
+            .single()
+            .expect("instant")
+            + chrono::Duration::nanoseconds(123_456_789);
+        let cases = [
+            (V::BigInt(Some(9_007_199_254_740_993)), "9007199254740993"),
+            (V::BigInt(None), "null"),
+            (V::Int(Some(-3)), "-3"),
+            (V::Bool(Some(true)), "true"),
+            (V::String(Some("a\"b".into())), r#""a\"b""#),
+            (
+                V::ChronoDate(NaiveDate::from_ymd_opt(2026, 3, 1)),
+                r#""2026-03-01""#,
+            ),
+            (
+                V::ChronoDateTimeWithTimeZone(Some(instant.fixed_offset())),
+                r#""2026-12-01T21:35:20.123456Z""#,
+            ),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(json_value(value).expect("converts").to_string(), expected);
+        }
+        assert!(json_value(V::Double(Some(1.5))).is_err());
+    }
+}
