@@ -17,6 +17,7 @@ mod m20261122_000005_rules;
 mod m20261122_000006_ledger;
 mod m20261122_000007_coupons;
 mod m20261122_000008_sync_and_jobs;
+mod m20261202_000009_pricing_revisions;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -33,6 +34,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000006_ledger::Migration),
             Box::new(m20261122_000007_coupons::Migration),
             Box::new(m20261122_000008_sync_and_jobs::Migration),
+            Box::new(m20261202_000009_pricing_revisions::Migration),
         ]
     }
 }

@@ -186,7 +186,9 @@ const LOTS_AT_ONCE: i64 = 64;
 /// lots as the last redemption left them: the Use event ($4) with a new id, its points ($3, in
 /// minor units) taken from the oldest unlocked lots, the balance, the redemption ($6), its outbox
 /// message ($7) and the coupon's count, raised only below the stock ($9). The guards are
-/// returned rather than applied: the caller rolls back when one fails.
+/// returned rather than applied: the caller rolls back when one fails. The client's live
+/// redemptions of the coupon are counted only when it has a limit ($13): a frequent redeemer
+/// holds thousands of them.
 const REDEEM: &str = r"
 WITH new_event AS (
     SELECT nextval(pg_get_serial_sequence('ledger_events', 'event_id')) AS event_id
@@ -230,7 +232,8 @@ WITH new_event AS (
 SELECT new_event.event_id,
     (SELECT COUNT(*) FROM counted) AS counted,
     (SELECT COUNT(*) FROM redemptions
-        WHERE tenant_id = $1 AND coupon_id = $8 AND client_id = $2 AND status IN ($11, $12)) AS held,
+        WHERE $13 AND tenant_id = $1 AND coupon_id = $8 AND client_id = $2
+            AND status IN ($11, $12)) AS held,
     (SELECT COUNT(*) FROM oldest) AS lots_read,
     (SELECT COUNT(*) FROM oldest WHERE before < $3) AS lots_to_take,
     (SELECT COUNT(*) FROM taken) AS lots_taken,
@@ -317,6 +320,7 @@ pub async fn redeem(
         LOTS_AT_ONCE.into(),
         pending.into(),
         issued.into(),
+        plan.per_client_limit.is_some().into(),
     ];
     let row = txn
         .query_one_raw(Statement::from_sql_and_values(

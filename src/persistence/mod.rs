@@ -340,6 +340,10 @@ pub trait RulesRepository: Send + Sync {
         tenant: &TenantId,
         client_id: &str,
     ) -> Result<(Vec<String>, HashMap<String, EffectiveDated>), RepoError>;
+    /// The revision of the tenant's pricing inputs (products, their categories and labels, base
+    /// points, multiplier rules): raised by the database in every transaction that changes any
+    /// of them; 0 before the first change.
+    async fn pricing_revision(&self, tenant: &TenantId) -> Result<i64, RepoError>;
 }
 
 /// The catalogue and the orders, as synchronized from ONe.

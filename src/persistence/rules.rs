@@ -15,7 +15,7 @@ use sea_orm::{
 use super::RulesRepository;
 use super::entities::{
     base_points, client_segments, multiplier_rule_segments, multiplier_rule_targets,
-    multiplier_rules, segment_rates,
+    multiplier_rules, pricing_revisions, segment_rates,
 };
 use super::error::{RepoError, classify};
 use super::idempotency::insert_record;
@@ -435,6 +435,16 @@ impl RulesRepository for SeaRulesRepository {
             rows.into_iter()
                 .map(|r| (r.segment_id, r.effective_from, r.rate)),
         ))
+    }
+
+    async fn pricing_revision(&self, tenant: &TenantId) -> Result<i64, RepoError> {
+        Ok(
+            pricing_revisions::Entity::find_by_id(tenant.as_str().to_owned())
+                .one(&self.db)
+                .await
+                .map_err(classify)?
+                .map_or(0, |r| r.revision),
+        )
     }
 
     async fn client_segment_rates(

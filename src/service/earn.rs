@@ -618,6 +618,7 @@ mod tests {
                 Arc::clone(&catalog),
                 Arc::new({
                     let mut rules = MockRulesRepository::new();
+                    rules.expect_pricing_revision().returning(|_| Ok(0));
                     rules
                         .expect_client_segment_rates()
                         .returning(|_, _| Ok((Vec::new(), HashMap::new())));

@@ -2,21 +2,47 @@
 //! the products' facts, base points, the published rules that target them in a date range, and
 //! the client's segments with their rates. Shared by previews and by earning, so both price the
 //! same way. Nothing of it waits for the client: every read starts at once, so a call waits for
-//! the longest chain (products, their categories and labels, the rules), not for their sum.
+//! the longest chain, not for their sum.
+//!
+//! What prices a product (its facts, base points and rules) is kept per tenant and served for
+//! the pricing revision it was read at: the database raises the revision in every transaction
+//! that changes any of it (migration `m20261202_000009`), and each call reads the revision first,
+//! so a cached product is served only while nothing that prices it has changed. An entry is
+//! cached only when the revision was the same before and after it was read: it then describes
+//! that revision exactly.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::Arc;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::domain::directory::ClientRecord;
 use crate::domain::engine::PricingBook;
-use crate::domain::rules::{ProductFacts, RuleIndex, RuleTarget};
+use crate::domain::rules::{EffectiveDated, MultiplierRule, ProductFacts, RuleIndex, RuleTarget};
 use crate::domain::tenant::TenantId;
 use crate::persistence::{CatalogRepository, DirectoryRepository, RepoError, RulesRepository};
+
+/// Products kept per tenant at most; beyond it the tenant's entries start again empty.
+const PRODUCTS_PER_TENANT: usize = 50_000;
 
 pub struct Pricing {
     directory: Arc<dyn DirectoryRepository>,
     catalog: Arc<dyn CatalogRepository>,
     rules: Arc<dyn RulesRepository>,
+    cache: Mutex<HashMap<TenantId, CachedPricing>>,
+}
+
+/// What prices one product.
+#[derive(Debug, Clone)]
+struct ProductPricing {
+    facts: ProductFacts,
+    base_points: Option<EffectiveDated>,
+    /// The published rules that target it.
+    rules: Vec<MultiplierRule>,
+}
+
+/// A tenant's products as priced at one revision.
+struct CachedPricing {
+    revision: i64,
+    products: HashMap<String, Arc<ProductPricing>>,
 }
 
 /// A client as priced: its record and the book of everything that prices its lines.
@@ -32,6 +58,7 @@ impl Pricing {
             directory,
             catalog,
             rules,
+            cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -55,31 +82,27 @@ impl Pricing {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let facts_and_rules = async {
-            let mut facts = self.catalog.product_facts(tenant, &unique).await?;
-            for id in &unique {
-                facts.entry(id.clone()).or_insert_with(|| ProductFacts {
-                    product_id: id.clone(),
-                    ..ProductFacts::default()
-                });
-            }
-            let targets: Vec<RuleTarget> = facts
-                .values()
-                .flat_map(ProductFacts::targets)
-                .collect::<BTreeSet<_>>()
-                .into_iter()
-                .collect();
-            let rules = self.rules.published_rules_for(tenant, &targets).await?;
-            Ok::<_, RepoError>((facts, rules))
-        };
-        // The rules depend on the products' facts; the rest is read alongside.
-        let (client, (facts, rules), base_points, (segments, segment_rates)) = tokio::try_join!(
+        let (client, products, (segments, segment_rates)) = tokio::try_join!(
             // The memberships come with their rates, below: one read of them, one snapshot.
             self.directory.client_row(tenant, client_id),
-            facts_and_rules,
-            self.rules.base_points(tenant, &unique),
+            self.products(tenant, &unique),
             self.rules.client_segment_rates(tenant, client_id),
         )?;
+        let mut facts = HashMap::with_capacity(products.len());
+        let mut base_points = HashMap::new();
+        let mut rules: BTreeMap<(String, u32), MultiplierRule> = BTreeMap::new();
+        for product in products {
+            for rule in &product.rules {
+                rules
+                    .entry((rule.rule_id.clone(), rule.version))
+                    .or_insert_with(|| rule.clone());
+            }
+            if let Some(points) = &product.base_points {
+                base_points.insert(product.facts.product_id.clone(), points.clone());
+            }
+            facts.insert(product.facts.product_id.clone(), product.facts.clone());
+        }
+        let rules: Vec<MultiplierRule> = rules.into_values().collect();
         let Some(client) = client else {
             return Ok(None);
         };
@@ -94,5 +117,288 @@ impl Pricing {
             ..client
         };
         Ok(Some((client, facts, book)))
+    }
+
+    /// What prices each of `unique` (distinct ids): from the cache where it holds the current
+    /// revision, read for the rest.
+    async fn products(
+        &self,
+        tenant: &TenantId,
+        unique: &[String],
+    ) -> Result<Vec<Arc<ProductPricing>>, RepoError> {
+        let revision = self.rules.pricing_revision(tenant).await?;
+        let (mut found, missing) = {
+            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let current = cache.get(tenant).filter(|c| c.revision == revision);
+            let mut found = Vec::with_capacity(unique.len());
+            let mut missing = Vec::new();
+            for id in unique {
+                match current.and_then(|c| c.products.get(id)) {
+                    Some(product) => found.push(Arc::clone(product)),
+                    None => missing.push(id.clone()),
+                }
+            }
+            (found, missing)
+        };
+        if missing.is_empty() {
+            return Ok(found);
+        }
+        let read = self.read_products(tenant, &missing).await?;
+        // Kept only if nothing that prices a product changed while it was read.
+        if self.rules.pricing_revision(tenant).await? == revision {
+            let mut cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let entry = cache
+                .entry(tenant.clone())
+                .or_insert_with(|| CachedPricing {
+                    revision,
+                    products: HashMap::new(),
+                });
+            if entry.revision != revision || entry.products.len() >= PRODUCTS_PER_TENANT {
+                entry.revision = revision;
+                entry.products.clear();
+            }
+            for product in &read {
+                entry
+                    .products
+                    .insert(product.facts.product_id.clone(), Arc::clone(product));
+            }
+        }
+        found.extend(read);
+        Ok(found)
+    }
+
+    /// Reads what prices each of `ids`. A product the catalogue does not know yet is priced on
+    /// its id alone: product rules and base points still apply.
+    async fn read_products(
+        &self,
+        tenant: &TenantId,
+        ids: &[String],
+    ) -> Result<Vec<Arc<ProductPricing>>, RepoError> {
+        let facts_and_rules = async {
+            let mut facts = self.catalog.product_facts(tenant, ids).await?;
+            for id in ids {
+                facts.entry(id.clone()).or_insert_with(|| ProductFacts {
+                    product_id: id.clone(),
+                    ..ProductFacts::default()
+                });
+            }
+            let targets: Vec<RuleTarget> = facts
+                .values()
+                .flat_map(ProductFacts::targets)
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let rules = self.rules.published_rules_for(tenant, &targets).await?;
+            Ok::<_, RepoError>((facts, rules))
+        };
+        // The rules depend on the products' facts; base points are read alongside.
+        let ((facts, rules), mut base_points) =
+            tokio::try_join!(facts_and_rules, self.rules.base_points(tenant, ids))?;
+        Ok(facts
+            .into_values()
+            .map(|facts| {
+                let targets: BTreeSet<RuleTarget> = facts.targets().into_iter().collect();
+                Arc::new(ProductPricing {
+                    base_points: base_points.remove(&facts.product_id),
+                    rules: rules
+                        .iter()
+                        .filter(|r| r.targets.iter().any(|t| targets.contains(t)))
+                        .cloned()
+                        .collect(),
+                    facts,
+                })
+            })
+            .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use chrono::{NaiveDate, Utc};
+    use rust_decimal::Decimal;
+
+    use super::*;
+    use crate::domain::rules::{RuleStatus, TargetKind};
+    use crate::persistence::{MockCatalogRepository, MockDirectoryRepository, MockRulesRepository};
+
+    fn rule(id: &str, product: &str) -> MultiplierRule {
+        MultiplierRule {
+            rule_id: id.into(),
+            version: 1,
+            status: RuleStatus::Published,
+            name: id.into(),
+            description: String::new(),
+            targets: vec![RuleTarget {
+                kind: TargetKind::Product,
+                id: product.into(),
+            }],
+            factor: Decimal::TWO,
+            valid_from: NaiveDate::from_ymd_opt(2026, 1, 1).expect("day"),
+            valid_until: None,
+            segment_ids: Vec::new(),
+            channel: None,
+        }
+    }
+
+    /// Pricing over mocks whose revision is `revision`; `reads` is called once per product read
+    /// (with the ids) and may move the revision, as a concurrent writer would.
+    fn pricing(
+        revision: &Arc<AtomicI64>,
+        reads: impl Fn(&[String]) + Send + Sync + 'static,
+    ) -> (Pricing, Arc<Mutex<Vec<Vec<String>>>>) {
+        let read_ids = Arc::new(Mutex::new(Vec::new()));
+        let mut directory = MockDirectoryRepository::new();
+        directory.expect_client_row().returning(|_, id| {
+            Ok(Some(ClientRecord {
+                client_id: id.into(),
+                name: "Org".into(),
+                status: "ACTIVE".into(),
+                has_account: true,
+                segment_ids: Vec::new(),
+                updated_at: Utc::now(),
+            }))
+        });
+        let mut catalog = MockCatalogRepository::new();
+        let seen = Arc::clone(&read_ids);
+        catalog.expect_product_facts().returning(move |_, ids| {
+            seen.lock().expect("ids").push(ids.to_vec());
+            reads(ids);
+            Ok(ids
+                .iter()
+                .filter(|id| id.as_str() != "UNKNOWN")
+                .map(|id| {
+                    let facts = ProductFacts {
+                        product_id: id.clone(),
+                        ..ProductFacts::default()
+                    };
+                    (id.clone(), facts)
+                })
+                .collect())
+        });
+        let mut rules = MockRulesRepository::new();
+        let current = Arc::clone(revision);
+        rules
+            .expect_pricing_revision()
+            .returning(move |_| Ok(current.load(Ordering::SeqCst)));
+        rules.expect_published_rules_for().returning(|_, targets| {
+            // "double" targets P1 and P2, "p2" targets P2 alone.
+            let mut double = rule("double", "P1");
+            double.targets.extend(rule("double", "P2").targets);
+            Ok([double, rule("p2", "P2")]
+                .into_iter()
+                .filter(|r| r.targets.iter().any(|t| targets.contains(t)))
+                .collect())
+        });
+        rules.expect_base_points().returning(|_, ids| {
+            Ok(ids
+                .iter()
+                .filter(|id| id.as_str() == "P1")
+                .map(|id| {
+                    let day = NaiveDate::from_ymd_opt(2026, 1, 1).expect("day");
+                    (id.clone(), EffectiveDated::new(vec![(day, Decimal::TEN)]))
+                })
+                .collect())
+        });
+        rules
+            .expect_client_segment_rates()
+            .returning(|_, _| Ok((Vec::new(), HashMap::new())));
+        let pricing = Pricing::new(Arc::new(directory), Arc::new(catalog), Arc::new(rules));
+        (pricing, read_ids)
+    }
+
+    fn tenant() -> TenantId {
+        TenantId::parse("t1").expect("tenant")
+    }
+
+    fn ids(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[tokio::test]
+    async fn a_product_is_read_once_per_revision_and_again_when_it_moves() {
+        let revision = Arc::new(AtomicI64::new(3));
+        let (pricing, reads) = pricing(&revision, |_| {});
+        let t = tenant();
+        let first = pricing
+            .book(&t, "org:a", &ids(&["P1", "P2", "P1"]))
+            .await
+            .expect("book")
+            .expect("client");
+        let again = pricing
+            .book(&t, "org:a", &ids(&["P2", "P3", "UNKNOWN"]))
+            .await
+            .expect("book")
+            .expect("client");
+        // P2 came from the cache; P3 and the unknown product were read.
+        assert_eq!(
+            *reads.lock().expect("ids"),
+            [ids(&["P1", "P2"]), ids(&["P3", "UNKNOWN"])]
+        );
+        assert_eq!(
+            first.2.rules.len(),
+            2,
+            "each rule once, though two products share one"
+        );
+        assert_eq!(first.2.base_points.len(), 1);
+        assert_eq!(again.2.rules.len(), 2, "both rules target P2, none P3");
+        assert!(again.2.base_points.is_empty());
+        assert!(again.1.contains_key("UNKNOWN"), "priced on its id alone");
+        let cached = pricing
+            .book(&t, "org:b", &ids(&["P1", "P2", "P3", "UNKNOWN"]))
+            .await
+            .expect("book")
+            .expect("client");
+        assert_eq!(
+            reads.lock().expect("ids").len(),
+            2,
+            "all four from the cache"
+        );
+        assert_eq!(cached.2.rules.len(), 2);
+        assert_eq!(cached.2.base_points.len(), 1);
+
+        revision.store(4, Ordering::SeqCst);
+        pricing
+            .book(&t, "org:a", &ids(&["P1"]))
+            .await
+            .expect("book");
+        assert_eq!(
+            reads.lock().expect("ids").last(),
+            Some(&ids(&["P1"])),
+            "a new revision: read again"
+        );
+        pricing
+            .book(
+                &TenantId::parse("t2").expect("tenant"),
+                "org:a",
+                &ids(&["P1"]),
+            )
+            .await
+            .expect("book");
+        assert_eq!(
+            reads.lock().expect("ids").len(),
+            4,
+            "another tenant's cache is its own"
+        );
+    }
+
+    #[tokio::test]
+    async fn what_was_read_while_the_revision_moved_is_not_kept() {
+        let revision = Arc::new(AtomicI64::new(1));
+        let moving = Arc::clone(&revision);
+        // Every read is overtaken by a writer.
+        let (pricing, reads) = pricing(&revision, move |_| {
+            moving.fetch_add(1, Ordering::SeqCst);
+        });
+        let t = tenant();
+        for _ in 0..2 {
+            pricing
+                .book(&t, "org:a", &ids(&["P1"]))
+                .await
+                .expect("book")
+                .expect("client");
+        }
+        assert_eq!(reads.lock().expect("ids").len(), 2, "nothing was cached");
     }
 }

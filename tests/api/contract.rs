@@ -40,6 +40,7 @@ on_both_backends!(TestDb:
     a_clients_segments_come_with_their_rates_and_only_theirs,
     a_redemption_is_stored_alike_in_two_statements_and_statement_by_statement,
     a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on,
+    every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision,
 );
 
 fn tenant(id: &str) -> TenantId {
@@ -1235,4 +1236,125 @@ async fn a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on(store: &
             .expect("balance");
         assert_eq!((balance.available, balance.locked), (dec("1"), dec("100")));
     }
+}
+
+/// The pricing cache is exact only if no write to a pricing table can leave the revision where
+/// it was: inserts through the repositories, then an update and a delete of each table in plain
+/// SQL, as a hand-made fix would be.
+#[allow(clippy::too_many_lines)] // one check per table and kind of change
+async fn every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision(store: &TestDb) {
+    use one_loyalty::domain::directory::{CategoryRecord, ProductRecord};
+    use one_loyalty::domain::rules::{
+        MultiplierRule, RuleStatus, RuleTarget, StoredRule, TargetKind,
+    };
+    use one_loyalty::persistence::catalog::SeaCatalogRepository;
+    use one_loyalty::persistence::rules::SeaRulesRepository;
+    use one_loyalty::persistence::{CatalogRepository, RulesRepository};
+    use sea_orm::ConnectionTrait;
+    let catalog = SeaCatalogRepository::new(store.db.clone());
+    let rules = SeaRulesRepository::new(store.db.clone());
+    let (t1, t2) = (tenant("t1"), tenant("t2"));
+    let revision = || async { rules.pricing_revision(&t1).await.expect("revision") };
+    assert_eq!(revision().await, 0, "nothing changed yet");
+
+    let mut last = 0;
+    let mut raised = |now: i64, what: &str| {
+        assert!(now > last, "{what}: the revision stayed at {last}");
+        last = now;
+    };
+    let category = CategoryRecord {
+        category_id: "C1".into(),
+        parent_id: None,
+        name: "Cables".into(),
+    };
+    catalog
+        .save_category(&t1, &category)
+        .await
+        .expect("category");
+    raised(revision().await, "a category");
+    let product = ProductRecord {
+        product_id: "P1".into(),
+        name: "Cable".into(),
+        sku: "P1".into(),
+        category_id: Some("C1".into()),
+        label_ids: vec!["L1".into()],
+        manufacturer_id: None,
+        is_ecommerce: true,
+        active: true,
+        updated_at: Utc::now(),
+    };
+    catalog.save_product(&t1, &product).await.expect("product");
+    raised(revision().await, "a product");
+    rules
+        .set_base_points(
+            &t1,
+            NaiveDate::from_ymd_opt(2026, 1, 1).expect("day"),
+            &[("P1".into(), dec("10"))],
+            &record("base", 1),
+        )
+        .await
+        .expect("base points");
+    raised(revision().await, "base points");
+    let rule = StoredRule {
+        rule: MultiplierRule {
+            rule_id: "R1".into(),
+            version: 1,
+            status: RuleStatus::Published,
+            name: "Double".into(),
+            description: String::new(),
+            targets: vec![RuleTarget {
+                kind: TargetKind::Product,
+                id: "P1".into(),
+            }],
+            factor: dec("2"),
+            valid_from: NaiveDate::from_ymd_opt(2026, 1, 1).expect("day"),
+            valid_until: None,
+            segment_ids: vec!["gold".into()],
+            channel: None,
+        },
+        created_at: Utc::now(),
+        published_at: Some(Utc::now()),
+        archived_at: None,
+    };
+    rules
+        .save_rule(&t1, &rule, &record("rule", 1))
+        .await
+        .expect("rule");
+    raised(revision().await, "a rule");
+
+    for table in [
+        "products",
+        "categories",
+        "category_ancestors",
+        "product_labels",
+        "base_points",
+        "multiplier_rules",
+        "multiplier_rule_targets",
+        "multiplier_rule_segments",
+    ] {
+        let count = store
+            .db
+            .query_one_raw(sea_orm::Statement::from_string(
+                store.db.get_database_backend(),
+                format!("SELECT COUNT(*) AS n FROM {table} WHERE tenant_id = 't1'"),
+            ))
+            .await
+            .expect("count")
+            .expect("row")
+            .try_get::<i64>("", "n")
+            .expect("n");
+        assert!(count > 0, "{table} holds a row of t1");
+        for change in [
+            format!("UPDATE {table} SET tenant_id = tenant_id WHERE tenant_id = 't1'"),
+            format!("DELETE FROM {table} WHERE tenant_id = 't1'"),
+        ] {
+            store.db.execute_unprepared(&change).await.expect(&change);
+            raised(revision().await, &change);
+        }
+    }
+    assert_eq!(
+        rules.pricing_revision(&t2).await.expect("revision"),
+        0,
+        "another tenant's revision is its own"
+    );
 }

@@ -14,6 +14,7 @@ on_both_backends!(TestApp:
     the_worked_example_is_previewed_with_the_hand_computed_points,
     a_preview_follows_the_day_and_explains_each_rule,
     a_preview_for_an_unknown_client_or_with_bad_lines_is_refused,
+    a_preview_sees_every_change_to_what_prices_a_product_at_once,
 );
 
 fn tenant() -> TenantId {
@@ -376,4 +377,101 @@ async fn a_preview_for_an_unknown_client_or_with_bad_lines_is_refused(app: &Test
     );
     let status = preview(app, "2026-03-05", vec![]).await.expect_err("empty");
     assert_eq!(violated_fields(&status), ["lines"]);
+}
+
+/// What prices a product is cached per pricing revision: each change, by the API or by
+/// synchronization, is seen by the very next call.
+async fn a_preview_sees_every_change_to_what_prices_a_product_at_once(app: &TestApp) {
+    worked_example(app).await;
+    let cable = || async {
+        let answer = preview(
+            app,
+            "2026-03-05",
+            vec![line("P1", "1", pb::Channel::Online)],
+        )
+        .await
+        .expect("preview");
+        let line = answer.lines.into_iter().next().expect("line");
+        let mut rules: Vec<String> = line.rules.iter().map(|r| r.rule_name.clone()).collect();
+        rules.sort();
+        (line.base_points, rules)
+    };
+    let (base, rules) = cable().await;
+    assert_eq!(base, "10");
+    assert_eq!(rules, ["R1 Electrical spring", "R2 Eco label"]);
+    // Twice: the second is priced from the cache.
+    assert_eq!(cable().await, (base, rules));
+
+    let mut api = RulesServiceClient::new(app.channel.clone());
+    api.set_base_points(app.request(pb::SetBasePointsRequest {
+        request_id: "base-again".into(),
+        effective_from: "2026-01-01".into(),
+        entries: vec![pb::BasePointsEntry {
+            product_id: "P1".into(),
+            points: "20".into(),
+            ..Default::default()
+        }],
+    }))
+    .await
+    .expect("base points");
+    assert_eq!(cable().await.0, "20", "new base points");
+
+    let catalog = &app.services.catalog;
+    let mut product = ProductRecord {
+        product_id: "P1".into(),
+        name: "P1".into(),
+        sku: "P1".into(),
+        category_id: Some("C-cables".into()),
+        label_ids: Vec::new(),
+        manufacturer_id: None,
+        is_ecommerce: true,
+        active: true,
+        updated_at: Utc::now(),
+    };
+    catalog
+        .save_product(&tenant(), &product)
+        .await
+        .expect("product");
+    assert_eq!(
+        cable().await.1,
+        ["R1 Electrical spring"],
+        "the label is gone"
+    );
+
+    let moved = CategoryRecord {
+        category_id: "C-cables".into(),
+        parent_id: Some("C-tools".into()),
+        name: "C-cables".into(),
+    };
+    catalog
+        .save_category(&tenant(), &moved)
+        .await
+        .expect("category");
+    assert_eq!(
+        cable().await.1,
+        ["R3 Tools month"],
+        "the category moved under tools"
+    );
+
+    product.label_ids = vec!["L-eco".into()];
+    catalog
+        .save_product(&tenant(), &product)
+        .await
+        .expect("product");
+    let spec = pb::MultiplierRuleSpec {
+        name: "R5 Cable week".into(),
+        targets: vec![pb::RuleTarget {
+            kind: pb::TargetKind::Product as i32,
+            id: "P1".into(),
+        }],
+        factor: "1.1".into(),
+        valid_from: "2026-03-01".into(),
+        ..Default::default()
+    };
+    create_published_rule(&mut api, app, spec).await;
+    assert_eq!(
+        cable().await.1,
+        ["R2 Eco label", "R3 Tools month", "R5 Cable week"],
+        "the label back and a new rule"
+    );
 }

@@ -28,6 +28,7 @@ pub mod multiplier_rule_targets;
 pub mod multiplier_rules;
 pub mod orders;
 pub mod outbox;
+pub mod pricing_revisions;
 pub mod product_labels;
 pub mod products;
 pub mod redemptions;

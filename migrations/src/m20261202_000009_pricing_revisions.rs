@@ -1,0 +1,121 @@
+//! A revision per tenant of everything that prices a line (products, their categories and
+//! labels, base points, multiplier rules with their targets and segments), raised by triggers on
+//! those tables in the writing transaction itself. A cache of pricing inputs is exact when it is
+//! served only for the revision it was read at: no writer (synchronization, the rules API, an
+//! import, a hand-made fix in SQL) can change them without the revision moving.
+
+use sea_orm_migration::prelude::*;
+
+use crate::columns::{big, create_all, drop_all, table, tenant};
+
+pub struct Migration;
+
+/// The tables that price a line.
+const PRICING_TABLES: &[&str] = &[
+    "products",
+    "categories",
+    "category_ancestors",
+    "product_labels",
+    "base_points",
+    "multiplier_rules",
+    "multiplier_rule_targets",
+    "multiplier_rule_segments",
+];
+
+impl MigrationName for Migration {
+    fn name(&self) -> &'static str {
+        "m20261202_000009_pricing_revisions"
+    }
+}
+
+/// PostgreSQL: one function; a row trigger per table (each row's tenant is raised).
+const POSTGRES_FUNCTION: &str = r"
+CREATE FUNCTION raise_pricing_revision() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    changed_tenant text;
+BEGIN
+    IF TG_OP = 'DELETE' THEN
+        changed_tenant := OLD.tenant_id;
+    ELSE
+        changed_tenant := NEW.tenant_id;
+    END IF;
+    INSERT INTO pricing_revisions (tenant_id, revision) VALUES (changed_tenant, 1)
+    ON CONFLICT (tenant_id) DO UPDATE SET revision = pricing_revisions.revision + 1;
+    RETURN NULL;
+END;
+$$";
+
+#[async_trait::async_trait]
+impl MigrationTrait for Migration {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        create_all(
+            manager,
+            vec![table(
+                "pricing_revisions",
+                vec![tenant(), big("revision")],
+                &["tenant_id"],
+            )],
+            Vec::new(),
+        )
+        .await?;
+        let db = manager.get_connection();
+        match manager.get_database_backend() {
+            sea_orm::DbBackend::Postgres => {
+                db.execute_unprepared(POSTGRES_FUNCTION).await?;
+                for name in PRICING_TABLES {
+                    db.execute_unprepared(&format!(
+                        "CREATE TRIGGER {name}_pricing_revision \
+                         AFTER INSERT OR UPDATE OR DELETE ON {name} \
+                         FOR EACH ROW EXECUTE FUNCTION raise_pricing_revision()"
+                    ))
+                    .await?;
+                }
+            }
+            _ => {
+                // SQLite: a trigger per table and kind of change.
+                for name in PRICING_TABLES {
+                    for (change, row) in [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")] {
+                        db.execute_unprepared(&format!(
+                            "CREATE TRIGGER {name}_pricing_revision_{kind} AFTER {change} ON {name} \
+                             BEGIN \
+                             INSERT INTO pricing_revisions (tenant_id, revision) \
+                             VALUES ({row}.tenant_id, 1) \
+                             ON CONFLICT (tenant_id) DO UPDATE SET revision = revision + 1; \
+                             END",
+                            kind = change.to_lowercase()
+                        ))
+                        .await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        let db = manager.get_connection();
+        match manager.get_database_backend() {
+            sea_orm::DbBackend::Postgres => {
+                for name in PRICING_TABLES {
+                    db.execute_unprepared(&format!(
+                        "DROP TRIGGER {name}_pricing_revision ON {name}"
+                    ))
+                    .await?;
+                }
+                db.execute_unprepared("DROP FUNCTION raise_pricing_revision()")
+                    .await?;
+            }
+            _ => {
+                for name in PRICING_TABLES {
+                    for kind in ["insert", "update", "delete"] {
+                        db.execute_unprepared(&format!(
+                            "DROP TRIGGER {name}_pricing_revision_{kind}"
+                        ))
+                        .await?;
+                    }
+                }
+            }
+        }
+        drop_all(manager, &["pricing_revisions"]).await
+    }
+}
