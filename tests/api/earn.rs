@@ -27,6 +27,21 @@ pub async fn worked_example(app: &TestApp) {
     seed_rules(app).await;
 }
 
+/// A product of the worked example, as synchronization would bring it.
+fn product(id: &str, category: &str, label: Option<&str>) -> ProductRecord {
+    ProductRecord {
+        product_id: id.into(),
+        name: id.into(),
+        sku: id.into(),
+        category_id: Some(category.into()),
+        label_ids: label.map(str::to_owned).into_iter().collect(),
+        manufacturer_id: None,
+        is_ecommerce: true,
+        active: true,
+        updated_at: Utc::now(),
+    }
+}
+
 /// The categories, products and client, as synchronization would bring them.
 async fn seed_catalogue(app: &TestApp) {
     let catalog = &app.services.catalog;
@@ -53,19 +68,8 @@ async fn seed_catalogue(app: &TestApp) {
         ("P4", "C-electrical", None),
         ("P5", "C-tools", None),
     ] {
-        let product = ProductRecord {
-            product_id: id.into(),
-            name: id.into(),
-            sku: id.into(),
-            category_id: Some(category.into()),
-            label_ids: label.map(str::to_owned).into_iter().collect(),
-            manufacturer_id: None,
-            is_ecommerce: true,
-            active: true,
-            updated_at: Utc::now(),
-        };
         catalog
-            .save_product(&tenant(), &product)
+            .save_product(&tenant(), &product(id, category, label))
             .await
             .expect("product");
     }
@@ -417,17 +421,7 @@ async fn a_preview_sees_every_change_to_what_prices_a_product_at_once(app: &Test
     assert_eq!(cable().await.0, "20", "new base points");
 
     let catalog = &app.services.catalog;
-    let mut product = ProductRecord {
-        product_id: "P1".into(),
-        name: "P1".into(),
-        sku: "P1".into(),
-        category_id: Some("C-cables".into()),
-        label_ids: Vec::new(),
-        manufacturer_id: None,
-        is_ecommerce: true,
-        active: true,
-        updated_at: Utc::now(),
-    };
+    let mut product = product("P1", "C-cables", None);
     catalog
         .save_product(&tenant(), &product)
         .await
