@@ -28,7 +28,7 @@ use super::error::{RepoError, classify};
 use super::event_lines::row as event_line_row;
 use super::idempotency::record_row;
 use super::ledger::{consume_oldest_lots, entering_locked, event_row, lot_row, spend_source};
-use super::redemptions::{live_statuses, outbox_row, to_row};
+use super::redemptions::{limit_reached, live_statuses, out_of_stock, outbox_row, to_row};
 use crate::domain::documents::DocumentRecord;
 use crate::domain::engine::LineCalculation;
 use crate::domain::idempotency::IdempotencyRecord;
@@ -110,28 +110,17 @@ pub async fn receive_earning(
 ) -> Result<Option<i64>, RepoError> {
     let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
     let into_locked = entering_locked(event, points);
-    // The id and the running balance are the statement's; these placeholders are replaced there.
-    let event_json = json_row(&event_row(tenant, event, points, 0, now))?;
-    let document_json = json_row(&document_row(tenant, stored)?)?;
-    let document_lines = line_rows(tenant, &stored.document)?
-        .iter()
-        .map(json_row)
-        .collect::<Result<Vec<_>, _>>()?;
-    let lots = match event.lot.filter(|_| points > 0) {
-        Some(terms) => vec![json_row(&lot_row(
-            tenant,
-            &event.client_id,
-            0,
-            points,
-            terms,
-            now,
-        ))?],
-        None => Vec::new(),
-    };
+    let lots: Vec<_> = event
+        .lot
+        .filter(|_| points > 0)
+        .map(|terms| lot_row(tenant, &event.client_id, 0, points, terms, now))
+        .into_iter()
+        .collect();
     let event_lines = lines
         .iter()
-        .map(|l| json_row(&event_line_row(tenant, 0, l)?))
+        .map(|l| event_line_row(tenant, 0, l))
         .collect::<Result<Vec<_>, _>>()?;
+    // The id and the running balance are the statement's; the zeros are replaced there.
     let values: Vec<sea_orm::Value> = vec![
         tenant.as_str().into(),
         event.client_id.as_str().into(),
@@ -140,17 +129,11 @@ pub async fn receive_earning(
         into_locked.into(),
         now.fixed_offset().into(),
         stored.document.document_id.as_str().into(),
-        Json::Object(event_json).to_string().into(),
-        Json::Object(document_json).to_string().into(),
-        Json::Array(document_lines.into_iter().map(Json::Object).collect())
-            .to_string()
-            .into(),
-        Json::Array(lots.into_iter().map(Json::Object).collect())
-            .to_string()
-            .into(),
-        Json::Array(event_lines.into_iter().map(Json::Object).collect())
-            .to_string()
-            .into(),
+        row_param(&event_row(tenant, event, points, 0, now))?,
+        row_param(&document_row(tenant, stored)?)?,
+        rows_param(&line_rows(tenant, &stored.document)?)?,
+        rows_param(&lots)?,
+        rows_param(&event_lines)?,
     ];
     let row = db
         .query_one_raw(Statement::from_sql_and_values(
@@ -276,9 +259,7 @@ pub async fn redeem(
             DbBackend::Postgres,
             LOCK_FOR_REDEMPTION,
             [
-                Json::Object(json_row(&record_row(tenant, record))?)
-                    .to_string()
-                    .into(),
+                row_param(&record_row(tenant, record))?,
                 tenant.as_str().into(),
                 event.client_id.as_str().into(),
                 now.fixed_offset().into(),
@@ -299,22 +280,10 @@ pub async fn redeem(
         tenant.as_str().into(),
         event.client_id.as_str().into(),
         (-points).into(),
-        Json::Object(json_row(&event_row(
-            tenant,
-            event,
-            points,
-            total + points,
-            now,
-        ))?)
-        .to_string()
-        .into(),
+        row_param(&event_row(tenant, event, points, total + points, now))?,
         now.fixed_offset().into(),
-        Json::Object(json_row(&to_row(tenant, &stored)?)?)
-            .to_string()
-            .into(),
-        Json::Object(json_row(&outbox_row(tenant, plan, now)?)?)
-            .to_string()
-            .into(),
+        row_param(&to_row(tenant, &stored)?)?,
+        row_param(&outbox_row(tenant, plan, now)?)?,
         r.coupon_id.as_str().into(),
         plan.stock.map(i64::from).into(),
         LOTS_AT_ONCE.into(),
@@ -335,16 +304,10 @@ pub async fn redeem(
     if let Some(limit) = plan.per_client_limit
         && count("held")? >= i64::from(limit)
     {
-        return Err(RepoError::Precondition(format!(
-            "the client has redeemed coupon {} as often as its limit ({limit}) allows",
-            r.coupon_id
-        )));
+        return Err(limit_reached(&r.coupon_id, limit));
     }
     if count("counted")? != 1 {
-        return Err(RepoError::Precondition(format!(
-            "coupon {} is out of stock",
-            r.coupon_id
-        )));
+        return Err(out_of_stock(&r.coupon_id));
     }
     if count("lots_taken")? != count("lots_to_take")? {
         return Err(RepoError::Conflict(
@@ -357,6 +320,20 @@ pub async fn redeem(
     }
     stored.use_event_id = Some(count("event_id")?);
     Ok(stored)
+}
+
+/// A row as the JSON text a statement's `$n::jsonb` parameter takes.
+fn row_param<A: ActiveModelTrait>(row: &A) -> Result<sea_orm::Value, RepoError> {
+    Ok(Json::Object(json_row(row)?).to_string().into())
+}
+
+/// Rows as the JSON array text a statement's `jsonb_array_elements($n::jsonb)` takes.
+fn rows_param<A: ActiveModelTrait>(rows: &[A]) -> Result<sea_orm::Value, RepoError> {
+    let objects = rows
+        .iter()
+        .map(|row| json_row(row).map(Json::Object))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Json::Array(objects).to_string().into())
 }
 
 /// A row as a JSON object keyed by column name; columns not set are left out.

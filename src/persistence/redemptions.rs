@@ -96,10 +96,7 @@ impl RedemptionRepository for SeaRedemptionRepository {
                 .await
                 .map_err(classify)?;
             if held >= u64::from(limit) {
-                return Err(RepoError::Precondition(format!(
-                    "the client has redeemed coupon {} as often as its limit ({limit}) allows",
-                    r.coupon_id
-                )));
+                return Err(limit_reached(&r.coupon_id, limit));
             }
         }
         let spent = append_locked(&txn, tenant, &plan.use_event, &locked, now).await?;
@@ -128,10 +125,7 @@ impl RedemptionRepository for SeaRedemptionRepository {
             count = count.filter(coupons::Column::RedeemedCount.lt(i64::from(stock)));
         }
         if count.exec(&txn).await.map_err(classify)?.rows_affected != 1 {
-            return Err(RepoError::Precondition(format!(
-                "coupon {} is out of stock",
-                r.coupon_id
-            )));
+            return Err(out_of_stock(&r.coupon_id));
         }
         txn.commit().await.map_err(classify)?;
         Ok(stored)
@@ -399,6 +393,18 @@ impl RedemptionRepository for SeaRedemptionRepository {
             .map_err(classify)?;
         Ok(())
     }
+}
+
+/// A redemption refused because the client holds as many of the coupon as its limit allows.
+pub(super) fn limit_reached(coupon_id: &str, limit: u32) -> RepoError {
+    RepoError::Precondition(format!(
+        "the client has redeemed coupon {coupon_id} as often as its limit ({limit}) allows"
+    ))
+}
+
+/// A redemption refused because the coupon's stock is gone.
+pub(super) fn out_of_stock(coupon_id: &str) -> RepoError {
+    RepoError::Precondition(format!("coupon {coupon_id} is out of stock"))
 }
 
 /// The outbox message that delivers a new redemption; its id is the database's to give.

@@ -623,6 +623,12 @@ async fn a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction
     let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
     // Pushed and decided at once: the one-statement path on PostgreSQL.
     let (pushed, decision) = decided_invoice("A", "org:a", now);
+    let (earn, _) = decision.event.as_ref().expect("an earning decision");
+    assert_eq!(
+        one_loyalty::persistence::few_statements::fits(&store.db, earn),
+        store.db.get_database_backend() == sea_orm::DbBackend::Postgres,
+        "on PostgreSQL the one-statement path is the one under test"
+    );
     let Received::Stored(a) = repo
         .receive(&t, &pushed, Some(&decision))
         .await
@@ -967,8 +973,14 @@ async fn a_redemption_is_stored_alike_in_two_statements_and_statement_by_stateme
     for client in ["org:a", "org:b"] {
         earn_lots_for(&ledger, &t, client, &["3", "4", "5"]).await;
     }
+    let plan = redeem_plan("org:a", "q-a", "6");
+    assert_eq!(
+        one_loyalty::persistence::few_statements::fits_redemption(&store.db, &plan),
+        store.db.get_database_backend() == sea_orm::DbBackend::Postgres,
+        "on PostgreSQL the two-statement path is the one under test"
+    );
     let a = fast
-        .redeem(&t, &redeem_plan("org:a", "q-a", "6"), &redeem_record("q-a"))
+        .redeem(&t, &plan, &redeem_record("q-a"))
         .await
         .expect("redeem a");
     let b = slow
