@@ -18,6 +18,7 @@ mod m20261122_000006_ledger;
 mod m20261122_000007_coupons;
 mod m20261122_000008_sync_and_jobs;
 mod m20261202_000009_pricing_revisions;
+mod m20261202_000010_redeem_function;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -35,6 +36,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000007_coupons::Migration),
             Box::new(m20261122_000008_sync_and_jobs::Migration),
             Box::new(m20261202_000009_pricing_revisions::Migration),
+            Box::new(m20261202_000010_redeem_function::Migration),
         ]
     }
 }

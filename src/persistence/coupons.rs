@@ -5,14 +5,14 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, JoinType,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::CouponRepository;
 use super::entities::{coupon_pools, coupon_segments, coupons, redemptions};
 use super::error::{RepoError, classify};
 use super::idempotency::insert_record;
+use super::{CouponRepository, with_children};
 use crate::domain::coupons::{Coupon, CouponSpec, CouponStatus, CouponType, Discount};
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::points::{from_minor_units, to_minor_units};
@@ -80,17 +80,27 @@ impl CouponRepository for SeaCouponRepository {
     }
 
     async fn get(&self, tenant: &TenantId, coupon_id: &str) -> Result<Option<Coupon>, RepoError> {
-        // Read side by side: every redemption reads its coupon, which is seldom missing.
-        let (row, segments) = tokio::try_join!(
-            async {
-                coupons::Entity::find_by_id((tenant.as_str().to_owned(), coupon_id.to_owned()))
-                    .one(&self.db)
-                    .await
-                    .map_err(classify)
-            },
-            self.segments_of(tenant, coupon_id)
-        )?;
-        row.map(|row| from_row(row, segments)).transpose()
+        // One read, as every redemption makes it: the coupon's row once per segment it is
+        // restricted to (once with none when it is not).
+        let restrictions = coupons::Entity::belongs_to(coupon_segments::Entity)
+            .from((coupons::Column::TenantId, coupons::Column::CouponId))
+            .to((
+                coupon_segments::Column::TenantId,
+                coupon_segments::Column::CouponId,
+            ))
+            .into();
+        let rows = coupons::Entity::find_by_id((tenant.as_str().to_owned(), coupon_id.to_owned()))
+            .join(JoinType::LeftJoin, restrictions)
+            .select_also(coupon_segments::Entity)
+            .order_by_asc(coupon_segments::Column::SegmentId)
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        with_children(rows)
+            .map(|(row, segments)| {
+                from_row(row, segments.into_iter().map(|s| s.segment_id).collect())
+            })
+            .transpose()
     }
 
     async fn name_taken(

@@ -4,12 +4,15 @@
 
 use async_trait::async_trait;
 use sea_orm::sea_query::OnConflict;
-use sea_orm::{ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, QueryFilter};
+use sea_orm::{
+    ActiveValue::Set, ColumnTrait, DatabaseConnection, EntityTrait, JoinType, QueryFilter,
+    QuerySelect,
+};
 
-use super::DirectoryRepository;
 use super::agreements::{declaration_types_of, lock_client, recompute_eligibility};
 use super::entities::{client_segments, clients, users};
 use super::error::{RepoError, classify};
+use super::{DirectoryRepository, with_children};
 use crate::domain::directory::{ClientRecord, UserRecord};
 use crate::domain::tenant::TenantId;
 
@@ -45,18 +48,23 @@ impl DirectoryRepository for SeaDirectoryRepository {
         tenant: &TenantId,
         client_id: &str,
     ) -> Result<Option<ClientRecord>, RepoError> {
-        // Read side by side: a client is looked up far more often than it is missing.
-        let (client, segments) = tokio::try_join!(self.client_row(tenant, client_id), async {
-            client_segments::Entity::find()
-                .filter(client_segments::Column::TenantId.eq(tenant.as_str()))
-                .filter(client_segments::Column::ClientId.eq(client_id))
-                .all(&self.db)
-                .await
-                .map_err(classify)
-        },)?;
-        Ok(client.map(|client| ClientRecord {
+        // One read: the client's row once per segment it is in (once with none when in none).
+        let memberships = clients::Entity::belongs_to(client_segments::Entity)
+            .from((clients::Column::TenantId, clients::Column::ClientId))
+            .to((
+                client_segments::Column::TenantId,
+                client_segments::Column::ClientId,
+            ))
+            .into();
+        let rows = clients::Entity::find_by_id((tenant.as_str().to_owned(), client_id.to_owned()))
+            .join(JoinType::LeftJoin, memberships)
+            .select_also(client_segments::Entity)
+            .all(&self.db)
+            .await
+            .map_err(classify)?;
+        Ok(with_children(rows).map(|(row, segments)| ClientRecord {
             segment_ids: segments.into_iter().map(|m| m.segment_id).collect(),
-            ..client
+            ..client_record(row)
         }))
     }
 
@@ -69,14 +77,7 @@ impl DirectoryRepository for SeaDirectoryRepository {
             .one(&self.db)
             .await
             .map_err(classify)?;
-        Ok(row.map(|row| ClientRecord {
-            client_id: row.client_id,
-            name: row.name,
-            status: row.status,
-            has_account: row.has_account,
-            segment_ids: Vec::new(),
-            updated_at: row.updated_at.to_utc(),
-        }))
+        Ok(row.map(client_record))
     }
 
     async fn user(
@@ -95,6 +96,18 @@ impl DirectoryRepository for SeaDirectoryRepository {
             deactivated_at: r.deactivated_at.map(|t| t.to_utc()),
             updated_at: r.updated_at.to_utc(),
         }))
+    }
+}
+
+/// A client's row, without its segments.
+fn client_record(row: clients::Model) -> ClientRecord {
+    ClientRecord {
+        client_id: row.client_id,
+        name: row.name,
+        status: row.status,
+        has_account: row.has_account,
+        segment_ids: Vec::new(),
+        updated_at: row.updated_at.to_utc(),
     }
 }
 

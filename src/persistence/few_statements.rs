@@ -1,24 +1,24 @@
-//! PostgreSQL only: the two hot writes in as few statements as their locks allow. Each
-//! transaction they replace was a round trip per row (BEGIN, ten statements, COMMIT), and these
-//! calls' time was their round trips (docs/PERFORMANCE.md).
+//! PostgreSQL only: the two hot writes in one round trip each. Each transaction they replace was
+//! a round trip per row (BEGIN, ten statements, COMMIT), and these calls' time was their round
+//! trips (docs/PERFORMANCE.md).
 //!
 //! - A received invoice with its earn: one statement. Data-modifying CTEs make the writes one
 //!   atomic statement: it commits on its own, and a failure anywhere writes nothing.
-//! - A redemption: two statements in one transaction. The first locks the client's balance row;
-//!   the second reads the lots to spend and writes the rest. It cannot be one: a statement sees
-//!   the database as it was when it started, before it waited for the lock, and would spend lots
-//!   that another redemption had just spent.
+//! - A redemption: one call of a PL/pgSQL function. It cannot be one statement: a statement sees
+//!   the database as it was when it started, before it waited for the client's balance lock, and
+//!   would spend lots that another redemption had just spent; inside a function each statement
+//!   sees the database anew.
 //!
 //! The rows are the ones the transaction path builds (`document_row`, `line_rows`, `event_row`,
 //! `lot_row`, the event lines' `row`, the redemption's `to_row`, `outbox_row`, `record_row`),
 //! sent as JSON objects keyed by column and turned back into rows of the table's own type by
-//! `jsonb_populate_record`, so no column list is written twice. Only what the statement decides
-//! itself is added there: the ids the database gives and the running balance.
+//! `jsonb_populate_record`, so no column list is written twice. Only what the database decides
+//! itself is added there: the ids it gives and the running balance.
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::{
-    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend,
-    EntityTrait, Iden, Iterable, Statement,
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, Iden,
+    Iterable, RuntimeErr, Statement,
 };
 use serde_json::{Map, Value as Json};
 
@@ -27,7 +27,7 @@ use super::documents::{document_row, line_rows};
 use super::error::{RepoError, classify};
 use super::event_lines::row as event_line_row;
 use super::idempotency::record_row;
-use super::ledger::{consume_oldest_lots, entering_locked, event_row, lot_row, spend_source};
+use super::ledger::{entering_locked, event_row, lot_row, spend_source};
 use super::redemptions::{limit_reached, live_statuses, out_of_stock, outbox_row, to_row};
 use crate::domain::documents::DocumentRecord;
 use crate::domain::engine::LineCalculation;
@@ -147,82 +147,18 @@ pub async fn receive_earning(
         .transpose()
 }
 
-/// A redemption's first statement: the request's record, and the client's balance row created
-/// at zero or locked by the conflict update. Returns what the row holds under the lock.
-const LOCK_FOR_REDEMPTION: &str = r"
-WITH request AS (
-    INSERT INTO idempotency_records
-    SELECT r.* FROM jsonb_populate_record(NULL::idempotency_records, $1::jsonb) r
-)
-INSERT INTO balances AS b
-    (tenant_id, client_id, total, available, locked, reserved, last_event_id, event_count,
-     updated_at)
-VALUES ($2, $3, 0, 0, 0, 0, NULL, 0, $4)
-ON CONFLICT (tenant_id, client_id) DO UPDATE SET updated_at = EXCLUDED.updated_at
-RETURNING b.total AS total, b.available AS available
-";
+/// A redemption: one call of the `loyalty_redeem` function (migration
+/// `m20261202_000010_redeem_function`), which commits on its own. Its parameters: the tenant,
+/// the client, the cost in minor units, the time, the request's record, the Use event, the
+/// redemption and its outbox message as JSON rows, the coupon, its stock, the client's limit and
+/// the statuses that count towards it.
+const REDEEM: &str = "SELECT loyalty_redeem($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, \
+                      $8::jsonb, $9, $10, $11, ARRAY[$12, $13]) AS event_id";
 
-/// Lots read at once by [`REDEEM`]; a spend beyond them reads on (`consume_oldest_lots`).
-const LOTS_AT_ONCE: i64 = 64;
-
-/// A redemption's second statement, under the balance lock the first took, so that it reads the
-/// lots as the last redemption left them: the Use event ($4) with a new id, its points ($3, in
-/// minor units) taken from the oldest unlocked lots, the balance, the redemption ($6), its outbox
-/// message ($7) and the coupon's count, raised only below the stock ($9). The guards are
-/// returned rather than applied: the caller rolls back when one fails. The client's live
-/// redemptions of the coupon are counted only when it has a limit ($13): a frequent redeemer
-/// holds thousands of them.
-const REDEEM: &str = r"
-WITH new_event AS (
-    SELECT nextval(pg_get_serial_sequence('ledger_events', 'event_id')) AS event_id
-), oldest AS (
-    SELECT event_id, remaining,
-        CAST(SUM(remaining) OVER (ORDER BY earned_at, event_id) AS BIGINT) - remaining AS before
-    FROM (
-        SELECT event_id, remaining, earned_at FROM earn_lots
-        WHERE tenant_id = $1 AND client_id = $2 AND NOT locked AND remaining > 0
-        ORDER BY earned_at, event_id
-        LIMIT $10
-    ) l
-), taken AS (
-    UPDATE earn_lots AS l SET remaining = l.remaining - LEAST(o.remaining, $3 - o.before)
-    FROM oldest o
-    WHERE l.tenant_id = $1 AND l.event_id = o.event_id AND o.before < $3
-        AND l.remaining = o.remaining
-    RETURNING LEAST(o.remaining, $3 - o.before) AS points
-), event AS (
-    INSERT INTO ledger_events
-    SELECT r.* FROM new_event, jsonb_populate_record(NULL::ledger_events,
-        $4::jsonb || jsonb_build_object('event_id', new_event.event_id)) r
-), balance AS (
-    UPDATE balances AS b SET total = b.total - $3, available = b.available - $3,
-        event_count = b.event_count + 1, last_event_id = new_event.event_id, updated_at = $5
-    FROM new_event
-    WHERE b.tenant_id = $1 AND b.client_id = $2
-), redemption AS (
-    INSERT INTO redemptions
-    SELECT r.* FROM new_event, jsonb_populate_record(NULL::redemptions,
-        $6::jsonb || jsonb_build_object('use_event_id', new_event.event_id)) r
-), message AS (
-    INSERT INTO outbox
-    SELECT r.* FROM jsonb_populate_record(NULL::outbox, $7::jsonb
-        || jsonb_build_object('message_id', nextval(pg_get_serial_sequence('outbox', 'message_id')))) r
-), counted AS (
-    UPDATE coupons SET redeemed_count = redeemed_count + 1
-    WHERE tenant_id = $1 AND coupon_id = $8 AND ($9::bigint IS NULL OR redeemed_count < $9)
-    RETURNING 1
-)
-SELECT new_event.event_id,
-    (SELECT COUNT(*) FROM counted) AS counted,
-    (SELECT COUNT(*) FROM redemptions
-        WHERE $13 AND tenant_id = $1 AND coupon_id = $8 AND client_id = $2
-            AND status IN ($11, $12)) AS held,
-    (SELECT COUNT(*) FROM oldest) AS lots_read,
-    (SELECT COUNT(*) FROM oldest WHERE before < $3) AS lots_to_take,
-    (SELECT COUNT(*) FROM taken) AS lots_taken,
-    (SELECT CAST(COALESCE(SUM(points), 0) AS BIGINT) FROM taken) AS points_taken
-FROM new_event
-";
+/// The function's refusals, by the SQLSTATE it raises them with.
+const NOT_ENOUGH_POINTS: &str = "LY001";
+const LIMIT_REACHED: &str = "LY002";
+const OUT_OF_STOCK: &str = "LY003";
 
 /// Whether a redemption can be written by [`redeem`]: its Use event spends available points
 /// from the oldest lots, with no reservation behind it and no lot named.
@@ -236,16 +172,15 @@ pub fn fits_redemption(db: &DatabaseConnection, plan: &RedeemPlan) -> bool {
         && event.lot.is_none()
 }
 
-/// Writes a redemption inside `txn` (begun by the caller, committed by it when this succeeds):
-/// the request's `record`, the Use event, the lots it spends, the balance, the redemption, its
-/// outbox message and the coupon's count. Returns the redemption as stored.
+/// Writes a redemption in one round trip that commits on its own: the request's `record`, the
+/// Use event, the lots it spends (oldest first, under the client's balance lock), the balance,
+/// the redemption, its outbox message and the coupon's count. Returns the redemption as stored.
 ///
 /// # Errors
-/// `Precondition` when the points, the client's limit or the stock refuse it (the caller then
-/// drops the transaction, which undoes it), `Conflict` when the request id or the code is taken
-/// or a lot changed meanwhile, or the database.
+/// `Precondition` when the points, the client's limit or the stock refuse it (nothing is
+/// written), `Conflict` when the request id or the code is taken, or the database.
 pub async fn redeem(
-    txn: &DatabaseTransaction,
+    db: &DatabaseConnection,
     tenant: &TenantId,
     plan: &RedeemPlan,
     record: &IdempotencyRecord,
@@ -254,72 +189,66 @@ pub async fn redeem(
     let r = &plan.redemption;
     let event = &plan.use_event;
     let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
-    let locked = txn
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            LOCK_FOR_REDEMPTION,
-            [
-                row_param(&record_row(tenant, record))?,
-                tenant.as_str().into(),
-                event.client_id.as_str().into(),
-                now.fixed_offset().into(),
-            ],
-        ))
-        .await
-        .map_err(classify)?
-        .ok_or_else(|| RepoError::Other("the balance row was not returned".into()))?;
-    let total: i64 = locked.try_get("", "total").map_err(classify)?;
-    let available: i64 = locked.try_get("", "available").map_err(classify)?;
-    spend_source(event, points, available)?;
-
     let mut stored = r.clone();
     stored.created_at = now;
     stored.updated_at = now;
     let [pending, issued] = live_statuses();
+    // The running balance is the function's; the zero is replaced there.
     let values: Vec<sea_orm::Value> = vec![
         tenant.as_str().into(),
         event.client_id.as_str().into(),
         (-points).into(),
-        row_param(&event_row(tenant, event, points, total + points, now))?,
         now.fixed_offset().into(),
+        row_param(&record_row(tenant, record))?,
+        row_param(&event_row(tenant, event, points, 0, now))?,
         row_param(&to_row(tenant, &stored)?)?,
         row_param(&outbox_row(tenant, plan, now)?)?,
         r.coupon_id.as_str().into(),
         plan.stock.map(i64::from).into(),
-        LOTS_AT_ONCE.into(),
+        plan.per_client_limit.map(i64::from).into(),
         pending.into(),
         issued.into(),
-        plan.per_client_limit.is_some().into(),
     ];
-    let row = txn
+    let row = db
         .query_one_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             REDEEM,
             values,
         ))
         .await
-        .map_err(classify)?
-        .ok_or_else(|| RepoError::Other("the redemption statement returned no row".into()))?;
-    let count = |column: &str| row.try_get::<i64>("", column).map_err(classify);
-    if let Some(limit) = plan.per_client_limit
-        && count("held")? >= i64::from(limit)
-    {
-        return Err(limit_reached(&r.coupon_id, limit));
-    }
-    if count("counted")? != 1 {
-        return Err(out_of_stock(&r.coupon_id));
-    }
-    if count("lots_taken")? != count("lots_to_take")? {
-        return Err(RepoError::Conflict(
-            "a lot changed while the redemption spent it".into(),
-        ));
-    }
-    let rest = -points - count("points_taken")?;
-    if rest > 0 && count("lots_read")? == LOTS_AT_ONCE {
-        consume_oldest_lots(txn, tenant, &event.client_id, rest).await?;
-    }
-    stored.use_event_id = Some(count("event_id")?);
+        .map_err(|err| refused(err, plan, points))?
+        .ok_or_else(|| RepoError::Other("the redemption function returned no row".into()))?;
+    stored.use_event_id = Some(row.try_get::<i64>("", "event_id").map_err(classify)?);
     Ok(stored)
+}
+
+/// The error a failed redemption call stands for: one of the function's refusals, or what the
+/// database said.
+fn refused(err: DbErr, plan: &RedeemPlan, points: i64) -> RepoError {
+    use sea_orm::sqlx::postgres::PgDatabaseError;
+    let raised = match &err {
+        DbErr::Query(RuntimeErr::SqlxError(sqlx)) | DbErr::Exec(RuntimeErr::SqlxError(sqlx)) => {
+            match sqlx.as_ref() {
+                sea_orm::sqlx::Error::Database(db) => db
+                    .try_downcast_ref::<PgDatabaseError>()
+                    .map(|pg| (pg.code().to_owned(), pg.detail().map(str::to_owned))),
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let coupon = &plan.redemption.coupon_id;
+    match raised {
+        Some((code, _)) if code == LIMIT_REACHED => {
+            limit_reached(coupon, plan.per_client_limit.unwrap_or_default())
+        }
+        Some((code, _)) if code == OUT_OF_STOCK => out_of_stock(coupon),
+        Some((code, detail)) if code == NOT_ENOUGH_POINTS => detail
+            .and_then(|d| d.parse::<i64>().ok())
+            .and_then(|available| spend_source(&plan.use_event, points, available).err())
+            .unwrap_or_else(|| RepoError::Precondition("not enough available points".into())),
+        _ => classify(err),
+    }
 }
 
 /// A row as the JSON text a statement's `$n::jsonb` parameter takes.

@@ -660,3 +660,15 @@ pub trait SyncRepository: Send + Sync {
     /// Every tenant.
     async fn tenants(&self) -> Result<Vec<TenantId>, RepoError>;
 }
+
+/// A row read with its children in one left join (the row once per child, or once with none):
+/// the row and its children, or `None` when there is no row.
+pub(crate) fn with_children<P, C>(rows: Vec<(P, Option<C>)>) -> Option<(P, Vec<C>)> {
+    let mut rows = rows.into_iter();
+    let (parent, first) = rows.next()?;
+    let children = first
+        .into_iter()
+        .chain(rows.filter_map(|(_, child)| child))
+        .collect();
+    Some((parent, children))
+}

@@ -37,7 +37,7 @@ const WITHDRAWN: &str = "WITHDRAWN";
 pub struct SeaRedemptionRepository {
     db: DatabaseConnection,
     clock: std::sync::Arc<dyn Clock>,
-    /// On PostgreSQL, a redemption in two statements (`few_statements::redeem`).
+    /// On PostgreSQL, a redemption in one function call (`few_statements::redeem`).
     few_statements: bool,
 }
 
@@ -72,17 +72,15 @@ impl RedemptionRepository for SeaRedemptionRepository {
     ) -> Result<Redemption, RepoError> {
         let now = self.clock.now();
         let r = &plan.redemption;
-        let txn = crate::persistence::db::begin_write(&self.db).await?;
         // The redemption id is known before anything is written: the record names it at once.
         let request = IdempotencyRecord {
             result_ref: r.redemption_id.clone(),
             ..request.clone()
         };
         if self.few_statements && few_statements::fits_redemption(&self.db, plan) {
-            let stored = few_statements::redeem(&txn, tenant, plan, &request, now).await?;
-            txn.commit().await.map_err(classify)?;
-            return Ok(stored);
+            return few_statements::redeem(&self.db, tenant, plan, &request, now).await;
         }
+        let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, &request).await?;
         // The client's balance row is locked first, so that the limit below is counted alone.
         let locked = ensure_balance_row(&txn, tenant, &r.client_id, now).await?;

@@ -16,7 +16,7 @@ use crate::domain::calendar::day_of;
 use crate::domain::clock::Clock;
 use crate::domain::coupons::{Coupon, CouponType, OfferView};
 use crate::domain::directory::ClientRecord;
-use crate::domain::idempotency::IdempotencyRecord;
+use crate::domain::idempotency::{IdempotencyRecord, valid_request_id};
 use crate::domain::ledger::{EventType, LotTerms, NewLedgerEvent};
 use crate::domain::redemption::{
     CodeFormat, Delivery, Redemption, RedemptionStatus, Reservation, ReservationStatus,
@@ -180,17 +180,34 @@ impl RedeemService {
         key: &RequestKey,
         request: &RedeemRequest,
     ) -> Result<Redemption, RedeemError> {
-        // Read side by side (one call's latency is the longest read), then judged in order: a
-        // retry answers first, whatever changed since.
-        let (prior, client, user, coupon) = tokio::join!(
-            self.prior(caller, key, REDEEM),
+        if !valid_request_id(&key.request_id) {
+            return Err(IdempotencyError::InvalidRequestId.into());
+        }
+        // A retry answers with the first redemption, whatever refuses a new one now. Retries are
+        // rare: the request id is looked up only when a new redemption is not written (its
+        // record's key is taken by then, or something refused it).
+        match self.redeem_new(caller, key, request).await {
+            Ok(redemption) => Ok(redemption),
+            Err(err) => match self.prior(caller, key, REDEEM).await? {
+                Some(id) => self.redemption(caller, &id).await,
+                None => Err(err),
+            },
+        }
+    }
+
+    /// A new redemption, as [`Self::redeem`] describes it.
+    async fn redeem_new(
+        &self,
+        caller: &Caller,
+        key: &RequestKey,
+        request: &RedeemRequest,
+    ) -> Result<Redemption, RedeemError> {
+        // Read side by side (one call's latency is the longest read), then judged in order.
+        let (client, user, coupon) = tokio::join!(
             self.client(caller, &request.client_id),
             self.check_user(caller, request.user_id.as_deref(), &request.client_id),
             self.deps.coupons.get(&caller.tenant, &request.coupon_id),
         );
-        if let Some(id) = prior? {
-            return self.redemption(caller, &id).await;
-        }
         let mut found = required(&request.client_id, "client_id");
         found.extend(required(&request.coupon_id, "coupon_id"));
         Invalid::check(found)?;

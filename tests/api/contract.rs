@@ -38,7 +38,7 @@ on_both_backends!(TestDb:
     api_keys_are_found_by_hash_only,
     a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction,
     a_clients_segments_come_with_their_rates_and_only_theirs,
-    a_redemption_is_stored_alike_in_two_statements_and_statement_by_statement,
+    a_redemption_is_stored_alike_in_one_call_and_statement_by_statement,
     a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on,
     every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision,
 );
@@ -955,10 +955,10 @@ async fn lots_left(store: &TestDb, client: &str) -> Vec<i64> {
         .collect()
 }
 
-/// On PostgreSQL a redemption is written in two statements, on SQLite (and by the
+/// On PostgreSQL a redemption is written by one function call, on SQLite (and by the
 /// statement-by-statement repository, on both) one row at a time: both must leave the same rows.
 #[allow(clippy::too_many_lines)] // one scenario, compared table by table
-async fn a_redemption_is_stored_alike_in_two_statements_and_statement_by_statement(store: &TestDb) {
+async fn a_redemption_is_stored_alike_in_one_call_and_statement_by_statement(store: &TestDb) {
     use one_loyalty::persistence::RedemptionRepository;
     use one_loyalty::persistence::entities::{idempotency_records, ledger_events, outbox};
     use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
@@ -977,7 +977,7 @@ async fn a_redemption_is_stored_alike_in_two_statements_and_statement_by_stateme
     assert_eq!(
         one_loyalty::persistence::few_statements::fits_redemption(&store.db, &plan),
         store.db.get_database_backend() == sea_orm::DbBackend::Postgres,
-        "on PostgreSQL the two-statement path is the one under test"
+        "on PostgreSQL the one-call path is the one under test"
     );
     let a = fast
         .redeem(&t, &plan, &redeem_record("q-a"))
