@@ -1,5 +1,5 @@
 //! PostgreSQL only: a redemption written by one function call, one round trip that commits on
-//! its own. Inside a function each statement sees the database as of its own start, so the lots
+//! its own, and redemptions written together by another (group commit). Inside a function each statement sees the database as of its own start, so the lots
 //! are read after the balance row is locked, as the statement-by-statement path reads them; a
 //! single SQL statement would read them as of before it waited for the lock. The rows come as
 //! JSON objects keyed by column (built by the same code as the other path) and are read back by
@@ -16,17 +16,22 @@ impl MigrationName for Migration {
     }
 }
 
-/// Locks in the order of every other writer: the client's balance row, then the coupon's row
-/// (last, so that it is held only until the commit). Refusals: `LY001` not enough available
-/// points (the available points, in minor units, as the detail), `LY002` the client's limit,
-/// `LY003` out of stock.
+/// One redemption, its arguments in one JSON object: `tenant`, `client`, `cost` (minor units),
+/// `now`, the rows `record`, `event`, `redemption` and `message`, `coupon`, `stock`, `limit` and
+/// `live` (the statuses that count towards the limit). Locks in the order of every other writer:
+/// the client's balance row, then the coupon's row (last, so that it is held only until the
+/// commit). Refusals: `LY001` not enough available points (the available points, in minor
+/// units, as the detail), `LY002` the client's limit, `LY003` out of stock.
 const REDEEM_FUNCTION: &str = r"
-CREATE FUNCTION loyalty_redeem(
-    p_tenant text, p_client text, p_cost bigint, p_now timestamptz,
-    p_record jsonb, p_event jsonb, p_redemption jsonb, p_message jsonb,
-    p_coupon text, p_stock bigint, p_limit bigint, p_live text[])
-RETURNS bigint LANGUAGE plpgsql AS $$
+CREATE FUNCTION loyalty_redeem(p jsonb) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
+    p_tenant text := p->>'tenant';
+    p_client text := p->>'client';
+    p_cost bigint := (p->>'cost')::bigint;
+    p_now timestamptz := (p->>'now')::timestamptz;
+    p_coupon text := p->>'coupon';
+    p_stock bigint := (p->>'stock')::bigint;
+    p_limit bigint := (p->>'limit')::bigint;
     v_total bigint;
     v_available bigint;
     v_held bigint;
@@ -36,7 +41,7 @@ DECLARE
     v_lot record;
 BEGIN
     INSERT INTO idempotency_records
-    SELECT r.* FROM jsonb_populate_record(NULL::idempotency_records, p_record) r;
+    SELECT r.* FROM jsonb_populate_record(NULL::idempotency_records, p->'record') r;
     INSERT INTO balances AS b
         (tenant_id, client_id, total, available, locked, reserved, last_event_id, event_count,
          updated_at)
@@ -46,7 +51,7 @@ BEGIN
     IF p_limit IS NOT NULL THEN
         SELECT count(*) INTO v_held FROM redemptions
         WHERE tenant_id = p_tenant AND coupon_id = p_coupon AND client_id = p_client
-            AND status = ANY (p_live);
+            AND status IN (SELECT jsonb_array_elements_text(p->'live'));
         IF v_held >= p_limit THEN
             RAISE EXCEPTION USING ERRCODE = 'LY002', MESSAGE = 'the client''s limit is reached';
         END IF;
@@ -68,16 +73,16 @@ BEGIN
         EXIT WHEN v_left = 0;
     END LOOP;
     INSERT INTO ledger_events
-    SELECT r.* FROM jsonb_populate_record(NULL::ledger_events, p_event
+    SELECT r.* FROM jsonb_populate_record(NULL::ledger_events, p->'event'
         || jsonb_build_object('event_id', v_event, 'balance_after', v_total - p_cost)) r;
     UPDATE balances SET total = total - p_cost, available = available - p_cost,
         event_count = event_count + 1, last_event_id = v_event, updated_at = p_now
     WHERE tenant_id = p_tenant AND client_id = p_client;
     INSERT INTO redemptions
-    SELECT r.* FROM jsonb_populate_record(NULL::redemptions, p_redemption
+    SELECT r.* FROM jsonb_populate_record(NULL::redemptions, p->'redemption'
         || jsonb_build_object('use_event_id', v_event)) r;
     INSERT INTO outbox
-    SELECT r.* FROM jsonb_populate_record(NULL::outbox, p_message || jsonb_build_object(
+    SELECT r.* FROM jsonb_populate_record(NULL::outbox, p->'message' || jsonb_build_object(
         'message_id', nextval(pg_get_serial_sequence('outbox', 'message_id')))) r;
     UPDATE coupons SET redeemed_count = redeemed_count + 1
     WHERE tenant_id = p_tenant AND coupon_id = p_coupon
@@ -89,26 +94,67 @@ BEGIN
 END;
 $$";
 
+/// Redemptions written together (group commit): each as [`REDEEM_FUNCTION`] writes it, in a
+/// subtransaction of its own, so that one refused leaves the others written; one row per item,
+/// in order, with the Use event's id or what refused it (SQLSTATE, detail, message). Every batch
+/// first locks the clients' balance rows, then the coupons' rows, each in key order, so that
+/// batches written side by side (two replicas) cannot deadlock.
+const REDEEM_BATCH_FUNCTION: &str = r"
+CREATE FUNCTION loyalty_redeem_batch(p_items jsonb)
+RETURNS TABLE (use_event_id bigint, refused_state text, refused_detail text, refused_message text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    v_item jsonb;
+    v_key record;
+BEGIN
+    -- One primary-key lookup per row: a join with the items would scan the tables.
+    FOR v_key IN
+        SELECT DISTINCT i->>'tenant' AS tenant, i->>'client' AS client
+        FROM jsonb_array_elements(p_items) i ORDER BY 1, 2
+    LOOP
+        PERFORM 1 FROM balances
+        WHERE tenant_id = v_key.tenant AND client_id = v_key.client FOR UPDATE;
+    END LOOP;
+    FOR v_key IN
+        SELECT DISTINCT i->>'tenant' AS tenant, i->>'coupon' AS coupon
+        FROM jsonb_array_elements(p_items) i ORDER BY 1, 2
+    LOOP
+        PERFORM 1 FROM coupons
+        WHERE tenant_id = v_key.tenant AND coupon_id = v_key.coupon FOR UPDATE;
+    END LOOP;
+    FOR v_item IN SELECT value FROM jsonb_array_elements(p_items) LOOP
+        BEGIN
+            use_event_id := loyalty_redeem(v_item);
+            refused_state := NULL;
+            refused_detail := NULL;
+            refused_message := NULL;
+        EXCEPTION WHEN OTHERS THEN
+            use_event_id := NULL;
+            GET STACKED DIAGNOSTICS refused_state = RETURNED_SQLSTATE,
+                refused_detail = PG_EXCEPTION_DETAIL, refused_message = MESSAGE_TEXT;
+        END;
+        RETURN NEXT;
+    END LOOP;
+END;
+$$";
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            manager
-                .get_connection()
-                .execute_unprepared(REDEEM_FUNCTION)
-                .await?;
+            let db = manager.get_connection();
+            db.execute_unprepared(REDEEM_FUNCTION).await?;
+            db.execute_unprepared(REDEEM_BATCH_FUNCTION).await?;
         }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            manager
-                .get_connection()
-                .execute_unprepared(
-                    "DROP FUNCTION loyalty_redeem(text, text, bigint, timestamptz, jsonb, jsonb, \
-                     jsonb, jsonb, text, bigint, bigint, text[])",
-                )
+            let db = manager.get_connection();
+            db.execute_unprepared("DROP FUNCTION loyalty_redeem_batch(jsonb)")
+                .await?;
+            db.execute_unprepared("DROP FUNCTION loyalty_redeem(jsonb)")
                 .await?;
         }
         Ok(())

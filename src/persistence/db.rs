@@ -1,14 +1,18 @@
 //! Opening the database (SQLite file created on first use, or PostgreSQL) and migrating it.
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction,
-    SqliteTransactionMode, TransactionOptions, TransactionTrait,
+    ConnectOptions, ConnectionTrait, Database, DatabaseConnection, DatabaseTransaction, DbErr,
+    ExecResult, QueryResult, SqliteTransactionMode, Statement, TransactionOptions,
+    TransactionTrait,
 };
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::DatabaseSettings;
 use crate::persistence::error::{RepoError, classify};
@@ -70,19 +74,109 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
     Database::connect(options).await.map_err(classify)
 }
 
-/// Begins a transaction that will write. On SQLite it takes the write lock at `BEGIN IMMEDIATE`,
-/// so concurrent writers queue on the busy timeout; a deferred transaction that read first would
-/// fail with `SQLITE_BUSY` when another writer got there in between. PostgreSQL ignores the mode.
+/// Begins a transaction that will write. On SQLite the process's writers of one file take turns
+/// in the order they asked (one at a time, so nothing waits inside SQLite), then `BEGIN
+/// IMMEDIATE` takes the file's write lock: SQLite's own wait for a busy lock polls with sleeps of
+/// up to 100 ms, in no order, and under a steady stream of writers one of them could wait out the
+/// busy timeout. A deferred transaction that read first would fail with `SQLITE_BUSY` when another
+/// writer got there in between. PostgreSQL ignores the mode and takes no turn.
 ///
 /// # Errors
 /// The database.
-pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, RepoError> {
-    db.begin_with_options(TransactionOptions {
-        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        ..TransactionOptions::default()
-    })
-    .await
-    .map_err(classify)
+pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, RepoError> {
+    let turn = match write_turns(db) {
+        Some(turns) => Some(
+            turns
+                .acquire_owned()
+                .await
+                .map_err(|_| RepoError::Unavailable("the database is closing".into()))?,
+        ),
+        None => None,
+    };
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..TransactionOptions::default()
+        })
+        .await
+        .map_err(classify)?;
+    Ok(WriteTransaction { txn, _turn: turn })
+}
+
+/// The turns of a SQLite file's writers in this process: one at a time, in order of asking.
+fn write_turns(db: &DatabaseConnection) -> Option<Arc<Semaphore>> {
+    static TURNS: LazyLock<Mutex<HashMap<PathBuf, Arc<Semaphore>>>> = LazyLock::new(Mutex::default);
+    if db.get_database_backend() != sea_orm::DbBackend::Sqlite {
+        return None;
+    }
+    let file = db
+        .get_sqlite_connection_pool()
+        .connect_options()
+        .get_filename()
+        .to_path_buf();
+    let mut turns = TURNS.lock().unwrap_or_else(PoisonError::into_inner);
+    Some(Arc::clone(
+        turns
+            .entry(file)
+            .or_insert_with(|| Arc::new(Semaphore::new(1))),
+    ))
+}
+
+/// A transaction begun by [`begin_write`], holding its writer's turn until it ends.
+pub struct WriteTransaction {
+    txn: DatabaseTransaction,
+    _turn: Option<OwnedSemaphorePermit>,
+}
+
+impl std::fmt::Debug for WriteTransaction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriteTransaction").finish_non_exhaustive()
+    }
+}
+
+impl WriteTransaction {
+    /// Commits, then gives the turn to the next writer.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn commit(self) -> Result<(), DbErr> {
+        self.txn.commit().await
+    }
+}
+
+impl std::ops::Deref for WriteTransaction {
+    type Target = DatabaseTransaction;
+
+    fn deref(&self) -> &DatabaseTransaction {
+        &self.txn
+    }
+}
+
+#[async_trait::async_trait]
+impl ConnectionTrait for WriteTransaction {
+    fn get_database_backend(&self) -> sea_orm::DbBackend {
+        self.txn.get_database_backend()
+    }
+
+    async fn execute_raw(&self, stmt: Statement) -> Result<ExecResult, DbErr> {
+        self.txn.execute_raw(stmt).await
+    }
+
+    async fn execute_unprepared(&self, sql: &str) -> Result<ExecResult, DbErr> {
+        self.txn.execute_unprepared(sql).await
+    }
+
+    async fn query_one_raw(&self, stmt: Statement) -> Result<Option<QueryResult>, DbErr> {
+        self.txn.query_one_raw(stmt).await
+    }
+
+    async fn query_all_raw(&self, stmt: Statement) -> Result<Vec<QueryResult>, DbErr> {
+        self.txn.query_all_raw(stmt).await
+    }
+
+    fn support_returning(&self) -> bool {
+        self.txn.support_returning()
+    }
 }
 
 /// Applies every pending migration.

@@ -5,7 +5,7 @@ use sea_orm::{DbErr, RuntimeErr, SqlErr};
 use crate::domain::tenant::TenantId;
 
 /// What went wrong below the repositories, in terms the services act on.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum RepoError {
     /// A unique constraint refused a row: the thing exists already.
     #[error("conflict: {0}")]
@@ -54,15 +54,22 @@ fn classify_sqlx(err: &sea_orm::sqlx::Error, text: String) -> RepoError {
         E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
             RepoError::Unavailable(text)
         }
-        E::Database(db) => match db.code().as_deref() {
-            // PostgreSQL serialization failure and deadlock; SQLite BUSY and LOCKED.
-            Some("40001" | "40P01" | "5" | "6" | "517" | "262") => RepoError::Aborted(text),
-            // PostgreSQL: admin shutdown, cannot connect now.
-            Some(code) if code.starts_with("08") || code == "57P01" || code == "57P03" => {
-                RepoError::Unavailable(text)
-            }
-            _ => RepoError::Other(text),
-        },
+        E::Database(db) => classify_code(db.code().as_deref(), text),
+        _ => RepoError::Other(text),
+    }
+}
+
+/// A database error by its code (PostgreSQL's SQLSTATE, SQLite's extended result code).
+pub(crate) fn classify_code(code: Option<&str>, text: String) -> RepoError {
+    match code {
+        // PostgreSQL unique violation (SQLite's are told by `classify` from their kind).
+        Some("23505") => RepoError::Conflict(text),
+        // PostgreSQL serialization failure and deadlock; SQLite BUSY and LOCKED.
+        Some("40001" | "40P01" | "5" | "6" | "517" | "262") => RepoError::Aborted(text),
+        // PostgreSQL: admin shutdown, cannot connect now.
+        Some(code) if code.starts_with("08") || code == "57P01" || code == "57P03" => {
+            RepoError::Unavailable(text)
+        }
         _ => RepoError::Other(text),
     }
 }

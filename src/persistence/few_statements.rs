@@ -24,8 +24,9 @@ use serde_json::{Map, Value as Json};
 
 use super::RedeemPlan;
 use super::documents::{document_row, line_rows};
-use super::error::{RepoError, classify};
+use super::error::{RepoError, classify, classify_code};
 use super::event_lines::row as event_line_row;
+use super::group_commit::BatchWriter;
 use super::idempotency::record_row;
 use super::ledger::{entering_locked, event_row, lot_row, spend_source};
 use super::redemptions::{limit_reached, live_statuses, out_of_stock, outbox_row, to_row};
@@ -147,21 +148,13 @@ pub async fn receive_earning(
         .transpose()
 }
 
-/// A redemption: one call of the `loyalty_redeem` function (migration
-/// `m20261202_000010_redeem_function`), which commits on its own. Its parameters: the tenant,
-/// the client, the cost in minor units, the time, the request's record, the Use event, the
-/// redemption and its outbox message as JSON rows, the coupon, its stock, the client's limit and
-/// the statuses that count towards it.
-const REDEEM: &str = "SELECT loyalty_redeem($1, $2, $3, $4, $5::jsonb, $6::jsonb, $7::jsonb, \
-                      $8::jsonb, $9, $10, $11, ARRAY[$12, $13]) AS event_id";
-
 /// The function's refusals, by the SQLSTATE it raises them with.
 const NOT_ENOUGH_POINTS: &str = "LY001";
 const LIMIT_REACHED: &str = "LY002";
 const OUT_OF_STOCK: &str = "LY003";
 
-/// Whether a redemption can be written by [`redeem`]: its Use event spends available points
-/// from the oldest lots, with no reservation behind it and no lot named.
+/// Whether a redemption can be written by [`RedemptionWriter`]: its Use event spends available
+/// points from the oldest lots, with no reservation behind it and no lot named.
 pub fn fits_redemption(db: &DatabaseConnection, plan: &RedeemPlan) -> bool {
     let event = &plan.use_event;
     db.get_database_backend() == DbBackend::Postgres
@@ -172,82 +165,196 @@ pub fn fits_redemption(db: &DatabaseConnection, plan: &RedeemPlan) -> bool {
         && event.lot.is_none()
 }
 
-/// Writes a redemption in one round trip that commits on its own: the request's `record`, the
-/// Use event, the lots it spends (oldest first, under the client's balance lock), the balance,
-/// the redemption, its outbox message and the coupon's count. Returns the redemption as stored.
-///
-/// # Errors
-/// `Precondition` when the points, the client's limit or the stock refuse it (nothing is
-/// written), `Conflict` when the request id or the code is taken, or the database.
-pub async fn redeem(
-    db: &DatabaseConnection,
-    tenant: &TenantId,
-    plan: &RedeemPlan,
-    record: &IdempotencyRecord,
-    now: DateTime<Utc>,
-) -> Result<Redemption, RepoError> {
-    let r = &plan.redemption;
-    let event = &plan.use_event;
-    let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
-    let mut stored = r.clone();
-    stored.created_at = now;
-    stored.updated_at = now;
-    let [pending, issued] = live_statuses();
-    // The running balance is the function's; the zero is replaced there.
-    let values: Vec<sea_orm::Value> = vec![
-        tenant.as_str().into(),
-        event.client_id.as_str().into(),
-        (-points).into(),
-        now.fixed_offset().into(),
-        row_param(&record_row(tenant, record))?,
-        row_param(&event_row(tenant, event, points, 0, now))?,
-        row_param(&to_row(tenant, &stored)?)?,
-        row_param(&outbox_row(tenant, plan, now)?)?,
-        r.coupon_id.as_str().into(),
-        plan.stock.map(i64::from).into(),
-        plan.per_client_limit.map(i64::from).into(),
-        pending.into(),
-        issued.into(),
-    ];
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            REDEEM,
-            values,
-        ))
-        .await
-        .map_err(|err| refused(err, plan, points))?
-        .ok_or_else(|| RepoError::Other("the redemption function returned no row".into()))?;
-    stored.use_event_id = Some(row.try_get::<i64>("", "event_id").map_err(classify)?);
-    Ok(stored)
+/// A redemption ready for `loyalty_redeem` (migration `m20261202_000010_redeem_function`): its
+/// arguments as one JSON object, and what its answer is made of.
+#[derive(Debug)]
+pub struct PreparedRedemption {
+    arguments: Json,
+    /// The redemption as stored, but for its Use event's id.
+    stored: Redemption,
+    coupon_id: String,
+    per_client_limit: Option<u32>,
+    use_event: NewLedgerEvent,
+    /// The Use event's points in minor units (negative).
+    points: i64,
 }
 
-/// The error a failed redemption call stands for: one of the function's refusals, or what the
-/// database said.
-fn refused(err: DbErr, plan: &RedeemPlan, points: i64) -> RepoError {
-    use sea_orm::sqlx::postgres::PgDatabaseError;
-    let raised = match &err {
-        DbErr::Query(RuntimeErr::SqlxError(sqlx)) | DbErr::Exec(RuntimeErr::SqlxError(sqlx)) => {
-            match sqlx.as_ref() {
-                sea_orm::sqlx::Error::Database(db) => db
-                    .try_downcast_ref::<PgDatabaseError>()
-                    .map(|pg| (pg.code().to_owned(), pg.detail().map(str::to_owned))),
-                _ => None,
+impl PreparedRedemption {
+    /// The request's `record`, the Use event, the redemption, its outbox message, the coupon's
+    /// stock and the client's limit, as the function takes them. The running balance and the
+    /// ids are the function's; the zeros are replaced there.
+    ///
+    /// # Errors
+    /// Points that do not fit the storage scale, or a row that cannot be encoded.
+    pub fn new(
+        tenant: &TenantId,
+        plan: &RedeemPlan,
+        record: &IdempotencyRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Self, RepoError> {
+        let event = &plan.use_event;
+        let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
+        let mut stored = plan.redemption.clone();
+        stored.created_at = now;
+        stored.updated_at = now;
+        let arguments = serde_json::json!({
+            "tenant": tenant.as_str(),
+            "client": event.client_id,
+            "cost": -points,
+            "now": json_instant(now),
+            "record": json_row(&record_row(tenant, record))?,
+            "event": json_row(&event_row(tenant, event, points, 0, now))?,
+            "redemption": json_row(&to_row(tenant, &stored)?)?,
+            "message": json_row(&outbox_row(tenant, plan, now)?)?,
+            "coupon": stored.coupon_id,
+            "stock": plan.stock,
+            "limit": plan.per_client_limit,
+            "live": live_statuses(),
+        });
+        Ok(Self {
+            arguments,
+            coupon_id: stored.coupon_id.clone(),
+            stored,
+            per_client_limit: plan.per_client_limit,
+            use_event: event.clone(),
+            points,
+        })
+    }
+
+    /// The redemption as stored, with the id of the Use event the function wrote.
+    fn written(self, use_event_id: i64) -> Redemption {
+        Redemption {
+            use_event_id: Some(use_event_id),
+            ..self.stored
+        }
+    }
+
+    /// What the function's error `code` (with its `detail` and `message`) means for this
+    /// redemption: one of its refusals, or what the database said.
+    fn refused(&self, code: &str, detail: Option<&str>, message: String) -> RepoError {
+        match code {
+            LIMIT_REACHED => {
+                limit_reached(&self.coupon_id, self.per_client_limit.unwrap_or_default())
             }
+            OUT_OF_STOCK => out_of_stock(&self.coupon_id),
+            NOT_ENOUGH_POINTS => detail
+                .and_then(|d| d.parse::<i64>().ok())
+                .and_then(|available| spend_source(&self.use_event, self.points, available).err())
+                .unwrap_or(RepoError::Precondition(message)),
+            _ => classify_code(Some(code), message),
         }
-        _ => None,
+    }
+}
+
+/// Writes redemptions in one round trip that commits on its own: one alone by `loyalty_redeem`,
+/// several queued together by `loyalty_redeem_batch`, each in a subtransaction of its own. Each
+/// writes the request's record, the Use event, the lots it spends (oldest first, under the
+/// client's balance lock), the balance, the redemption, its outbox message and the coupon's
+/// count, or nothing: a refusal (points, the client's limit, the stock) is `Precondition`, a
+/// request id or code taken is `Conflict`.
+#[derive(Debug)]
+pub struct RedemptionWriter {
+    db: DatabaseConnection,
+}
+
+impl RedemptionWriter {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    async fn one(&self, item: PreparedRedemption) -> Result<Redemption, RepoError> {
+        let call = self
+            .db
+            .query_one_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT loyalty_redeem($1::jsonb) AS use_event_id",
+                [item.arguments.to_string().into()],
+            ))
+            .await;
+        let row = match call {
+            Ok(row) => {
+                row.ok_or_else(|| RepoError::Other("loyalty_redeem returned no row".into()))?
+            }
+            Err(err) => {
+                return Err(match database_error(&err) {
+                    Some((code, detail)) => item.refused(&code, detail.as_deref(), err.to_string()),
+                    None => classify(err),
+                });
+            }
+        };
+        let use_event_id = row.try_get::<i64>("", "use_event_id").map_err(classify)?;
+        Ok(item.written(use_event_id))
+    }
+
+    async fn batch(&self, items: Vec<PreparedRedemption>) -> Vec<Result<Redemption, RepoError>> {
+        let arguments = Json::Array(items.iter().map(|i| i.arguments.clone()).collect());
+        let call = self
+            .db
+            .query_all_raw(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                "SELECT use_event_id, refused_state, refused_detail, refused_message \
+                 FROM loyalty_redeem_batch($1::jsonb)",
+                [arguments.to_string().into()],
+            ))
+            .await;
+        let rows = match call {
+            Ok(rows) if rows.len() == items.len() => rows,
+            Ok(rows) => {
+                let err = RepoError::Other(format!(
+                    "loyalty_redeem_batch answered {} of {} redemptions",
+                    rows.len(),
+                    items.len()
+                ));
+                return items.iter().map(|_| Err(err.clone())).collect();
+            }
+            Err(err) => {
+                let err = classify(err);
+                return items.iter().map(|_| Err(err.clone())).collect();
+            }
+        };
+        items
+            .into_iter()
+            .zip(rows)
+            .map(|(item, row)| {
+                let column = |name: &str| row.try_get::<Option<String>>("", name).map_err(classify);
+                if let Some(code) = column("refused_state")? {
+                    let message = column("refused_message")?.unwrap_or_default();
+                    return Err(item.refused(&code, column("refused_detail")?.as_deref(), message));
+                }
+                let use_event_id = row.try_get::<i64>("", "use_event_id").map_err(classify)?;
+                Ok(item.written(use_event_id))
+            })
+            .collect()
+    }
+}
+
+impl BatchWriter<PreparedRedemption, Redemption> for RedemptionWriter {
+    async fn write(
+        &self,
+        mut items: Vec<PreparedRedemption>,
+    ) -> Vec<Result<Redemption, RepoError>> {
+        if items.len() == 1
+            && let Some(item) = items.pop()
+        {
+            return vec![self.one(item).await];
+        }
+        self.batch(items).await
+    }
+}
+
+/// The SQLSTATE and detail of an error PostgreSQL raised, if `err` is one.
+fn database_error(err: &DbErr) -> Option<(String, Option<String>)> {
+    use sea_orm::sqlx::postgres::PgDatabaseError;
+    let (DbErr::Query(RuntimeErr::SqlxError(sqlx)) | DbErr::Exec(RuntimeErr::SqlxError(sqlx))) =
+        err
+    else {
+        return None;
     };
-    let coupon = &plan.redemption.coupon_id;
-    match raised {
-        Some((code, _)) if code == LIMIT_REACHED => {
-            limit_reached(coupon, plan.per_client_limit.unwrap_or_default())
-        }
-        Some((code, _)) if code == OUT_OF_STOCK => out_of_stock(coupon),
-        Some((code, detail)) if code == NOT_ENOUGH_POINTS => detail
-            .and_then(|d| d.parse::<i64>().ok())
-            .and_then(|available| spend_source(&plan.use_event, points, available).err())
-            .unwrap_or_else(|| RepoError::Precondition("not enough available points".into())),
-        _ => classify(err),
+    match sqlx.as_ref() {
+        sea_orm::sqlx::Error::Database(db) => db
+            .try_downcast_ref::<PgDatabaseError>()
+            .map(|pg| (pg.code().to_owned(), pg.detail().map(str::to_owned))),
+        _ => None,
     }
 }
 
@@ -276,6 +383,11 @@ fn json_row<A: ActiveModelTrait>(row: &A) -> Result<Map<String, Json>, RepoError
     Ok(object)
 }
 
+/// An instant as PostgreSQL keeps it (microseconds, truncated as bound parameters are).
+fn json_instant(instant: DateTime<Utc>) -> Json {
+    Json::String(instant.to_rfc3339_opts(SecondsFormat::Micros, true))
+}
+
 /// A column value as `jsonb_populate_record` reads it back exactly: integers as JSON integers,
 /// days as `YYYY-MM-DD`, instants as RFC 3339 at microseconds (what PostgreSQL keeps, truncated
 /// as the bound parameters of the transaction path are).
@@ -289,9 +401,7 @@ fn json_value(value: sea_orm::Value) -> Result<Json, RepoError> {
         V::ChronoDate(v) => v.map_or(Json::Null, |d| {
             Json::String(d.format("%Y-%m-%d").to_string())
         }),
-        V::ChronoDateTimeWithTimeZone(v) => v.map_or(Json::Null, |t| {
-            Json::String(t.to_utc().to_rfc3339_opts(SecondsFormat::Micros, true))
-        }),
+        V::ChronoDateTimeWithTimeZone(v) => v.map_or(Json::Null, |t| json_instant(t.to_utc())),
         other => {
             return Err(RepoError::Other(format!(
                 "a column of type {other:?} cannot be written in one statement"

@@ -20,6 +20,7 @@ pub mod entities;
 pub mod error;
 pub mod event_lines;
 pub mod few_statements;
+pub mod group_commit;
 pub mod idempotency;
 pub mod ledger;
 pub mod redemptions;

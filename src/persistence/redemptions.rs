@@ -4,6 +4,7 @@
 //! locks the coupon row), the Use event, the redemption and its outbox message. The lock order is
 //! always balance, then coupon.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,7 +18,8 @@ use sea_orm::{
 
 use super::entities::{coupons, outbox, redemptions};
 use super::error::{RepoError, classify};
-use super::few_statements;
+use super::few_statements::{self, PreparedRedemption, RedemptionWriter};
+use super::group_commit::GroupCommit;
 use super::idempotency::{insert_record, set_result_ref};
 use super::ledger::{append_in, append_locked, ensure_balance_row};
 use super::{RedeemPlan, RedemptionFilter, RedemptionRepository, RefundPlan};
@@ -33,18 +35,29 @@ const REJECTED: &str = "REJECTED";
 /// A delivery withdrawn because its redemption was cancelled first.
 const WITHDRAWN: &str = "WITHDRAWN";
 
+/// Redemptions written together (PostgreSQL): batches in flight at once, and the most in one.
+const REDEMPTION_WRITERS: usize = 2;
+const MOST_REDEMPTIONS_AT_ONCE: usize = 64;
+
 #[derive(Debug, Clone)]
 pub struct SeaRedemptionRepository {
     db: DatabaseConnection,
-    clock: std::sync::Arc<dyn Clock>,
-    /// On PostgreSQL, a redemption in one function call (`few_statements::redeem`).
+    clock: Arc<dyn Clock>,
+    /// On PostgreSQL, redemptions in one function call each, those that arrive together in one
+    /// (`few_statements::RedemptionWriter`).
     few_statements: bool,
+    writes: Arc<GroupCommit<PreparedRedemption, Redemption, RedemptionWriter>>,
 }
 
 impl SeaRedemptionRepository {
     /// `clock` stamps the rows.
-    pub fn new(db: DatabaseConnection, clock: std::sync::Arc<dyn Clock>) -> Self {
+    pub fn new(db: DatabaseConnection, clock: Arc<dyn Clock>) -> Self {
         Self {
+            writes: Arc::new(GroupCommit::new(
+                RedemptionWriter::new(db.clone()),
+                REDEMPTION_WRITERS,
+                MOST_REDEMPTIONS_AT_ONCE,
+            )),
             db,
             clock,
             few_statements: true,
@@ -78,7 +91,8 @@ impl RedemptionRepository for SeaRedemptionRepository {
             ..request.clone()
         };
         if self.few_statements && few_statements::fits_redemption(&self.db, plan) {
-            return few_statements::redeem(&self.db, tenant, plan, &request, now).await;
+            let prepared = PreparedRedemption::new(tenant, plan, &request, now)?;
+            return self.writes.write(prepared).await;
         }
         let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, &request).await?;

@@ -41,6 +41,7 @@ on_both_backends!(TestDb:
     a_redemption_is_stored_alike_in_one_call_and_statement_by_statement,
     a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on,
     every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision,
+    redemptions_written_together_each_have_their_own_outcome,
 );
 
 fn tenant(id: &str) -> TenantId {
@@ -1369,4 +1370,158 @@ async fn every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision(
         0,
         "another tenant's revision is its own"
     );
+}
+
+/// Redemptions written together (group commit, PostgreSQL: one `loyalty_redeem_batch` call) each
+/// have the outcome they would have alone, in the batch's order, and what one refuses leaves no
+/// trace while the others are written. On SQLite the same redemptions go one after the other.
+#[allow(clippy::too_many_lines)] // one batch, each item's outcome and every table it touches
+async fn redemptions_written_together_each_have_their_own_outcome(store: &TestDb) {
+    use one_loyalty::persistence::entities::{idempotency_records, outbox};
+    use one_loyalty::persistence::few_statements::{PreparedRedemption, RedemptionWriter};
+    use one_loyalty::persistence::group_commit::BatchWriter;
+    use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
+    use one_loyalty::persistence::{RedeemPlan, RedemptionRepository};
+    use sea_orm::PaginatorTrait;
+    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let t = tenant("t1");
+    for (id, name) in [("c1", "Mug"), ("c2", "Pen")] {
+        coupons::Entity::insert(coupon("t1", id, name))
+            .exec(&store.db)
+            .await
+            .expect("coupon");
+    }
+    for client in ["org:a", "org:b", "org:c"] {
+        earn_lots_for(&ledger, &t, client, &["3", "4", "5"]).await;
+    }
+    let of = |coupon: &str, mut plan: RedeemPlan| {
+        plan.redemption.coupon_id = coupon.into();
+        plan
+    };
+    let stock = |stock: u32, mut plan: RedeemPlan| {
+        plan.stock = Some(stock);
+        plan
+    };
+    let limit = |limit: u32, mut plan: RedeemPlan| {
+        plan.per_client_limit = Some(limit);
+        plan
+    };
+    let mut reused = redeem_plan("org:b", "q-a1", "1");
+    reused.redemption.redemption_id = "rdm-q-a1-again".into();
+    let plans = vec![
+        redeem_plan("org:a", "q-a1", "3"),
+        redeem_plan("org:a", "q-a2", "4"),
+        redeem_plan("org:a", "q-a3", "6"),
+        of("c2", stock(1, redeem_plan("org:b", "q-b1", "1"))),
+        of("c2", stock(1, redeem_plan("org:b", "q-b2", "1"))),
+        reused,
+        limit(1, redeem_plan("org:c", "q-c1", "2")),
+        limit(1, redeem_plan("org:c", "q-c2", "2")),
+    ];
+    let postgres = store.db.get_database_backend() == sea_orm::DbBackend::Postgres;
+    let outcomes = if postgres {
+        let now = Utc::now();
+        let prepared = plans
+            .iter()
+            .map(|plan| {
+                let record = IdempotencyRecord {
+                    result_ref: plan.redemption.redemption_id.clone(),
+                    ..redeem_record(&plan.redemption.request_id)
+                };
+                PreparedRedemption::new(&t, plan, &record, now).expect("prepared")
+            })
+            .collect();
+        RedemptionWriter::new(store.db.clone())
+            .write(prepared)
+            .await
+    } else {
+        let repo = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock));
+        let mut outcomes = Vec::new();
+        for plan in &plans {
+            let record = redeem_record(&plan.redemption.request_id);
+            outcomes.push(repo.redeem(&t, plan, &record).await);
+        }
+        outcomes
+    };
+    let kinds: Vec<&str> = outcomes
+        .iter()
+        .map(|outcome| match outcome {
+            Ok(_) => "ok",
+            Err(RepoError::Precondition(m)) if m.contains("not enough") => "points",
+            Err(RepoError::Precondition(m)) if m.contains("stock") => "stock",
+            Err(RepoError::Precondition(m)) if m.contains("limit") => "limit",
+            Err(RepoError::Conflict(_)) => "conflict",
+            Err(other) => panic!("unexpected {other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "ok", "ok", "points", "ok", "stock", "conflict", "ok", "limit"
+        ]
+    );
+    let written: Vec<_> = outcomes.into_iter().filter_map(Result::ok).collect();
+    for (redemption, plan) in written
+        .iter()
+        .zip([&plans[0], &plans[1], &plans[3], &plans[6]])
+    {
+        assert_eq!(redemption.redemption_id, plan.redemption.redemption_id);
+        let stored = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock))
+            .get(&t, &redemption.redemption_id)
+            .await
+            .expect("read")
+            .expect("stored");
+        assert_eq!(stored.use_event_id, redemption.use_event_id);
+    }
+
+    // The points: a spent 3 and 4 from its oldest lots and has 5 left; b 1 and c 2, from 3.
+    assert_eq!(lots_left(store, "org:a").await, [0, 0, 50_000, 1_000_000]);
+    assert_eq!(
+        lots_left(store, "org:b").await,
+        [20_000, 40_000, 50_000, 1_000_000]
+    );
+    assert_eq!(
+        lots_left(store, "org:c").await,
+        [10_000, 40_000, 50_000, 1_000_000]
+    );
+    for (client, available) in [("org:a", "5"), ("org:b", "11"), ("org:c", "10")] {
+        let balance = ledger
+            .balance(&t, client)
+            .await
+            .expect("read")
+            .expect("balance");
+        assert_eq!(balance.available, dec(available), "{client}");
+    }
+    for audit in ledger.audit(&t).await.expect("audit") {
+        assert!(audit.violations().is_empty(), "{audit:?}");
+    }
+
+    // What was refused left nothing: no record of its request, no message, no count.
+    let records = idempotency_records::Entity::find()
+        .filter(idempotency_records::Column::TenantId.eq("t1"))
+        .all(&store.db)
+        .await
+        .expect("records");
+    let mut ids: Vec<_> = records.into_iter().map(|r| r.request_id).collect();
+    ids.sort();
+    assert_eq!(ids, ["q-a1", "q-a2", "q-b1", "q-c1"]);
+    assert_eq!(
+        outbox::Entity::find()
+            .count(&store.db)
+            .await
+            .expect("count"),
+        4
+    );
+    let counted = |id: &'static str| {
+        let db = store.db.clone();
+        async move {
+            coupons::Entity::find_by_id(("t1".to_owned(), id.to_owned()))
+                .one(&db)
+                .await
+                .expect("read")
+                .expect("coupon")
+                .redeemed_count
+        }
+    };
+    assert_eq!((counted("c1").await, counted("c2").await), (3, 1));
 }
