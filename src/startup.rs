@@ -172,11 +172,7 @@ impl Services {
             Arc::clone(clock),
         ));
         let earn = Arc::new(EarnService::new(EarnDependencies {
-            pricing: Pricing::new(
-                Arc::clone(&directory),
-                Arc::clone(&catalog),
-                Arc::clone(&rules_repo),
-            ),
+            pricing: Pricing::new(Arc::clone(&catalog), Arc::clone(&rules_repo)),
             documents: Arc::new(SeaDocumentRepository::new(db.clone(), Arc::clone(clock))),
             catalog: Arc::clone(&catalog),
             ledger: Arc::clone(&ledger_repo),

@@ -68,18 +68,6 @@ impl DirectoryRepository for SeaDirectoryRepository {
         }))
     }
 
-    async fn client_row(
-        &self,
-        tenant: &TenantId,
-        client_id: &str,
-    ) -> Result<Option<ClientRecord>, RepoError> {
-        let row = clients::Entity::find_by_id((tenant.as_str().to_owned(), client_id.to_owned()))
-            .one(&self.db)
-            .await
-            .map_err(classify)?;
-        Ok(row.map(client_record))
-    }
-
     async fn user(
         &self,
         tenant: &TenantId,

@@ -174,13 +174,6 @@ pub trait DirectoryRepository: Send + Sync {
         tenant: &TenantId,
         client_id: &str,
     ) -> Result<Option<ClientRecord>, RepoError>;
-    /// The client's own row, with no segments read (`segment_ids` empty): for a caller that
-    /// reads the memberships together with something else.
-    async fn client_row(
-        &self,
-        tenant: &TenantId,
-        client_id: &str,
-    ) -> Result<Option<ClientRecord>, RepoError>;
     async fn user(&self, tenant: &TenantId, user_id: &str)
     -> Result<Option<UserRecord>, RepoError>;
 }
@@ -334,13 +327,14 @@ pub trait RulesRepository: Send + Sync {
         tenant: &TenantId,
         segment_ids: Option<Vec<String>>,
     ) -> Result<HashMap<String, EffectiveDated>, RepoError>;
-    /// The segments a client belongs to, with the rates of those that have any, read together
-    /// (one snapshot), without reading the client first.
-    async fn client_segment_rates(
+    /// A client as an earn prices it, in one read (one snapshot): its row, the segments it
+    /// belongs to with the rates of those that have any, and the tenant's pricing revision.
+    /// `None` for a client not known.
+    async fn priced_client(
         &self,
         tenant: &TenantId,
         client_id: &str,
-    ) -> Result<(Vec<String>, HashMap<String, EffectiveDated>), RepoError>;
+    ) -> Result<Option<ClientPricing>, RepoError>;
     /// The revision of the tenant's pricing inputs (products, their categories and labels, base
     /// points, multiplier rules): raised by the database in every transaction that changes any
     /// of them; 0 before the first change.
@@ -470,6 +464,17 @@ pub trait CouponRepository: Send + Sync {
         after: Option<String>,
         limit: u64,
     ) -> Result<Vec<coupons::CouponPoolRecord>, RepoError>;
+}
+
+/// A client as an earn prices it ([`RulesRepository::priced_client`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientPricing {
+    /// The client, with the segments it belongs to.
+    pub client: ClientRecord,
+    /// The rates of its segments that have any.
+    pub segment_rates: HashMap<String, EffectiveDated>,
+    /// The tenant's pricing revision ([`RulesRepository::pricing_revision`]) in the same read.
+    pub pricing_revision: i64,
 }
 
 /// What one redemption writes, all in one transaction.

@@ -12,14 +12,15 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::RulesRepository;
 use super::entities::{
-    base_points, client_segments, multiplier_rule_segments, multiplier_rule_targets,
+    base_points, client_segments, clients, multiplier_rule_segments, multiplier_rule_targets,
     multiplier_rules, pricing_revisions, segment_rates,
 };
 use super::error::{RepoError, classify};
 use super::idempotency::insert_record;
+use super::{ClientPricing, RulesRepository};
 use crate::domain::clock::{Clock, SystemClock};
+use crate::domain::directory::ClientRecord;
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::points::{from_minor_units, to_minor_units};
 use crate::domain::rules::{
@@ -447,19 +448,40 @@ impl RulesRepository for SeaRulesRepository {
         )
     }
 
-    async fn client_segment_rates(
+    async fn priced_client(
         &self,
         tenant: &TenantId,
         client_id: &str,
-    ) -> Result<(Vec<String>, HashMap<String, EffectiveDated>), RepoError> {
-        use sea_orm::sea_query::{ExprTrait, Query};
+    ) -> Result<Option<ClientPricing>, RepoError> {
+        use sea_orm::sea_query::{ExprTrait, Query, SubQueryStatement};
+        let client = |c: clients::Column| Expr::col((clients::Entity, c));
         let member = |c: client_segments::Column| Expr::col((client_segments::Entity, c));
         let rate = |c: segment_rates::Column| Expr::col((segment_rates::Entity, c));
+        let revision = Query::select()
+            .column(pricing_revisions::Column::Revision)
+            .from(pricing_revisions::Entity)
+            .and_where(Expr::col(pricing_revisions::Column::TenantId).eq(tenant.as_str()))
+            .to_owned();
+        // The client once per segment it is in and rate that segment has (once with none).
         let query = Query::select()
+            .expr(client(clients::Column::Name))
+            .expr(client(clients::Column::Status))
+            .expr(client(clients::Column::HasAccount))
+            .expr(client(clients::Column::UpdatedAt))
             .expr(member(client_segments::Column::SegmentId))
             .expr(rate(segment_rates::Column::EffectiveFrom))
             .expr(rate(segment_rates::Column::Rate))
-            .from(client_segments::Entity)
+            .expr(Expr::from(SubQueryStatement::SelectStatement(revision)))
+            .from(clients::Entity)
+            .left_join(
+                client_segments::Entity,
+                member(client_segments::Column::TenantId)
+                    .equals((clients::Entity, clients::Column::TenantId))
+                    .and(
+                        member(client_segments::Column::ClientId)
+                            .equals((clients::Entity, clients::Column::ClientId)),
+                    ),
+            )
             .left_join(
                 segment_rates::Entity,
                 rate(segment_rates::Column::TenantId)
@@ -469,23 +491,42 @@ impl RulesRepository for SeaRulesRepository {
                             .equals((client_segments::Entity, client_segments::Column::SegmentId)),
                     ),
             )
-            .and_where(member(client_segments::Column::TenantId).eq(tenant.as_str()))
-            .and_where(member(client_segments::Column::ClientId).eq(client_id))
+            .and_where(client(clients::Column::TenantId).eq(tenant.as_str()))
+            .and_where(client(clients::Column::ClientId).eq(client_id))
             .to_owned();
-        let mut segments = Vec::new();
+        let rows = self.db.query_all(&query).await.map_err(classify)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let updated_at: chrono::DateTime<chrono::FixedOffset> =
+            first.try_get_by_index(3).map_err(classify)?;
+        let revision: Option<i64> = first.try_get_by_index(7).map_err(classify)?;
+        let mut record = ClientRecord {
+            client_id: client_id.to_owned(),
+            name: first.try_get_by_index(0).map_err(classify)?,
+            status: first.try_get_by_index(1).map_err(classify)?,
+            has_account: first.try_get_by_index(2).map_err(classify)?,
+            segment_ids: Vec::new(),
+            updated_at: updated_at.to_utc(),
+        };
         let mut rates = Vec::new();
-        for row in self.db.query_all(&query).await.map_err(classify)? {
-            let segment: String = row.try_get_by_index(0).map_err(classify)?;
-            let from: Option<NaiveDate> = row.try_get_by_index(1).map_err(classify)?;
-            let units: Option<i64> = row.try_get_by_index(2).map_err(classify)?;
+        for row in &rows {
+            let segment: Option<String> = row.try_get_by_index(4).map_err(classify)?;
+            let Some(segment) = segment else { continue };
+            let from: Option<NaiveDate> = row.try_get_by_index(5).map_err(classify)?;
+            let units: Option<i64> = row.try_get_by_index(6).map_err(classify)?;
             if let (Some(from), Some(units)) = (from, units) {
                 rates.push((segment.clone(), from, units));
             }
-            if !segments.contains(&segment) {
-                segments.push(segment);
+            if !record.segment_ids.contains(&segment) {
+                record.segment_ids.push(segment);
             }
         }
-        Ok((segments, group_dated(rates.into_iter())))
+        Ok(Some(ClientPricing {
+            client: record,
+            segment_rates: group_dated(rates.into_iter()),
+            pricing_revision: revision.unwrap_or(0),
+        }))
     }
 }
 

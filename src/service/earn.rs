@@ -582,7 +582,8 @@ mod tests {
         }
     }
 
-    /// An earn service whose directory fails and whose store records what it was given.
+    /// An earn service whose read of the client fails and whose store records what it was
+    /// given.
     fn service(documents: MockDocumentRepository) -> EarnService {
         let settings: Arc<dyn SettingsRepository> = Arc::new({
             let mut settings = MockSettingsRepository::new();
@@ -591,13 +592,7 @@ mod tests {
                 .returning(|_| Ok(TenantSettings::default()));
             settings
         });
-        let directory: Arc<dyn DirectoryRepository> = Arc::new({
-            let mut directory = MockDirectoryRepository::new();
-            directory
-                .expect_client_row()
-                .returning(|_, _| Err(RepoError::Unavailable("connection refused".into())));
-            directory
-        });
+        let directory: Arc<dyn DirectoryRepository> = Arc::new(MockDirectoryRepository::new());
         // Everything else an earn reads starts alongside the client and answers.
         let catalog: Arc<dyn CatalogRepository> = Arc::new({
             let mut catalog = MockCatalogRepository::new();
@@ -614,14 +609,13 @@ mod tests {
         ));
         EarnService::new(EarnDependencies {
             pricing: Pricing::new(
-                Arc::clone(&directory),
                 Arc::clone(&catalog),
                 Arc::new({
                     let mut rules = MockRulesRepository::new();
                     rules.expect_pricing_revision().returning(|_| Ok(0));
                     rules
-                        .expect_client_segment_rates()
-                        .returning(|_, _| Ok((Vec::new(), HashMap::new())));
+                        .expect_priced_client()
+                        .returning(|_, _| Err(RepoError::Unavailable("connection refused".into())));
                     rules
                         .expect_base_points()
                         .returning(|_, _| Ok(HashMap::new()));

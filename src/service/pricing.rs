@@ -1,15 +1,15 @@
 //! Loads what the calculation engine needs for one client and a set of products: the client,
 //! the products' facts, base points, the published rules that target them in a date range, and
 //! the client's segments with their rates. Shared by previews and by earning, so both price the
-//! same way. Nothing of it waits for the client: every read starts at once, so a call waits for
-//! the longest chain, not for their sum.
+//! same way. The client, its segments with their rates and the tenant's pricing revision are one
+//! read; with the products in the cache, that is all a call reads.
 //!
 //! What prices a product (its facts, base points and rules) is kept per tenant and served for
 //! the pricing revision it was read at: the database raises the revision in every transaction
-//! that changes any of it (migration `m20261202_000009`), and each call reads the revision first,
-//! so a cached product is served only while nothing that prices it has changed. An entry is
-//! cached only when the revision was the same before and after it was read: it then describes
-//! that revision exactly.
+//! that changes any of it (migration `m20261202_000009`), and each call reads the revision with
+//! the client, so a cached product is served only while nothing that prices it has changed. An
+//! entry is cached only when the revision was the same before and after it was read: it then
+//! describes that revision exactly.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,13 +18,12 @@ use crate::domain::directory::ClientRecord;
 use crate::domain::engine::PricingBook;
 use crate::domain::rules::{EffectiveDated, MultiplierRule, ProductFacts, RuleIndex, RuleTarget};
 use crate::domain::tenant::TenantId;
-use crate::persistence::{CatalogRepository, DirectoryRepository, RepoError, RulesRepository};
+use crate::persistence::{CatalogRepository, RepoError, RulesRepository};
 
 /// Products kept per tenant at most; beyond it the tenant's entries start again empty.
 const PRODUCTS_PER_TENANT: usize = 50_000;
 
 pub struct Pricing {
-    directory: Arc<dyn DirectoryRepository>,
     catalog: Arc<dyn CatalogRepository>,
     rules: Arc<dyn RulesRepository>,
     cache: Mutex<HashMap<TenantId, CachedPricing>>,
@@ -49,13 +48,8 @@ struct CachedPricing {
 pub type PricedClient = (ClientRecord, HashMap<String, ProductFacts>, PricingBook);
 
 impl Pricing {
-    pub fn new(
-        directory: Arc<dyn DirectoryRepository>,
-        catalog: Arc<dyn CatalogRepository>,
-        rules: Arc<dyn RulesRepository>,
-    ) -> Self {
+    pub fn new(catalog: Arc<dyn CatalogRepository>, rules: Arc<dyn RulesRepository>) -> Self {
         Self {
-            directory,
             catalog,
             rules,
             cache: Mutex::new(HashMap::new()),
@@ -82,12 +76,12 @@ impl Pricing {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let (client, products, (segments, segment_rates)) = tokio::try_join!(
-            // The memberships come with their rates, below: one read of them, one snapshot.
-            self.directory.client_row(tenant, client_id),
-            self.products(tenant, &unique),
-            self.rules.client_segment_rates(tenant, client_id),
-        )?;
+        let Some(priced) = self.rules.priced_client(tenant, client_id).await? else {
+            return Ok(None);
+        };
+        let products = self
+            .products(tenant, &unique, priced.pricing_revision)
+            .await?;
         let mut facts = HashMap::with_capacity(products.len());
         let mut base_points = HashMap::new();
         let mut rules: BTreeMap<(String, u32), MultiplierRule> = BTreeMap::new();
@@ -103,30 +97,23 @@ impl Pricing {
             facts.insert(product.facts.product_id.clone(), product.facts.clone());
         }
         let rules: Vec<MultiplierRule> = rules.into_values().collect();
-        let Some(client) = client else {
-            return Ok(None);
-        };
         let book = PricingBook {
             rules: RuleIndex::new(rules),
             base_points,
-            segment_rates,
-            client_segments: segments.iter().cloned().collect(),
+            segment_rates: priced.segment_rates,
+            client_segments: priced.client.segment_ids.iter().cloned().collect(),
         };
-        let client = ClientRecord {
-            segment_ids: segments,
-            ..client
-        };
-        Ok(Some((client, facts, book)))
+        Ok(Some((priced.client, facts, book)))
     }
 
-    /// What prices each of `unique` (distinct ids): from the cache where it holds the current
-    /// revision, read for the rest.
+    /// What prices each of `unique` (distinct ids): from the cache where it holds `revision`
+    /// (the one just read), read for the rest.
     async fn products(
         &self,
         tenant: &TenantId,
         unique: &[String],
+        revision: i64,
     ) -> Result<Vec<Arc<ProductPricing>>, RepoError> {
-        let revision = self.rules.pricing_revision(tenant).await?;
         let (mut found, missing) = {
             let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             let current = cache.get(tenant).filter(|c| c.revision == revision);
@@ -221,7 +208,7 @@ mod tests {
 
     use super::*;
     use crate::domain::rules::{RuleStatus, TargetKind};
-    use crate::persistence::{MockCatalogRepository, MockDirectoryRepository, MockRulesRepository};
+    use crate::persistence::{ClientPricing, MockCatalogRepository, MockRulesRepository};
 
     fn rule(id: &str, product: &str) -> MultiplierRule {
         MultiplierRule {
@@ -249,17 +236,6 @@ mod tests {
         reads: impl Fn(&[String]) + Send + Sync + 'static,
     ) -> (Pricing, Arc<Mutex<Vec<Vec<String>>>>) {
         let read_ids = Arc::new(Mutex::new(Vec::new()));
-        let mut directory = MockDirectoryRepository::new();
-        directory.expect_client_row().returning(|_, id| {
-            Ok(Some(ClientRecord {
-                client_id: id.into(),
-                name: "Org".into(),
-                status: "ACTIVE".into(),
-                has_account: true,
-                segment_ids: Vec::new(),
-                updated_at: Utc::now(),
-            }))
-        });
         let mut catalog = MockCatalogRepository::new();
         let seen = Arc::clone(&read_ids);
         catalog.expect_product_facts().returning(move |_, ids| {
@@ -301,10 +277,22 @@ mod tests {
                 })
                 .collect())
         });
-        rules
-            .expect_client_segment_rates()
-            .returning(|_, _| Ok((Vec::new(), HashMap::new())));
-        let pricing = Pricing::new(Arc::new(directory), Arc::new(catalog), Arc::new(rules));
+        let current = Arc::clone(revision);
+        rules.expect_priced_client().returning(move |_, id| {
+            Ok(Some(ClientPricing {
+                client: ClientRecord {
+                    client_id: id.into(),
+                    name: "Org".into(),
+                    status: "ACTIVE".into(),
+                    has_account: true,
+                    segment_ids: Vec::new(),
+                    updated_at: Utc::now(),
+                },
+                segment_rates: HashMap::new(),
+                pricing_revision: current.load(Ordering::SeqCst),
+            }))
+        });
+        let pricing = Pricing::new(Arc::new(catalog), Arc::new(rules));
         (pricing, read_ids)
     }
 

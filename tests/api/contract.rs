@@ -802,14 +802,34 @@ async fn a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction
     );
 }
 
-/// An earn reads a client's segments and their rates in one query, without reading the client
-/// first: every segment it belongs to, each segment's dated rates, none of another client's or
-/// another tenant's.
+/// An earn reads a client, its segments with their rates and the tenant's pricing revision in one
+/// query: every segment it belongs to, each segment's dated rates, none of another client's or
+/// another tenant's; nothing for a client not known.
 async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb) {
     use one_loyalty::persistence::RulesRepository;
-    use one_loyalty::persistence::entities::{client_segments, segment_rates};
+    use one_loyalty::persistence::entities::{
+        client_segments, clients, pricing_revisions, segment_rates,
+    };
     use one_loyalty::persistence::rules::SeaRulesRepository;
     let day = |d: u32| NaiveDate::from_ymd_opt(2026, 3, d).expect("day");
+    let known = [
+        ("t1", "org:a"),
+        ("t1", "org:b"),
+        ("t1", "org:c"),
+        ("t2", "org:a"),
+    ];
+    clients::Entity::insert_many(known.map(|(t, c)| clients::ActiveModel {
+        tenant_id: Set(t.into()),
+        client_id: Set(c.into()),
+        kind: Set("ORGANIZATION".into()),
+        name: Set(format!("{c} of {t}")),
+        status: Set("ACTIVE".into()),
+        has_account: Set(c != "org:c"),
+        updated_at: Set(Utc::now().fixed_offset()),
+    }))
+    .exec(&store.db)
+    .await
+    .expect("clients");
     let members = [
         ("t1", "org:a", "gold"),
         ("t1", "org:a", "bronze"),
@@ -842,27 +862,54 @@ async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb
     .exec(&store.db)
     .await
     .expect("rates");
-    let repo = SeaRulesRepository::new(store.db.clone());
-    let (mut segments, rates) = repo
-        .client_segment_rates(&tenant("t1"), "org:a")
+    // Writing segment rates raises no pricing revision; set t1's and t2's apart.
+    for (t, revision) in [("t1", 7), ("t2", 9)] {
+        pricing_revisions::Entity::insert(pricing_revisions::ActiveModel {
+            tenant_id: Set(t.into()),
+            revision: Set(revision),
+        })
+        .on_conflict(
+            sea_orm::sea_query::OnConflict::column(pricing_revisions::Column::TenantId)
+                .update_column(pricing_revisions::Column::Revision)
+                .to_owned(),
+        )
+        .exec(&store.db)
         .await
-        .expect("read");
+        .expect("revision");
+    }
+    let repo = SeaRulesRepository::new(store.db.clone());
+    let priced = |client: &'static str| {
+        let repo = repo.clone();
+        async move {
+            repo.priced_client(&tenant("t1"), client)
+                .await
+                .expect("read")
+        }
+    };
+    let a = priced("org:a").await.expect("org:a is known");
+    assert_eq!(
+        (a.client.client_id.as_str(), a.client.name.as_str()),
+        ("org:a", "org:a of t1")
+    );
+    assert!(a.client.has_account);
+    assert_eq!(a.pricing_revision, 7, "the tenant's own revision");
+    let mut segments = a.client.segment_ids.clone();
     segments.sort();
     assert_eq!(
         segments,
         ["bronze", "gold"],
-        "every segment, with a rate or not"
+        "every segment, with a rate or not, once"
     );
-    assert_eq!(rates.len(), 1, "only gold has rates: {rates:?}");
-    let gold = &rates["gold"];
+    assert_eq!(a.segment_rates.len(), 1, "only gold has rates: {a:?}");
+    let gold = &a.segment_rates["gold"];
     assert_eq!(gold.entries().len(), 2, "both of gold's dated rates");
     assert_eq!(gold.on(day(5)), Some(dec("1.1")));
     assert_eq!(gold.on(day(10)), Some(dec("1.2")));
-    let (segments, rates) = repo
-        .client_segment_rates(&tenant("t1"), "org:unknown")
-        .await
-        .expect("read");
-    assert!(segments.is_empty() && rates.is_empty());
+    let c = priced("org:c").await.expect("org:c is known");
+    assert!(!c.client.has_account);
+    assert!(c.client.segment_ids.is_empty() && c.segment_rates.is_empty());
+    assert_eq!(c.pricing_revision, 7);
+    assert_eq!(priced("org:unknown").await, None);
 }
 
 /// Client `client` earns lots of `points` each (one locked besides, which a spend skips).
