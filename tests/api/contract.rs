@@ -805,6 +805,7 @@ async fn a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction
 /// An earn reads a client, its segments with their rates and the tenant's pricing revision in one
 /// query: every segment it belongs to, each segment's dated rates, none of another client's or
 /// another tenant's; nothing for a client not known.
+#[allow(clippy::too_many_lines)] // the rows of two tenants, then what each read returns
 async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb) {
     use one_loyalty::persistence::RulesRepository;
     use one_loyalty::persistence::entities::{
