@@ -53,6 +53,11 @@ echo "== service on PostgreSQL"
 "$bench" service --database-url "$pg/loyalty_bench_service" --clients "$clients" --history "$history" \
   --workloads "$workloads" --concurrency 1,8,64 --duration "$secs" | tee -a "$results"
 
+echo "== service on PostgreSQL, group commit off (each write alone)"
+LOYALTY__DATABASE__WRITE_BATCH_MAX=1 "$bench" service --database-url "$pg/loyalty_bench_service" \
+  --clients "$clients" --no-seed --label no-group-commit --workloads earn,redeem,redeem-hot,mixed \
+  --concurrency 8,64 --duration "$secs" | tee -a "$results"
+
 echo "== two replicas on PostgreSQL (reads)"
 "$bench" service --database-url "$pg/loyalty_bench_service" --clients "$clients" --no-seed \
   --replicas 2 --label replicas-2 --workloads balance,mixed --concurrency 8,16 --duration "$secs" | tee -a "$results"

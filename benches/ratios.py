@@ -66,6 +66,9 @@ for w in ("balance", "mixed"):
         row(f"Two replicas vs one, {w}, {c} clients, calls/s", get(w, "postgres", c, "replicas-2"), get(w, "postgres", c, "replicas-1"), "tps", "(reported)", "ratio")
 for w in ("earn", "redeem", "mixed"):
     row(f"64 clients vs 8, {w}, PostgreSQL, calls/s", get(w, "postgres", 64), get(w, "postgres", 8), "tps", "(reported)", "ratio")
+for w in ("earn", "redeem", "redeem-hot", "mixed"):
+    for c in (8, 64):
+        row(f"Group commit on vs off (each write alone), {w}, PostgreSQL, {c} clients, calls/s", get(w, "postgres", c), get(w, "postgres", c, "no-group-commit"), "tps", "(reported)", "ratio")
 fsync = get("fsync", "b0", 1)
 if fsync:
     out.append("")

@@ -187,10 +187,26 @@ pub struct DatabaseSettings {
     pub max_connections: u32,
     pub connect_timeout_ms: u64,
     pub sqlite_busy_timeout_ms: u64,
+    /// SQLite only: how much of the file is read through a memory map (0: none).
+    #[serde(default = "default_sqlite_mmap_bytes")]
+    pub sqlite_mmap_bytes: u64,
+    /// PostgreSQL: the most earns (or redemptions) written together in one call and one commit
+    /// (group commit); 1 writes each alone.
+    #[serde(default = "default_write_batch_max")]
+    pub write_batch_max: usize,
     pub auto_migrate: bool,
     /// PostgreSQL only: the schema to use instead of `public` (tests use one per test).
     #[serde(default)]
     pub schema: Option<String>,
+}
+
+fn default_write_batch_max() -> usize {
+    64
+}
+
+/// 1 GiB of address space: the whole file for most tenants.
+fn default_sqlite_mmap_bytes() -> u64 {
+    1 << 30
 }
 
 #[derive(Debug, Clone, Deserialize)]

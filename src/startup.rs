@@ -171,9 +171,10 @@ impl Services {
             Arc::clone(&requests),
             Arc::clone(clock),
         ));
+        let (documents, redemptions) = ledger_writers(db, clock, settings);
         let earn = Arc::new(EarnService::new(EarnDependencies {
             pricing: Pricing::new(Arc::clone(&catalog), Arc::clone(&rules_repo)),
-            documents: Arc::new(SeaDocumentRepository::new(db.clone(), Arc::clone(clock))),
+            documents: Arc::new(documents),
             catalog: Arc::clone(&catalog),
             ledger: Arc::clone(&ledger_repo),
             agreements: Arc::clone(&agreements),
@@ -192,7 +193,7 @@ impl Services {
         ));
         let redeem = Arc::new(RedeemService::new(RedeemDependencies {
             coupons: Arc::clone(&coupon_repo),
-            redemptions: Arc::new(SeaRedemptionRepository::new(db.clone(), Arc::clone(clock))),
+            redemptions: Arc::new(redemptions),
             reservations: Arc::new(SeaReservationRepository::new(db.clone(), Arc::clone(clock))),
             directory: Arc::clone(&directory),
             ledger: Arc::clone(&ledger_repo),
@@ -241,6 +242,19 @@ impl Services {
             catalog,
         })
     }
+}
+
+/// The repositories of the two hot writes, with their group commit as configured.
+fn ledger_writers(
+    db: &DatabaseConnection,
+    clock: &Arc<dyn Clock>,
+    settings: &Settings,
+) -> (SeaDocumentRepository, SeaRedemptionRepository) {
+    let most = settings.database.write_batch_max;
+    (
+        SeaDocumentRepository::new(db.clone(), Arc::clone(clock)).with_write_batch_max(most),
+        SeaRedemptionRepository::new(db.clone(), Arc::clone(clock)).with_write_batch_max(most),
+    )
 }
 
 impl Application {

@@ -19,6 +19,7 @@ mod m20261122_000007_coupons;
 mod m20261122_000008_sync_and_jobs;
 mod m20261202_000009_pricing_revisions;
 mod m20261202_000010_redeem_function;
+mod m20261202_000011_earn_function;
 
 /// Every migration, oldest first.
 pub struct Migrator;
@@ -37,6 +38,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261122_000008_sync_and_jobs::Migration),
             Box::new(m20261202_000009_pricing_revisions::Migration),
             Box::new(m20261202_000010_redeem_function::Migration),
+            Box::new(m20261202_000011_earn_function::Migration),
         ]
     }
 }

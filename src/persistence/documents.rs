@@ -3,6 +3,8 @@
 //! was taken before, or completed once later: the event, its lines, the balance and the
 //! document's status in one transaction either way.
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -16,7 +18,8 @@ use super::DocumentRepository;
 use super::entities::{document_lines, documents};
 use super::error::{RepoError, classify};
 use super::event_lines::insert_lines;
-use super::few_statements;
+use super::few_statements::{self, EarnWriter, PreparedEarn};
+use super::group_commit::GroupCommit;
 use super::ledger::append_in;
 use crate::domain::clock::Clock;
 use crate::domain::documents::{
@@ -72,12 +75,32 @@ pub enum Received {
 #[derive(Clone)]
 pub struct SeaDocumentRepository {
     db: DatabaseConnection,
-    clock: std::sync::Arc<dyn Clock>,
+    clock: Arc<dyn Clock>,
+    /// On PostgreSQL, earns in one function call each, those that arrive together in one
+    /// (`few_statements::EarnWriter`).
+    earns: Arc<GroupCommit<PreparedEarn, Option<i64>, EarnWriter>>,
 }
 
+/// Earns written together (PostgreSQL): batches in flight at once, and the most in one.
+const EARN_WRITERS: usize = 2;
+const MOST_EARNS_AT_ONCE: usize = 64;
+
 impl SeaDocumentRepository {
-    pub fn new(db: DatabaseConnection, clock: std::sync::Arc<dyn Clock>) -> Self {
-        Self { db, clock }
+    pub fn new(db: DatabaseConnection, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            earns: earn_writes(&db, MOST_EARNS_AT_ONCE),
+            db,
+            clock,
+        }
+    }
+
+    /// At most `max` writes together (group commit, PostgreSQL); 1 writes each alone.
+    #[must_use]
+    pub fn with_write_batch_max(self, max: usize) -> Self {
+        Self {
+            earns: earn_writes(&self.db, max),
+            ..self
+        }
     }
 
     /// A document whose id was found stored when receiving it.
@@ -110,11 +133,8 @@ impl DocumentRepository for SeaDocumentRepository {
         if let Some((event, lines)) = decision.and_then(|d| d.event.as_ref())
             && few_statements::fits(&self.db, event)
         {
-            return match few_statements::receive_earning(
-                &self.db, tenant, &stored, event, lines, now,
-            )
-            .await
-            {
+            let prepared = PreparedEarn::new(tenant, &stored, event, lines, now)?;
+            return match self.earns.write(prepared).await {
                 Ok(Some(event_id)) => Ok(Received::Stored(DocumentRecord {
                     event_id: Some(event_id),
                     ..stored
@@ -391,4 +411,16 @@ pub(crate) fn line_rows(
             })
         })
         .collect()
+}
+
+/// The writes that go together: `EARN_WRITERS` batches in flight at once, each of at most `max`.
+fn earn_writes(
+    db: &DatabaseConnection,
+    max: usize,
+) -> Arc<GroupCommit<PreparedEarn, Option<i64>, EarnWriter>> {
+    Arc::new(GroupCommit::new(
+        EarnWriter::new(db.clone()),
+        EARN_WRITERS,
+        max,
+    ))
 }

@@ -17,8 +17,8 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::{
-    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbBackend, DbErr, EntityTrait, Iden,
-    Iterable, RuntimeErr, Statement,
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Iden, Iterable,
+    QueryResult, Statement,
 };
 use serde_json::{Map, Value as Json};
 
@@ -38,53 +38,7 @@ use crate::domain::points::to_minor_units;
 use crate::domain::redemption::Redemption;
 use crate::domain::tenant::TenantId;
 
-/// The earn, in order of the locks it takes: the client's balance row first (created, or locked
-/// by the conflict update), unless the document is stored already; the event's id is drawn only
-/// then, under the lock, so that one client's events are numbered in the order they commit, as
-/// on the transaction path. A concurrent first delivery of the same document waits on that row
-/// and then fails on the document's primary key, which undoes the whole statement.
-const EARN: &str = r"
-WITH bal AS (
-    INSERT INTO balances AS b
-        (tenant_id, client_id, total, available, locked, reserved, last_event_id, event_count,
-         updated_at)
-    SELECT $1, $2, $3, $4, $5, 0, nextval(pg_get_serial_sequence('ledger_events', 'event_id')),
-        1, $6
-    WHERE NOT EXISTS (SELECT 1 FROM documents WHERE tenant_id = $1 AND document_id = $7)
-    ON CONFLICT (tenant_id, client_id) DO UPDATE SET
-        total = b.total + EXCLUDED.total,
-        available = b.available + EXCLUDED.available,
-        locked = b.locked + EXCLUDED.locked,
-        last_event_id = nextval(pg_get_serial_sequence('ledger_events', 'event_id')),
-        event_count = b.event_count + 1,
-        updated_at = EXCLUDED.updated_at
-    RETURNING b.last_event_id AS event_id, b.total AS total
-), event AS (
-    INSERT INTO ledger_events
-    SELECT r.* FROM bal, jsonb_populate_record(NULL::ledger_events,
-        $8::jsonb || jsonb_build_object('event_id', bal.event_id, 'balance_after', bal.total)) r
-), document AS (
-    INSERT INTO documents
-    SELECT r.* FROM bal, jsonb_populate_record(NULL::documents,
-        $9::jsonb || jsonb_build_object('event_id', bal.event_id)) r
-), document_line AS (
-    INSERT INTO document_lines
-    SELECT r.* FROM bal, jsonb_array_elements($10::jsonb) l,
-        jsonb_populate_record(NULL::document_lines, l) r
-), lot AS (
-    INSERT INTO earn_lots
-    SELECT r.* FROM bal, jsonb_array_elements($11::jsonb) l,
-        jsonb_populate_record(NULL::earn_lots, l || jsonb_build_object('event_id', bal.event_id)) r
-), event_line AS (
-    INSERT INTO ledger_event_lines
-    SELECT r.* FROM bal, jsonb_array_elements($12::jsonb) l,
-        jsonb_populate_record(NULL::ledger_event_lines,
-            l || jsonb_build_object('event_id', bal.event_id)) r
-)
-SELECT event_id FROM bal
-";
-
-/// Whether an event can be written by [`receive_earning`]: an earn takes from no lot and spends
+/// Whether an event can be written by [`EarnWriter`]: an earn takes from no lot and spends
 /// nothing, so the balance moves by its points alone.
 pub fn fits(db: &DatabaseConnection, event: &NewLedgerEvent) -> bool {
     db.get_database_backend() == DbBackend::Postgres
@@ -95,60 +49,189 @@ pub fn fits(db: &DatabaseConnection, event: &NewLedgerEvent) -> bool {
         && event.redemption_id.is_none()
 }
 
-/// Stores a decided document (`stored`: the record as it stands once decided) with its earn
-/// `event` and `lines`. `Some(event id)`: stored now; `None`: the document was stored before and
-/// nothing was written. A concurrent first delivery of the same document is `Conflict`.
-///
-/// # Errors
-/// `Conflict` as above, or the database.
-pub async fn receive_earning(
+/// A decided document with its earn, ready for `loyalty_earn_batch` (migration
+/// `m20261202_000011_earn_function`): its arguments as one JSON object.
+#[derive(Debug)]
+pub struct PreparedEarn {
+    arguments: Json,
+}
+
+impl PreparedEarn {
+    /// `stored`: the record as it stands once decided, with its earn `event` and `lines`. The
+    /// event's id and the running balance are the function's; the zeros are replaced there.
+    ///
+    /// # Errors
+    /// Points that do not fit the storage scale, or a row that cannot be encoded.
+    pub fn new(
+        tenant: &TenantId,
+        stored: &DocumentRecord,
+        event: &NewLedgerEvent,
+        lines: &[LineCalculation],
+        now: DateTime<Utc>,
+    ) -> Result<Self, RepoError> {
+        let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
+        let into_locked = entering_locked(event, points);
+        let lots = event
+            .lot
+            .filter(|_| points > 0)
+            .map(|terms| json_row(&lot_row(tenant, &event.client_id, 0, points, terms, now)))
+            .transpose()?;
+        let event_lines = lines
+            .iter()
+            .map(|l| json_row(&event_line_row(tenant, 0, l)?))
+            .collect::<Result<Vec<_>, _>>()?;
+        let document_lines = line_rows(tenant, &stored.document)?
+            .iter()
+            .map(json_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let arguments = serde_json::json!({
+            "tenant": tenant.as_str(),
+            "client": event.client_id,
+            "document": stored.document.document_id,
+            "total": points,
+            "available": points - into_locked,
+            "locked": into_locked,
+            "now": json_instant(now),
+            "event": json_row(&event_row(tenant, event, points, 0, now))?,
+            "document_row": json_row(&document_row(tenant, stored)?)?,
+            "lines": document_lines,
+            "lots": lots.into_iter().collect::<Vec<_>>(),
+            "event_lines": event_lines,
+        });
+        Ok(Self { arguments })
+    }
+}
+
+/// Stores decided documents with their earns in one round trip that commits on its own: one
+/// call of `loyalty_earn_batch` for a lone earn or for those queued together, each in a
+/// subtransaction of its own. Each answers `Some(event id)` (stored now) or `None` (the document
+/// was stored before and nothing was written); a concurrent first delivery of the same document
+/// is `Conflict`.
+#[derive(Debug)]
+pub struct EarnWriter {
+    db: DatabaseConnection,
+}
+
+impl EarnWriter {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+}
+
+impl BatchItem for PreparedEarn {
+    type Written = Option<i64>;
+    const FUNCTION: &'static str = "loyalty_earn_batch";
+
+    fn arguments(&self) -> &Json {
+        &self.arguments
+    }
+
+    fn outcome(self, row: &QueryResult) -> Result<Option<i64>, RepoError> {
+        if let Some(failed) = Failure::of(row)? {
+            return Err(classify_code(Some(&failed.state), failed.message));
+        }
+        row.try_get::<Option<i64>>("", "event_id").map_err(classify)
+    }
+}
+
+impl BatchWriter<PreparedEarn, Option<i64>> for EarnWriter {
+    async fn write(&self, items: Vec<PreparedEarn>) -> Vec<Result<Option<i64>, RepoError>> {
+        write_batch(&self.db, items).await
+    }
+}
+
+/// An item of a batch function: the arguments it is given and what its row says.
+trait BatchItem: Sized + Send {
+    type Written: Send;
+    /// The function, which takes the items' arguments as one JSON array.
+    const FUNCTION: &'static str;
+    fn arguments(&self) -> &Json;
+    /// What the item's row says: written, or what failed it.
+    fn outcome(self, row: &QueryResult) -> Result<Self::Written, RepoError>;
+}
+
+/// Writes `items` in one call of their function. A call that fails as a whole (one item's
+/// fault the function did not catch; nothing was written) is made again for each item alone, so
+/// that only that item fails; a database that cannot be reached fails them all.
+async fn write_batch<T: BatchItem>(
     db: &DatabaseConnection,
-    tenant: &TenantId,
-    stored: &DocumentRecord,
-    event: &NewLedgerEvent,
-    lines: &[LineCalculation],
-    now: DateTime<Utc>,
-) -> Result<Option<i64>, RepoError> {
-    let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
-    let into_locked = entering_locked(event, points);
-    let lots: Vec<_> = event
-        .lot
-        .filter(|_| points > 0)
-        .map(|terms| lot_row(tenant, &event.client_id, 0, points, terms, now))
-        .into_iter()
-        .collect();
-    let event_lines = lines
-        .iter()
-        .map(|l| event_line_row(tenant, 0, l))
-        .collect::<Result<Vec<_>, _>>()?;
-    // The id and the running balance are the statement's; the zeros are replaced there.
-    let values: Vec<sea_orm::Value> = vec![
-        tenant.as_str().into(),
-        event.client_id.as_str().into(),
-        points.into(),
-        (points - into_locked).into(),
-        into_locked.into(),
-        now.fixed_offset().into(),
-        stored.document.document_id.as_str().into(),
-        row_param(&event_row(tenant, event, points, 0, now))?,
-        row_param(&document_row(tenant, stored)?)?,
-        rows_param(&line_rows(tenant, &stored.document)?)?,
-        rows_param(&lots)?,
-        rows_param(&event_lines)?,
-    ];
-    let row = db
-        .query_one_raw(Statement::from_sql_and_values(
+    items: Vec<T>,
+) -> Vec<Result<T::Written, RepoError>> {
+    let count = items.len();
+    let arguments = items.iter().map(|i| i.arguments().clone()).collect();
+    match call_batch(db, T::FUNCTION, arguments).await {
+        Ok(rows) => items
+            .into_iter()
+            .zip(rows)
+            .map(|(item, row)| item.outcome(&row))
+            .collect(),
+        Err(err) if count > 1 && !matches!(err, RepoError::Unavailable(_)) => {
+            let mut outcomes = Vec::with_capacity(count);
+            for item in items {
+                let alone = call_batch(db, T::FUNCTION, vec![item.arguments().clone()]).await;
+                outcomes.push(alone.and_then(|rows| match rows.first() {
+                    Some(row) => item.outcome(row),
+                    None => Err(RepoError::Other(format!(
+                        "{} answered nothing",
+                        T::FUNCTION
+                    ))),
+                }));
+            }
+            outcomes
+        }
+        Err(err) => (0..count).map(|_| Err(err.clone())).collect(),
+    }
+}
+
+/// Calls the batch function `function` with `arguments` as one JSON array. Its rows, one per
+/// argument, in the arguments' order: each names its place in the column `item` (from 1), and
+/// what failed it in `failed_state`, `failed_detail` and `failed_message`.
+async fn call_batch(
+    db: &DatabaseConnection,
+    function: &str,
+    arguments: Vec<Json>,
+) -> Result<Vec<QueryResult>, RepoError> {
+    let count = arguments.len();
+    let rows = db
+        .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
-            EARN,
-            values,
+            format!("SELECT * FROM {function}($1::jsonb) ORDER BY item"),
+            [Json::Array(arguments).to_string().into()],
         ))
         .await
         .map_err(classify)?;
-    row.map(|r| r.try_get::<i64>("", "event_id").map_err(classify))
-        .transpose()
+    if rows.len() != count {
+        return Err(RepoError::Other(format!(
+            "{function} answered {} of {count} items",
+            rows.len()
+        )));
+    }
+    Ok(rows)
 }
 
-/// The function's refusals, by the SQLSTATE it raises them with.
+/// What failed one item of a batch, as the batch function caught it.
+struct Failure {
+    state: String,
+    detail: Option<String>,
+    message: String,
+}
+
+impl Failure {
+    /// `None` when the item was written.
+    fn of(row: &QueryResult) -> Result<Option<Self>, RepoError> {
+        let column = |name: &str| row.try_get::<Option<String>>("", name).map_err(classify);
+        let Some(state) = column("failed_state")? else {
+            return Ok(None);
+        };
+        Ok(Some(Self {
+            state,
+            detail: column("failed_detail")?,
+            message: column("failed_message")?.unwrap_or_default(),
+        }))
+    }
+}
+
+/// The redemption function's refusals, by the SQLSTATE it gives them.
 const NOT_ENOUGH_POINTS: &str = "LY001";
 const LIMIT_REACHED: &str = "LY002";
 const OUT_OF_STOCK: &str = "LY003";
@@ -165,7 +248,7 @@ pub fn fits_redemption(db: &DatabaseConnection, plan: &RedeemPlan) -> bool {
         && event.lot.is_none()
 }
 
-/// A redemption ready for `loyalty_redeem` (migration `m20261202_000010_redeem_function`): its
+/// A redemption ready for `loyalty_redeem_batch` (migration `m20261202_000010_redeem_function`): its
 /// arguments as one JSON object, and what its answer is made of.
 #[derive(Debug)]
 pub struct PreparedRedemption {
@@ -246,12 +329,12 @@ impl PreparedRedemption {
     }
 }
 
-/// Writes redemptions in one round trip that commits on its own: one alone by `loyalty_redeem`,
-/// several queued together by `loyalty_redeem_batch`, each in a subtransaction of its own. Each
-/// writes the request's record, the Use event, the lots it spends (oldest first, under the
-/// client's balance lock), the balance, the redemption, its outbox message and the coupon's
-/// count, or nothing: a refusal (points, the client's limit, the stock) is `Precondition`, a
-/// request id or code taken is `Conflict`.
+/// Writes redemptions in one round trip that commits on its own: one call of
+/// `loyalty_redeem_batch` for a lone redemption or for those queued together. Each writes the
+/// request's record, the Use event, the lots it spends (oldest first, under the client's balance
+/// lock), the balance, the redemption, its outbox message and the coupon's count, or nothing: a
+/// refusal (points, the client's limit, the stock) is `Precondition`, a request id or code taken
+/// is `Conflict`.
 #[derive(Debug)]
 pub struct RedemptionWriter {
     db: DatabaseConnection,
@@ -261,115 +344,29 @@ impl RedemptionWriter {
     pub fn new(db: DatabaseConnection) -> Self {
         Self { db }
     }
+}
 
-    async fn one(&self, item: PreparedRedemption) -> Result<Redemption, RepoError> {
-        let call = self
-            .db
-            .query_one_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT loyalty_redeem($1::jsonb) AS use_event_id",
-                [item.arguments.to_string().into()],
-            ))
-            .await;
-        let row = match call {
-            Ok(row) => {
-                row.ok_or_else(|| RepoError::Other("loyalty_redeem returned no row".into()))?
-            }
-            Err(err) => {
-                return Err(match database_error(&err) {
-                    Some((code, detail)) => item.refused(&code, detail.as_deref(), err.to_string()),
-                    None => classify(err),
-                });
-            }
-        };
-        let use_event_id = row.try_get::<i64>("", "use_event_id").map_err(classify)?;
-        Ok(item.written(use_event_id))
+impl BatchItem for PreparedRedemption {
+    type Written = Redemption;
+    const FUNCTION: &'static str = "loyalty_redeem_batch";
+
+    fn arguments(&self) -> &Json {
+        &self.arguments
     }
 
-    async fn batch(&self, items: Vec<PreparedRedemption>) -> Vec<Result<Redemption, RepoError>> {
-        let arguments = Json::Array(items.iter().map(|i| i.arguments.clone()).collect());
-        let call = self
-            .db
-            .query_all_raw(Statement::from_sql_and_values(
-                DbBackend::Postgres,
-                "SELECT use_event_id, refused_state, refused_detail, refused_message \
-                 FROM loyalty_redeem_batch($1::jsonb)",
-                [arguments.to_string().into()],
-            ))
-            .await;
-        let rows = match call {
-            Ok(rows) if rows.len() == items.len() => rows,
-            Ok(rows) => {
-                let err = RepoError::Other(format!(
-                    "loyalty_redeem_batch answered {} of {} redemptions",
-                    rows.len(),
-                    items.len()
-                ));
-                return items.iter().map(|_| Err(err.clone())).collect();
-            }
-            Err(err) => {
-                let err = classify(err);
-                return items.iter().map(|_| Err(err.clone())).collect();
-            }
-        };
-        items
-            .into_iter()
-            .zip(rows)
-            .map(|(item, row)| {
-                let column = |name: &str| row.try_get::<Option<String>>("", name).map_err(classify);
-                if let Some(code) = column("refused_state")? {
-                    let message = column("refused_message")?.unwrap_or_default();
-                    return Err(item.refused(&code, column("refused_detail")?.as_deref(), message));
-                }
-                let use_event_id = row.try_get::<i64>("", "use_event_id").map_err(classify)?;
-                Ok(item.written(use_event_id))
-            })
-            .collect()
+    fn outcome(self, row: &QueryResult) -> Result<Redemption, RepoError> {
+        if let Some(failed) = Failure::of(row)? {
+            return Err(self.refused(&failed.state, failed.detail.as_deref(), failed.message));
+        }
+        let use_event_id = row.try_get::<i64>("", "use_event_id").map_err(classify)?;
+        Ok(self.written(use_event_id))
     }
 }
 
 impl BatchWriter<PreparedRedemption, Redemption> for RedemptionWriter {
-    async fn write(
-        &self,
-        mut items: Vec<PreparedRedemption>,
-    ) -> Vec<Result<Redemption, RepoError>> {
-        if items.len() == 1
-            && let Some(item) = items.pop()
-        {
-            return vec![self.one(item).await];
-        }
-        self.batch(items).await
+    async fn write(&self, items: Vec<PreparedRedemption>) -> Vec<Result<Redemption, RepoError>> {
+        write_batch(&self.db, items).await
     }
-}
-
-/// The SQLSTATE and detail of an error PostgreSQL raised, if `err` is one.
-fn database_error(err: &DbErr) -> Option<(String, Option<String>)> {
-    use sea_orm::sqlx::postgres::PgDatabaseError;
-    let (DbErr::Query(RuntimeErr::SqlxError(sqlx)) | DbErr::Exec(RuntimeErr::SqlxError(sqlx))) =
-        err
-    else {
-        return None;
-    };
-    match sqlx.as_ref() {
-        sea_orm::sqlx::Error::Database(db) => db
-            .try_downcast_ref::<PgDatabaseError>()
-            .map(|pg| (pg.code().to_owned(), pg.detail().map(str::to_owned))),
-        _ => None,
-    }
-}
-
-/// A row as the JSON text a statement's `$n::jsonb` parameter takes.
-fn row_param<A: ActiveModelTrait>(row: &A) -> Result<sea_orm::Value, RepoError> {
-    Ok(Json::Object(json_row(row)?).to_string().into())
-}
-
-/// Rows as the JSON array text a statement's `jsonb_array_elements($n::jsonb)` takes.
-fn rows_param<A: ActiveModelTrait>(rows: &[A]) -> Result<sea_orm::Value, RepoError> {
-    let objects = rows
-        .iter()
-        .map(|row| json_row(row).map(Json::Object))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(Json::Array(objects).to_string().into())
 }
 
 /// A row as a JSON object keyed by column name; columns not set are left out.

@@ -53,14 +53,19 @@ impl SeaRedemptionRepository {
     /// `clock` stamps the rows.
     pub fn new(db: DatabaseConnection, clock: Arc<dyn Clock>) -> Self {
         Self {
-            writes: Arc::new(GroupCommit::new(
-                RedemptionWriter::new(db.clone()),
-                REDEMPTION_WRITERS,
-                MOST_REDEMPTIONS_AT_ONCE,
-            )),
+            writes: redemption_writes(&db, MOST_REDEMPTIONS_AT_ONCE),
             db,
             clock,
             few_statements: true,
+        }
+    }
+
+    /// At most `max` writes together (group commit, PostgreSQL); 1 writes each alone.
+    #[must_use]
+    pub fn with_write_batch_max(self, max: usize) -> Self {
+        Self {
+            writes: redemption_writes(&self.db, max),
+            ..self
         }
     }
 
@@ -519,4 +524,16 @@ fn message_from_row(row: outbox::Model) -> Result<OutboxMessage, RepoError> {
         delivery,
         attempts: u32::try_from(row.attempts).unwrap_or(0),
     })
+}
+
+/// The writes that go together: `REDEMPTION_WRITERS` batches in flight at once, each of at most `max`.
+fn redemption_writes(
+    db: &DatabaseConnection,
+    max: usize,
+) -> Arc<GroupCommit<PreparedRedemption, Redemption, RedemptionWriter>> {
+    Arc::new(GroupCommit::new(
+        RedemptionWriter::new(db.clone()),
+        REDEMPTION_WRITERS,
+        max,
+    ))
 }

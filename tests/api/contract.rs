@@ -42,6 +42,7 @@ on_both_backends!(TestDb:
     a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on,
     every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision,
     redemptions_written_together_each_have_their_own_outcome,
+    earns_written_together_each_have_their_own_outcome,
 );
 
 fn tenant(id: &str) -> TenantId {
@@ -1572,4 +1573,88 @@ async fn redemptions_written_together_each_have_their_own_outcome(store: &TestDb
         }
     };
     assert_eq!((counted("c1").await, counted("c2").await), (3, 1));
+}
+
+/// Earns written together (group commit, PostgreSQL: one `loyalty_earn_batch` call) each have
+/// the outcome they would have alone: a document delivered twice in one batch is stored once
+/// and earns once, one client's events are numbered in the batch's order, and every balance is
+/// the sum of its events. On SQLite the same deliveries go one after the other.
+async fn earns_written_together_each_have_their_own_outcome(store: &TestDb) {
+    use one_loyalty::persistence::DocumentRepository;
+    use one_loyalty::persistence::documents::{Received, SeaDocumentRepository};
+    use one_loyalty::persistence::few_statements::{EarnWriter, PreparedEarn};
+    use one_loyalty::persistence::group_commit::BatchWriter;
+    let t = tenant("t1");
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    let deliveries = [
+        ("A1", "org:a"),
+        ("B1", "org:b"),
+        ("A2", "org:a"),
+        ("A1", "org:a"),
+    ];
+    let decided: Vec<_> = deliveries
+        .iter()
+        .map(|(id, client)| decided_invoice(id, client, now))
+        .collect();
+    let repo = SeaDocumentRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let event_ids: Vec<Option<i64>> =
+        if store.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+            let prepared = decided
+                .iter()
+                .map(|(record, decision)| {
+                    let (event, lines) = decision.event.as_ref().expect("an earn");
+                    let stored = decision.applied_to(record.clone(), None, now);
+                    PreparedEarn::new(&t, &stored, event, lines, now).expect("prepared")
+                })
+                .collect();
+            EarnWriter::new(store.db.clone())
+                .write(prepared)
+                .await
+                .into_iter()
+                .map(|outcome| outcome.expect("written"))
+                .collect()
+        } else {
+            let mut ids = Vec::new();
+            for (record, decision) in &decided {
+                ids.push(
+                    match repo
+                        .receive(&t, record, Some(decision))
+                        .await
+                        .expect("receive")
+                    {
+                        Received::Stored(stored) => stored.event_id,
+                        Received::Before(_) => None,
+                    },
+                );
+            }
+            ids
+        };
+    let [Some(a1), Some(b1), Some(a2), None] = event_ids[..] else {
+        panic!("three earned, the second A1 stored before: {event_ids:?}");
+    };
+    assert!(
+        a1 < a2,
+        "org:a's events in the order of the batch: {a1}, {a2}"
+    );
+    assert_ne!(b1, a1);
+    for (id, event_id) in [("A1", a1), ("B1", b1), ("A2", a2)] {
+        let found = repo.find(&t, id).await.expect("find").expect("stored");
+        assert_eq!(found.event_id, Some(event_id), "{id} names its event");
+    }
+    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
+    for (client, events) in [("org:a", 2), ("org:b", 1)] {
+        let balance = ledger
+            .balance(&t, client)
+            .await
+            .expect("read")
+            .expect("balance");
+        assert_eq!(
+            balance.total,
+            dec("75.0001") * Decimal::from(events),
+            "{client} earned once per document"
+        );
+    }
+    for audit in ledger.audit(&t).await.expect("audit") {
+        assert!(audit.violations().is_empty(), "{audit:?}");
+    }
 }
