@@ -17,10 +17,10 @@
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use sea_orm::{
-    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Iden, Iterable,
-    QueryResult, Statement,
+    ActiveModelTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, IdenStatic,
+    Iterable, QueryResult, Statement,
 };
-use serde_json::{Map, Value as Json};
+use serde_json::Value as Json;
 
 use super::RedeemPlan;
 use super::documents::{document_row, line_rows};
@@ -53,7 +53,7 @@ pub fn fits(db: &DatabaseConnection, event: &NewLedgerEvent) -> bool {
 /// `m20261202_000011_earn_function`): its arguments as one JSON object.
 #[derive(Debug)]
 pub struct PreparedEarn {
-    arguments: Json,
+    arguments: String,
 }
 
 impl PreparedEarn {
@@ -71,34 +71,32 @@ impl PreparedEarn {
     ) -> Result<Self, RepoError> {
         let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
         let into_locked = entering_locked(event, points);
-        let lots = event
+        let lots: Vec<_> = event
             .lot
             .filter(|_| points > 0)
-            .map(|terms| json_row(&lot_row(tenant, &event.client_id, 0, points, terms, now)))
-            .transpose()?;
+            .map(|terms| lot_row(tenant, &event.client_id, 0, points, terms, now))
+            .into_iter()
+            .collect();
         let event_lines = lines
             .iter()
-            .map(|l| json_row(&event_line_row(tenant, 0, l)?))
+            .map(|l| event_line_row(tenant, 0, l))
             .collect::<Result<Vec<_>, _>>()?;
-        let document_lines = line_rows(tenant, &stored.document)?
-            .iter()
-            .map(json_row)
-            .collect::<Result<Vec<_>, _>>()?;
-        let arguments = serde_json::json!({
-            "tenant": tenant.as_str(),
-            "client": event.client_id,
-            "document": stored.document.document_id,
-            "total": points,
-            "available": points - into_locked,
-            "locked": into_locked,
-            "now": json_instant(now),
-            "event": json_row(&event_row(tenant, event, points, 0, now))?,
-            "document_row": json_row(&document_row(tenant, stored)?)?,
-            "lines": document_lines,
-            "lots": lots.into_iter().collect::<Vec<_>>(),
-            "event_lines": event_lines,
-        });
-        Ok(Self { arguments })
+        let mut arguments = JsonObject::new();
+        arguments.value("tenant", tenant.as_str())?;
+        arguments.value("client", &event.client_id)?;
+        arguments.value("document", &stored.document.document_id)?;
+        arguments.value("total", points)?;
+        arguments.value("available", points - into_locked)?;
+        arguments.value("locked", into_locked)?;
+        arguments.value("now", json_instant(now))?;
+        arguments.row("event", &event_row(tenant, event, points, 0, now))?;
+        arguments.row("document_row", &document_row(tenant, stored)?)?;
+        arguments.rows("lines", &line_rows(tenant, &stored.document)?)?;
+        arguments.rows("lots", &lots)?;
+        arguments.rows("event_lines", &event_lines)?;
+        Ok(Self {
+            arguments: arguments.finish(),
+        })
     }
 }
 
@@ -122,7 +120,7 @@ impl BatchItem for PreparedEarn {
     type Written = Option<i64>;
     const FUNCTION: &'static str = "loyalty_earn_batch";
 
-    fn arguments(&self) -> &Json {
+    fn arguments(&self) -> &str {
         &self.arguments
     }
 
@@ -145,7 +143,8 @@ trait BatchItem: Sized + Send {
     type Written: Send;
     /// The function, which takes the items' arguments as one JSON array.
     const FUNCTION: &'static str;
-    fn arguments(&self) -> &Json;
+    /// The item's arguments: one JSON object, as text.
+    fn arguments(&self) -> &str;
     /// What the item's row says: written, or what failed it.
     fn outcome(self, row: &QueryResult) -> Result<Self::Written, RepoError>;
 }
@@ -158,8 +157,8 @@ async fn write_batch<T: BatchItem>(
     items: Vec<T>,
 ) -> Vec<Result<T::Written, RepoError>> {
     let count = items.len();
-    let arguments = items.iter().map(|i| i.arguments().clone()).collect();
-    match call_batch(db, T::FUNCTION, arguments).await {
+    let arguments: Vec<&str> = items.iter().map(BatchItem::arguments).collect();
+    match call_batch(db, T::FUNCTION, &arguments).await {
         Ok(rows) => items
             .into_iter()
             .zip(rows)
@@ -168,7 +167,7 @@ async fn write_batch<T: BatchItem>(
         Err(err) if count > 1 && !matches!(err, RepoError::Unavailable(_)) => {
             let mut outcomes = Vec::with_capacity(count);
             for item in items {
-                let alone = call_batch(db, T::FUNCTION, vec![item.arguments().clone()]).await;
+                let alone = call_batch(db, T::FUNCTION, &[item.arguments()]).await;
                 outcomes.push(alone.and_then(|rows| match rows.first() {
                     Some(row) => item.outcome(row),
                     None => Err(RepoError::Other(format!(
@@ -189,14 +188,14 @@ async fn write_batch<T: BatchItem>(
 async fn call_batch(
     db: &DatabaseConnection,
     function: &str,
-    arguments: Vec<Json>,
+    arguments: &[&str],
 ) -> Result<Vec<QueryResult>, RepoError> {
     let count = arguments.len();
     let rows = db
         .query_all_raw(Statement::from_sql_and_values(
             DbBackend::Postgres,
             format!("SELECT * FROM {function}($1::jsonb) ORDER BY item"),
-            [Json::Array(arguments).to_string().into()],
+            [format!("[{}]", arguments.join(",")).into()],
         ))
         .await
         .map_err(classify)?;
@@ -252,7 +251,7 @@ pub fn fits_redemption(db: &DatabaseConnection, plan: &RedeemPlan) -> bool {
 /// arguments as one JSON object, and what its answer is made of.
 #[derive(Debug)]
 pub struct PreparedRedemption {
-    arguments: Json,
+    arguments: String,
     /// The redemption as stored, but for its Use event's id.
     stored: Redemption,
     coupon_id: String,
@@ -280,20 +279,20 @@ impl PreparedRedemption {
         let mut stored = plan.redemption.clone();
         stored.created_at = now;
         stored.updated_at = now;
-        let arguments = serde_json::json!({
-            "tenant": tenant.as_str(),
-            "client": event.client_id,
-            "cost": -points,
-            "now": json_instant(now),
-            "record": json_row(&record_row(tenant, record))?,
-            "event": json_row(&event_row(tenant, event, points, 0, now))?,
-            "redemption": json_row(&to_row(tenant, &stored)?)?,
-            "message": json_row(&outbox_row(tenant, plan, now)?)?,
-            "coupon": stored.coupon_id,
-            "stock": plan.stock,
-            "limit": plan.per_client_limit,
-            "live": live_statuses(),
-        });
+        let mut arguments = JsonObject::new();
+        arguments.value("tenant", tenant.as_str())?;
+        arguments.value("client", &event.client_id)?;
+        arguments.value("cost", -points)?;
+        arguments.value("now", json_instant(now))?;
+        arguments.row("record", &record_row(tenant, record))?;
+        arguments.row("event", &event_row(tenant, event, points, 0, now))?;
+        arguments.row("redemption", &to_row(tenant, &stored)?)?;
+        arguments.row("message", &outbox_row(tenant, plan, now)?)?;
+        arguments.value("coupon", &stored.coupon_id)?;
+        arguments.value("stock", plan.stock)?;
+        arguments.value("limit", plan.per_client_limit)?;
+        arguments.value("live", live_statuses())?;
+        let arguments = arguments.finish();
         Ok(Self {
             arguments,
             coupon_id: stored.coupon_id.clone(),
@@ -350,7 +349,7 @@ impl BatchItem for PreparedRedemption {
     type Written = Redemption;
     const FUNCTION: &'static str = "loyalty_redeem_batch";
 
-    fn arguments(&self) -> &Json {
+    fn arguments(&self) -> &str {
         &self.arguments
     }
 
@@ -369,15 +368,84 @@ impl BatchWriter<PreparedRedemption, Redemption> for RedemptionWriter {
     }
 }
 
-/// A row as a JSON object keyed by column name; columns not set are left out.
-fn json_row<A: ActiveModelTrait>(row: &A) -> Result<Map<String, Json>, RepoError> {
-    let mut object = Map::new();
-    for column in <A::Entity as EntityTrait>::Column::iter() {
-        if let Some(value) = row.get(column).into_value() {
-            object.insert(column.to_string(), json_value(value)?);
+/// A JSON object written as text field by field, without building a tree of values: the
+/// arguments of the batch functions.
+struct JsonObject {
+    text: Vec<u8>,
+}
+
+impl JsonObject {
+    fn new() -> Self {
+        Self {
+            text: Vec::with_capacity(2048),
         }
     }
-    Ok(object)
+
+    fn key(&mut self, name: &str) -> Result<(), RepoError> {
+        self.text
+            .push(if self.text.is_empty() { b'{' } else { b',' });
+        serde_json::to_writer(&mut self.text, name).map_err(encoding)?;
+        self.text.push(b':');
+        Ok(())
+    }
+
+    fn value(&mut self, name: &str, value: impl serde::Serialize) -> Result<(), RepoError> {
+        self.key(name)?;
+        serde_json::to_writer(&mut self.text, &value).map_err(encoding)
+    }
+
+    /// A row as an object keyed by column name; columns not set are left out.
+    fn row<A: ActiveModelTrait>(&mut self, name: &str, row: &A) -> Result<(), RepoError> {
+        self.key(name)?;
+        write_row(&mut self.text, row)
+    }
+
+    fn rows<A: ActiveModelTrait>(&mut self, name: &str, rows: &[A]) -> Result<(), RepoError> {
+        self.key(name)?;
+        self.text.push(b'[');
+        for (n, row) in rows.iter().enumerate() {
+            if n > 0 {
+                self.text.push(b',');
+            }
+            write_row(&mut self.text, row)?;
+        }
+        self.text.push(b']');
+        Ok(())
+    }
+
+    fn finish(mut self) -> String {
+        if self.text.is_empty() {
+            self.text.push(b'{');
+        }
+        self.text.push(b'}');
+        // Only JSON written by serde_json and ASCII punctuation: valid UTF-8.
+        String::from_utf8(self.text)
+            .unwrap_or_else(|invalid| String::from_utf8_lossy(invalid.as_bytes()).into_owned())
+    }
+}
+
+/// A row as a JSON object keyed by column name; columns not set are left out.
+fn write_row<A: ActiveModelTrait>(text: &mut Vec<u8>, row: &A) -> Result<(), RepoError> {
+    let mut first = true;
+    text.push(b'{');
+    for column in <A::Entity as EntityTrait>::Column::iter() {
+        if let Some(value) = row.get(column).into_value() {
+            if !first {
+                text.push(b',');
+            }
+            first = false;
+            serde_json::to_writer(&mut *text, column.as_str()).map_err(encoding)?;
+            text.push(b':');
+            serde_json::to_writer(&mut *text, &json_value(value)?).map_err(encoding)?;
+        }
+    }
+    text.push(b'}');
+    Ok(())
+}
+
+#[allow(clippy::needless_pass_by_value)] // by value so that `.map_err(encoding)` reads well
+fn encoding(err: serde_json::Error) -> RepoError {
+    RepoError::Other(format!("encoding a row: {err}"))
 }
 
 /// An instant as PostgreSQL keeps it (microseconds, truncated as bound parameters are).
