@@ -2,14 +2,17 @@
 //! and written together, in one database call and one commit. Each caller is answered with its
 //! own outcome, and only once the write that holds it has committed (or failed).
 //!
-//! Nothing waits for a batch to fill: a write that finds the writers idle goes at once, alone, so
-//! a lone caller pays two task hand-offs and no delay. Under load, the writes that queue behind
-//! one in flight go together next: one round trip, one commit and one turn of each lock they
-//! take, where each would have paid its own.
+//! Nothing waits for a batch to fill: a write that finds nothing in flight and nothing queued is
+//! written at once, alone, in its caller's own task, so a lone caller pays no hand-off and no
+//! delay. Under load, the writes that queue behind those in flight go together next: one round
+//! trip, one commit and one turn of each lock they take, where each would have paid its own.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
+use futures_util::FutureExt;
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::error::RepoError;
@@ -30,6 +33,8 @@ pub struct GroupCommit<I, O, W> {
     /// The most items in one batch.
     max_batch: usize,
     queue: OnceLock<mpsc::UnboundedSender<Queued<I, O>>>,
+    /// Writes being written or queued now, its own included.
+    pending: AtomicUsize,
 }
 
 impl<I, O, W> std::fmt::Debug for GroupCommit<I, O, W> {
@@ -54,6 +59,7 @@ where
             writers: writers.max(1),
             max_batch: max_batch.max(1),
             queue: OnceLock::new(),
+            pending: AtomicUsize::new(0),
         }
     }
 
@@ -63,6 +69,14 @@ where
     /// The item's own outcome; `Unavailable` when the writer is gone (the runtime is shutting
     /// down), or when its batch failed as a whole (a panic): the item was not written.
     pub async fn write(&self, item: I) -> Result<O, RepoError> {
+        let pending = Pending::enter(&self.pending);
+        if pending.alone {
+            // No batch to join: hand-offs to a writer task would only add wake-ups.
+            return write_caught(self.writer.as_ref(), vec![item])
+                .await
+                .pop()
+                .unwrap_or_else(|| Err(RepoError::Other("a write came back empty".into())));
+        }
         let (reply, outcome) = oneshot::channel();
         self.queue()
             .send((item, reply))
@@ -85,6 +99,56 @@ where
             }
             sender
         })
+    }
+}
+
+/// Counts a write as pending from its start until its caller has its answer or is gone.
+struct Pending<'a> {
+    count: &'a AtomicUsize,
+    /// Nothing else was pending when this write started.
+    alone: bool,
+}
+
+impl<'a> Pending<'a> {
+    fn enter(count: &'a AtomicUsize) -> Self {
+        let before = count.fetch_add(1, Ordering::AcqRel);
+        Self {
+            count,
+            alone: before == 0,
+        }
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Writes `items` and returns one outcome per item; a panic (or a writer that miscounts) fails
+/// every item as not written, and leaves the caller, a writer task among them, running.
+async fn write_caught<I, O, W: BatchWriter<I, O>>(
+    writer: &W,
+    items: Vec<I>,
+) -> Vec<Result<O, RepoError>> {
+    let count = items.len();
+    match AssertUnwindSafe(writer.write(items)).catch_unwind().await {
+        Ok(outcomes) if outcomes.len() == count => outcomes,
+        Ok(outcomes) => (0..count)
+            .map(|_| {
+                Err(RepoError::Other(format!(
+                    "a batch of {count} writes came back with {} outcomes",
+                    outcomes.len()
+                )))
+            })
+            .collect(),
+        Err(_) => (0..count)
+            .map(|_| {
+                Err(RepoError::Unavailable(
+                    "the batch failed: it panicked".into(),
+                ))
+            })
+            .collect(),
     }
 }
 
@@ -115,26 +179,7 @@ async fn run_writer<I, O, W>(
             batch
         };
         let (items, replies): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
-        let count = items.len();
-        // Its own task, so that a panic fails this batch's callers and not the writer.
-        let written = {
-            let writer = Arc::clone(&writer);
-            tokio::spawn(async move { writer.write(items).await }).await
-        };
-        let outcomes = match written {
-            Ok(outcomes) if outcomes.len() == count => outcomes,
-            Ok(outcomes) => (0..count)
-                .map(|_| {
-                    Err(RepoError::Other(format!(
-                        "a batch of {count} writes came back with {} outcomes",
-                        outcomes.len()
-                    )))
-                })
-                .collect(),
-            Err(err) => (0..count)
-                .map(|_| Err(RepoError::Unavailable(format!("the batch failed: {err}"))))
-                .collect(),
-        };
+        let outcomes = write_caught(writer.as_ref(), items).await;
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // A caller that has gone away (its call was cancelled) no longer needs the answer.
             let _ = reply.send(outcome);
@@ -147,8 +192,8 @@ mod tests {
     use super::*;
     use std::sync::Mutex as StdMutex;
 
-    /// Records the batches it is given, each once its gate lets it through; an item `0` fails
-    /// alone, an item `99` panics its batch.
+    /// Records the batches it is given, each once its gate lets it through (a permit per batch);
+    /// an item `0` fails alone, an item `99` panics its batch.
     struct Recorder {
         batches: StdMutex<Vec<Vec<u32>>>,
         gate: tokio::sync::Semaphore,
@@ -156,7 +201,7 @@ mod tests {
 
     impl BatchWriter<u32, u32> for Arc<Recorder> {
         async fn write(&self, items: Vec<u32>) -> Vec<Result<u32, RepoError>> {
-            let _open = self.gate.acquire().await.expect("gate");
+            self.gate.acquire().await.expect("gate").forget();
             assert!(!items.contains(&99), "a batch panics");
             self.batches.lock().expect("batches").push(items.clone());
             items
@@ -179,43 +224,83 @@ mod tests {
         })
     }
 
+    fn spawn_write(
+        group: &Arc<GroupCommit<u32, u32, Arc<Recorder>>>,
+        item: u32,
+    ) -> tokio::task::JoinHandle<Result<u32, RepoError>> {
+        let group = Arc::clone(group);
+        tokio::spawn(async move { group.write(item).await })
+    }
+
+    async fn settle() {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
     #[tokio::test]
     async fn a_lone_write_goes_alone_and_those_queued_behind_it_go_together() {
         let recorder = recorder();
         let group = Arc::new(GroupCommit::new(Arc::clone(&recorder), 1, 64));
         recorder.gate.add_permits(1);
         assert_eq!(group.write(1).await.expect("written"), 10);
-        // The next write holds the writer (the gate is shut) while five more queue behind it.
-        let first = tokio::spawn({
-            let group = Arc::clone(&group);
-            async move { group.write(2).await }
-        });
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        let queued: Vec<_> = [3, 0, 4, 5, 6]
+        // The gate is shut: a lone write waits at it in its caller's task, the next in the one
+        // writer task, and five more queue behind them.
+        let alone = spawn_write(&group, 2);
+        settle().await;
+        let next = spawn_write(&group, 3);
+        settle().await;
+        let queued: Vec<_> = [4, 0, 5, 6, 7]
             .into_iter()
-            .map(|i| {
-                let group = Arc::clone(&group);
-                tokio::spawn(async move { group.write(i).await })
-            })
+            .map(|i| spawn_write(&group, i))
             .collect();
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        recorder.gate.add_permits(2);
-        assert_eq!(first.await.expect("task").expect("written"), 20);
+        settle().await;
+        recorder.gate.add_permits(3);
+        assert_eq!(alone.await.expect("task").expect("written"), 20);
+        assert_eq!(next.await.expect("task").expect("written"), 30);
         let mut outcomes = Vec::new();
         for task in queued {
             outcomes.push(task.await.expect("task"));
         }
         assert!(matches!(outcomes[1], Err(RepoError::Precondition(_))));
         let values: Vec<_> = outcomes.into_iter().filter_map(Result::ok).collect();
-        assert_eq!(values, [30, 40, 50, 60], "each its own outcome");
-        let batches = recorder.batches.lock().expect("batches").clone();
-        assert_eq!(batches[0], [1]);
-        assert_eq!(batches[1], [2]);
+        assert_eq!(values, [40, 50, 60, 70], "each its own outcome");
+        let mut batches = recorder.batches.lock().expect("batches").clone();
+        assert_eq!(batches.remove(0), [1]);
+        batches.sort_by_key(Vec::len);
         assert_eq!(
-            batches[2].len(),
-            5,
-            "the queued ones in one batch: {batches:?}"
+            batches,
+            [vec![2], vec![3], vec![4, 0, 5, 6, 7]],
+            "the queued ones in one batch"
         );
+    }
+
+    tokio::task_local! {
+        static CALLER: u32;
+    }
+
+    /// Answers with the caller's task-local value when it runs in the caller's own task.
+    struct WhereItRuns;
+
+    impl BatchWriter<u32, u32> for WhereItRuns {
+        async fn write(&self, items: Vec<u32>) -> Vec<Result<u32, RepoError>> {
+            let seen = CALLER.try_with(|caller| *caller).unwrap_or(0);
+            items.into_iter().map(|_| Ok(seen)).collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_lone_write_is_written_in_its_callers_own_task() {
+        let group = GroupCommit::new(WhereItRuns, 1, 64);
+        let seen = CALLER.scope(7, group.write(1)).await.expect("written");
+        assert_eq!(seen, 7, "no hand-off to a writer task");
+    }
+
+    #[tokio::test]
+    async fn a_write_that_finds_another_pending_is_handed_to_a_writer_task() {
+        let group = GroupCommit::new(WhereItRuns, 1, 64);
+        // Another write is pending (being written or queued) all along.
+        let _other = Pending::enter(&group.pending);
+        let seen = CALLER.scope(7, group.write(2)).await.expect("written");
+        assert_eq!(seen, 0, "written by a writer task, not in the caller's");
     }
 
     #[tokio::test]
@@ -223,6 +308,13 @@ mod tests {
         let recorder = recorder();
         recorder.gate.add_permits(10);
         let group = GroupCommit::new(Arc::clone(&recorder), 1, 1);
+        // Alone, in the caller's task.
+        assert!(matches!(
+            group.write(99).await,
+            Err(RepoError::Unavailable(_))
+        ));
+        // With another pending, in the writer task, which goes on after it.
+        let _other = Pending::enter(&group.pending);
         assert!(matches!(
             group.write(99).await,
             Err(RepoError::Unavailable(_))
