@@ -21,6 +21,18 @@ mod m20261202_000009_pricing_revisions;
 mod m20261202_000010_redeem_function;
 mod m20261202_000011_earn_function;
 
+/// Runs `statements` in order on PostgreSQL (functions that only its write paths call); on SQLite
+/// there is nothing to do.
+async fn on_postgres_only(manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
+    if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let db = manager.get_connection();
+        for statement in statements {
+            db.execute_unprepared(statement).await?;
+        }
+    }
+    Ok(())
+}
+
 /// Every migration, oldest first.
 pub struct Migrator;
 

@@ -177,22 +177,10 @@ $$";
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            manager
-                .get_connection()
-                .execute_unprepared(REDEEM_BATCH_FUNCTION)
-                .await?;
-        }
-        Ok(())
+        crate::on_postgres_only(manager, &[REDEEM_BATCH_FUNCTION]).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            manager
-                .get_connection()
-                .execute_unprepared("DROP FUNCTION loyalty_redeem_batch(jsonb)")
-                .await?;
-        }
-        Ok(())
+        crate::on_postgres_only(manager, &["DROP FUNCTION loyalty_redeem_batch(jsonb)"]).await
     }
 }

@@ -109,22 +109,17 @@ $$";
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            let db = manager.get_connection();
-            db.execute_unprepared(EARN_FUNCTION).await?;
-            db.execute_unprepared(EARN_BATCH_FUNCTION).await?;
-        }
-        Ok(())
+        crate::on_postgres_only(manager, &[EARN_FUNCTION, EARN_BATCH_FUNCTION]).await
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-            let db = manager.get_connection();
-            db.execute_unprepared("DROP FUNCTION loyalty_earn_batch(jsonb)")
-                .await?;
-            db.execute_unprepared("DROP FUNCTION loyalty_earn(jsonb)")
-                .await?;
-        }
-        Ok(())
+        crate::on_postgres_only(
+            manager,
+            &[
+                "DROP FUNCTION loyalty_earn_batch(jsonb)",
+                "DROP FUNCTION loyalty_earn(jsonb)",
+            ],
+        )
+        .await
     }
 }

@@ -43,6 +43,7 @@ on_both_backends!(TestDb:
     every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision,
     redemptions_written_together_each_have_their_own_outcome,
     earns_written_together_each_have_their_own_outcome,
+    every_migration_goes_down_and_up_again,
 );
 
 fn tenant(id: &str) -> TenantId {
@@ -1657,4 +1658,53 @@ async fn earns_written_together_each_have_their_own_outcome(store: &TestDb) {
     for audit in ledger.audit(&t).await.expect("audit") {
         assert!(audit.violations().is_empty(), "{audit:?}");
     }
+}
+
+/// The schema can be taken down to nothing and built again: every migration's `down` undoes its
+/// `up` (tables, triggers, and on PostgreSQL the write functions), in reverse order.
+async fn every_migration_goes_down_and_up_again(store: &TestDb) {
+    use migrations::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, Statement};
+    let count = |sql: &'static str| {
+        let db = store.db.clone();
+        async move {
+            db.query_one_raw(Statement::from_string(db.get_database_backend(), sql))
+                .await
+                .expect(sql)
+                .expect("a row")
+                .try_get::<i64>("", "n")
+                .expect("n")
+        }
+    };
+    let (tables, functions) = match store.db.get_database_backend() {
+        sea_orm::DbBackend::Postgres => (
+            "SELECT COUNT(*) AS n FROM information_schema.tables \
+             WHERE table_schema = current_schema() AND table_name <> 'seaql_migrations'",
+            "SELECT COUNT(*) AS n FROM pg_proc \
+             WHERE pronamespace = current_schema()::regnamespace AND proname LIKE 'loyalty%'",
+        ),
+        _ => (
+            "SELECT COUNT(*) AS n FROM sqlite_master \
+             WHERE type IN ('table', 'trigger') AND name NOT LIKE 'sqlite%' \
+             AND name <> 'seaql_migrations'",
+            "SELECT 0 AS n",
+        ),
+    };
+    let built = (count(tables).await, count(functions).await);
+    assert!(built.0 > 20, "the schema is built: {built:?}");
+    if store.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        assert!(built.1 >= 3, "the write functions are there: {built:?}");
+    }
+    Migrator::down(&store.db, None).await.expect("down");
+    assert_eq!(
+        (count(tables).await, count(functions).await),
+        (0, 0),
+        "nothing is left"
+    );
+    Migrator::up(&store.db, None).await.expect("up again");
+    assert_eq!(
+        (count(tables).await, count(functions).await),
+        built,
+        "built again alike"
+    );
 }
