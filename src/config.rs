@@ -188,7 +188,7 @@ pub struct DatabaseSettings {
     pub connect_timeout_ms: u64,
     pub sqlite_busy_timeout_ms: u64,
     /// SQLite only: how much of the file is read through a memory map (0: none).
-    #[serde(default = "default_sqlite_mmap_bytes")]
+    #[serde(default)]
     pub sqlite_mmap_bytes: u64,
     /// PostgreSQL: the most earns (or redemptions) written together in one call and one commit
     /// (group commit); 1 writes each alone.
@@ -202,11 +202,6 @@ pub struct DatabaseSettings {
 
 fn default_write_batch_max() -> usize {
     64
-}
-
-/// 1 GiB of address space: the whole file for most tenants.
-fn default_sqlite_mmap_bytes() -> u64 {
-    1 << 30
 }
 
 #[derive(Debug, Clone, Deserialize)]
