@@ -200,8 +200,11 @@ pub struct DatabaseSettings {
     pub schema: Option<String>,
 }
 
+/// The most earns (or redemptions) written together unless configured.
+pub const DEFAULT_WRITE_BATCH_MAX: usize = 64;
+
 fn default_write_batch_max() -> usize {
-    64
+    DEFAULT_WRITE_BATCH_MAX
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -21,6 +21,7 @@ use super::event_lines::insert_lines;
 use super::few_statements::{self, EarnWriter, PreparedEarn};
 use super::group_commit::GroupCommit;
 use super::ledger::append_in;
+use crate::config::DEFAULT_WRITE_BATCH_MAX;
 use crate::domain::clock::Clock;
 use crate::domain::documents::{
     CorrectionType, Document, DocumentKind, DocumentLine, DocumentRecord, DocumentSource,
@@ -81,14 +82,10 @@ pub struct SeaDocumentRepository {
     earns: Arc<GroupCommit<PreparedEarn, Option<i64>, EarnWriter>>,
 }
 
-/// Earns written together (PostgreSQL): batches in flight at once, and the most in one.
-const EARN_WRITERS: usize = 2;
-const MOST_EARNS_AT_ONCE: usize = 64;
-
 impl SeaDocumentRepository {
     pub fn new(db: DatabaseConnection, clock: Arc<dyn Clock>) -> Self {
         Self {
-            earns: earn_writes(&db, MOST_EARNS_AT_ONCE),
+            earns: GroupCommit::shared(EarnWriter::new(db.clone()), DEFAULT_WRITE_BATCH_MAX),
             db,
             clock,
         }
@@ -98,7 +95,7 @@ impl SeaDocumentRepository {
     #[must_use]
     pub fn with_write_batch_max(self, max: usize) -> Self {
         Self {
-            earns: earn_writes(&self.db, max),
+            earns: GroupCommit::shared(EarnWriter::new(self.db.clone()), max),
             ..self
         }
     }
@@ -411,16 +408,4 @@ pub(crate) fn line_rows(
             })
         })
         .collect()
-}
-
-/// The writes that go together: `EARN_WRITERS` batches in flight at once, each of at most `max`.
-fn earn_writes(
-    db: &DatabaseConnection,
-    max: usize,
-) -> Arc<GroupCommit<PreparedEarn, Option<i64>, EarnWriter>> {
-    Arc::new(GroupCommit::new(
-        EarnWriter::new(db.clone()),
-        EARN_WRITERS,
-        max,
-    ))
 }

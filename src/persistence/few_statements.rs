@@ -254,7 +254,6 @@ pub struct PreparedRedemption {
     arguments: String,
     /// The redemption as stored, but for its Use event's id.
     stored: Redemption,
-    coupon_id: String,
     per_client_limit: Option<u32>,
     use_event: NewLedgerEvent,
     /// The Use event's points in minor units (negative).
@@ -292,10 +291,8 @@ impl PreparedRedemption {
         arguments.value("stock", plan.stock)?;
         arguments.value("limit", plan.per_client_limit)?;
         arguments.value("live", live_statuses())?;
-        let arguments = arguments.finish();
         Ok(Self {
-            arguments,
-            coupon_id: stored.coupon_id.clone(),
+            arguments: arguments.finish(),
             stored,
             per_client_limit: plan.per_client_limit,
             use_event: event.clone(),
@@ -314,11 +311,10 @@ impl PreparedRedemption {
     /// What the function's error `code` (with its `detail` and `message`) means for this
     /// redemption: one of its refusals, or what the database said.
     fn refused(&self, code: &str, detail: Option<&str>, message: String) -> RepoError {
+        let coupon = &self.stored.coupon_id;
         match code {
-            LIMIT_REACHED => {
-                limit_reached(&self.coupon_id, self.per_client_limit.unwrap_or_default())
-            }
-            OUT_OF_STOCK => out_of_stock(&self.coupon_id),
+            LIMIT_REACHED => limit_reached(coupon, self.per_client_limit.unwrap_or_default()),
+            OUT_OF_STOCK => out_of_stock(coupon),
             NOT_ENOUGH_POINTS => detail
                 .and_then(|d| d.parse::<i64>().ok())
                 .and_then(|available| spend_source(&self.use_event, self.points, available).err())

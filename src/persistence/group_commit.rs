@@ -25,6 +25,10 @@ pub trait BatchWriter<I, O>: Send + Sync + 'static {
     fn write(&self, items: Vec<I>) -> impl Future<Output = Vec<Result<O, RepoError>>> + Send;
 }
 
+/// Batches in flight at once for each kind of write in the service (besides a lone write in its
+/// caller's task): one being written while the next gathers.
+pub const WRITERS: usize = 2;
+
 /// The queue of one kind of write and its writer tasks, started on first use.
 pub struct GroupCommit<I, O, W> {
     writer: Arc<W>,
@@ -61,6 +65,12 @@ where
             queue: OnceLock::new(),
             pending: AtomicUsize::new(0),
         }
+    }
+
+    /// The service's group commit for `writer`: [`WRITERS`] batches in flight, each of at most
+    /// `max_batch` writes.
+    pub fn shared(writer: W, max_batch: usize) -> Arc<Self> {
+        Arc::new(Self::new(writer, WRITERS, max_batch))
     }
 
     /// Writes `item` with whatever else is queued; answers once that write has committed.

@@ -23,6 +23,7 @@ use super::group_commit::GroupCommit;
 use super::idempotency::{insert_record, set_result_ref};
 use super::ledger::{append_in, append_locked, ensure_balance_row};
 use super::{RedeemPlan, RedemptionFilter, RedemptionRepository, RefundPlan};
+use crate::config::DEFAULT_WRITE_BATCH_MAX;
 use crate::domain::clock::Clock;
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::points::{from_minor_units, to_minor_units};
@@ -34,10 +35,6 @@ const DELIVERED: &str = "DELIVERED";
 const REJECTED: &str = "REJECTED";
 /// A delivery withdrawn because its redemption was cancelled first.
 const WITHDRAWN: &str = "WITHDRAWN";
-
-/// Redemptions written together (PostgreSQL): batches in flight at once, and the most in one.
-const REDEMPTION_WRITERS: usize = 2;
-const MOST_REDEMPTIONS_AT_ONCE: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct SeaRedemptionRepository {
@@ -53,7 +50,7 @@ impl SeaRedemptionRepository {
     /// `clock` stamps the rows.
     pub fn new(db: DatabaseConnection, clock: Arc<dyn Clock>) -> Self {
         Self {
-            writes: redemption_writes(&db, MOST_REDEMPTIONS_AT_ONCE),
+            writes: GroupCommit::shared(RedemptionWriter::new(db.clone()), DEFAULT_WRITE_BATCH_MAX),
             db,
             clock,
             few_statements: true,
@@ -64,7 +61,7 @@ impl SeaRedemptionRepository {
     #[must_use]
     pub fn with_write_batch_max(self, max: usize) -> Self {
         Self {
-            writes: redemption_writes(&self.db, max),
+            writes: GroupCommit::shared(RedemptionWriter::new(self.db.clone()), max),
             ..self
         }
     }
@@ -524,16 +521,4 @@ fn message_from_row(row: outbox::Model) -> Result<OutboxMessage, RepoError> {
         delivery,
         attempts: u32::try_from(row.attempts).unwrap_or(0),
     })
-}
-
-/// The writes that go together: `REDEMPTION_WRITERS` batches in flight at once, each of at most `max`.
-fn redemption_writes(
-    db: &DatabaseConnection,
-    max: usize,
-) -> Arc<GroupCommit<PreparedRedemption, Redemption, RedemptionWriter>> {
-    Arc::new(GroupCommit::new(
-        RedemptionWriter::new(db.clone()),
-        REDEMPTION_WRITERS,
-        max,
-    ))
 }

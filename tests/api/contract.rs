@@ -42,6 +42,7 @@ on_both_backends!(TestDb:
     a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on,
     every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision,
     redemptions_written_together_each_have_their_own_outcome,
+    a_batch_that_fails_as_a_whole_is_written_again_item_by_item,
     earns_written_together_each_have_their_own_outcome,
     every_migration_goes_down_and_up_again,
 );
@@ -1574,6 +1575,77 @@ async fn redemptions_written_together_each_have_their_own_outcome(store: &TestDb
         }
     };
     assert_eq!((counted("c1").await, counted("c2").await), (3, 1));
+}
+
+/// A batch whose function call fails as a whole (an error the function does not catch: here a
+/// Use event whose request id an earlier event holds) is written again item by item, so only
+/// that item fails and the others are written. On SQLite the same redemptions go one after the
+/// other, with the same outcomes.
+async fn a_batch_that_fails_as_a_whole_is_written_again_item_by_item(store: &TestDb) {
+    use one_loyalty::persistence::RedemptionRepository;
+    use one_loyalty::persistence::few_statements::{PreparedRedemption, RedemptionWriter};
+    use one_loyalty::persistence::group_commit::BatchWriter;
+    use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
+    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let t = tenant("t1");
+    coupons::Entity::insert(coupon("t1", "c1", "Mug"))
+        .exec(&store.db)
+        .await
+        .expect("coupon");
+    for client in ["org:a", "org:b"] {
+        earn_lots_for(&ledger, &t, client, &["3", "4", "5"]).await;
+    }
+    let mut adjustment = event("org:b", "1");
+    adjustment.request_id = Some("held".into());
+    ledger
+        .append(&t, &adjustment, None)
+        .await
+        .expect("adjustment");
+    let mut clashing = redeem_plan("org:b", "q-2", "1");
+    clashing.use_event.request_id = Some("held".into());
+    let plans = [
+        redeem_plan("org:a", "q-1", "1"),
+        clashing,
+        redeem_plan("org:b", "q-3", "2"),
+    ];
+    let outcomes = if store.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let now = Utc::now();
+        let prepared = plans
+            .iter()
+            .map(|plan| {
+                let record = redeem_record(&plan.redemption.request_id);
+                PreparedRedemption::new(&t, plan, &record, now).expect("prepared")
+            })
+            .collect();
+        RedemptionWriter::new(store.db.clone())
+            .write(prepared)
+            .await
+    } else {
+        let repo = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock));
+        let mut outcomes = Vec::new();
+        for plan in &plans {
+            let record = redeem_record(&plan.redemption.request_id);
+            outcomes.push(repo.redeem(&t, plan, &record).await);
+        }
+        outcomes
+    };
+    assert!(outcomes[0].is_ok(), "{outcomes:?}");
+    assert!(
+        matches!(outcomes[1], Err(RepoError::Conflict(_))),
+        "{outcomes:?}"
+    );
+    assert!(outcomes[2].is_ok(), "{outcomes:?}");
+    for (client, available) in [("org:a", "11"), ("org:b", "11")] {
+        let balance = ledger
+            .balance(&t, client)
+            .await
+            .expect("read")
+            .expect("balance");
+        assert_eq!(balance.available, dec(available), "{client}");
+    }
+    for audit in ledger.audit(&t).await.expect("audit") {
+        assert!(audit.violations().is_empty(), "{audit:?}");
+    }
 }
 
 /// Earns written together (group commit, PostgreSQL: one `loyalty_earn_batch` call) each have
