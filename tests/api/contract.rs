@@ -1423,14 +1423,64 @@ async fn every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision(
     );
 }
 
+/// `plans` redeemed together, as group commit writes them: on PostgreSQL in one
+/// `loyalty_redeem_batch` call, on SQLite one after the other through the repository.
+async fn redeem_together(
+    store: &TestDb,
+    t: &TenantId,
+    plans: &[one_loyalty::persistence::RedeemPlan],
+) -> Vec<Result<one_loyalty::domain::redemption::Redemption, RepoError>> {
+    use one_loyalty::persistence::RedemptionRepository;
+    use one_loyalty::persistence::few_statements::{PreparedRedemption, RedemptionWriter};
+    use one_loyalty::persistence::group_commit::BatchWriter;
+    use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
+    if store.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let now = Utc::now();
+        let prepared = plans
+            .iter()
+            .map(|plan| {
+                // As the repository records it: the request names its redemption.
+                let record = IdempotencyRecord {
+                    result_ref: plan.redemption.redemption_id.clone(),
+                    ..redeem_record(&plan.redemption.request_id)
+                };
+                PreparedRedemption::new(t, plan, &record, now).expect("prepared")
+            })
+            .collect();
+        return RedemptionWriter::new(store.db.clone())
+            .write(prepared)
+            .await;
+    }
+    let repo = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let mut outcomes = Vec::new();
+    for plan in plans {
+        let record = redeem_record(&plan.redemption.request_id);
+        outcomes.push(repo.redeem(t, plan, &record).await);
+    }
+    outcomes
+}
+
+/// Each client's available points are as given, and every balance is the sum of its events.
+async fn assert_available(ledger: &SeaLedgerRepository, t: &TenantId, expected: &[(&str, &str)]) {
+    for (client, available) in expected {
+        let balance = ledger
+            .balance(t, client)
+            .await
+            .expect("read")
+            .expect("balance");
+        assert_eq!(balance.available, dec(available), "{client}");
+    }
+    for audit in ledger.audit(t).await.expect("audit") {
+        assert!(audit.violations().is_empty(), "{audit:?}");
+    }
+}
+
 /// Redemptions written together (group commit, PostgreSQL: one `loyalty_redeem_batch` call) each
 /// have the outcome they would have alone, in the batch's order, and what one refuses leaves no
 /// trace while the others are written. On SQLite the same redemptions go one after the other.
 #[allow(clippy::too_many_lines)] // one batch, each item's outcome and every table it touches
 async fn redemptions_written_together_each_have_their_own_outcome(store: &TestDb) {
     use one_loyalty::persistence::entities::{idempotency_records, outbox};
-    use one_loyalty::persistence::few_statements::{PreparedRedemption, RedemptionWriter};
-    use one_loyalty::persistence::group_commit::BatchWriter;
     use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
     use one_loyalty::persistence::{RedeemPlan, RedemptionRepository};
     use sea_orm::PaginatorTrait;
@@ -1469,31 +1519,7 @@ async fn redemptions_written_together_each_have_their_own_outcome(store: &TestDb
         limit(1, redeem_plan("org:c", "q-c1", "2")),
         limit(1, redeem_plan("org:c", "q-c2", "2")),
     ];
-    let postgres = store.db.get_database_backend() == sea_orm::DbBackend::Postgres;
-    let outcomes = if postgres {
-        let now = Utc::now();
-        let prepared = plans
-            .iter()
-            .map(|plan| {
-                let record = IdempotencyRecord {
-                    result_ref: plan.redemption.redemption_id.clone(),
-                    ..redeem_record(&plan.redemption.request_id)
-                };
-                PreparedRedemption::new(&t, plan, &record, now).expect("prepared")
-            })
-            .collect();
-        RedemptionWriter::new(store.db.clone())
-            .write(prepared)
-            .await
-    } else {
-        let repo = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock));
-        let mut outcomes = Vec::new();
-        for plan in &plans {
-            let record = redeem_record(&plan.redemption.request_id);
-            outcomes.push(repo.redeem(&t, plan, &record).await);
-        }
-        outcomes
-    };
+    let outcomes = redeem_together(store, &t, &plans).await;
     let kinds: Vec<&str> = outcomes
         .iter()
         .map(|outcome| match outcome {
@@ -1535,17 +1561,12 @@ async fn redemptions_written_together_each_have_their_own_outcome(store: &TestDb
         lots_left(store, "org:c").await,
         [10_000, 40_000, 50_000, 1_000_000]
     );
-    for (client, available) in [("org:a", "5"), ("org:b", "11"), ("org:c", "10")] {
-        let balance = ledger
-            .balance(&t, client)
-            .await
-            .expect("read")
-            .expect("balance");
-        assert_eq!(balance.available, dec(available), "{client}");
-    }
-    for audit in ledger.audit(&t).await.expect("audit") {
-        assert!(audit.violations().is_empty(), "{audit:?}");
-    }
+    assert_available(
+        &ledger,
+        &t,
+        &[("org:a", "5"), ("org:b", "11"), ("org:c", "10")],
+    )
+    .await;
 
     // What was refused left nothing: no record of its request, no message, no count.
     let records = idempotency_records::Entity::find()
@@ -1582,10 +1603,6 @@ async fn redemptions_written_together_each_have_their_own_outcome(store: &TestDb
 /// that item fails and the others are written. On SQLite the same redemptions go one after the
 /// other, with the same outcomes.
 async fn a_batch_that_fails_as_a_whole_is_written_again_item_by_item(store: &TestDb) {
-    use one_loyalty::persistence::RedemptionRepository;
-    use one_loyalty::persistence::few_statements::{PreparedRedemption, RedemptionWriter};
-    use one_loyalty::persistence::group_commit::BatchWriter;
-    use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
     let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
     let t = tenant("t1");
     coupons::Entity::insert(coupon("t1", "c1", "Mug"))
@@ -1608,44 +1625,14 @@ async fn a_batch_that_fails_as_a_whole_is_written_again_item_by_item(store: &Tes
         clashing,
         redeem_plan("org:b", "q-3", "2"),
     ];
-    let outcomes = if store.db.get_database_backend() == sea_orm::DbBackend::Postgres {
-        let now = Utc::now();
-        let prepared = plans
-            .iter()
-            .map(|plan| {
-                let record = redeem_record(&plan.redemption.request_id);
-                PreparedRedemption::new(&t, plan, &record, now).expect("prepared")
-            })
-            .collect();
-        RedemptionWriter::new(store.db.clone())
-            .write(prepared)
-            .await
-    } else {
-        let repo = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock));
-        let mut outcomes = Vec::new();
-        for plan in &plans {
-            let record = redeem_record(&plan.redemption.request_id);
-            outcomes.push(repo.redeem(&t, plan, &record).await);
-        }
-        outcomes
-    };
+    let outcomes = redeem_together(store, &t, &plans).await;
     assert!(outcomes[0].is_ok(), "{outcomes:?}");
     assert!(
         matches!(outcomes[1], Err(RepoError::Conflict(_))),
         "{outcomes:?}"
     );
     assert!(outcomes[2].is_ok(), "{outcomes:?}");
-    for (client, available) in [("org:a", "11"), ("org:b", "11")] {
-        let balance = ledger
-            .balance(&t, client)
-            .await
-            .expect("read")
-            .expect("balance");
-        assert_eq!(balance.available, dec(available), "{client}");
-    }
-    for audit in ledger.audit(&t).await.expect("audit") {
-        assert!(audit.violations().is_empty(), "{audit:?}");
-    }
+    assert_available(&ledger, &t, &[("org:a", "11"), ("org:b", "11")]).await;
 }
 
 /// Earns written together (group commit, PostgreSQL: one `loyalty_earn_batch` call) each have
