@@ -1,6 +1,6 @@
 //! PostgreSQL only: a received invoice with its earn written by one function call, alone or
 //! together with the others that arrive while one is being written (group commit). SQLite writes
-//! them statement by statement, in one transaction each.
+//! each in one transaction of one script (`sqlite_script` in the service).
 
 use sea_orm_migration::prelude::*;
 

@@ -10,8 +10,8 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::DocumentRepository;
@@ -21,6 +21,7 @@ use super::event_lines::insert_lines;
 use super::few_statements::{self, EarnWriter, PreparedEarn};
 use super::group_commit::GroupCommit;
 use super::ledger::append_in;
+use super::sqlite_script;
 use crate::config::DEFAULT_WRITE_BATCH_MAX;
 use crate::domain::clock::Clock;
 use crate::domain::documents::{
@@ -128,10 +129,15 @@ impl DocumentRepository for SeaDocumentRepository {
         };
         let id = &record.document.document_id;
         if let Some((event, lines)) = decision.and_then(|d| d.event.as_ref())
-            && few_statements::fits(&self.db, event)
+            && few_statements::is_plain_earn(event)
         {
-            let prepared = PreparedEarn::new(tenant, &stored, event, lines, now)?;
-            return match self.earns.write(prepared).await {
+            let written = if self.db.get_database_backend() == DbBackend::Sqlite {
+                sqlite_script::write_earn(&self.db, tenant, &stored, event, lines, now).await
+            } else {
+                let prepared = PreparedEarn::new(tenant, &stored, event, lines, now)?;
+                self.earns.write(prepared).await
+            };
+            return match written {
                 Ok(Some(event_id)) => Ok(Received::Stored(DocumentRecord {
                     event_id: Some(event_id),
                     ..stored

@@ -38,11 +38,11 @@ use crate::domain::points::to_minor_units;
 use crate::domain::redemption::Redemption;
 use crate::domain::tenant::TenantId;
 
-/// Whether an event can be written by [`EarnWriter`]: an earn takes from no lot and spends
-/// nothing, so the balance moves by its points alone.
-pub fn fits(db: &DatabaseConnection, event: &NewLedgerEvent) -> bool {
-    db.get_database_backend() == DbBackend::Postgres
-        && event.event_type == EventType::Earn
+/// Whether an event is a plain earn, which [`EarnWriter`] (and on SQLite
+/// `sqlite_script::write_earn`) can write: it takes from no lot and spends nothing, so the
+/// balance moves by its points alone.
+pub fn is_plain_earn(event: &NewLedgerEvent) -> bool {
+    event.event_type == EventType::Earn
         && event.points.is_sign_positive()
         && event.related_event_id.is_none()
         && event.reservation_id.is_none()

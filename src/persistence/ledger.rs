@@ -496,15 +496,13 @@ pub(crate) fn spend_source(
     )
 }
 
-/// Creates the client's balance row at zero if it has none, and locks it for the transaction.
-/// Returns what the row holds.
-pub(crate) async fn ensure_balance_row(
-    conn: &impl ConnectionTrait,
+/// A client's balance row with nothing in it.
+pub(crate) fn empty_balance_row(
     tenant: &TenantId,
     client_id: &str,
     now: DateTime<Utc>,
-) -> Result<balances::Model, RepoError> {
-    let empty = balances::ActiveModel {
+) -> balances::ActiveModel {
+    balances::ActiveModel {
         tenant_id: Set(tenant.as_str().to_owned()),
         client_id: Set(client_id.to_owned()),
         total: Set(0),
@@ -514,7 +512,18 @@ pub(crate) async fn ensure_balance_row(
         last_event_id: Set(None),
         event_count: Set(0),
         updated_at: Set(now.fixed_offset()),
-    };
+    }
+}
+
+/// Creates the client's balance row at zero if it has none, and locks it for the transaction.
+/// Returns what the row holds.
+pub(crate) async fn ensure_balance_row(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    client_id: &str,
+    now: DateTime<Utc>,
+) -> Result<balances::Model, RepoError> {
+    let empty = empty_balance_row(tenant, client_id, now);
     // One statement creates the row or, when it exists, locks it (the conflict update), before
     // any lot is read: concurrent appends for one client then run one after the other
     // (PostgreSQL row lock; SQLite serializes writers anyway).

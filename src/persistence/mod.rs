@@ -27,6 +27,7 @@ pub mod redemptions;
 pub mod reservations;
 pub mod rules;
 pub mod settings;
+pub mod sqlite_script;
 pub mod sync;
 
 use std::collections::HashMap;

@@ -36,7 +36,7 @@ on_both_backends!(TestDb:
     coupon_names_and_redemption_codes_are_unique_per_tenant,
     a_settings_revision_can_be_written_once,
     api_keys_are_found_by_hash_only,
-    a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction,
+    a_decided_invoice_is_stored_alike_in_one_call_and_in_a_transaction,
     a_clients_segments_come_with_their_rates_and_only_theirs,
     a_redemption_is_stored_alike_in_one_call_and_statement_by_statement,
     a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on,
@@ -611,10 +611,11 @@ fn decided_invoice(
     (record, completion)
 }
 
-/// On PostgreSQL a pushed invoice and its earn are written in one statement, on SQLite (and for
-/// a document decided later, on both) in a transaction: both must leave the same rows.
+/// A pushed invoice and its earn are written in one function call on PostgreSQL and in one
+/// script on SQLite; a document decided later, in a transaction of one statement per row: both
+/// must leave the same rows.
 #[allow(clippy::too_many_lines)] // one scenario, compared table by table
-async fn a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction(store: &TestDb) {
+async fn a_decided_invoice_is_stored_alike_in_one_call_and_in_a_transaction(store: &TestDb) {
     use one_loyalty::persistence::DocumentRepository;
     use one_loyalty::persistence::documents::{Received, SeaDocumentRepository};
     use one_loyalty::persistence::entities::{
@@ -625,13 +626,12 @@ async fn a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction
     let t = tenant("t1");
     // At microseconds, what both databases keep.
     let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-    // Pushed and decided at once: the one-statement path on PostgreSQL.
+    // Pushed and decided at once: the function on PostgreSQL, the script on SQLite.
     let (pushed, decision) = decided_invoice("A", "org:a", now);
     let (earn, _) = decision.event.as_ref().expect("an earning decision");
-    assert_eq!(
-        one_loyalty::persistence::few_statements::fits(&store.db, earn),
-        store.db.get_database_backend() == sea_orm::DbBackend::Postgres,
-        "on PostgreSQL the one-statement path is the one under test"
+    assert!(
+        one_loyalty::persistence::few_statements::is_plain_earn(earn),
+        "the one-call path is the one under test"
     );
     let Received::Stored(a) = repo
         .receive(&t, &pushed, Some(&decision))
@@ -802,6 +802,50 @@ async fn a_decided_invoice_is_stored_alike_in_one_statement_and_in_a_transaction
         after.total,
         dec("150.0002"),
         "the redelivery earned nothing"
+    );
+    // Pushed again for a client with a balance row: the one-call path adds to the row.
+    let (pushed, decision) = decided_invoice("C", "org:a", now);
+    let Received::Stored(c) = repo
+        .receive(&t, &pushed, Some(&decision))
+        .await
+        .expect("receive C")
+    else {
+        panic!("C was new");
+    };
+    let ec = c.event_id.expect("C earned");
+    assert!(ec > eb, "events numbered in order: {eb} then {ec}");
+    let row_c = event(ec).await;
+    assert_eq!(row_c.balance_after, 2_250_003, "C's running balance");
+    assert_eq!(
+        ledger_events::Model {
+            balance_after: 0,
+            ..row_c
+        },
+        ledger_events::Model {
+            balance_after: 0,
+            ..event(eb).await
+        },
+        "event rows"
+    );
+    assert_eq!(event_lines(ec).await, event_lines(eb).await, "event lines");
+    assert_eq!(lot(ec).await, lot_b, "lots");
+    assert_eq!(doc("C").await, doc("B").await, "document rows");
+    let balance = balances::Entity::find_by_id(("t1".to_owned(), "org:a".to_owned()))
+        .one(&store.db)
+        .await
+        .expect("read")
+        .expect("balance");
+    assert_eq!(
+        (
+            balance.total,
+            balance.available,
+            balance.locked,
+            balance.reserved,
+            balance.event_count,
+            balance.last_event_id
+        ),
+        (2_250_003, 0, 2_250_003, 0, 3, Some(ec)),
+        "the earns added up"
     );
 }
 

@@ -1,0 +1,248 @@
+//! SQLite only: a received invoice with its earn written in one script. Each statement sent to
+//! SQLite is a hand-off to the connection's worker thread and back (two thread switches), and an
+//! earn written statement by statement was ten of them (docs/PERFORMANCE.md); as one script it
+//! is three: `BEGIN IMMEDIATE`, the script, `COMMIT`.
+//!
+//! The script's statements are built from the rows the transaction path builds (`event_row`,
+//! `document_row`, `line_rows`, `lot_row`, the event lines' `row`) and bound as that path binds
+//! them; only the values that the database decides are expressions: the event's id (SQLite's,
+//! `last_insert_rowid()` right after the event is inserted, then the balance row's
+//! `last_event_id`) and the running balance. The write lock taken by `BEGIN IMMEDIATE` keeps what
+//! they read true until the commit. A statement that fails stops the script, and the transaction
+//! is rolled back: a document stored before fails on its primary key and writes nothing.
+
+use chrono::{DateTime, Utc};
+use sea_orm::ActiveValue::{NotSet, Set};
+use sea_orm::sea_query::{
+    Alias, Expr, ExprTrait, Func, InsertStatement, OnConflict, Query, QueryStatementBuilder,
+    SelectStatement,
+};
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
+    IdenStatic, Iterable, QueryResult, Statement, StatementBuilder, Value,
+};
+
+use super::db::begin_write;
+use super::documents::{document_row, line_rows};
+use super::entities::{
+    balances, document_lines, documents, earn_lots, ledger_event_lines, ledger_events,
+};
+use super::error::{RepoError, classify};
+use super::event_lines::row as event_line_row;
+use super::ledger::{empty_balance_row, entering_locked, event_row, lot_row};
+use crate::domain::documents::DocumentRecord;
+use crate::domain::engine::LineCalculation;
+use crate::domain::ledger::NewLedgerEvent;
+use crate::domain::points::to_minor_units;
+use crate::domain::tenant::TenantId;
+
+/// Rows per INSERT, below SQLite's bound-value limit.
+const CHUNK: usize = 500;
+
+/// Stores a decided document with its earn (`few_statements::is_plain_earn`) in one transaction
+/// of one script. `Some(event id)`: stored now; `None`: the document was stored before and
+/// nothing was written.
+///
+/// # Errors
+/// Points that do not fit the storage scale, or the database.
+pub async fn write_earn(
+    db: &DatabaseConnection,
+    tenant: &TenantId,
+    stored: &DocumentRecord,
+    event: &NewLedgerEvent,
+    lines: &[LineCalculation],
+    now: DateTime<Utc>,
+) -> Result<Option<i64>, RepoError> {
+    let script = earn_script(tenant, stored, event, lines, now)?;
+    let txn = begin_write(db).await?;
+    let rows = match script.run(&*txn).await {
+        Ok(rows) => rows,
+        // The document's primary key: stored before (or by a writer of another process).
+        Err(RepoError::Conflict(_)) => return Ok(None),
+        Err(other) => return Err(other),
+    };
+    let event_id = match rows.first() {
+        Some(row) => row.try_get::<i64>("", "event_id").map_err(classify)?,
+        None => return Err(RepoError::Other("the earn script answered nothing".into())),
+    };
+    txn.commit().await.map_err(classify)?;
+    Ok(Some(event_id))
+}
+
+/// The statements of one earn, in order: the event (its running balance read from the balance
+/// row as it stands), the balance row (created or added to; its `last_event_id` the event's),
+/// the document with its lines, the lot, the event's lines, and last the event's id.
+fn earn_script(
+    tenant: &TenantId,
+    stored: &DocumentRecord,
+    event: &NewLedgerEvent,
+    lines: &[LineCalculation],
+    now: DateTime<Utc>,
+) -> Result<Script, RepoError> {
+    let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
+    let into_locked = entering_locked(event, points);
+    let client = event.client_id.as_str();
+    let mut script = Script::default();
+
+    let total_before = Expr::expr(Func::coalesce([
+        balance_column(tenant, client, balances::Column::Total),
+        Expr::val(0),
+    ]));
+    script.push(&insert_rows(
+        &[event_row(tenant, event, points, 0, now)],
+        &[(
+            ledger_events::Column::BalanceAfter,
+            total_before.add(points),
+        )],
+    )?);
+
+    let added = |column: balances::Column| {
+        Expr::col((balances::Entity, column)).add(Expr::col((Alias::new("excluded"), column)))
+    };
+    // What the earn adds to the row; its id is the event's, given by SQLite just before.
+    let balance = balances::ActiveModel {
+        total: Set(points),
+        available: Set(points - into_locked),
+        locked: Set(into_locked),
+        event_count: Set(1),
+        last_event_id: NotSet,
+        ..empty_balance_row(tenant, client, now)
+    };
+    let mut upsert = insert_rows(
+        &[balance],
+        &[(
+            balances::Column::LastEventId,
+            Expr::cust("last_insert_rowid()"),
+        )],
+    )?;
+    upsert.on_conflict(
+        OnConflict::columns([balances::Column::TenantId, balances::Column::ClientId])
+            .value(balances::Column::Total, added(balances::Column::Total))
+            .value(
+                balances::Column::Available,
+                added(balances::Column::Available),
+            )
+            .value(balances::Column::Locked, added(balances::Column::Locked))
+            .value(
+                balances::Column::EventCount,
+                added(balances::Column::EventCount),
+            )
+            .update_columns([balances::Column::LastEventId, balances::Column::UpdatedAt])
+            .to_owned(),
+    );
+    script.push(&upsert);
+
+    let this_event = || balance_column(tenant, client, balances::Column::LastEventId);
+    script.push(&insert_rows(
+        &[document_row(tenant, stored)?],
+        &[(documents::Column::EventId, this_event())],
+    )?);
+    for chunk in line_rows(tenant, &stored.document)?.chunks(CHUNK) {
+        script.push(&insert_rows::<document_lines::ActiveModel>(chunk, &[])?);
+    }
+    if let (Some(terms), true) = (event.lot, points > 0) {
+        script.push(&insert_rows(
+            &[lot_row(tenant, client, 0, points, terms, now)],
+            &[(earn_lots::Column::EventId, this_event())],
+        )?);
+    }
+    let event_lines = lines
+        .iter()
+        .map(|l| event_line_row(tenant, 0, l))
+        .collect::<Result<Vec<_>, _>>()?;
+    for chunk in event_lines.chunks(CHUNK) {
+        script.push(&insert_rows(
+            chunk,
+            &[(ledger_event_lines::Column::EventId, this_event())],
+        )?);
+    }
+    script.push(balance_row(tenant, client).expr_as(
+        Expr::col(balances::Column::LastEventId),
+        Alias::new("event_id"),
+    ));
+    Ok(script)
+}
+
+/// The client's balance row, to select from.
+fn balance_row(tenant: &TenantId, client: &str) -> SelectStatement {
+    Query::select()
+        .from(balances::Entity)
+        .and_where(balances::Column::TenantId.eq(tenant.as_str()))
+        .and_where(balances::Column::ClientId.eq(client))
+        .to_owned()
+}
+
+/// `column` of the client's balance row, as a value.
+fn balance_column(tenant: &TenantId, client: &str, column: balances::Column) -> Expr {
+    let select = balance_row(tenant, client).column(column).to_owned();
+    Expr::SubQuery(None, Box::new(select.into_sub_query_statement()))
+}
+
+/// An INSERT of `rows`: the columns the first row sets, each value bound as the row holds it,
+/// but for the columns given with an expression of their own (the same for every row).
+fn insert_rows<A: ActiveModelTrait>(
+    rows: &[A],
+    expressions: &[(<A::Entity as EntityTrait>::Column, Expr)],
+) -> Result<InsertStatement, RepoError> {
+    let given = |column: &<A::Entity as EntityTrait>::Column| {
+        expressions
+            .iter()
+            .find(|(c, _)| c.as_str() == column.as_str())
+            .map(|(_, e)| e.clone())
+    };
+    let first = rows
+        .first()
+        .ok_or_else(|| RepoError::Other("an insert of no rows".into()))?;
+    let columns: Vec<_> = <A::Entity as EntityTrait>::Column::iter()
+        .filter(|c| given(c).is_some() || first.get(*c).into_value().is_some())
+        .collect();
+    let mut insert = Query::insert();
+    insert
+        .into_table(A::Entity::default())
+        .columns(columns.iter().copied());
+    for row in rows {
+        let values = columns
+            .iter()
+            .map(|c| match given(c) {
+                Some(expression) => Ok(expression),
+                None => row.get(*c).into_value().map(Expr::val).ok_or_else(|| {
+                    RepoError::Other(format!("a row without the column {}", c.as_str()))
+                }),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        insert
+            .values(values)
+            .map_err(|e| RepoError::Other(e.to_string()))?;
+    }
+    Ok(insert)
+}
+
+/// Statements sent to SQLite as one, run in order by its connection's worker thread; the rows
+/// they return, in order.
+#[derive(Debug, Default)]
+struct Script {
+    sql: String,
+    values: Vec<Value>,
+}
+
+impl Script {
+    fn push(&mut self, statement: &impl StatementBuilder) {
+        let built = DbBackend::Sqlite.build(statement);
+        if !self.sql.is_empty() {
+            self.sql.push_str(";\n");
+        }
+        self.sql.push_str(&built.sql);
+        self.values
+            .extend(built.values.map(|v| v.0).unwrap_or_default());
+    }
+
+    async fn run(self, conn: &impl ConnectionTrait) -> Result<Vec<QueryResult>, RepoError> {
+        conn.query_all_raw(Statement::from_sql_and_values(
+            DbBackend::Sqlite,
+            self.sql,
+            self.values,
+        ))
+        .await
+        .map_err(classify)
+    }
+}
