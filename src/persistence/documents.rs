@@ -21,7 +21,7 @@ use super::event_lines::insert_lines;
 use super::few_statements::{self, EarnWriter, PreparedEarn};
 use super::group_commit::GroupCommit;
 use super::ledger::append_in;
-use super::sqlite_script;
+use super::sqlite_script::{EarnScriptWriter, PreparedScriptEarn};
 use crate::config::DEFAULT_WRITE_BATCH_MAX;
 use crate::domain::clock::Clock;
 use crate::domain::documents::{
@@ -81,22 +81,30 @@ pub struct SeaDocumentRepository {
     /// On PostgreSQL, earns in one function call each, those that arrive together in one
     /// (`few_statements::EarnWriter`).
     earns: Arc<GroupCommit<PreparedEarn, Option<i64>, EarnWriter>>,
+    /// On SQLite, earns in one script each, those that arrive together in one transaction
+    /// (`sqlite_script::EarnScriptWriter`).
+    script_earns: Arc<GroupCommit<PreparedScriptEarn, Option<i64>, EarnScriptWriter>>,
 }
 
 impl SeaDocumentRepository {
     pub fn new(db: DatabaseConnection, clock: Arc<dyn Clock>) -> Self {
         Self {
             earns: GroupCommit::shared(EarnWriter::new(db.clone()), DEFAULT_WRITE_BATCH_MAX),
+            script_earns: GroupCommit::shared(
+                EarnScriptWriter::new(db.clone()),
+                DEFAULT_WRITE_BATCH_MAX,
+            ),
             db,
             clock,
         }
     }
 
-    /// At most `max` writes together (group commit, PostgreSQL); 1 writes each alone.
+    /// At most `max` writes together (group commit); 1 writes each alone.
     #[must_use]
     pub fn with_write_batch_max(self, max: usize) -> Self {
         Self {
             earns: GroupCommit::shared(EarnWriter::new(self.db.clone()), max),
+            script_earns: GroupCommit::shared(EarnScriptWriter::new(self.db.clone()), max),
             ..self
         }
     }
@@ -132,7 +140,8 @@ impl DocumentRepository for SeaDocumentRepository {
             && few_statements::is_plain_earn(event)
         {
             let written = if self.db.get_database_backend() == DbBackend::Sqlite {
-                sqlite_script::write_earn(&self.db, tenant, &stored, event, lines, now).await
+                let prepared = PreparedScriptEarn::new(tenant, &stored, event, lines, now)?;
+                self.script_earns.write(prepared).await
             } else {
                 let prepared = PreparedEarn::new(tenant, &stored, event, lines, now)?;
                 self.earns.write(prepared).await

@@ -29,6 +29,7 @@ use super::entities::{
 };
 use super::error::{RepoError, classify};
 use super::event_lines::row as event_line_row;
+use super::group_commit::BatchWriter;
 use super::ledger::{empty_balance_row, entering_locked, event_row, lot_row};
 use crate::domain::documents::DocumentRecord;
 use crate::domain::engine::LineCalculation;
@@ -39,50 +40,120 @@ use crate::domain::tenant::TenantId;
 /// Rows per INSERT, below SQLite's bound-value limit.
 const CHUNK: usize = 500;
 
-/// Stores a decided document with its earn (`few_statements::is_plain_earn`) in one transaction
-/// of one script. `Some(event id)`: stored now; `None`: the document was stored before and
-/// nothing was written.
-///
-/// # Errors
-/// Points that do not fit the storage scale, or the database.
-pub async fn write_earn(
-    db: &DatabaseConnection,
-    tenant: &TenantId,
-    stored: &DocumentRecord,
-    event: &NewLedgerEvent,
-    lines: &[LineCalculation],
-    now: DateTime<Utc>,
-) -> Result<Option<i64>, RepoError> {
-    let script = earn_script(tenant, stored, event, lines, now)?;
-    let txn = begin_write(db).await?;
-    let rows = match script.run(&*txn).await {
-        Ok(rows) => rows,
-        // The document's primary key: stored before (or by a writer of another process).
-        Err(RepoError::Conflict(_)) => return Ok(None),
-        Err(other) => return Err(other),
-    };
-    let event_id = match rows.first() {
-        Some(row) => row.try_get::<i64>("", "event_id").map_err(classify)?,
-        None => return Err(RepoError::Other("the earn script answered nothing".into())),
-    };
-    txn.commit().await.map_err(classify)?;
-    Ok(Some(event_id))
+/// A decided document with its earn (`few_statements::is_plain_earn`), ready for
+/// [`EarnScriptWriter`]: its script, in a savepoint of its own.
+#[derive(Debug)]
+pub struct PreparedScriptEarn {
+    script: Script,
+}
+
+impl PreparedScriptEarn {
+    /// `stored`: the record as it stands once decided, with its earn `event` and `lines`.
+    ///
+    /// # Errors
+    /// Points that do not fit the storage scale, or a row that cannot be encoded.
+    pub fn new(
+        tenant: &TenantId,
+        stored: &DocumentRecord,
+        event: &NewLedgerEvent,
+        lines: &[LineCalculation],
+        now: DateTime<Utc>,
+    ) -> Result<Self, RepoError> {
+        let mut script = Script::default();
+        script.push_sql(&format!("SAVEPOINT {SAVEPOINT}"));
+        earn_script(&mut script, tenant, stored, event, lines, now)?;
+        script.push_sql(&format!("RELEASE {SAVEPOINT}"));
+        Ok(Self { script })
+    }
+
+    /// Writes the earn inside `txn`. The outer error: the transaction cannot go on (nothing in
+    /// it may commit). The inner result is the earn's own: `Some(event id)`, `None` when the
+    /// document was stored before (nothing of it was written), or what failed it (undone).
+    async fn write_in(
+        self,
+        txn: &impl ConnectionTrait,
+    ) -> Result<Result<Option<i64>, RepoError>, RepoError> {
+        let failed = match self.script.run(txn).await {
+            Ok(rows) => {
+                return Ok(match rows.first() {
+                    Some(row) => row
+                        .try_get::<i64>("", "event_id")
+                        .map(Some)
+                        .map_err(classify),
+                    None => Err(RepoError::Other("the earn script answered nothing".into())),
+                });
+            }
+            Err(failed) => failed,
+        };
+        // The script stopped at the statement that failed, inside its savepoint.
+        txn.execute_unprepared(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"))
+            .await
+            .map_err(classify)?;
+        Ok(match failed {
+            // The document's primary key: stored before (or by a writer of another process, or
+            // earlier in this batch).
+            RepoError::Conflict(_) => Ok(None),
+            other => Err(other),
+        })
+    }
+}
+
+/// The savepoint of each earn in a batch.
+const SAVEPOINT: &str = "loyalty_earn";
+
+/// Stores decided documents with their earns on SQLite: a lone earn, or those queued together
+/// (group commit), in one transaction, one commit and one fsync; each earn in one script, in a
+/// savepoint of its own, so that one that fails (a document stored before) leaves the others
+/// written. Each answers as [`PreparedScriptEarn::write_in`] does, once the transaction has
+/// committed.
+#[derive(Debug)]
+pub struct EarnScriptWriter {
+    db: DatabaseConnection,
+}
+
+impl EarnScriptWriter {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self { db }
+    }
+
+    async fn write_all(
+        &self,
+        items: Vec<PreparedScriptEarn>,
+    ) -> Result<Vec<Result<Option<i64>, RepoError>>, RepoError> {
+        let txn = begin_write(&self.db).await?;
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in items {
+            outcomes.push(item.write_in(&*txn).await?);
+        }
+        txn.commit().await.map_err(classify)?;
+        Ok(outcomes)
+    }
+}
+
+impl BatchWriter<PreparedScriptEarn, Option<i64>> for EarnScriptWriter {
+    async fn write(&self, items: Vec<PreparedScriptEarn>) -> Vec<Result<Option<i64>, RepoError>> {
+        let count = items.len();
+        // A transaction that did not commit wrote none of them.
+        self.write_all(items)
+            .await
+            .unwrap_or_else(|err| (0..count).map(|_| Err(err.clone())).collect())
+    }
 }
 
 /// The statements of one earn, in order: the event (its running balance read from the balance
 /// row as it stands), the balance row (created or added to; its `last_event_id` the event's),
 /// the document with its lines, the lot, the event's lines, and last the event's id.
 fn earn_script(
+    script: &mut Script,
     tenant: &TenantId,
     stored: &DocumentRecord,
     event: &NewLedgerEvent,
     lines: &[LineCalculation],
     now: DateTime<Utc>,
-) -> Result<Script, RepoError> {
+) -> Result<(), RepoError> {
     let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
     let into_locked = entering_locked(event, points);
     let client = event.client_id.as_str();
-    let mut script = Script::default();
 
     let total_before = Expr::expr(Func::coalesce([
         balance_column(tenant, client, balances::Column::Total),
@@ -160,7 +231,7 @@ fn earn_script(
         Expr::col(balances::Column::LastEventId),
         Alias::new("event_id"),
     ));
-    Ok(script)
+    Ok(())
 }
 
 /// The client's balance row, to select from.
@@ -228,12 +299,17 @@ struct Script {
 impl Script {
     fn push(&mut self, statement: &impl StatementBuilder) {
         let built = DbBackend::Sqlite.build(statement);
+        self.push_sql(&built.sql);
+        self.values
+            .extend(built.values.map(|v| v.0).unwrap_or_default());
+    }
+
+    /// A statement that binds no value.
+    fn push_sql(&mut self, sql: &str) {
         if !self.sql.is_empty() {
             self.sql.push_str(";\n");
         }
-        self.sql.push_str(&built.sql);
-        self.values
-            .extend(built.values.map(|v| v.0).unwrap_or_default());
+        self.sql.push_str(sql);
     }
 
     async fn run(self, conn: &impl ConnectionTrait) -> Result<Vec<QueryResult>, RepoError> {

@@ -1679,15 +1679,16 @@ async fn a_batch_that_fails_as_a_whole_is_written_again_item_by_item(store: &Tes
     assert_available(&ledger, &t, &[("org:a", "11"), ("org:b", "11")]).await;
 }
 
-/// Earns written together (group commit, PostgreSQL: one `loyalty_earn_batch` call) each have
-/// the outcome they would have alone: a document delivered twice in one batch is stored once
-/// and earns once, one client's events are numbered in the batch's order, and every balance is
-/// the sum of its events. On SQLite the same deliveries go one after the other.
+/// Earns written together (group commit: on PostgreSQL one `loyalty_earn_batch` call, on SQLite
+/// one transaction of a script per earn) each have the outcome they would have alone: a document
+/// delivered twice in one batch is stored once and earns once, one client's events are numbered
+/// in the batch's order, and every balance is the sum of its events.
 async fn earns_written_together_each_have_their_own_outcome(store: &TestDb) {
     use one_loyalty::persistence::DocumentRepository;
-    use one_loyalty::persistence::documents::{Received, SeaDocumentRepository};
+    use one_loyalty::persistence::documents::SeaDocumentRepository;
     use one_loyalty::persistence::few_statements::{EarnWriter, PreparedEarn};
     use one_loyalty::persistence::group_commit::BatchWriter;
+    use one_loyalty::persistence::sqlite_script::{EarnScriptWriter, PreparedScriptEarn};
     let t = tenant("t1");
     let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
     let deliveries = [
@@ -1701,38 +1702,34 @@ async fn earns_written_together_each_have_their_own_outcome(store: &TestDb) {
         .map(|(id, client)| decided_invoice(id, client, now))
         .collect();
     let repo = SeaDocumentRepository::new(store.db.clone(), Arc::new(SystemClock));
-    let event_ids: Vec<Option<i64>> =
-        if store.db.get_database_backend() == sea_orm::DbBackend::Postgres {
-            let prepared = decided
-                .iter()
-                .map(|(record, decision)| {
-                    let (event, lines) = decision.event.as_ref().expect("an earn");
-                    let stored = decision.applied_to(record.clone(), None, now);
-                    PreparedEarn::new(&t, &stored, event, lines, now).expect("prepared")
-                })
-                .collect();
-            EarnWriter::new(store.db.clone())
-                .write(prepared)
-                .await
-                .into_iter()
-                .map(|outcome| outcome.expect("written"))
-                .collect()
-        } else {
-            let mut ids = Vec::new();
-            for (record, decision) in &decided {
-                ids.push(
-                    match repo
-                        .receive(&t, record, Some(decision))
-                        .await
-                        .expect("receive")
-                    {
-                        Received::Stored(stored) => stored.event_id,
-                        Received::Before(_) => None,
-                    },
-                );
-            }
-            ids
-        };
+    let parts: Vec<_> = decided
+        .iter()
+        .map(|(record, decision)| {
+            let (event, lines) = decision.event.as_ref().expect("an earn");
+            (decision.applied_to(record.clone(), None, now), event, lines)
+        })
+        .collect();
+    let outcomes = if store.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let items = parts
+            .iter()
+            .map(|(stored, event, lines)| {
+                PreparedEarn::new(&t, stored, event, lines, now).expect("prepared")
+            })
+            .collect();
+        EarnWriter::new(store.db.clone()).write(items).await
+    } else {
+        let items = parts
+            .iter()
+            .map(|(stored, event, lines)| {
+                PreparedScriptEarn::new(&t, stored, event, lines, now).expect("prepared")
+            })
+            .collect();
+        EarnScriptWriter::new(store.db.clone()).write(items).await
+    };
+    let event_ids: Vec<Option<i64>> = outcomes
+        .into_iter()
+        .map(|outcome| outcome.expect("written"))
+        .collect();
     let [Some(a1), Some(b1), Some(a2), None] = event_ids[..] else {
         panic!("three earned, the second A1 stored before: {event_ids:?}");
     };
