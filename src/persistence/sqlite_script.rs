@@ -41,7 +41,7 @@ use crate::domain::tenant::TenantId;
 const CHUNK: usize = 500;
 
 /// A decided document with its earn (`few_statements::is_plain_earn`), ready for
-/// [`EarnScriptWriter`]: its script, in a savepoint of its own.
+/// [`EarnScriptWriter`]: its script.
 #[derive(Debug)]
 pub struct PreparedScriptEarn {
     script: Script,
@@ -60,52 +60,58 @@ impl PreparedScriptEarn {
         now: DateTime<Utc>,
     ) -> Result<Self, RepoError> {
         let mut script = Script::default();
-        script.push_sql(&format!("SAVEPOINT {SAVEPOINT}"));
         earn_script(&mut script, tenant, stored, event, lines, now)?;
-        script.push_sql(&format!("RELEASE {SAVEPOINT}"));
         Ok(Self { script })
     }
 
-    /// Writes the earn inside `txn`. The outer error: the transaction cannot go on (nothing in
-    /// it may commit). The inner result is the earn's own: `Some(event id)`, `None` when the
-    /// document was stored before (nothing of it was written), or what failed it (undone).
-    async fn write_in(
+    /// Writes the earn inside `txn`, in a savepoint of its own. The outer error: the
+    /// transaction cannot go on (nothing in it may commit). The inner result is the earn's own,
+    /// as [`outcome`] tells it; one that failed is undone.
+    async fn write_in_savepoint(
         self,
         txn: &impl ConnectionTrait,
     ) -> Result<Result<Option<i64>, RepoError>, RepoError> {
-        let failed = match self.script.run(txn).await {
-            Ok(rows) => {
-                return Ok(match rows.first() {
-                    Some(row) => row
-                        .try_get::<i64>("", "event_id")
-                        .map(Some)
-                        .map_err(classify),
-                    None => Err(RepoError::Other("the earn script answered nothing".into())),
-                });
-            }
-            Err(failed) => failed,
-        };
-        // The script stopped at the statement that failed, inside its savepoint.
-        txn.execute_unprepared(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"))
-            .await
-            .map_err(classify)?;
-        Ok(match failed {
-            // The document's primary key: stored before (or by a writer of another process, or
-            // earlier in this batch).
-            RepoError::Conflict(_) => Ok(None),
-            other => Err(other),
-        })
+        let mut script = Script::default();
+        script.push_sql(&format!("SAVEPOINT {SAVEPOINT}"));
+        script.append(self.script);
+        script.push_sql(&format!("RELEASE {SAVEPOINT}"));
+        let ran = script.run(txn).await;
+        if ran.is_err() {
+            // The script stopped at the statement that failed, inside its savepoint.
+            txn.execute_unprepared(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"))
+                .await
+                .map_err(classify)?;
+        }
+        outcome(ran)
     }
 }
 
 /// The savepoint of each earn in a batch.
 const SAVEPOINT: &str = "loyalty_earn";
 
+/// What an earn's script came to. Inner: `Some(event id)`; `None` when the document was stored
+/// before (its primary key: by an earlier delivery, another process, or earlier in the batch);
+/// or what failed it. Outer: a script that ran but did not answer with the event's id, whose
+/// writes must not commit.
+fn outcome(
+    ran: Result<Vec<QueryResult>, RepoError>,
+) -> Result<Result<Option<i64>, RepoError>, RepoError> {
+    match ran {
+        Ok(rows) => match rows.first() {
+            Some(row) => Ok(Ok(Some(
+                row.try_get::<i64>("", "event_id").map_err(classify)?,
+            ))),
+            None => Err(RepoError::Other("the earn script answered nothing".into())),
+        },
+        Err(RepoError::Conflict(_)) => Ok(Ok(None)),
+        Err(other) => Ok(Err(other)),
+    }
+}
+
 /// Stores decided documents with their earns on SQLite: a lone earn, or those queued together
-/// (group commit), in one transaction, one commit and one fsync; each earn in one script, in a
-/// savepoint of its own, so that one that fails (a document stored before) leaves the others
-/// written. Each answers as [`PreparedScriptEarn::write_in`] does, once the transaction has
-/// committed.
+/// (group commit), in one transaction, one commit and one fsync; each earn in one script, and
+/// in a batch in a savepoint of its own, so that one that fails (a document stored before)
+/// leaves the others written. Each is answered once the transaction has committed.
 #[derive(Debug)]
 pub struct EarnScriptWriter {
     db: DatabaseConnection,
@@ -118,12 +124,23 @@ impl EarnScriptWriter {
 
     async fn write_all(
         &self,
-        items: Vec<PreparedScriptEarn>,
+        mut items: Vec<PreparedScriptEarn>,
     ) -> Result<Vec<Result<Option<i64>, RepoError>>, RepoError> {
         let txn = begin_write(&self.db).await?;
+        if items.len() == 1
+            && let Some(alone) = items.pop()
+        {
+            // Alone in its transaction: one that fails is undone by the rollback, with no
+            // savepoint to pay for.
+            let written = outcome(alone.script.run(&*txn).await)?;
+            if written.as_ref().is_ok_and(Option::is_some) {
+                txn.commit().await.map_err(classify)?;
+            }
+            return Ok(vec![written]);
+        }
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
-            outcomes.push(item.write_in(&*txn).await?);
+            outcomes.push(item.write_in_savepoint(&*txn).await?);
         }
         txn.commit().await.map_err(classify)?;
         Ok(outcomes)
@@ -302,6 +319,12 @@ impl Script {
         self.push_sql(&built.sql);
         self.values
             .extend(built.values.map(|v| v.0).unwrap_or_default());
+    }
+
+    /// `other`'s statements after these.
+    fn append(&mut self, other: Self) {
+        self.push_sql(&other.sql);
+        self.values.extend(other.values);
     }
 
     /// A statement that binds no value.
