@@ -21,7 +21,7 @@ use super::event_lines::insert_lines;
 use super::few_statements::{self, EarnWriter, PreparedEarn};
 use super::group_commit::GroupCommit;
 use super::ledger::append_in;
-use super::sqlite_script::{EarnScriptWriter, PreparedScriptEarn};
+use super::sqlite_script::{PreparedScriptEarn, ScriptWriter};
 use crate::config::DEFAULT_WRITE_BATCH_MAX;
 use crate::domain::clock::Clock;
 use crate::domain::documents::{
@@ -82,8 +82,9 @@ pub struct SeaDocumentRepository {
     /// (`few_statements::EarnWriter`).
     earns: Arc<GroupCommit<PreparedEarn, Option<i64>, EarnWriter>>,
     /// On SQLite, earns in one script each, those that arrive together in one transaction
-    /// (`sqlite_script::EarnScriptWriter`).
-    script_earns: Arc<GroupCommit<PreparedScriptEarn, Option<i64>, EarnScriptWriter>>,
+    /// (`sqlite_script::ScriptWriter`).
+    script_earns:
+        Arc<GroupCommit<PreparedScriptEarn, Option<i64>, ScriptWriter<PreparedScriptEarn>>>,
 }
 
 impl SeaDocumentRepository {
@@ -91,7 +92,7 @@ impl SeaDocumentRepository {
         Self {
             earns: GroupCommit::shared(EarnWriter::new(db.clone()), DEFAULT_WRITE_BATCH_MAX),
             script_earns: GroupCommit::shared(
-                EarnScriptWriter::new(db.clone()),
+                ScriptWriter::new(db.clone()),
                 DEFAULT_WRITE_BATCH_MAX,
             ),
             db,
@@ -104,7 +105,7 @@ impl SeaDocumentRepository {
     pub fn with_write_batch_max(self, max: usize) -> Self {
         Self {
             earns: GroupCommit::shared(EarnWriter::new(self.db.clone()), max),
-            script_earns: GroupCommit::shared(EarnScriptWriter::new(self.db.clone()), max),
+            script_earns: GroupCommit::shared(ScriptWriter::new(self.db.clone()), max),
             ..self
         }
     }

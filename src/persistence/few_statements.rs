@@ -235,12 +235,12 @@ const NOT_ENOUGH_POINTS: &str = "LY001";
 const LIMIT_REACHED: &str = "LY002";
 const OUT_OF_STOCK: &str = "LY003";
 
-/// Whether a redemption can be written by [`RedemptionWriter`]: its Use event spends available
-/// points from the oldest lots, with no reservation behind it and no lot named.
-pub fn fits_redemption(db: &DatabaseConnection, plan: &RedeemPlan) -> bool {
+/// Whether a redemption is a plain one, which [`RedemptionWriter`] (and on SQLite
+/// `sqlite_script::PreparedScriptRedemption`) can write: its Use event spends available points
+/// from the oldest lots, with no reservation behind it and no lot named.
+pub fn is_plain_redemption(plan: &RedeemPlan) -> bool {
     let event = &plan.use_event;
-    db.get_database_backend() == DbBackend::Postgres
-        && event.event_type == EventType::Use
+    event.event_type == EventType::Use
         && event.points.is_sign_negative()
         && event.related_event_id.is_none()
         && event.reservation_id.is_none()

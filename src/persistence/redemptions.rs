@@ -12,8 +12,8 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::entities::{coupons, outbox, redemptions};
@@ -22,6 +22,7 @@ use super::few_statements::{self, PreparedRedemption, RedemptionWriter};
 use super::group_commit::GroupCommit;
 use super::idempotency::{insert_record, set_result_ref};
 use super::ledger::{append_in, append_locked, ensure_balance_row};
+use super::sqlite_script::{PreparedScriptRedemption, ScriptWriter};
 use super::{RedeemPlan, RedemptionFilter, RedemptionRepository, RefundPlan};
 use crate::config::DEFAULT_WRITE_BATCH_MAX;
 use crate::domain::clock::Clock;
@@ -40,10 +41,15 @@ const WITHDRAWN: &str = "WITHDRAWN";
 pub struct SeaRedemptionRepository {
     db: DatabaseConnection,
     clock: Arc<dyn Clock>,
-    /// On PostgreSQL, redemptions in one function call each, those that arrive together in one
-    /// (`few_statements::RedemptionWriter`).
+    /// Plain redemptions in few round trips: on PostgreSQL in one function call each, those
+    /// that arrive together in one (`few_statements::RedemptionWriter`); on SQLite in two
+    /// scripts each, those that arrive together in one transaction
+    /// (`sqlite_script::ScriptWriter`).
     few_statements: bool,
     writes: Arc<GroupCommit<PreparedRedemption, Redemption, RedemptionWriter>>,
+    script_writes: Arc<
+        GroupCommit<PreparedScriptRedemption, Redemption, ScriptWriter<PreparedScriptRedemption>>,
+    >,
 }
 
 impl SeaRedemptionRepository {
@@ -51,23 +57,28 @@ impl SeaRedemptionRepository {
     pub fn new(db: DatabaseConnection, clock: Arc<dyn Clock>) -> Self {
         Self {
             writes: GroupCommit::shared(RedemptionWriter::new(db.clone()), DEFAULT_WRITE_BATCH_MAX),
+            script_writes: GroupCommit::shared(
+                ScriptWriter::new(db.clone()),
+                DEFAULT_WRITE_BATCH_MAX,
+            ),
             db,
             clock,
             few_statements: true,
         }
     }
 
-    /// At most `max` writes together (group commit, PostgreSQL); 1 writes each alone.
+    /// At most `max` writes together (group commit); 1 writes each alone.
     #[must_use]
     pub fn with_write_batch_max(self, max: usize) -> Self {
         Self {
             writes: GroupCommit::shared(RedemptionWriter::new(self.db.clone()), max),
+            script_writes: GroupCommit::shared(ScriptWriter::new(self.db.clone()), max),
             ..self
         }
     }
 
-    /// The same, writing every redemption statement by statement, as on SQLite: the path the
-    /// PostgreSQL one is compared with.
+    /// The same, writing every redemption statement by statement, in a transaction: the path
+    /// the few-round-trip ones are compared with.
     #[must_use]
     pub fn statement_by_statement(self) -> Self {
         Self {
@@ -92,7 +103,11 @@ impl RedemptionRepository for SeaRedemptionRepository {
             result_ref: r.redemption_id.clone(),
             ..request.clone()
         };
-        if self.few_statements && few_statements::fits_redemption(&self.db, plan) {
+        if self.few_statements && few_statements::is_plain_redemption(plan) {
+            if self.db.get_database_backend() == DbBackend::Sqlite {
+                let prepared = PreparedScriptRedemption::new(tenant, plan, &request, now)?;
+                return self.script_writes.write(prepared).await;
+            }
             let prepared = PreparedRedemption::new(tenant, plan, &request, now)?;
             return self.writes.write(prepared).await;
         }

@@ -11,37 +11,125 @@
 //! they read true until the commit. A statement that fails stops the script, and the transaction
 //! is rolled back: a document stored before fails on its primary key and writes nothing.
 
+use std::future::Future;
+use std::marker::PhantomData;
+
 use chrono::{DateTime, Utc};
 use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{
-    Alias, Expr, ExprTrait, Func, InsertStatement, OnConflict, Query, QueryStatementBuilder,
-    SelectStatement,
+    Alias, Asterisk, Expr, ExprTrait, Func, InsertStatement, OnConflict, Query,
+    QueryStatementBuilder, SelectStatement,
 };
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    IdenStatic, Iterable, QueryResult, Statement, StatementBuilder, Value,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
+    DbBackend, EntityTrait, IdenStatic, Iterable, QueryResult, Statement, StatementBuilder, Value,
 };
 
+use super::RedeemPlan;
 use super::db::begin_write;
 use super::documents::{document_row, line_rows};
 use super::entities::{
-    balances, document_lines, documents, earn_lots, ledger_event_lines, ledger_events,
+    balances, coupons, document_lines, documents, earn_lots, ledger_event_lines, ledger_events,
+    redemptions,
 };
 use super::error::{RepoError, classify};
 use super::event_lines::row as event_line_row;
 use super::group_commit::BatchWriter;
-use super::ledger::{empty_balance_row, entering_locked, event_row, lot_row};
+use super::idempotency::record_row;
+use super::ledger::{empty_balance_row, entering_locked, event_row, lot_row, spend_source};
+use super::redemptions::{limit_reached, live_statuses, out_of_stock, outbox_row, to_row};
 use crate::domain::documents::DocumentRecord;
 use crate::domain::engine::LineCalculation;
+use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::ledger::NewLedgerEvent;
 use crate::domain::points::to_minor_units;
+use crate::domain::redemption::Redemption;
 use crate::domain::tenant::TenantId;
 
 /// Rows per INSERT, below SQLite's bound-value limit.
 const CHUNK: usize = 500;
 
+/// A write that [`ScriptWriter`] can put in a batch.
+pub trait ScriptItem: Send + 'static {
+    type Written: Send + 'static;
+
+    /// Writes the item inside `txn`, in as few scripts as it can. With `savepoint`, its first
+    /// script opens [`SAVEPOINT`] and its last releases it. An error may leave what ran of it in
+    /// the transaction: the writer undoes it.
+    fn write_in(
+        self,
+        txn: &DatabaseTransaction,
+        savepoint: bool,
+    ) -> impl Future<Output = Result<Self::Written, RepoError>> + Send;
+
+    /// What an item's error, undone, means for its caller.
+    fn settle(written: Result<Self::Written, RepoError>) -> Result<Self::Written, RepoError> {
+        written
+    }
+}
+
+/// The savepoint of each item in a batch.
+const SAVEPOINT: &str = "loyalty_item";
+
+/// Writes script items on SQLite: a lone item, or those queued together (group commit), in one
+/// transaction, one commit and one fsync. In a batch each item is in a savepoint of its own, so
+/// that one that fails is undone alone and the others are written; a lone item that fails is
+/// undone by the rollback. Each is answered once the transaction has committed.
+#[derive(Debug)]
+pub struct ScriptWriter<T> {
+    db: DatabaseConnection,
+    items: PhantomData<fn(T)>,
+}
+
+impl<T: ScriptItem> ScriptWriter<T> {
+    pub fn new(db: DatabaseConnection) -> Self {
+        Self {
+            db,
+            items: PhantomData,
+        }
+    }
+
+    /// The outer error: the transaction did not commit, and none was written.
+    async fn write_all(
+        &self,
+        mut items: Vec<T>,
+    ) -> Result<Vec<Result<T::Written, RepoError>>, RepoError> {
+        let txn = begin_write(&self.db).await?;
+        if items.len() == 1
+            && let Some(alone) = items.pop()
+        {
+            let written = alone.write_in(&txn, false).await;
+            if written.is_ok() {
+                txn.commit().await.map_err(classify)?;
+            }
+            return Ok(vec![T::settle(written)]);
+        }
+        let mut outcomes = Vec::with_capacity(items.len());
+        for item in items {
+            let written = item.write_in(&txn, true).await;
+            if written.is_err() {
+                txn.execute_unprepared(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"))
+                    .await
+                    .map_err(classify)?;
+            }
+            outcomes.push(T::settle(written));
+        }
+        txn.commit().await.map_err(classify)?;
+        Ok(outcomes)
+    }
+}
+
+impl<T: ScriptItem> BatchWriter<T, T::Written> for ScriptWriter<T> {
+    async fn write(&self, items: Vec<T>) -> Vec<Result<T::Written, RepoError>> {
+        let count = items.len();
+        self.write_all(items)
+            .await
+            .unwrap_or_else(|err| (0..count).map(|_| Err(err.clone())).collect())
+    }
+}
+
 /// A decided document with its earn (`few_statements::is_plain_earn`), ready for
-/// [`EarnScriptWriter`]: its script.
+/// [`ScriptWriter`]: its script.
 #[derive(Debug)]
 pub struct PreparedScriptEarn {
     script: Script,
@@ -63,98 +151,253 @@ impl PreparedScriptEarn {
         earn_script(&mut script, tenant, stored, event, lines, now)?;
         Ok(Self { script })
     }
+}
 
-    /// Writes the earn inside `txn`, in a savepoint of its own. The outer error: the
-    /// transaction cannot go on (nothing in it may commit). The inner result is the earn's own,
-    /// as [`outcome`] tells it; one that failed is undone.
-    async fn write_in_savepoint(
+impl ScriptItem for PreparedScriptEarn {
+    /// `Some(event id)`, or `None` when the document was stored before.
+    type Written = Option<i64>;
+
+    async fn write_in(
         self,
-        txn: &impl ConnectionTrait,
-    ) -> Result<Result<Option<i64>, RepoError>, RepoError> {
-        let mut script = Script::default();
-        script.push_sql(&format!("SAVEPOINT {SAVEPOINT}"));
-        script.append(self.script);
-        script.push_sql(&format!("RELEASE {SAVEPOINT}"));
-        let ran = script.run(txn).await;
-        if ran.is_err() {
-            // The script stopped at the statement that failed, inside its savepoint.
-            txn.execute_unprepared(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"))
-                .await
-                .map_err(classify)?;
+        txn: &DatabaseTransaction,
+        savepoint: bool,
+    ) -> Result<Option<i64>, RepoError> {
+        let rows = self.script.in_savepoint(savepoint).run(txn).await?;
+        event_id(&rows).map(Some)
+    }
+
+    /// The document's primary key: stored before (by an earlier delivery, another process, or
+    /// earlier in the batch), and nothing of this one was written.
+    fn settle(written: Result<Option<i64>, RepoError>) -> Result<Option<i64>, RepoError> {
+        match written {
+            Err(RepoError::Conflict(_)) => Ok(None),
+            other => other,
         }
-        outcome(ran)
     }
 }
 
-/// The savepoint of each earn in a batch.
-const SAVEPOINT: &str = "loyalty_earn";
-
-/// What an earn's script came to. Inner: `Some(event id)`; `None` when the document was stored
-/// before (its primary key: by an earlier delivery, another process, or earlier in the batch);
-/// or what failed it. Outer: a script that ran but did not answer with the event's id, whose
-/// writes must not commit.
-fn outcome(
-    ran: Result<Vec<QueryResult>, RepoError>,
-) -> Result<Result<Option<i64>, RepoError>, RepoError> {
-    match ran {
-        Ok(rows) => match rows.first() {
-            Some(row) => Ok(Ok(Some(
-                row.try_get::<i64>("", "event_id").map_err(classify)?,
-            ))),
-            None => Err(RepoError::Other("the earn script answered nothing".into())),
-        },
-        Err(RepoError::Conflict(_)) => Ok(Ok(None)),
-        Err(other) => Ok(Err(other)),
-    }
+/// The event id a script answers with last.
+fn event_id(rows: &[QueryResult]) -> Result<i64, RepoError> {
+    rows.last()
+        .ok_or_else(|| RepoError::Other("a script answered without the event's id".into()))?
+        .try_get::<i64>("", "event_id")
+        .map_err(classify)
 }
 
-/// Stores decided documents with their earns on SQLite: a lone earn, or those queued together
-/// (group commit), in one transaction, one commit and one fsync; each earn in one script, and
-/// in a batch in a savepoint of its own, so that one that fails (a document stored before)
-/// leaves the others written. Each is answered once the transaction has committed.
+/// A redemption (`few_statements::is_plain_redemption`), ready for [`ScriptWriter`]: what it
+/// reads under the write lock (the request's record written first, so that a request id taken
+/// fails before anything else), then what it writes once its limit, points and stock are checked.
 #[derive(Debug)]
-pub struct EarnScriptWriter {
-    db: DatabaseConnection,
+pub struct PreparedScriptRedemption {
+    reads: Script,
+    writes: Script,
+    stored: Redemption,
+    per_client_limit: Option<u32>,
+    stock: Option<u32>,
+    use_event: NewLedgerEvent,
+    /// The Use event's points in minor units (negative).
+    points: i64,
 }
 
-impl EarnScriptWriter {
-    pub fn new(db: DatabaseConnection) -> Self {
-        Self { db }
+impl PreparedScriptRedemption {
+    /// # Errors
+    /// Points that do not fit the storage scale, or a row that cannot be encoded.
+    pub fn new(
+        tenant: &TenantId,
+        plan: &RedeemPlan,
+        record: &IdempotencyRecord,
+        now: DateTime<Utc>,
+    ) -> Result<Self, RepoError> {
+        let event = &plan.use_event;
+        let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
+        let client = event.client_id.as_str();
+        let mut stored = plan.redemption.clone();
+        stored.created_at = now;
+        stored.updated_at = now;
+
+        let reads = redemption_reads(tenant, client, &stored.coupon_id, record)?;
+        let balance = |column: balances::Column| balance_column(tenant, client, column);
+        let mut writes = Script::default();
+        writes.push(&insert_rows(
+            &[event_row(tenant, event, points, 0, now)],
+            &[(
+                ledger_events::Column::BalanceAfter,
+                balance(balances::Column::Total).add(points),
+            )],
+        )?);
+        // A plain redemption spends available points, none reserved.
+        writes.push(
+            Query::update()
+                .table(balances::Entity)
+                .value(
+                    balances::Column::Total,
+                    Expr::col(balances::Column::Total).add(points),
+                )
+                .value(
+                    balances::Column::Available,
+                    Expr::col(balances::Column::Available).add(points),
+                )
+                .value(
+                    balances::Column::EventCount,
+                    Expr::col(balances::Column::EventCount).add(1),
+                )
+                .value(
+                    balances::Column::LastEventId,
+                    Expr::cust("last_insert_rowid()"),
+                )
+                .value(balances::Column::UpdatedAt, now.fixed_offset())
+                .and_where(balances::Column::TenantId.eq(tenant.as_str()))
+                .and_where(balances::Column::ClientId.eq(client)),
+        );
+        // The client's unlocked lots, oldest first, each giving what is left to take.
+        writes.push_with_values(
+            "UPDATE earn_lots SET remaining = earn_lots.remaining - spend.take FROM ( \
+               SELECT event_id, MIN(remaining, ? - (upto - remaining)) AS take FROM ( \
+                 SELECT event_id, remaining, SUM(remaining) OVER ( \
+                   ORDER BY earned_at, event_id ROWS UNBOUNDED PRECEDING) AS upto \
+                 FROM earn_lots \
+                 WHERE tenant_id = ? AND client_id = ? AND NOT locked AND remaining > 0) \
+               WHERE upto - remaining < ?) AS spend \
+             WHERE earn_lots.tenant_id = ? AND earn_lots.event_id = spend.event_id",
+            [
+                Value::from(-points),
+                tenant.as_str().into(),
+                client.into(),
+                Value::from(-points),
+                tenant.as_str().into(),
+            ],
+        );
+        writes.push(&insert_rows(
+            &[to_row(tenant, &stored)?],
+            &[(
+                redemptions::Column::UseEventId,
+                balance(balances::Column::LastEventId),
+            )],
+        )?);
+        writes.push(&insert_rows(&[outbox_row(tenant, plan, now)?], &[])?);
+        writes.push(
+            Query::update()
+                .table(coupons::Entity)
+                .value(
+                    coupons::Column::RedeemedCount,
+                    Expr::col(coupons::Column::RedeemedCount).add(1),
+                )
+                .and_where(coupons::Column::TenantId.eq(tenant.as_str()))
+                .and_where(coupons::Column::CouponId.eq(stored.coupon_id.as_str())),
+        );
+        writes.push(balance_row(tenant, client).expr_as(
+            Expr::col(balances::Column::LastEventId),
+            Alias::new("event_id"),
+        ));
+        Ok(Self {
+            reads,
+            writes,
+            stored,
+            per_client_limit: plan.per_client_limit,
+            stock: plan.stock,
+            use_event: event.clone(),
+            points,
+        })
     }
 
-    async fn write_all(
-        &self,
-        mut items: Vec<PreparedScriptEarn>,
-    ) -> Result<Vec<Result<Option<i64>, RepoError>>, RepoError> {
-        let txn = begin_write(&self.db).await?;
-        if items.len() == 1
-            && let Some(alone) = items.pop()
+    /// Refused, or not: the client's limit, its available points, the coupon's stock, as the
+    /// transaction path checks them, from what was read under the write lock.
+    fn check(&self, read: &QueryResult) -> Result<(), RepoError> {
+        let column = |name: &str| read.try_get::<Option<i64>>("", name).map_err(classify);
+        let coupon = &self.stored.coupon_id;
+        if let Some(limit) = self.per_client_limit
+            && column("held")?.unwrap_or_default() >= i64::from(limit)
         {
-            // Alone in its transaction: one that fails is undone by the rollback, with no
-            // savepoint to pay for.
-            let written = outcome(alone.script.run(&*txn).await)?;
-            if written.as_ref().is_ok_and(Option::is_some) {
-                txn.commit().await.map_err(classify)?;
+            return Err(limit_reached(coupon, limit));
+        }
+        spend_source(
+            &self.use_event,
+            self.points,
+            column("available")?.unwrap_or_default(),
+        )?;
+        match (column("redeemed")?, self.stock) {
+            (None, _) => Err(out_of_stock(coupon)),
+            (Some(redeemed), Some(stock)) if redeemed >= i64::from(stock) => {
+                Err(out_of_stock(coupon))
             }
-            return Ok(vec![written]);
+            _ => Ok(()),
         }
-        let mut outcomes = Vec::with_capacity(items.len());
-        for item in items {
-            outcomes.push(item.write_in_savepoint(&*txn).await?);
-        }
-        txn.commit().await.map_err(classify)?;
-        Ok(outcomes)
     }
 }
 
-impl BatchWriter<PreparedScriptEarn, Option<i64>> for EarnScriptWriter {
-    async fn write(&self, items: Vec<PreparedScriptEarn>) -> Vec<Result<Option<i64>, RepoError>> {
-        let count = items.len();
-        // A transaction that did not commit wrote none of them.
-        self.write_all(items)
-            .await
-            .unwrap_or_else(|err| (0..count).map(|_| Err(err.clone())).collect())
+impl ScriptItem for PreparedScriptRedemption {
+    /// The redemption as stored, with its Use event's id.
+    type Written = Redemption;
+
+    async fn write_in(
+        mut self,
+        txn: &DatabaseTransaction,
+        savepoint: bool,
+    ) -> Result<Redemption, RepoError> {
+        let mut reads = Script::default();
+        if savepoint {
+            reads.push_sql(&format!("SAVEPOINT {SAVEPOINT}"));
+        }
+        reads.append(std::mem::take(&mut self.reads));
+        let read = reads.run(txn).await?;
+        self.check(
+            read.last().ok_or_else(|| {
+                RepoError::Other("the redemption's reads answered nothing".into())
+            })?,
+        )?;
+        let mut writes = std::mem::take(&mut self.writes);
+        if savepoint {
+            writes.push_sql(&format!("RELEASE {SAVEPOINT}"));
+        }
+        let use_event_id = event_id(&writes.run(txn).await?)?;
+        Ok(Redemption {
+            use_event_id: Some(use_event_id),
+            ..self.stored
+        })
     }
+}
+
+/// What a redemption reads under the write lock, after writing the request's record (so that
+/// a request id taken fails first): the client's available points, its live
+/// redemptions of the coupon and the coupon's redeemed count.
+fn redemption_reads(
+    tenant: &TenantId,
+    client: &str,
+    coupon: &str,
+    record: &IdempotencyRecord,
+) -> Result<Script, RepoError> {
+    let mut reads = Script::default();
+    reads.push(&insert_rows(&[record_row(tenant, record)], &[])?);
+    let held = Query::select()
+        .expr(Expr::col(Asterisk).count())
+        .from(redemptions::Entity)
+        .and_where(redemptions::Column::TenantId.eq(tenant.as_str()))
+        .and_where(redemptions::Column::CouponId.eq(coupon))
+        .and_where(redemptions::Column::ClientId.eq(client))
+        .and_where(redemptions::Column::Status.is_in(live_statuses()))
+        .to_owned();
+    let redeemed = Query::select()
+        .column(coupons::Column::RedeemedCount)
+        .from(coupons::Entity)
+        .and_where(coupons::Column::TenantId.eq(tenant.as_str()))
+        .and_where(coupons::Column::CouponId.eq(coupon))
+        .to_owned();
+    let balance = |column: balances::Column| balance_column(tenant, client, column);
+    reads.push(
+        Query::select()
+            .expr_as(
+                balance(balances::Column::Available),
+                Alias::new("available"),
+            )
+            .expr_as(sub_query(held), Alias::new("held"))
+            .expr_as(sub_query(redeemed), Alias::new("redeemed")),
+    );
+    Ok(reads)
+}
+
+/// A SELECT as a value.
+fn sub_query(select: SelectStatement) -> Expr {
+    Expr::SubQuery(None, Box::new(select.into_sub_query_statement()))
 }
 
 /// The statements of one earn, in order: the event (its running balance read from the balance
@@ -262,8 +505,7 @@ fn balance_row(tenant: &TenantId, client: &str) -> SelectStatement {
 
 /// `column` of the client's balance row, as a value.
 fn balance_column(tenant: &TenantId, client: &str, column: balances::Column) -> Expr {
-    let select = balance_row(tenant, client).column(column).to_owned();
-    Expr::SubQuery(None, Box::new(select.into_sub_query_statement()))
+    sub_query(balance_row(tenant, client).column(column).to_owned())
 }
 
 /// An INSERT of `rows`: the columns the first row sets, each value bound as the row holds it,
@@ -319,6 +561,24 @@ impl Script {
         self.push_sql(&built.sql);
         self.values
             .extend(built.values.map(|v| v.0).unwrap_or_default());
+    }
+
+    /// A statement written as SQL, with its values.
+    fn push_with_values(&mut self, sql: &str, values: impl IntoIterator<Item = Value>) {
+        self.push_sql(sql);
+        self.values.extend(values);
+    }
+
+    /// These statements, inside [`SAVEPOINT`] if `savepoint`.
+    fn in_savepoint(self, savepoint: bool) -> Self {
+        if !savepoint {
+            return self;
+        }
+        let mut wrapped = Self::default();
+        wrapped.push_sql(&format!("SAVEPOINT {SAVEPOINT}"));
+        wrapped.append(self);
+        wrapped.push_sql(&format!("RELEASE {SAVEPOINT}"));
+        wrapped
     }
 
     /// `other`'s statements after these.

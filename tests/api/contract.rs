@@ -1051,8 +1051,8 @@ async fn lots_left(store: &TestDb, client: &str) -> Vec<i64> {
         .collect()
 }
 
-/// On PostgreSQL a redemption is written by one function call, on SQLite (and by the
-/// statement-by-statement repository, on both) one row at a time: both must leave the same rows.
+/// A redemption is written by one function call on PostgreSQL and by two scripts on SQLite; by
+/// the statement-by-statement repository, one row at a time: both must leave the same rows.
 #[allow(clippy::too_many_lines)] // one scenario, compared table by table
 async fn a_redemption_is_stored_alike_in_one_call_and_statement_by_statement(store: &TestDb) {
     use one_loyalty::persistence::RedemptionRepository;
@@ -1070,10 +1070,9 @@ async fn a_redemption_is_stored_alike_in_one_call_and_statement_by_statement(sto
         earn_lots_for(&ledger, &t, client, &["3", "4", "5"]).await;
     }
     let plan = redeem_plan("org:a", "q-a", "6");
-    assert_eq!(
-        one_loyalty::persistence::few_statements::fits_redemption(&store.db, &plan),
-        store.db.get_database_backend() == sea_orm::DbBackend::Postgres,
-        "on PostgreSQL the one-call path is the one under test"
+    assert!(
+        one_loyalty::persistence::few_statements::is_plain_redemption(&plan),
+        "the few-round-trip path is the one under test"
     );
     let a = fast
         .redeem(&t, &plan, &redeem_record("q-a"))
@@ -1468,40 +1467,42 @@ async fn every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision(
 }
 
 /// `plans` redeemed together, as group commit writes them: on PostgreSQL in one
-/// `loyalty_redeem_batch` call, on SQLite one after the other through the repository.
+/// `loyalty_redeem_batch` call, on SQLite in one transaction, each in a savepoint of its own.
 async fn redeem_together(
     store: &TestDb,
     t: &TenantId,
     plans: &[one_loyalty::persistence::RedeemPlan],
 ) -> Vec<Result<one_loyalty::domain::redemption::Redemption, RepoError>> {
-    use one_loyalty::persistence::RedemptionRepository;
     use one_loyalty::persistence::few_statements::{PreparedRedemption, RedemptionWriter};
     use one_loyalty::persistence::group_commit::BatchWriter;
-    use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
+    use one_loyalty::persistence::sqlite_script::{PreparedScriptRedemption, ScriptWriter};
+    let now = Utc::now();
+    // As the repository records them: the request names its redemption.
+    let records: Vec<_> = plans
+        .iter()
+        .map(|plan| IdempotencyRecord {
+            result_ref: plan.redemption.redemption_id.clone(),
+            ..redeem_record(&plan.redemption.request_id)
+        })
+        .collect();
     if store.db.get_database_backend() == sea_orm::DbBackend::Postgres {
-        let now = Utc::now();
         let prepared = plans
             .iter()
-            .map(|plan| {
-                // As the repository records it: the request names its redemption.
-                let record = IdempotencyRecord {
-                    result_ref: plan.redemption.redemption_id.clone(),
-                    ..redeem_record(&plan.redemption.request_id)
-                };
-                PreparedRedemption::new(t, plan, &record, now).expect("prepared")
-            })
+            .zip(&records)
+            .map(|(plan, record)| PreparedRedemption::new(t, plan, record, now).expect("prepared"))
             .collect();
         return RedemptionWriter::new(store.db.clone())
             .write(prepared)
             .await;
     }
-    let repo = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock));
-    let mut outcomes = Vec::new();
-    for plan in plans {
-        let record = redeem_record(&plan.redemption.request_id);
-        outcomes.push(repo.redeem(t, plan, &record).await);
-    }
-    outcomes
+    let prepared = plans
+        .iter()
+        .zip(&records)
+        .map(|(plan, record)| {
+            PreparedScriptRedemption::new(t, plan, record, now).expect("prepared")
+        })
+        .collect();
+    ScriptWriter::new(store.db.clone()).write(prepared).await
 }
 
 /// Each client's available points are as given, and every balance is the sum of its events.
@@ -1519,9 +1520,9 @@ async fn assert_available(ledger: &SeaLedgerRepository, t: &TenantId, expected: 
     }
 }
 
-/// Redemptions written together (group commit, PostgreSQL: one `loyalty_redeem_batch` call) each
-/// have the outcome they would have alone, in the batch's order, and what one refuses leaves no
-/// trace while the others are written. On SQLite the same redemptions go one after the other.
+/// Redemptions written together (group commit: on PostgreSQL one `loyalty_redeem_batch` call, on
+/// SQLite one transaction) each have the outcome they would have alone, in the batch's order,
+/// and what one refuses leaves no trace while the others are written.
 #[allow(clippy::too_many_lines)] // one batch, each item's outcome and every table it touches
 async fn redemptions_written_together_each_have_their_own_outcome(store: &TestDb) {
     use one_loyalty::persistence::entities::{idempotency_records, outbox};
@@ -1644,8 +1645,8 @@ async fn redemptions_written_together_each_have_their_own_outcome(store: &TestDb
 
 /// A batch whose function call fails as a whole (an error the function does not catch: here a
 /// Use event whose request id an earlier event holds) is written again item by item, so only
-/// that item fails and the others are written. On SQLite the same redemptions go one after the
-/// other, with the same outcomes.
+/// that item fails and the others are written. On SQLite, where the batch is one transaction,
+/// that item is undone in its savepoint alone, with the same outcomes.
 async fn a_batch_that_fails_as_a_whole_is_written_again_item_by_item(store: &TestDb) {
     let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
     let t = tenant("t1");
@@ -1688,7 +1689,7 @@ async fn earns_written_together_each_have_their_own_outcome(store: &TestDb) {
     use one_loyalty::persistence::documents::SeaDocumentRepository;
     use one_loyalty::persistence::few_statements::{EarnWriter, PreparedEarn};
     use one_loyalty::persistence::group_commit::BatchWriter;
-    use one_loyalty::persistence::sqlite_script::{EarnScriptWriter, PreparedScriptEarn};
+    use one_loyalty::persistence::sqlite_script::{PreparedScriptEarn, ScriptWriter};
     let t = tenant("t1");
     let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
     let deliveries = [
@@ -1724,7 +1725,7 @@ async fn earns_written_together_each_have_their_own_outcome(store: &TestDb) {
                 PreparedScriptEarn::new(&t, stored, event, lines, now).expect("prepared")
             })
             .collect();
-        EarnScriptWriter::new(store.db.clone()).write(items).await
+        ScriptWriter::new(store.db.clone()).write(items).await
     };
     let event_ids: Vec<Option<i64>> = outcomes
         .into_iter()
