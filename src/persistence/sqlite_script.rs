@@ -215,7 +215,13 @@ impl PreparedScriptRedemption {
         stored.created_at = now;
         stored.updated_at = now;
 
-        let reads = redemption_reads(tenant, client, &stored.coupon_id, record)?;
+        let reads = redemption_reads(
+            tenant,
+            client,
+            &stored.coupon_id,
+            record,
+            plan.per_client_limit.is_some(),
+        )?;
         let balance = |column: balances::Column| balance_column(tenant, client, column);
         let mut writes = Script::default();
         writes.push(&insert_rows(
@@ -358,13 +364,14 @@ impl ScriptItem for PreparedScriptRedemption {
 }
 
 /// What a redemption reads under the write lock, after writing the request's record (so that
-/// a request id taken fails first): the client's available points, its live
-/// redemptions of the coupon and the coupon's redeemed count.
+/// a request id taken fails first): the client's available points, the coupon's redeemed
+/// count and, with `count_held` (a per-client limit), the client's live redemptions of it.
 fn redemption_reads(
     tenant: &TenantId,
     client: &str,
     coupon: &str,
     record: &IdempotencyRecord,
+    count_held: bool,
 ) -> Result<Script, RepoError> {
     let mut reads = Script::default();
     reads.push(&insert_rows(&[record_row(tenant, record)], &[])?);
@@ -382,16 +389,16 @@ fn redemption_reads(
         .and_where(coupons::Column::TenantId.eq(tenant.as_str()))
         .and_where(coupons::Column::CouponId.eq(coupon))
         .to_owned();
-    let balance = |column: balances::Column| balance_column(tenant, client, column);
-    reads.push(
-        Query::select()
-            .expr_as(
-                balance(balances::Column::Available),
-                Alias::new("available"),
-            )
-            .expr_as(sub_query(held), Alias::new("held"))
-            .expr_as(sub_query(redeemed), Alias::new("redeemed")),
-    );
+    let mut read = Query::select();
+    read.expr_as(
+        balance_column(tenant, client, balances::Column::Available),
+        Alias::new("available"),
+    )
+    .expr_as(sub_query(redeemed), Alias::new("redeemed"));
+    if count_held {
+        read.expr_as(sub_query(held), Alias::new("held"));
+    }
+    reads.push(&read);
     Ok(reads)
 }
 
