@@ -29,7 +29,9 @@ use super::event_lines::row as event_line_row;
 use super::group_commit::BatchWriter;
 use super::idempotency::record_row;
 use super::ledger::{entering_locked, event_row, lot_row, spend_source};
-use super::redemptions::{limit_reached, live_statuses, out_of_stock, outbox_row, to_row};
+use super::redemptions::{
+    limit_reached, live_statuses, out_of_stock, outbox_row, stored_at, to_row,
+};
 use crate::domain::documents::DocumentRecord;
 use crate::domain::engine::LineCalculation;
 use crate::domain::idempotency::IdempotencyRecord;
@@ -275,9 +277,7 @@ impl PreparedRedemption {
     ) -> Result<Self, RepoError> {
         let event = &plan.use_event;
         let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
-        let mut stored = plan.redemption.clone();
-        stored.created_at = now;
-        stored.updated_at = now;
+        let stored = stored_at(plan, now);
         let mut arguments = JsonObject::new();
         arguments.value("tenant", tenant.as_str())?;
         arguments.value("client", &event.client_id)?;

@@ -129,10 +129,10 @@ impl RedemptionRepository for SeaRedemptionRepository {
             }
         }
         let spent = append_locked(&txn, tenant, &plan.use_event, &locked, now).await?;
-        let mut stored = r.clone();
-        stored.use_event_id = Some(spent.event_id);
-        stored.created_at = now;
-        stored.updated_at = now;
+        let stored = Redemption {
+            use_event_id: Some(spent.event_id),
+            ..stored_at(plan, now)
+        };
         redemptions::Entity::insert(to_row(tenant, &stored)?)
             .exec(&txn)
             .await
@@ -434,6 +434,15 @@ pub(super) fn limit_reached(coupon_id: &str, limit: u32) -> RepoError {
 /// A redemption refused because the coupon's stock is gone.
 pub(super) fn out_of_stock(coupon_id: &str) -> RepoError {
     RepoError::Precondition(format!("coupon {coupon_id} is out of stock"))
+}
+
+/// A new redemption as stored at `now`, but for its Use event's id.
+pub(super) fn stored_at(plan: &RedeemPlan, now: DateTime<Utc>) -> Redemption {
+    Redemption {
+        created_at: now,
+        updated_at: now,
+        ..plan.redemption.clone()
+    }
 }
 
 /// The outbox message that delivers a new redemption; its id is the database's to give.

@@ -37,7 +37,9 @@ use super::event_lines::row as event_line_row;
 use super::group_commit::BatchWriter;
 use super::idempotency::record_row;
 use super::ledger::{empty_balance_row, entering_locked, event_row, lot_row, spend_source};
-use super::redemptions::{limit_reached, live_statuses, out_of_stock, outbox_row, to_row};
+use super::redemptions::{
+    limit_reached, live_statuses, out_of_stock, outbox_row, stored_at, to_row,
+};
 use crate::domain::documents::DocumentRecord;
 use crate::domain::engine::LineCalculation;
 use crate::domain::idempotency::IdempotencyRecord;
@@ -211,9 +213,7 @@ impl PreparedScriptRedemption {
         let event = &plan.use_event;
         let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
         let client = event.client_id.as_str();
-        let mut stored = plan.redemption.clone();
-        stored.created_at = now;
-        stored.updated_at = now;
+        let stored = stored_at(plan, now);
 
         let reads = redemption_reads(
             tenant,

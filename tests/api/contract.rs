@@ -770,11 +770,9 @@ async fn a_decided_invoice_is_stored_alike_in_one_call_and_in_a_transaction(stor
         "the lot's terms"
     );
     assert_eq!(lot_a, lot_b, "lots");
-    let balance = balances::Entity::find_by_id(("t1".to_owned(), "org:a".to_owned()))
-        .one(&store.db)
-        .await
-        .expect("read")
-        .expect("balance");
+    let balance_row =
+        || balances::Entity::find_by_id(("t1".to_owned(), "org:a".to_owned())).one(&store.db);
+    let balance = balance_row().await.expect("read").expect("balance");
     assert_eq!(
         (
             balance.total,
@@ -830,11 +828,7 @@ async fn a_decided_invoice_is_stored_alike_in_one_call_and_in_a_transaction(stor
     assert_eq!(event_lines(ec).await, event_lines(eb).await, "event lines");
     assert_eq!(lot(ec).await, lot_b, "lots");
     assert_eq!(doc("C").await, doc("B").await, "document rows");
-    let balance = balances::Entity::find_by_id(("t1".to_owned(), "org:a".to_owned()))
-        .one(&store.db)
-        .await
-        .expect("read")
-        .expect("balance");
+    let balance = balance_row().await.expect("read").expect("balance");
     assert_eq!(
         (
             balance.total,
