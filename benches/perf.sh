@@ -69,4 +69,9 @@ rm -f target/bench/service.sqlite*
 "$bench" service --database-url "sqlite://target/bench/service.sqlite" --clients "$clients" \
   --history "$history" --workloads "$workloads" --concurrency 1,8 --duration "$secs" | tee -a "$results"
 
+echo "== service on SQLite, group commit off (each write alone)"
+LOYALTY__DATABASE__WRITE_BATCH_MAX=1 "$bench" service --database-url "sqlite://target/bench/service.sqlite" \
+  --clients "$clients" --no-seed --label no-group-commit --workloads earn,redeem,redeem-hot,mixed \
+  --concurrency 8 --duration "$secs" | tee -a "$results"
+
 python3 benches/ratios.py "$results" | tee "$out/table.md"

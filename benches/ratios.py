@@ -69,6 +69,8 @@ for w in ("earn", "redeem", "mixed"):
 for w in ("earn", "redeem", "redeem-hot", "mixed"):
     for c in (8, 64):
         row(f"Group commit on vs off (each write alone), {w}, PostgreSQL, {c} clients, calls/s", get(w, "postgres", c), get(w, "postgres", c, "no-group-commit"), "tps", "(reported)", "ratio")
+for w in ("earn", "redeem", "redeem-hot", "mixed"):
+    row(f"Group commit on vs off (each write alone), {w}, SQLite, 8 clients, calls/s", get(w, "sqlite", 8), get(w, "sqlite", 8, "no-group-commit"), "tps", "(reported)", "ratio")
 fsync = get("fsync", "b0", 1)
 if fsync:
     out.append("")
