@@ -190,8 +190,8 @@ pub struct DatabaseSettings {
     /// SQLite only: how much of the file is read through a memory map (0: none).
     #[serde(default)]
     pub sqlite_mmap_bytes: u64,
-    /// PostgreSQL: the most earns (or redemptions) written together in one call and one commit
-    /// (group commit); 1 writes each alone.
+    /// The most earns (or redemptions) written together, in one call on PostgreSQL or one
+    /// transaction on SQLite, and one commit (group commit); 1 writes each alone.
     #[serde(default = "default_write_batch_max")]
     pub write_batch_max: usize,
     pub auto_migrate: bool,

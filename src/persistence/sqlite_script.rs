@@ -1,15 +1,20 @@
-//! SQLite only: a received invoice with its earn written in one script. Each statement sent to
-//! SQLite is a hand-off to the connection's worker thread and back (two thread switches), and an
-//! earn written statement by statement was ten of them (docs/PERFORMANCE.md); as one script it
-//! is three: `BEGIN IMMEDIATE`, the script, `COMMIT`.
+//! SQLite only: the two hot writes in few scripts. Each statement sent to SQLite is a hand-off to
+//! the connection's worker thread and back (two thread switches); written statement by
+//! statement, an earn was ten of them and a redemption twelve and one per lot it spent
+//! (docs/PERFORMANCE.md). A script is statements sent as one: sqlx-sqlite runs them in order in
+//! its worker thread, binding the values statement by statement, and stops at the first that
+//! fails. An earn is `BEGIN IMMEDIATE`, one script, `COMMIT`; a redemption is two scripts, what
+//! it reads under the write lock and, once its checks pass, what it writes.
 //!
-//! The script's statements are built from the rows the transaction path builds (`event_row`,
-//! `document_row`, `line_rows`, `lot_row`, the event lines' `row`) and bound as that path binds
-//! them; only the values that the database decides are expressions: the event's id (SQLite's,
-//! `last_insert_rowid()` right after the event is inserted, then the balance row's
-//! `last_event_id`) and the running balance. The write lock taken by `BEGIN IMMEDIATE` keeps what
-//! they read true until the commit. A statement that fails stops the script, and the transaction
-//! is rolled back: a document stored before fails on its primary key and writes nothing.
+//! The statements are built from the rows the transaction path builds (`event_row`,
+//! `document_row`, `line_rows`, `lot_row`, the event lines' `row`, `record_row`, the
+//! redemption's `to_row`, `outbox_row`) and bound as that path binds them; only the values the
+//! database decides are expressions: the event's id (`last_insert_rowid()` right after the
+//! event is inserted, then the balance row's `last_event_id`) and the running balance. The write
+//! lock taken by `BEGIN IMMEDIATE` keeps what they read true until the commit.
+//!
+//! [`ScriptWriter`] writes them with group commit: those that arrive together in one transaction,
+//! each in a savepoint of its own.
 
 use std::future::Future;
 use std::marker::PhantomData;
