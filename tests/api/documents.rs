@@ -25,6 +25,7 @@ on_both_backends!(ClockedApp:
     earned_points_stay_locked_for_the_lock_period_then_expire_after_the_expiry_period,
     a_correction_of_locked_points_takes_them_from_the_locked_part,
     a_penalty_consumes_the_oldest_lots_so_expiry_takes_only_what_is_left,
+    an_invoice_of_the_most_lines_allowed_earns_on_every_line_and_is_stored_whole,
 );
 
 const TZ: chrono_tz::Tz = chrono_tz::Europe::Warsaw;
@@ -693,4 +694,36 @@ async fn a_penalty_consumes_the_oldest_lots_so_expiry_takes_only_what_is_left(ap
         four("0.00", "0.00", "0.00", "0.00"),
         "nothing was taken twice"
     );
+}
+
+/// The longest invoice allowed is written whole, in statements of several chunks of rows (the
+/// PostgreSQL function's JSON arguments, SQLite's script): every line stored, every line's
+/// calculation kept, every line's points earned.
+async fn an_invoice_of_the_most_lines_allowed_earns_on_every_line_and_is_stored_whole(
+    app: &ClockedApp,
+) {
+    use one_loyalty::domain::documents::MAX_LINES;
+    use one_loyalty::persistence::entities::{document_lines, ledger_event_lines};
+    use sea_orm::{ColumnTrait, EntityTrait, PaginatorTrait, QueryFilter};
+    setting(app).await;
+    let count = u32::try_from(MAX_LINES).expect("a line count");
+    // Each line as the worked example's first: 66.00 points.
+    let lines = (1..=count).map(|no| line(no, "P1", "3", "ORD-A")).collect();
+    let result = earned(app, invoice("INV-LONG", "2026-03-09", lines)).await;
+    assert_eq!(result.status, Status::Processed as i32);
+    let expected = format!("{}.00", 66 * count);
+    assert_eq!(result.points, expected);
+    assert_eq!(balance(app).await, expected);
+    let stored = document_lines::Entity::find()
+        .filter(document_lines::Column::DocumentId.eq("INV-LONG"))
+        .count(&app.app.store.db)
+        .await
+        .expect("count");
+    let event_id: i64 = result.event_id.parse().expect("an event id");
+    let explained = ledger_event_lines::Entity::find()
+        .filter(ledger_event_lines::Column::EventId.eq(event_id))
+        .count(&app.app.store.db)
+        .await
+        .expect("count");
+    assert_eq!((stored, explained), (u64::from(count), u64::from(count)));
 }
