@@ -41,7 +41,7 @@ use crate::domain::redemption::Redemption;
 use crate::domain::tenant::TenantId;
 
 /// Whether an event is a plain earn, which [`EarnWriter`] (and on SQLite
-/// `sqlite_script::write_earn`) can write: it takes from no lot and spends nothing, so the
+/// `sqlite_script::PreparedScriptEarn`) can write: it takes from no lot and spends nothing, so the
 /// balance moves by its points alone.
 pub fn is_plain_earn(event: &NewLedgerEvent) -> bool {
     event.event_type == EventType::Earn

@@ -8,11 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sea_orm::sea_query::OnConflict;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query, UpdateStatement};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, Insert, QueryFilter, QueryOrder,
     QuerySelect,
 };
 
@@ -360,35 +359,18 @@ pub(crate) async fn append_locked(
         .await
         .map_err(classify)?
         .last_insert_id;
-    let updated = balances::Entity::update_many()
-        .col_expr(
-            balances::Column::Total,
-            Expr::col(balances::Column::Total).add(points),
-        )
-        .col_expr(
-            balances::Column::Available,
-            Expr::col(balances::Column::Available).add(points - into_locked + from_reserved),
-        )
-        .col_expr(
-            balances::Column::Reserved,
-            Expr::col(balances::Column::Reserved).sub(from_reserved),
-        )
-        .col_expr(
-            balances::Column::Locked,
-            Expr::col(balances::Column::Locked).add(into_locked),
-        )
-        .col_expr(
-            balances::Column::EventCount,
-            Expr::col(balances::Column::EventCount).add(1),
-        )
-        .col_expr(balances::Column::LastEventId, Expr::value(event_id))
-        .col_expr(balances::Column::UpdatedAt, Expr::value(now.fixed_offset()))
-        .filter(balances::Column::TenantId.eq(tenant.as_str()))
-        .filter(balances::Column::ClientId.eq(event.client_id.as_str()))
-        .exec(conn)
+    let moved = BalanceMove::new(points, into_locked, from_reserved);
+    let updated = conn
+        .execute(&balance_update(
+            tenant,
+            &event.client_id,
+            moved,
+            Expr::value(event_id),
+            now,
+        ))
         .await
         .map_err(classify)?;
-    if updated.rows_affected != 1 {
+    if updated.rows_affected() != 1 {
         return Err(RepoError::Other(
             "balance row vanished inside its transaction".into(),
         ));
@@ -496,13 +478,14 @@ pub(crate) fn spend_source(
     )
 }
 
-/// A client's balance row with nothing in it.
-pub(crate) fn empty_balance_row(
+/// The statement that creates the client's balance row at zero if it has none, or, when it
+/// exists, touches it (the conflict update), which on PostgreSQL locks it.
+pub(crate) fn ensure_balance_statement(
     tenant: &TenantId,
     client_id: &str,
     now: DateTime<Utc>,
-) -> balances::ActiveModel {
-    balances::ActiveModel {
+) -> Insert<balances::ActiveModel> {
+    let empty = balances::ActiveModel {
         tenant_id: Set(tenant.as_str().to_owned()),
         client_id: Set(client_id.to_owned()),
         total: Set(0),
@@ -512,7 +495,12 @@ pub(crate) fn empty_balance_row(
         last_event_id: Set(None),
         event_count: Set(0),
         updated_at: Set(now.fixed_offset()),
-    }
+    };
+    balances::Entity::insert(empty).on_conflict(
+        OnConflict::columns([balances::Column::TenantId, balances::Column::ClientId])
+            .update_column(balances::Column::UpdatedAt)
+            .to_owned(),
+    )
 }
 
 /// Creates the client's balance row at zero if it has none, and locks it for the transaction.
@@ -523,19 +511,74 @@ pub(crate) async fn ensure_balance_row(
     client_id: &str,
     now: DateTime<Utc>,
 ) -> Result<balances::Model, RepoError> {
-    let empty = empty_balance_row(tenant, client_id, now);
-    // One statement creates the row or, when it exists, locks it (the conflict update), before
-    // any lot is read: concurrent appends for one client then run one after the other
-    // (PostgreSQL row lock; SQLite serializes writers anyway).
-    balances::Entity::insert(empty)
-        .on_conflict(
-            OnConflict::columns([balances::Column::TenantId, balances::Column::ClientId])
-                .update_column(balances::Column::UpdatedAt)
-                .to_owned(),
-        )
+    // One statement creates the row or, when it exists, locks it, before any lot is read:
+    // concurrent appends for one client then run one after the other (PostgreSQL row lock;
+    // SQLite serializes writers anyway).
+    ensure_balance_statement(tenant, client_id, now)
         .exec_with_returning(conn)
         .await
         .map_err(classify)
+}
+
+/// What one event moves in its client's balance row, in minor units.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BalanceMove {
+    total: i64,
+    available: i64,
+    reserved: i64,
+    locked: i64,
+}
+
+impl BalanceMove {
+    /// An event of `points`, of which `into_locked` enter the locked part (negative: leave it)
+    /// and `from_reserved` come out of the reserved part (a committed reservation's).
+    pub(crate) fn new(points: i64, into_locked: i64, from_reserved: i64) -> Self {
+        Self {
+            total: points,
+            available: points - into_locked + from_reserved,
+            reserved: -from_reserved,
+            locked: into_locked,
+        }
+    }
+}
+
+/// The update of the client's balance row by one event: what it moves, one more event, and
+/// `last_event_id` the event's.
+pub(crate) fn balance_update(
+    tenant: &TenantId,
+    client_id: &str,
+    moved: BalanceMove,
+    last_event_id: Expr,
+    now: DateTime<Utc>,
+) -> UpdateStatement {
+    let add = |column: balances::Column, amount: i64| Expr::col(column).add(amount);
+    Query::update()
+        .table(balances::Entity)
+        .value(
+            balances::Column::Total,
+            add(balances::Column::Total, moved.total),
+        )
+        .value(
+            balances::Column::Available,
+            add(balances::Column::Available, moved.available),
+        )
+        .value(
+            balances::Column::Reserved,
+            add(balances::Column::Reserved, moved.reserved),
+        )
+        .value(
+            balances::Column::Locked,
+            add(balances::Column::Locked, moved.locked),
+        )
+        .value(
+            balances::Column::EventCount,
+            add(balances::Column::EventCount, 1),
+        )
+        .value(balances::Column::LastEventId, last_event_id)
+        .value(balances::Column::UpdatedAt, now.fixed_offset())
+        .and_where(balances::Column::TenantId.eq(tenant.as_str()))
+        .and_where(balances::Column::ClientId.eq(client_id))
+        .to_owned()
 }
 
 /// Points that leave without naming a lot (a penalty, a spend) come out of the client's unlocked

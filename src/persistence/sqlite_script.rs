@@ -20,14 +20,14 @@ use std::future::Future;
 use std::marker::PhantomData;
 
 use chrono::{DateTime, Utc};
-use sea_orm::ActiveValue::{NotSet, Set};
 use sea_orm::sea_query::{
-    Alias, Asterisk, Expr, ExprTrait, Func, InsertStatement, OnConflict, Query,
-    QueryStatementBuilder, SelectStatement,
+    Alias, Asterisk, Expr, ExprTrait, InsertStatement, Query, QueryStatementBuilder,
+    SelectStatement,
 };
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, EntityTrait, IdenStatic, Iterable, QueryResult, Statement, StatementBuilder, Value,
+    DbBackend, EntityTrait, IdenStatic, Iterable, QueryResult, QueryTrait, Statement,
+    StatementBuilder, Value,
 };
 
 use super::RedeemPlan;
@@ -41,7 +41,10 @@ use super::error::{RepoError, classify};
 use super::event_lines::row as event_line_row;
 use super::group_commit::BatchWriter;
 use super::idempotency::record_row;
-use super::ledger::{empty_balance_row, entering_locked, event_row, lot_row, spend_source};
+use super::ledger::{
+    BalanceMove, balance_update, ensure_balance_statement, entering_locked, event_row, lot_row,
+    spend_source,
+};
 use super::redemptions::{
     limit_reached, live_statuses, out_of_stock, outbox_row, stored_at, to_row,
 };
@@ -236,30 +239,14 @@ impl PreparedScriptRedemption {
                 balance(balances::Column::Total).add(points),
             )],
         )?);
-        // A plain redemption spends available points, none reserved.
-        writes.push(
-            Query::update()
-                .table(balances::Entity)
-                .value(
-                    balances::Column::Total,
-                    Expr::col(balances::Column::Total).add(points),
-                )
-                .value(
-                    balances::Column::Available,
-                    Expr::col(balances::Column::Available).add(points),
-                )
-                .value(
-                    balances::Column::EventCount,
-                    Expr::col(balances::Column::EventCount).add(1),
-                )
-                .value(
-                    balances::Column::LastEventId,
-                    Expr::cust("last_insert_rowid()"),
-                )
-                .value(balances::Column::UpdatedAt, now.fixed_offset())
-                .and_where(balances::Column::TenantId.eq(tenant.as_str()))
-                .and_where(balances::Column::ClientId.eq(client)),
-        );
+        // A plain redemption spends available points, none reserved or locked.
+        writes.push(&balance_update(
+            tenant,
+            client,
+            BalanceMove::new(points, 0, 0),
+            Expr::cust("last_insert_rowid()"),
+            now,
+        ));
         // The client's unlocked lots, oldest first, each giving what is left to take.
         writes.push_with_values(
             "UPDATE earn_lots SET remaining = earn_lots.remaining - spend.take FROM ( \
@@ -345,21 +332,16 @@ impl ScriptItem for PreparedScriptRedemption {
         txn: &DatabaseTransaction,
         savepoint: bool,
     ) -> Result<Redemption, RepoError> {
-        let mut reads = Script::default();
-        if savepoint {
-            reads.push_sql(&format!("SAVEPOINT {SAVEPOINT}"));
-        }
-        reads.append(std::mem::take(&mut self.reads));
-        let read = reads.run(txn).await?;
+        let read = std::mem::take(&mut self.reads)
+            .after_savepoint(savepoint)
+            .run(txn)
+            .await?;
         self.check(
             read.last().ok_or_else(|| {
                 RepoError::Other("the redemption's reads answered nothing".into())
             })?,
         )?;
-        let mut writes = std::mem::take(&mut self.writes);
-        if savepoint {
-            writes.push_sql(&format!("RELEASE {SAVEPOINT}"));
-        }
+        let writes = std::mem::take(&mut self.writes).then_release(savepoint);
         let use_event_id = event_id(&writes.run(txn).await?)?;
         Ok(Redemption {
             use_event_id: Some(use_event_id),
@@ -424,56 +406,25 @@ fn earn_script(
     now: DateTime<Utc>,
 ) -> Result<(), RepoError> {
     let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
-    let into_locked = entering_locked(event, points);
     let client = event.client_id.as_str();
-
-    let total_before = Expr::expr(Func::coalesce([
-        balance_column(tenant, client, balances::Column::Total),
-        Expr::val(0),
-    ]));
+    // As the transaction path appends it: the balance row created or touched, the event with
+    // the running balance, then the row moved and named after the event, whose id SQLite has
+    // just given.
+    script.push(&ensure_balance_statement(tenant, client, now).into_query());
     script.push(&insert_rows(
         &[event_row(tenant, event, points, 0, now)],
         &[(
             ledger_events::Column::BalanceAfter,
-            total_before.add(points),
+            balance_column(tenant, client, balances::Column::Total).add(points),
         )],
     )?);
-
-    let added = |column: balances::Column| {
-        Expr::col((balances::Entity, column)).add(Expr::col((Alias::new("excluded"), column)))
-    };
-    // What the earn adds to the row; its id is the event's, given by SQLite just before.
-    let balance = balances::ActiveModel {
-        total: Set(points),
-        available: Set(points - into_locked),
-        locked: Set(into_locked),
-        event_count: Set(1),
-        last_event_id: NotSet,
-        ..empty_balance_row(tenant, client, now)
-    };
-    let mut upsert = insert_rows(
-        &[balance],
-        &[(
-            balances::Column::LastEventId,
-            Expr::cust("last_insert_rowid()"),
-        )],
-    )?;
-    upsert.on_conflict(
-        OnConflict::columns([balances::Column::TenantId, balances::Column::ClientId])
-            .value(balances::Column::Total, added(balances::Column::Total))
-            .value(
-                balances::Column::Available,
-                added(balances::Column::Available),
-            )
-            .value(balances::Column::Locked, added(balances::Column::Locked))
-            .value(
-                balances::Column::EventCount,
-                added(balances::Column::EventCount),
-            )
-            .update_columns([balances::Column::LastEventId, balances::Column::UpdatedAt])
-            .to_owned(),
-    );
-    script.push(&upsert);
+    script.push(&balance_update(
+        tenant,
+        client,
+        BalanceMove::new(points, entering_locked(event, points), 0),
+        Expr::cust("last_insert_rowid()"),
+        now,
+    ));
 
     let this_event = || balance_column(tenant, client, balances::Column::LastEventId);
     script.push(&insert_rows(
@@ -583,14 +534,26 @@ impl Script {
 
     /// These statements, inside [`SAVEPOINT`] if `savepoint`.
     fn in_savepoint(self, savepoint: bool) -> Self {
+        self.after_savepoint(savepoint).then_release(savepoint)
+    }
+
+    /// These statements, after opening [`SAVEPOINT`] if `savepoint`.
+    fn after_savepoint(self, savepoint: bool) -> Self {
         if !savepoint {
             return self;
         }
-        let mut wrapped = Self::default();
-        wrapped.push_sql(&format!("SAVEPOINT {SAVEPOINT}"));
-        wrapped.append(self);
-        wrapped.push_sql(&format!("RELEASE {SAVEPOINT}"));
-        wrapped
+        let mut opened = Self::default();
+        opened.push_sql(&format!("SAVEPOINT {SAVEPOINT}"));
+        opened.append(self);
+        opened
+    }
+
+    /// These statements, then releasing [`SAVEPOINT`] if `savepoint`.
+    fn then_release(mut self, savepoint: bool) -> Self {
+        if savepoint {
+            self.push_sql(&format!("RELEASE {SAVEPOINT}"));
+        }
+        self
     }
 
     /// `other`'s statements after these.
