@@ -838,7 +838,7 @@ async fn echo_server() -> Result<(), BenchError> {
     let (_reporter, health) = tonic_health::server::health_reporter();
     tonic::transport::Server::builder()
         .add_service(health)
-        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+        .serve_with_incoming(one_loyalty::startup::accepting(listener))
         .await?;
     Ok(())
 }

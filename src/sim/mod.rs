@@ -599,7 +599,7 @@ impl CoreSim {
             .add_service(big!(PromotionServiceServer))
             .serve_with_incoming_shutdown(
                 tokio_stream::StreamExt::filter(
-                    tokio_stream::wrappers::TcpListenerStream::new(listener),
+                    crate::startup::accepting(listener),
                     // A refused connection is dropped, which closes it.
                     move |_| !refusing.state().faults.refuse_connections,
                 ),
