@@ -290,10 +290,13 @@ impl Model {
 
     /// Time passes by more than the reservation TTL: the release job expires every held
     /// reservation, then the lot job expires what is left of every due lot, oldest first.
-    fn pass(&mut self, days: u64) {
+    /// Returns how many reservations and how many lots expired.
+    fn pass(&mut self, days: u64) -> (usize, usize) {
         self.now = Some(self.now() + Days::new(days));
+        let (mut reservations, mut lots) = (0, 0);
         for reservation in &mut self.reservations {
             if reservation.status == State::Held {
+                reservations += 1;
                 reservation.status = State::Expired;
                 let state = &mut self.clients[reservation.client];
                 state.reserved -= reservation.points;
@@ -306,12 +309,14 @@ impl Model {
                 // As the service does: a lot whose points exceed what is available (a debit
                 // that found no lot to take from came first) waits.
                 if lot.0 <= now && lot.1 > 0 && client.available >= lot.1 {
+                    lots += 1;
                     client.total -= lot.1;
                     client.available -= lot.1;
                     lot.1 = 0;
                 }
             }
         }
+        (reservations, lots)
     }
 }
 
@@ -528,18 +533,33 @@ impl Harness {
             Op::Pass { days } => {
                 let next = self.model.now() + Days::new(days);
                 self.app.set_time(&next.to_rfc3339());
-                self.model.pass(days);
+                let expected = self.model.pass(days);
                 let services = &self.app.app.services;
-                services
+                let reservations = services
                     .redeem
                     .release_expired(10_000)
                     .await
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
-                services
+                let (_, lots) = services
                     .ledger
                     .run_lot_jobs(10_000)
                     .await
                     .map_err(|e| TestCaseError::fail(e.to_string()))?;
+                prop_assert_eq!(
+                    (reservations, lots),
+                    expected,
+                    "step {}: reservations and lots expired",
+                    self.steps
+                );
+                *self.outcomes.entry("Pass".into()).or_default() += 1;
+                *self
+                    .outcomes
+                    .entry("Pass: reservation expired".into())
+                    .or_default() += reservations;
+                *self.outcomes.entry("Pass: lot expired".into()).or_default() += lots;
+                for client in 0..CLIENTS {
+                    self.check_balance(client).await?;
+                }
                 return Ok(None);
             }
             Op::Retry => return Ok(None),
@@ -645,6 +665,8 @@ fn the_service_behaves_as_the_reference_model_over_ten_thousand_random_steps() {
         "Commit Refused(FailedPrecondition)",
         "Commit Ok",
         "Release Ok",
+        "Pass: reservation expired",
+        "Pass: lot expired",
     ] {
         assert!(outcomes.contains_key(kind), "no step ended in {kind}");
     }
