@@ -295,9 +295,7 @@ fn to_row(tenant: &TenantId, c: &Coupon) -> Result<coupons::ActiveModel, RepoErr
         description: Set(s.description.clone()),
         pool_id: Set(s.pool_id.clone()),
         email: Set(s.email.clone()),
-        point_value: Set(
-            to_minor_units(s.point_value).map_err(|e| RepoError::Other(e.to_string()))?
-        ),
+        point_value: Set(to_minor_units(s.point_value)?),
         image_url: Set(s.image_url.clone()),
         appearance_date: Set(s.appearance_date),
         expiration_date: Set(s.expiration_date),

@@ -119,10 +119,6 @@ impl SeaDocumentRepository {
     }
 }
 
-fn units(value: Decimal) -> Result<i64, RepoError> {
-    to_minor_units(value).map_err(|e| RepoError::Other(e.to_string()))
-}
-
 #[async_trait]
 impl DocumentRepository for SeaDocumentRepository {
     async fn receive<'d>(
@@ -242,7 +238,7 @@ impl DocumentRepository for SeaDocumentRepository {
             Some((event, lines)) => {
                 let appended = append_in(&txn, tenant, event, now).await?;
                 insert_lines(&txn, tenant, appended.event_id, lines).await?;
-                (Some(appended.event_id), units(event.points)?)
+                (Some(appended.event_id), to_minor_units(event.points)?)
             }
             None => (None, 0),
         };
@@ -395,7 +391,7 @@ pub(crate) fn document_row(
         source: Set(record.source.as_str().to_owned()),
         status: Set(record.status.as_str().to_owned()),
         non_earning_reason: Set(record.non_earning_reason.map(|r| r.as_str().to_owned())),
-        points: Set(units(record.points)?),
+        points: Set(to_minor_units(record.points)?),
         event_id: Set(record.event_id),
         earn_after: Set(record.earn_after.map(|t| t.fixed_offset())),
         attempts: Set(0),
@@ -418,7 +414,7 @@ pub(crate) fn line_rows(
                 line_no: Set(i32::try_from(l.line_no)
                     .map_err(|_| RepoError::Other("line number out of range".into()))?),
                 product_id: Set(l.product_id.clone()),
-                quantity: Set(units(l.quantity)?),
+                quantity: Set(to_minor_units(l.quantity)?),
                 order_number: Set(l.order_number.clone()),
                 corrected_line_no: Set(l.corrected_line_no.and_then(|n| i32::try_from(n).ok())),
             })

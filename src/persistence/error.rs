@@ -2,6 +2,7 @@
 
 use sea_orm::{DbErr, RuntimeErr, SqlErr};
 
+use crate::domain::points::AmountError;
 use crate::domain::tenant::TenantId;
 
 /// What went wrong below the repositories, in terms the services act on.
@@ -29,6 +30,14 @@ pub enum RepoError {
     /// Anything else.
     #[error("database error: {0}")]
     Other(String),
+}
+
+/// Points that do not fit the storage scale (more decimal places, or beyond `i64` minor units)
+/// cannot be written.
+impl From<AmountError> for RepoError {
+    fn from(err: AmountError) -> Self {
+        Self::Other(err.to_string())
+    }
 }
 
 /// Turns a SeaORM error into a [`RepoError`]: unique violation → Conflict, serialization

@@ -17,10 +17,6 @@ use crate::domain::tenant::TenantId;
 /// Rows per INSERT, below SQLite's bound-value limit.
 const CHUNK: usize = 500;
 
-fn units(value: Decimal) -> Result<i64, RepoError> {
-    to_minor_units(value).map_err(|e| RepoError::Other(e.to_string()))
-}
-
 /// Writes the lines of an event inside the caller's transaction.
 pub(crate) async fn insert_lines(
     conn: &impl ConnectionTrait,
@@ -83,16 +79,16 @@ pub(crate) fn row(
         line_no: Set(i32::try_from(l.line_no)
             .map_err(|_| RepoError::Other("line number out of range".into()))?),
         product_id: Set(l.product_id.clone()),
-        quantity: Set(units(l.quantity)?),
+        quantity: Set(to_minor_units(l.quantity)?),
         channel: Set(l.channel.as_str().to_owned()),
         order_number: Set(l.order_number.clone()),
         pricing_date: Set(l.pricing_date),
-        base_points: Set(l.base_points.map(units).transpose()?),
+        base_points: Set(l.base_points.map(to_minor_units).transpose()?),
         multiplier: Set(l.multiplier.to_string()),
         segment_id: Set(l.segment_id.clone()),
         segment_rate: Set(l.segment_rate.to_string()),
         unrounded_points: Set(l.unrounded_points.to_string()),
-        points: Set(units(l.points)?),
+        points: Set(to_minor_units(l.points)?),
         rules: Set(Value::Array(rules).to_string()),
         note: Set(l.note.clone()),
     })

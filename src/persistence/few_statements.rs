@@ -71,7 +71,7 @@ impl PreparedEarn {
         lines: &[LineCalculation],
         now: DateTime<Utc>,
     ) -> Result<Self, RepoError> {
-        let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
+        let points = to_minor_units(event.points)?;
         let into_locked = entering_locked(event, points);
         let lots: Vec<_> = event
             .lot
@@ -276,7 +276,7 @@ impl PreparedRedemption {
         now: DateTime<Utc>,
     ) -> Result<Self, RepoError> {
         let event = &plan.use_event;
-        let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
+        let points = to_minor_units(event.points)?;
         let stored = stored_at(plan, now);
         let mut arguments = JsonObject::new();
         arguments.value("tenant", tenant.as_str())?;

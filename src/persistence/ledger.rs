@@ -40,10 +40,6 @@ impl SeaLedgerRepository {
     }
 }
 
-fn units(value: rust_decimal::Decimal) -> Result<i64, RepoError> {
-    to_minor_units(value).map_err(|e| RepoError::Other(e.to_string()))
-}
-
 #[async_trait]
 impl LedgerRepository for SeaLedgerRepository {
     async fn append<'r>(
@@ -341,7 +337,7 @@ pub(crate) async fn append_locked(
     locked: &balances::Model,
     now: DateTime<Utc>,
 ) -> Result<LedgerEvent, RepoError> {
-    let points = units(event.points)?;
+    let points = to_minor_units(event.points)?;
     let from_reserved = spend_source(event, points, locked.available)?;
     // Points that enter (a locked earn) or leave (taken from a locked lot) the locked part.
     let mut into_locked = entering_locked(event, points);
@@ -551,29 +547,18 @@ pub(crate) fn balance_update(
     last_event_id: Expr,
     now: DateTime<Utc>,
 ) -> UpdateStatement {
-    let add = |column: balances::Column, amount: i64| Expr::col(column).add(amount);
-    Query::update()
-        .table(balances::Entity)
-        .value(
-            balances::Column::Total,
-            add(balances::Column::Total, moved.total),
-        )
-        .value(
-            balances::Column::Available,
-            add(balances::Column::Available, moved.available),
-        )
-        .value(
-            balances::Column::Reserved,
-            add(balances::Column::Reserved, moved.reserved),
-        )
-        .value(
-            balances::Column::Locked,
-            add(balances::Column::Locked, moved.locked),
-        )
-        .value(
-            balances::Column::EventCount,
-            add(balances::Column::EventCount, 1),
-        )
+    let mut update = Query::update();
+    update.table(balances::Entity);
+    for (column, amount) in [
+        (balances::Column::Total, moved.total),
+        (balances::Column::Available, moved.available),
+        (balances::Column::Reserved, moved.reserved),
+        (balances::Column::Locked, moved.locked),
+        (balances::Column::EventCount, 1),
+    ] {
+        update.value(column, Expr::col(column).add(amount));
+    }
+    update
         .value(balances::Column::LastEventId, last_event_id)
         .value(balances::Column::UpdatedAt, now.fixed_offset())
         .and_where(balances::Column::TenantId.eq(tenant.as_str()))

@@ -501,7 +501,7 @@ pub(super) fn to_row(
         user_id: Set(r.user_id.clone()),
         coupon_id: Set(r.coupon_id.clone()),
         coupon_name: Set(r.coupon_name.clone()),
-        points: Set(to_minor_units(r.points).map_err(|e| RepoError::Other(e.to_string()))?),
+        points: Set(to_minor_units(r.points)?),
         status: Set(r.status.as_str().to_owned()),
         code: Set(r.code.clone()),
         valid_until: Set(r.valid_until),

@@ -46,7 +46,7 @@ impl ReservationRepository for SeaReservationRepository {
         request: &IdempotencyRecord,
     ) -> Result<(), RepoError> {
         let now = self.clock.now();
-        let points = units(reservation.points)?;
+        let points = to_minor_units(reservation.points)?;
         let txn = crate::persistence::db::begin_write(&self.db).await?;
         insert_record(&txn, tenant, request).await?;
         let available = ensure_balance_row(&txn, tenant, &reservation.client_id, now)
@@ -160,7 +160,7 @@ impl ReservationRepository for SeaReservationRepository {
         let reservation = find(&txn, tenant, reservation_id)
             .await?
             .ok_or_else(vanished)?;
-        let points = units(reservation.points)?;
+        let points = to_minor_units(reservation.points)?;
         ensure_balance_row(&txn, tenant, &reservation.client_id, now).await?;
         move_reserved(&txn, tenant, &reservation.client_id, -points, now).await?;
         if let Some(record) = request {
@@ -189,10 +189,6 @@ impl ReservationRepository for SeaReservationRepository {
             .map_err(classify)?;
         super::error::tenant_keyed(rows)
     }
-}
-
-fn units(value: rust_decimal::Decimal) -> Result<i64, RepoError> {
-    to_minor_units(value).map_err(|e| RepoError::Other(e.to_string()))
 }
 
 fn vanished() -> RepoError {
@@ -266,7 +262,7 @@ fn to_row(tenant: &TenantId, r: &Reservation) -> Result<reservations::ActiveMode
         client_id: Set(r.client_id.clone()),
         user_id: Set(r.user_id.clone()),
         basket_id: Set(r.basket_id.clone()),
-        points: Set(units(r.points)?),
+        points: Set(to_minor_units(r.points)?),
         status: Set(r.status.as_str().to_owned()),
         expires_at: Set(r.expires_at.fixed_offset()),
         order_number: Set(r.order_number.clone()),

@@ -42,10 +42,6 @@ impl SeaRulesRepository {
     }
 }
 
-fn units(value: Decimal) -> Result<i64, RepoError> {
-    to_minor_units(value).map_err(|e| RepoError::Other(e.to_string()))
-}
-
 fn to_i32(value: u32) -> Result<i32, RepoError> {
     i32::try_from(value).map_err(|_| RepoError::Other(format!("{value} does not fit a column")))
 }
@@ -70,7 +66,7 @@ impl RulesRepository for SeaRulesRepository {
                         tenant_id: Set(tenant.as_str().to_owned()),
                         product_id: Set(product_id.clone()),
                         effective_from: Set(effective_from),
-                        points: Set(units(*points)?),
+                        points: Set(to_minor_units(*points)?),
                         request_id: Set(request.request_id.clone()),
                         recorded_at: Set(now),
                     })
@@ -185,7 +181,7 @@ impl RulesRepository for SeaRulesRepository {
             status: Set(r.status.as_str().to_owned()),
             name: Set(r.name.clone()),
             description: Set(r.description.clone()),
-            factor: Set(units(r.factor)?),
+            factor: Set(to_minor_units(r.factor)?),
             valid_from: Set(r.valid_from),
             valid_until: Set(r.valid_until),
             channel: Set(r.channel.map(|c| c.as_str().to_owned())),
@@ -397,7 +393,7 @@ impl RulesRepository for SeaRulesRepository {
             tenant_id: Set(tenant.as_str().to_owned()),
             segment_id: Set(segment_id.to_owned()),
             effective_from: Set(effective_from),
-            rate: Set(units(rate)?),
+            rate: Set(to_minor_units(rate)?),
             request_id: Set(request.request_id.clone()),
             recorded_at: Set(SystemClock.now().fixed_offset()),
         };

@@ -157,9 +157,9 @@ impl PreparedScriptEarn {
         lines: &[LineCalculation],
         now: DateTime<Utc>,
     ) -> Result<Self, RepoError> {
-        let mut script = Script::default();
-        earn_script(&mut script, tenant, stored, event, lines, now)?;
-        Ok(Self { script })
+        Ok(Self {
+            script: earn_script(tenant, stored, event, lines, now)?,
+        })
     }
 }
 
@@ -219,7 +219,7 @@ impl PreparedScriptRedemption {
         now: DateTime<Utc>,
     ) -> Result<Self, RepoError> {
         let event = &plan.use_event;
-        let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
+        let points = to_minor_units(event.points)?;
         let client = event.client_id.as_str();
         let stored = stored_at(plan, now);
 
@@ -362,14 +362,6 @@ fn redemption_reads(
 ) -> Result<Script, RepoError> {
     let mut reads = Script::default();
     reads.push(&insert_rows(&[record_row(tenant, record)], &[])?);
-    let held = Query::select()
-        .expr(Expr::col(Asterisk).count())
-        .from(redemptions::Entity)
-        .and_where(redemptions::Column::TenantId.eq(tenant.as_str()))
-        .and_where(redemptions::Column::CouponId.eq(coupon))
-        .and_where(redemptions::Column::ClientId.eq(client))
-        .and_where(redemptions::Column::Status.is_in(live_statuses()))
-        .to_owned();
     let redeemed = Query::select()
         .column(coupons::Column::RedeemedCount)
         .from(coupons::Entity)
@@ -383,6 +375,14 @@ fn redemption_reads(
     )
     .expr_as(sub_query(redeemed), Alias::new("redeemed"));
     if count_held {
+        let held = Query::select()
+            .expr(Expr::col(Asterisk).count())
+            .from(redemptions::Entity)
+            .and_where(redemptions::Column::TenantId.eq(tenant.as_str()))
+            .and_where(redemptions::Column::CouponId.eq(coupon))
+            .and_where(redemptions::Column::ClientId.eq(client))
+            .and_where(redemptions::Column::Status.is_in(live_statuses()))
+            .to_owned();
         read.expr_as(sub_query(held), Alias::new("held"));
     }
     reads.push(&read);
@@ -398,15 +398,15 @@ fn sub_query(select: SelectStatement) -> Expr {
 /// row as it stands), the balance row (created or added to; its `last_event_id` the event's),
 /// the document with its lines, the lot, the event's lines, and last the event's id.
 fn earn_script(
-    script: &mut Script,
     tenant: &TenantId,
     stored: &DocumentRecord,
     event: &NewLedgerEvent,
     lines: &[LineCalculation],
     now: DateTime<Utc>,
-) -> Result<(), RepoError> {
-    let points = to_minor_units(event.points).map_err(|e| RepoError::Other(e.to_string()))?;
+) -> Result<Script, RepoError> {
+    let points = to_minor_units(event.points)?;
     let client = event.client_id.as_str();
+    let mut script = Script::default();
     // As the transaction path appends it: the balance row created or touched, the event with
     // the running balance, then the row moved and named after the event, whose id SQLite has
     // just given.
@@ -454,7 +454,7 @@ fn earn_script(
         Expr::col(balances::Column::LastEventId),
         Alias::new("event_id"),
     ));
-    Ok(())
+    Ok(script)
 }
 
 /// The client's balance row, to select from.
