@@ -20,6 +20,7 @@ mod m20261122_000008_sync_and_jobs;
 mod m20261202_000009_pricing_revisions;
 mod m20261202_000010_redeem_function;
 mod m20261202_000011_earn_function;
+mod m20261202_000012_earn_function_columns;
 
 /// Runs `statements` in order on PostgreSQL (functions that only its write paths call); on SQLite
 /// there is nothing to do.
@@ -51,6 +52,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000009_pricing_revisions::Migration),
             Box::new(m20261202_000010_redeem_function::Migration),
             Box::new(m20261202_000011_earn_function::Migration),
+            Box::new(m20261202_000012_earn_function_columns::Migration),
         ]
     }
 }

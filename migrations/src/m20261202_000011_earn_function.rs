@@ -20,7 +20,7 @@ impl MigrationName for Migration {
 /// Returns the event's id, or `NULL` when the document was stored before (nothing is written).
 /// A concurrent first delivery of the same document waits on the balance row, then fails on the
 /// document's primary key, which undoes the whole call.
-const EARN_FUNCTION: &str = r"
+pub(crate) const EARN_FUNCTION: &str = r"
 CREATE FUNCTION loyalty_earn(p jsonb) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_event bigint;
