@@ -177,7 +177,6 @@ impl Services {
             documents: Arc::new(documents),
             catalog: Arc::clone(&catalog),
             ledger: Arc::clone(&ledger_repo),
-            agreements: Arc::clone(&agreements),
             settings: Arc::clone(&settings_repo),
             clock: Arc::clone(clock),
         }));

@@ -7,6 +7,7 @@ use chrono_tz::Tz;
 
 use crate::domain::calendar::{days, end_of_day};
 use crate::domain::intervals::{Interval, holds_until, union};
+use crate::domain::settings::TenantSettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ConsentAction {
@@ -251,6 +252,25 @@ pub fn user_consent_at(
             .unwrap_or(0),
         current_version: current_version(versions, at),
         since,
+    }
+}
+
+/// What is asked of the stored eligibility to know whether a client counted as agreed on a day
+/// (as [`eligible_on`] decides it): whether an interval of the tenant's declaration type
+/// reaches the end of that day.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EligibilityProbe {
+    pub declaration_type_id: String,
+    pub at: DateTime<Utc>,
+}
+
+impl EligibilityProbe {
+    /// For `day`, under the declaration type and in the time zone of `settings`.
+    pub fn end_of(settings: &TenantSettings, day: NaiveDate) -> Self {
+        Self {
+            declaration_type_id: settings.declaration_type_id.clone(),
+            at: end_of_day(settings.time_zone, day),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::domain::clock::{Clock, SystemClock};
-use sea_orm::sea_query::Expr;
+use sea_orm::sea_query::{Expr, ExprTrait, Order, Query, SelectStatement};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect, Statement,
@@ -210,18 +210,50 @@ impl AgreementRepository for SeaAgreementRepository {
         client_id: &str,
         at: DateTime<Utc>,
     ) -> Result<bool, RepoError> {
-        // Intervals are disjoint: only the last one starting before `at` can reach it.
-        let last = client_eligibility::Entity::find()
-            .filter(client_eligibility::Column::TenantId.eq(tenant.as_str()))
-            .filter(client_eligibility::Column::DeclarationTypeId.eq(declaration_type))
-            .filter(client_eligibility::Column::ClientId.eq(client_id))
-            .filter(client_eligibility::Column::ValidFrom.lt(at.fixed_offset()))
-            .order_by_desc(client_eligibility::Column::ValidFrom)
-            .one(&self.db)
+        let held = self
+            .db
+            .query_one(&holding_at(tenant, declaration_type, client_id, at))
             .await
             .map_err(classify)?;
-        Ok(last.is_some_and(|r| r.valid_until.is_none_or(|end| end.to_utc() >= at)))
+        match held {
+            Some(row) => Ok(row.try_get_by_index::<i32>(0).map_err(classify)? == 1),
+            None => Ok(false),
+        }
     }
+}
+
+/// Whether the client's eligibility reaches `at` ([`AgreementRepository::holds_until`]): one
+/// row of one column, 1 or 0, and no row when no interval starts before `at`. Also read as a
+/// subquery of an earn's client read (`RulesRepository::priced_client`), so that an earn asks
+/// once.
+pub(super) fn holding_at(
+    tenant: &TenantId,
+    declaration_type: &str,
+    client_id: &str,
+    at: DateTime<Utc>,
+) -> SelectStatement {
+    let column = |c: client_eligibility::Column| Expr::col((client_eligibility::Entity, c));
+    let at = at.fixed_offset();
+    let reaches = column(client_eligibility::Column::ValidUntil)
+        .is_null()
+        .or(column(client_eligibility::Column::ValidUntil).gte(at));
+    // Intervals are disjoint: only the last one starting before `at` can reach it.
+    Query::select()
+        .expr(Expr::case(reaches, Expr::cust("1")).finally(Expr::cust("0")))
+        .from(client_eligibility::Entity)
+        .and_where(column(client_eligibility::Column::TenantId).eq(tenant.as_str()))
+        .and_where(column(client_eligibility::Column::DeclarationTypeId).eq(declaration_type))
+        .and_where(column(client_eligibility::Column::ClientId).eq(client_id))
+        .and_where(column(client_eligibility::Column::ValidFrom).lt(at))
+        .order_by(
+            (
+                client_eligibility::Entity,
+                client_eligibility::Column::ValidFrom,
+            ),
+            Order::Desc,
+        )
+        .limit(1)
+        .to_owned()
 }
 
 fn to_i32(value: u32) -> Result<i32, RepoError> {

@@ -37,7 +37,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use rust_decimal::Decimal;
 
 use crate::domain::access::ApiKeyRecord;
-use crate::domain::consent::{AgreementVersion, ConsentEvent, ConsentOutcome};
+use crate::domain::consent::{AgreementVersion, ConsentEvent, ConsentOutcome, EligibilityProbe};
 use crate::domain::coupons::Coupon;
 use crate::domain::directory::{
     CategoryRecord, ClientRecord, OrderRecord, ProductRecord, UserRecord,
@@ -329,12 +329,14 @@ pub trait RulesRepository: Send + Sync {
         segment_ids: Option<Vec<String>>,
     ) -> Result<HashMap<String, EffectiveDated>, RepoError>;
     /// A client as an earn prices it, in one read (one snapshot): its row, the segments it
-    /// belongs to with the rates of those that have any, and the tenant's pricing revision.
-    /// `None` for a client not known.
+    /// belongs to with the rates of those that have any, the tenant's pricing revision and,
+    /// when asked, whether its eligibility reaches the probe's instant (as
+    /// [`AgreementRepository::holds_until`] answers it). `None` for a client not known.
     async fn priced_client(
         &self,
         tenant: &TenantId,
         client_id: &str,
+        eligibility: Option<EligibilityProbe>,
     ) -> Result<Option<ClientPricing>, RepoError>;
     /// The revision of the tenant's pricing inputs (products, their categories and labels, base
     /// points, multiplier rules): raised by the database in every transaction that changes any
@@ -476,6 +478,8 @@ pub struct ClientPricing {
     pub segment_rates: HashMap<String, EffectiveDated>,
     /// The tenant's pricing revision ([`RulesRepository::pricing_revision`]) in the same read.
     pub pricing_revision: i64,
+    /// Whether the client counted as agreed at the probe asked for; `None` when none was.
+    pub eligible: Option<bool>,
 }
 
 /// What one redemption writes, all in one transaction.

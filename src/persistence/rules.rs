@@ -12,6 +12,7 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect,
 };
 
+use super::agreements::holding_at;
 use super::entities::{
     base_points, client_segments, clients, multiplier_rule_segments, multiplier_rule_targets,
     multiplier_rules, pricing_revisions, segment_rates,
@@ -20,6 +21,7 @@ use super::error::{RepoError, classify};
 use super::idempotency::insert_record;
 use super::{ClientPricing, RulesRepository};
 use crate::domain::clock::{Clock, SystemClock};
+use crate::domain::consent::EligibilityProbe;
 use crate::domain::directory::ClientRecord;
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::points::{from_minor_units, to_minor_units};
@@ -448,6 +450,7 @@ impl RulesRepository for SeaRulesRepository {
         &self,
         tenant: &TenantId,
         client_id: &str,
+        eligibility: Option<EligibilityProbe>,
     ) -> Result<Option<ClientPricing>, RepoError> {
         use sea_orm::sea_query::{ExprTrait, Query, SubQueryStatement};
         let client = |c: clients::Column| Expr::col((clients::Entity, c));
@@ -458,6 +461,15 @@ impl RulesRepository for SeaRulesRepository {
             .from(pricing_revisions::Entity)
             .and_where(Expr::col(pricing_revisions::Column::TenantId).eq(tenant.as_str()))
             .to_owned();
+        let held = match &eligibility {
+            Some(probe) => Expr::from(SubQueryStatement::SelectStatement(holding_at(
+                tenant,
+                &probe.declaration_type_id,
+                client_id,
+                probe.at,
+            ))),
+            None => Expr::null(),
+        };
         // The client once per segment it is in and rate that segment has (once with none).
         let query = Query::select()
             .expr(client(clients::Column::Name))
@@ -468,6 +480,7 @@ impl RulesRepository for SeaRulesRepository {
             .expr(rate(segment_rates::Column::EffectiveFrom))
             .expr(rate(segment_rates::Column::Rate))
             .expr(Expr::from(SubQueryStatement::SelectStatement(revision)))
+            .expr(held)
             .from(clients::Entity)
             .left_join(
                 client_segments::Entity,
@@ -497,6 +510,7 @@ impl RulesRepository for SeaRulesRepository {
         let updated_at: chrono::DateTime<chrono::FixedOffset> =
             first.try_get_by_index(3).map_err(classify)?;
         let revision: Option<i64> = first.try_get_by_index(7).map_err(classify)?;
+        let held: Option<i32> = first.try_get_by_index(8).map_err(classify)?;
         let mut record = ClientRecord {
             client_id: client_id.to_owned(),
             name: first.try_get_by_index(0).map_err(classify)?,
@@ -522,6 +536,7 @@ impl RulesRepository for SeaRulesRepository {
             client: record,
             segment_rates: group_dated(rates.into_iter()),
             pricing_revision: revision.unwrap_or(0),
+            eligible: eligibility.map(|_| held == Some(1)),
         }))
     }
 }

@@ -10,8 +10,8 @@ use crate::domain::access::Caller;
 use crate::domain::calendar::{end_of_day, start_of_day};
 use crate::domain::clock::Clock;
 use crate::domain::consent::{
-    AgreementVersion, ConsentAction, ConsentEvent, ConsentOutcome, UserConsentState, eligible_days,
-    user_consent_at,
+    AgreementVersion, ConsentAction, ConsentEvent, ConsentOutcome, EligibilityProbe,
+    UserConsentState, eligible_days, user_consent_at,
 };
 use crate::domain::directory::UserRecord;
 use crate::domain::idempotency::{IdempotencyRecord, valid_request_id};
@@ -425,9 +425,9 @@ impl AgreementService {
         client_id: &str,
         day: NaiveDate,
     ) -> Result<bool, RepoError> {
-        let end = end_of_day(settings.time_zone, day);
+        let probe = EligibilityProbe::end_of(settings, day);
         self.repo
-            .holds_until(tenant, &settings.declaration_type_id, client_id, end)
+            .holds_until(tenant, &probe.declaration_type_id, client_id, probe.at)
             .await
     }
 

@@ -11,6 +11,7 @@ use rust_decimal::Decimal;
 use crate::domain::access::Caller;
 use crate::domain::calendar::{day_of, end_of_day, start_of_day};
 use crate::domain::clock::Clock;
+use crate::domain::consent::EligibilityProbe;
 use crate::domain::documents::{
     CorrectionType, Document, DocumentKind, DocumentRecord, DocumentSource, DocumentStatus,
     NonEarningReason, calculation_shortfall, correction_losses,
@@ -26,7 +27,6 @@ use crate::domain::validation::{FieldViolation, Invalid};
 use crate::persistence::documents::{Completion, Received};
 use crate::persistence::{CatalogRepository, DocumentRepository, LedgerRepository};
 use crate::persistence::{RepoError, SettingsRepository};
-use crate::service::agreements::AgreementService;
 use crate::service::pricing::Pricing;
 
 /// Lines per preview.
@@ -73,7 +73,6 @@ pub struct EarnDependencies {
     pub documents: Arc<dyn DocumentRepository>,
     pub catalog: Arc<dyn CatalogRepository>,
     pub ledger: Arc<dyn LedgerRepository>,
-    pub agreements: Arc<AgreementService>,
     pub settings: Arc<dyn SettingsRepository>,
     pub clock: Arc<dyn Clock>,
 }
@@ -94,7 +93,6 @@ pub struct EarnService {
     documents: Arc<dyn DocumentRepository>,
     catalog: Arc<dyn CatalogRepository>,
     ledger: Arc<dyn LedgerRepository>,
-    agreements: Arc<AgreementService>,
     settings: Arc<dyn SettingsRepository>,
     clock: Arc<dyn Clock>,
 }
@@ -106,7 +104,6 @@ impl EarnService {
             documents,
             catalog,
             ledger,
-            agreements,
             settings,
             clock,
         } = deps;
@@ -115,7 +112,6 @@ impl EarnService {
             documents,
             catalog,
             ledger,
-            agreements,
             settings,
             clock,
         }
@@ -313,14 +309,16 @@ impl EarnService {
             .collect();
         let ids: Vec<String> = d.lines.iter().map(|l| l.product_id.clone()).collect();
         // Independent reads, in parallel: the latency of one call is the longest of them. They
-        // are judged in order (the client, its account, its agreement) once all are in.
-        let (priced, eligible, orders) = tokio::try_join!(
-            self.pricing.book(tenant, &d.client_id, &ids),
-            self.agreements
-                .eligible_under(tenant, &settings, &d.client_id, d.sale_date),
+        // are judged in order (the client, its account, its agreement) once all are in. The
+        // agreement is read with the client, in one statement: a round trip of its own cost an
+        // earn about a tenth of its throughput (docs/PERFORMANCE.md).
+        let eligibility = EligibilityProbe::end_of(&settings, d.sale_date);
+        let (priced, orders) = tokio::try_join!(
+            self.pricing
+                .book_and_eligibility(tenant, &d.client_id, &ids, eligibility),
             self.catalog.orders(tenant, &numbers),
         )?;
-        let Some((client, facts, book)) = priced else {
+        let Some(((client, facts, book), eligible)) = priced else {
             return Ok(waiting(
                 DocumentStatus::WaitingForData,
                 now + RETRY_WAITING_AFTER,
@@ -555,9 +553,8 @@ mod tests {
     use crate::domain::clock::FixedClock;
     use crate::domain::documents::DocumentLine;
     use crate::persistence::{
-        DirectoryRepository, MockAgreementRepository, MockCatalogRepository,
-        MockDirectoryRepository, MockDocumentRepository, MockIdempotencyRepository,
-        MockLedgerRepository, MockRulesRepository, MockSettingsRepository,
+        MockCatalogRepository, MockDocumentRepository, MockLedgerRepository, MockRulesRepository,
+        MockSettingsRepository,
     };
 
     fn invoice() -> Document {
@@ -592,7 +589,6 @@ mod tests {
                 .returning(|_| Ok(TenantSettings::default()));
             settings
         });
-        let directory: Arc<dyn DirectoryRepository> = Arc::new(MockDirectoryRepository::new());
         // Everything else an earn reads starts alongside the client and answers.
         let catalog: Arc<dyn CatalogRepository> = Arc::new({
             let mut catalog = MockCatalogRepository::new();
@@ -613,9 +609,9 @@ mod tests {
                 Arc::new({
                     let mut rules = MockRulesRepository::new();
                     rules.expect_pricing_revision().returning(|_| Ok(0));
-                    rules
-                        .expect_priced_client()
-                        .returning(|_, _| Err(RepoError::Unavailable("connection refused".into())));
+                    rules.expect_priced_client().returning(|_, _, _| {
+                        Err(RepoError::Unavailable("connection refused".into()))
+                    });
                     rules
                         .expect_base_points()
                         .returning(|_, _| Ok(HashMap::new()));
@@ -628,19 +624,6 @@ mod tests {
             documents: Arc::new(documents),
             catalog,
             ledger: Arc::new(MockLedgerRepository::new()),
-            agreements: Arc::new(AgreementService::new(
-                Arc::new({
-                    let mut agreements = MockAgreementRepository::new();
-                    agreements
-                        .expect_holds_until()
-                        .returning(|_, _, _, _| Ok(true));
-                    agreements
-                }),
-                Arc::clone(&directory),
-                Arc::clone(&settings),
-                Arc::new(MockIdempotencyRepository::new()),
-                Arc::clone(&clock),
-            )),
             settings,
             clock,
         })

@@ -14,6 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::domain::consent::EligibilityProbe;
 use crate::domain::directory::ClientRecord;
 use crate::domain::engine::PricingBook;
 use crate::domain::rules::{EffectiveDated, MultiplierRule, ProductFacts, RuleIndex, RuleTarget};
@@ -70,13 +71,46 @@ impl Pricing {
         client_id: &str,
         product_ids: &[String],
     ) -> Result<Option<PricedClient>, RepoError> {
+        let priced = self.priced(tenant, client_id, product_ids, None).await?;
+        Ok(priced.map(|(priced, _)| priced))
+    }
+
+    /// [`Self::book`], and whether the client counted as agreed at `eligibility`, read in the
+    /// same statement as the client: an earn asks the database once before it writes.
+    ///
+    /// # Errors
+    /// The database.
+    pub async fn book_and_eligibility(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+        product_ids: &[String],
+        eligibility: EligibilityProbe,
+    ) -> Result<Option<(PricedClient, bool)>, RepoError> {
+        let priced = self
+            .priced(tenant, client_id, product_ids, Some(eligibility))
+            .await?;
+        Ok(priced.map(|(priced, eligible)| (priced, eligible == Some(true))))
+    }
+
+    async fn priced(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+        product_ids: &[String],
+        eligibility: Option<EligibilityProbe>,
+    ) -> Result<Option<(PricedClient, Option<bool>)>, RepoError> {
         let unique: Vec<String> = product_ids
             .iter()
             .cloned()
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let Some(priced) = self.rules.priced_client(tenant, client_id).await? else {
+        let Some(priced) = self
+            .rules
+            .priced_client(tenant, client_id, eligibility)
+            .await?
+        else {
             return Ok(None);
         };
         let products = self
@@ -103,7 +137,7 @@ impl Pricing {
             segment_rates: priced.segment_rates,
             client_segments: priced.client.segment_ids.iter().cloned().collect(),
         };
-        Ok(Some((priced.client, facts, book)))
+        Ok(Some(((priced.client, facts, book), priced.eligible)))
     }
 
     /// What prices each of `unique` (distinct ids): from the cache where it holds `revision`
@@ -278,7 +312,7 @@ mod tests {
                 .collect())
         });
         let current = Arc::clone(revision);
-        rules.expect_priced_client().returning(move |_, id| {
+        rules.expect_priced_client().returning(move |_, id, _| {
             Ok(Some(ClientPricing {
                 client: ClientRecord {
                     client_id: id.into(),
@@ -290,6 +324,7 @@ mod tests {
                 },
                 segment_rates: HashMap::new(),
                 pricing_revision: current.load(Ordering::SeqCst),
+                eligible: None,
             }))
         });
         let pricing = Pricing::new(Arc::new(catalog), Arc::new(rules));

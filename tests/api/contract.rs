@@ -38,6 +38,7 @@ on_both_backends!(TestDb:
     api_keys_are_found_by_hash_only,
     a_decided_invoice_is_stored_alike_in_one_call_and_in_a_transaction,
     a_clients_segments_come_with_their_rates_and_only_theirs,
+    an_earns_client_read_answers_eligibility_as_the_agreements_read_does,
     a_redemption_is_stored_alike_in_one_call_and_statement_by_statement,
     a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on,
     every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision,
@@ -923,7 +924,7 @@ async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb
     let priced = |client: &'static str| {
         let repo = repo.clone();
         async move {
-            repo.priced_client(&tenant("t1"), client)
+            repo.priced_client(&tenant("t1"), client, None)
                 .await
                 .expect("read")
         }
@@ -935,6 +936,7 @@ async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb
     );
     assert!(a.client.has_account);
     assert_eq!(a.pricing_revision, 7, "the tenant's own revision");
+    assert_eq!(a.eligible, None, "not asked");
     let mut segments = a.client.segment_ids.clone();
     segments.sort();
     assert_eq!(
@@ -952,6 +954,103 @@ async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb
     assert!(c.client.segment_ids.is_empty() && c.segment_rates.is_empty());
     assert_eq!(c.pricing_revision, 7);
     assert_eq!(priced("org:unknown").await, None);
+}
+
+/// An earn reads whether the client counted as agreed with the client itself, in one statement;
+/// it must answer what the agreements' own read (`holds_until`) answers: only the tenant's
+/// declaration type, only the last interval starting before the instant, an interval that ends
+/// at the instant still reaching it, an open interval reaching every later instant.
+async fn an_earns_client_read_answers_eligibility_as_the_agreements_read_does(store: &TestDb) {
+    use one_loyalty::domain::consent::EligibilityProbe;
+    use one_loyalty::persistence::agreements::SeaAgreementRepository;
+    use one_loyalty::persistence::entities::{client_eligibility, clients};
+    use one_loyalty::persistence::rules::SeaRulesRepository;
+    use one_loyalty::persistence::{AgreementRepository, RulesRepository};
+    let at = |d: u32| {
+        NaiveDate::from_ymd_opt(2026, 3, d)
+            .and_then(|day| day.and_hms_opt(23, 0, 0))
+            .expect("instant")
+            .and_utc()
+    };
+    for (t, c) in [("t1", "org:a"), ("t1", "org:b"), ("t2", "org:b")] {
+        clients::Entity::insert(clients::ActiveModel {
+            tenant_id: Set(t.into()),
+            client_id: Set(c.into()),
+            kind: Set("ORGANIZATION".into()),
+            name: Set(c.into()),
+            status: Set("ACTIVE".into()),
+            has_account: Set(true),
+            updated_at: Set(Utc::now().fixed_offset()),
+        })
+        .exec(&store.db)
+        .await
+        .expect("client");
+    }
+    let intervals = [
+        ("t1", "D1", "org:a", 2, Some(5)),
+        ("t1", "D1", "org:a", 10, None),
+        ("t1", "D2", "org:a", 6, Some(9)),
+        ("t2", "D1", "org:b", 1, None),
+    ];
+    client_eligibility::Entity::insert_many(intervals.map(|(t, d, c, from, until)| {
+        client_eligibility::ActiveModel {
+            tenant_id: Set(t.into()),
+            declaration_type_id: Set(d.into()),
+            client_id: Set(c.into()),
+            valid_from: Set(at(from).fixed_offset()),
+            valid_until: Set(until.map(|u| at(u).fixed_offset())),
+        }
+    }))
+    .exec(&store.db)
+    .await
+    .expect("eligibility");
+    let rules = SeaRulesRepository::new(store.db.clone());
+    let agreements = SeaAgreementRepository::new(store.db.clone());
+    let t1 = tenant("t1");
+    let cases = [
+        ("org:a", 1, false, "before any interval"),
+        (
+            "org:a",
+            2,
+            false,
+            "at an interval's start, which must come before",
+        ),
+        ("org:a", 3, true, "inside"),
+        ("org:a", 5, true, "at its end"),
+        (
+            "org:a",
+            7,
+            false,
+            "between two (another declaration type's does not count)",
+        ),
+        ("org:a", 20, true, "inside an open one"),
+        (
+            "org:b",
+            20,
+            false,
+            "none of its own (another tenant's does not count)",
+        ),
+    ];
+    for (client, day, expected, why) in cases {
+        let probe = EligibilityProbe {
+            declaration_type_id: "D1".into(),
+            at: at(day),
+        };
+        let held = agreements
+            .holds_until(&t1, &probe.declaration_type_id, client, probe.at)
+            .await
+            .expect("holds_until");
+        let priced = rules
+            .priced_client(&t1, client, Some(probe))
+            .await
+            .expect("read")
+            .expect("known client");
+        assert_eq!(
+            (held, priced.eligible),
+            (expected, Some(expected)),
+            "{client} on day {day}: {why}"
+        );
+    }
 }
 
 /// Client `client` earns lots of `points` each (one locked besides, which a spend skips).
