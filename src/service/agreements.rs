@@ -16,7 +16,6 @@ use crate::domain::consent::{
 use crate::domain::directory::UserRecord;
 use crate::domain::idempotency::{IdempotencyRecord, valid_request_id};
 use crate::domain::intervals::Interval;
-use crate::domain::settings::TenantSettings;
 use crate::domain::tenant::TenantId;
 use crate::domain::validation::{FieldViolation, Invalid};
 use crate::persistence::{
@@ -397,7 +396,8 @@ impl AgreementService {
     }
 
     /// Whether a client counted as agreed on a day of the tenant's calendar: the state at the end
-    /// of the day, under the configured declaration type. One index probe.
+    /// of the day, under the configured declaration type. One index probe. (An earn asks the
+    /// same in its client read: `RulesRepository::priced_client`.)
     ///
     /// # Errors
     /// The database.
@@ -408,27 +408,11 @@ impl AgreementService {
         day: NaiveDate,
     ) -> Result<bool, AgreementError> {
         let settings = self.settings.current(tenant).await?;
+        let probe = EligibilityProbe::end_of(&settings, day);
         Ok(self
-            .eligible_under(tenant, &settings, client_id, day)
-            .await?)
-    }
-
-    /// [`Self::eligible_on`] for a caller that holds the tenant's settings already (earning
-    /// reads them once per document).
-    ///
-    /// # Errors
-    /// The database.
-    pub async fn eligible_under(
-        &self,
-        tenant: &TenantId,
-        settings: &TenantSettings,
-        client_id: &str,
-        day: NaiveDate,
-    ) -> Result<bool, RepoError> {
-        let probe = EligibilityProbe::end_of(settings, day);
-        self.repo
+            .repo
             .holds_until(tenant, &probe.declaration_type_id, client_id, probe.at)
-            .await
+            .await?)
     }
 
     /// Replaces a user's id with a pseudonym everywhere it is kept (GDPR). The pseudonym is a

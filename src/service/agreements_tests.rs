@@ -1,5 +1,6 @@
 use super::*;
 use crate::domain::clock::FixedClock;
+use crate::domain::settings::TenantSettings;
 use crate::persistence::{
     MockAgreementRepository, MockDirectoryRepository, MockIdempotencyRepository,
     MockSettingsRepository,
