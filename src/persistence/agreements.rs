@@ -11,7 +11,7 @@ use crate::domain::clock::{Clock, SystemClock};
 use sea_orm::sea_query::{Expr, ExprTrait, Order, Query, SelectStatement};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect, Statement,
+    QueryFilter, QueryOrder, QueryResult, QuerySelect, Statement,
 };
 use sha2::{Digest, Sha256};
 
@@ -20,8 +20,8 @@ use super::entities::{agreement_versions, client_eligibility, clients, consent_e
 use super::error::{RepoError, classify};
 use super::idempotency::{insert_record, set_result_ref};
 use crate::domain::consent::{
-    AgreementVersion, ClientFacts, ConsentAction, ConsentEvent, ConsentOutcome, UserFacts,
-    client_eligibility as compute_eligibility, held_before,
+    AgreementVersion, ClientFacts, ConsentAction, ConsentEvent, ConsentOutcome, EligibilityProbe,
+    UserFacts, client_eligibility as compute_eligibility, held_before,
 };
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::intervals::Interval;
@@ -206,34 +206,29 @@ impl AgreementRepository for SeaAgreementRepository {
     async fn holds_until(
         &self,
         tenant: &TenantId,
-        declaration_type: &str,
         client_id: &str,
-        at: DateTime<Utc>,
+        probe: &EligibilityProbe,
     ) -> Result<bool, RepoError> {
-        let held = self
+        let row = self
             .db
-            .query_one(&holding_at(tenant, declaration_type, client_id, at))
+            .query_one(&holding_at(tenant, client_id, probe))
             .await
             .map_err(classify)?;
-        match held {
-            Some(row) => Ok(row.try_get_by_index::<i32>(0).map_err(classify)? == 1),
-            None => Ok(false),
-        }
+        row.map_or(Ok(false), |row| held(&row, 0))
     }
 }
 
-/// Whether the client's eligibility reaches `at` ([`AgreementRepository::holds_until`]): one
-/// row of one column, 1 or 0, and no row when no interval starts before `at`. Also read as a
-/// subquery of an earn's client read (`RulesRepository::priced_client`), so that an earn asks
-/// once.
+/// Whether the client's eligibility reaches the probe's instant
+/// ([`AgreementRepository::holds_until`]): one row of one column, 1 or 0, and no row when no
+/// interval starts before the instant; [`held`] reads it. Also read as a subquery of an earn's
+/// client read (`RulesRepository::priced_client`), so that an earn asks once.
 pub(super) fn holding_at(
     tenant: &TenantId,
-    declaration_type: &str,
     client_id: &str,
-    at: DateTime<Utc>,
+    probe: &EligibilityProbe,
 ) -> SelectStatement {
     let column = |c: client_eligibility::Column| Expr::col((client_eligibility::Entity, c));
-    let at = at.fixed_offset();
+    let at = probe.at.fixed_offset();
     let reaches = column(client_eligibility::Column::ValidUntil)
         .is_null()
         .or(column(client_eligibility::Column::ValidUntil).gte(at));
@@ -242,7 +237,10 @@ pub(super) fn holding_at(
         .expr(Expr::case(reaches, Expr::cust("1")).finally(Expr::cust("0")))
         .from(client_eligibility::Entity)
         .and_where(column(client_eligibility::Column::TenantId).eq(tenant.as_str()))
-        .and_where(column(client_eligibility::Column::DeclarationTypeId).eq(declaration_type))
+        .and_where(
+            column(client_eligibility::Column::DeclarationTypeId)
+                .eq(probe.declaration_type_id.as_str()),
+        )
         .and_where(column(client_eligibility::Column::ClientId).eq(client_id))
         .and_where(column(client_eligibility::Column::ValidFrom).lt(at))
         .order_by(
@@ -254,6 +252,13 @@ pub(super) fn holding_at(
         )
         .limit(1)
         .to_owned()
+}
+
+/// What [`holding_at`] answered, read from column `index` of `row`: no interval, or none that
+/// reaches the instant, is not held.
+pub(super) fn held(row: &QueryResult, index: usize) -> Result<bool, RepoError> {
+    let value: Option<i32> = row.try_get_by_index(index).map_err(classify)?;
+    Ok(value == Some(1))
 }
 
 fn to_i32(value: u32) -> Result<i32, RepoError> {

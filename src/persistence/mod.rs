@@ -240,13 +240,13 @@ pub trait AgreementRepository: Send + Sync {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<Vec<Interval>, RepoError>;
-    /// Whether the client was eligible right up to `at` (one index probe).
+    /// Whether the client was eligible, under the probe's declaration type, right up to its
+    /// instant (one index probe).
     async fn holds_until(
         &self,
         tenant: &TenantId,
-        declaration_type: &str,
         client_id: &str,
-        at: DateTime<Utc>,
+        probe: &EligibilityProbe,
     ) -> Result<bool, RepoError>;
 }
 

@@ -12,7 +12,7 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::agreements::holding_at;
+use super::agreements::{held, holding_at};
 use super::entities::{
     base_points, client_segments, clients, multiplier_rule_segments, multiplier_rule_targets,
     multiplier_rules, pricing_revisions, segment_rates,
@@ -461,12 +461,9 @@ impl RulesRepository for SeaRulesRepository {
             .from(pricing_revisions::Entity)
             .and_where(Expr::col(pricing_revisions::Column::TenantId).eq(tenant.as_str()))
             .to_owned();
-        let held = match &eligibility {
+        let holding = match &eligibility {
             Some(probe) => Expr::from(SubQueryStatement::SelectStatement(holding_at(
-                tenant,
-                &probe.declaration_type_id,
-                client_id,
-                probe.at,
+                tenant, client_id, probe,
             ))),
             None => Expr::null(),
         };
@@ -480,7 +477,7 @@ impl RulesRepository for SeaRulesRepository {
             .expr(rate(segment_rates::Column::EffectiveFrom))
             .expr(rate(segment_rates::Column::Rate))
             .expr(Expr::from(SubQueryStatement::SelectStatement(revision)))
-            .expr(held)
+            .expr(holding)
             .from(clients::Entity)
             .left_join(
                 client_segments::Entity,
@@ -510,7 +507,6 @@ impl RulesRepository for SeaRulesRepository {
         let updated_at: chrono::DateTime<chrono::FixedOffset> =
             first.try_get_by_index(3).map_err(classify)?;
         let revision: Option<i64> = first.try_get_by_index(7).map_err(classify)?;
-        let held: Option<i32> = first.try_get_by_index(8).map_err(classify)?;
         let mut record = ClientRecord {
             client_id: client_id.to_owned(),
             name: first.try_get_by_index(0).map_err(classify)?,
@@ -536,7 +532,7 @@ impl RulesRepository for SeaRulesRepository {
             client: record,
             segment_rates: group_dated(rates.into_iter()),
             pricing_revision: revision.unwrap_or(0),
-            eligible: eligibility.map(|_| held == Some(1)),
+            eligible: eligibility.map(|_| held(first, 8)).transpose()?,
         }))
     }
 }

@@ -409,10 +409,7 @@ impl AgreementService {
     ) -> Result<bool, AgreementError> {
         let settings = self.settings.current(tenant).await?;
         let probe = EligibilityProbe::end_of(&settings, day);
-        Ok(self
-            .repo
-            .holds_until(tenant, &probe.declaration_type_id, client_id, probe.at)
-            .await?)
+        Ok(self.repo.holds_until(tenant, client_id, &probe).await?)
     }
 
     /// Replaces a user's id with a pseudonym everywhere it is kept (GDPR). The pseudonym is a

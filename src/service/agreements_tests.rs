@@ -209,11 +209,13 @@ async fn eligible_on_asks_about_the_end_of_the_local_day() {
     // Warsaw is UTC+1 in March: the 1st ends at 23:00 UTC.
     m.repo
         .expect_holds_until()
-        .withf(|_, declaration_type, client, end| {
-            declaration_type == "loyalty" && client == "org:c" && *end == at("2026-03-01T23:00:00Z")
+        .withf(|_, client, probe| {
+            probe.declaration_type_id == "loyalty"
+                && client == "org:c"
+                && probe.at == at("2026-03-01T23:00:00Z")
         })
         .times(1)
-        .returning(|_, _, _, _| Ok(true));
+        .returning(|_, _, _| Ok(true));
     let day = NaiveDate::from_ymd_opt(2026, 3, 1).expect("day");
     assert!(
         service(m)

@@ -1037,7 +1037,7 @@ async fn an_earns_client_read_answers_eligibility_as_the_agreements_read_does(st
             at: at(day),
         };
         let held = agreements
-            .holds_until(&t1, &probe.declaration_type_id, client, probe.at)
+            .holds_until(&t1, client, &probe)
             .await
             .expect("holds_until");
         let priced = rules
