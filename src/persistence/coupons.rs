@@ -5,14 +5,17 @@ use async_trait::async_trait;
 use rust_decimal::Decimal;
 use sea_orm::sea_query::OnConflict;
 use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, JoinType,
-    QueryFilter, QueryOrder, QuerySelect,
+    ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    FromQueryResult, IdenStatic, JoinType, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::entities::{coupon_pools, coupon_segments, coupons, redemptions};
+use super::directory::client_record;
+use super::entities::{
+    client_segments, clients, coupon_pools, coupon_segments, coupons, redemptions,
+};
 use super::error::{RepoError, classify};
 use super::idempotency::insert_record;
-use super::{CouponRepository, with_children};
+use super::{ClientAndCoupon, CouponRepository, select_prefixed, with_children};
 use crate::domain::coupons::{Coupon, CouponSpec, CouponStatus, CouponType, Discount};
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::points::{from_minor_units, to_minor_units};
@@ -30,6 +33,10 @@ impl SeaCouponRepository {
         Self { db }
     }
 }
+
+/// The prefixes of the client's and the coupon's columns in [`CouponRepository::with_client`].
+const CLIENT: &str = "client_";
+const COUPON: &str = "coupon_";
 
 fn to_i32(value: u32) -> Result<i32, RepoError> {
     i32::try_from(value).map_err(|_| RepoError::Other(format!("{value} does not fit a column")))
@@ -101,6 +108,92 @@ impl CouponRepository for SeaCouponRepository {
                 from_row(row, segments.into_iter().map(|s| s.segment_id).collect())
             })
             .transpose()
+    }
+
+    async fn with_client(
+        &self,
+        tenant: &TenantId,
+        coupon_id: &str,
+        client_id: &str,
+    ) -> Result<Option<ClientAndCoupon>, RepoError> {
+        use sea_orm::sea_query::{Alias, Expr, ExprTrait, Order, Query, UnionType};
+        let client = |c: clients::Column| Expr::col((clients::Entity, c));
+        let listed = Alias::new("segments");
+        let (client_segment, coupon_segment) = ("segment_of_client", "segment_of_coupon");
+        // The client's segments and the coupon's in one list, a row each: joining both to the
+        // client would return every pair of them.
+        let mut segments = Query::select()
+            .expr_as(
+                Expr::col(client_segments::Column::SegmentId),
+                Alias::new(client_segment),
+            )
+            .expr_as(Expr::null(), Alias::new(coupon_segment))
+            .from(client_segments::Entity)
+            .and_where(Expr::col(client_segments::Column::TenantId).eq(tenant.as_str()))
+            .and_where(Expr::col(client_segments::Column::ClientId).eq(client_id))
+            .to_owned();
+        segments.union(
+            UnionType::All,
+            Query::select()
+                .expr(Expr::null())
+                .expr(Expr::col(coupon_segments::Column::SegmentId))
+                .from(coupon_segments::Entity)
+                .and_where(Expr::col(coupon_segments::Column::TenantId).eq(tenant.as_str()))
+                .and_where(Expr::col(coupon_segments::Column::CouponId).eq(coupon_id))
+                .to_owned(),
+        );
+        let mut query = Query::select();
+        select_prefixed::<clients::Entity>(&mut query, CLIENT);
+        select_prefixed::<coupons::Entity>(&mut query, COUPON);
+        query
+            .column((listed.clone(), Alias::new(client_segment)))
+            .column((listed.clone(), Alias::new(coupon_segment)))
+            .from(clients::Entity)
+            .left_join(
+                coupons::Entity,
+                Expr::col((coupons::Entity, coupons::Column::TenantId))
+                    .equals((clients::Entity, clients::Column::TenantId))
+                    .and(Expr::col((coupons::Entity, coupons::Column::CouponId)).eq(coupon_id)),
+            )
+            .join_subquery(
+                sea_orm::sea_query::JoinType::LeftJoin,
+                segments,
+                listed.clone(),
+                Expr::val(true),
+            )
+            .and_where(client(clients::Column::TenantId).eq(tenant.as_str()))
+            .and_where(client(clients::Column::ClientId).eq(client_id))
+            // The coupon's segments in the order `get` gives them.
+            .order_by((listed.clone(), Alias::new(coupon_segment)), Order::Asc)
+            .order_by((listed, Alias::new(client_segment)), Order::Asc);
+        let rows = self.db.query_all(&query).await.map_err(classify)?;
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let mut client =
+            client_record(clients::Model::from_query_result(first, CLIENT).map_err(classify)?);
+        // A coupon row is there when its key is; a row that is there but unreadable is an error,
+        // not an unknown coupon.
+        let coupon_key: Option<String> = first
+            .try_get(COUPON, coupons::Column::CouponId.as_str())
+            .map_err(classify)?;
+        let coupon_row = match coupon_key {
+            Some(_) => Some(coupons::Model::from_query_result(first, COUPON).map_err(classify)?),
+            None => None,
+        };
+        let mut restricted_to = Vec::new();
+        for row in &rows {
+            let of_client: Option<String> = row.try_get("", client_segment).map_err(classify)?;
+            let of_coupon: Option<String> = row.try_get("", coupon_segment).map_err(classify)?;
+            client.segment_ids.extend(of_client);
+            restricted_to.extend(of_coupon);
+        }
+        Ok(Some(ClientAndCoupon {
+            client,
+            coupon: coupon_row
+                .map(|row| from_row(row, restricted_to))
+                .transpose()?,
+        }))
     }
 
     async fn name_taken(

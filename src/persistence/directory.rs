@@ -88,7 +88,7 @@ impl DirectoryRepository for SeaDirectoryRepository {
 }
 
 /// A client's row, without its segments.
-fn client_record(row: clients::Model) -> ClientRecord {
+pub(crate) fn client_record(row: clients::Model) -> ClientRecord {
     ClientRecord {
         client_id: row.client_id,
         name: row.name,

@@ -428,6 +428,15 @@ pub trait CouponRepository: Send + Sync {
         request: &IdempotencyRecord,
     ) -> Result<(), RepoError>;
     async fn get(&self, tenant: &TenantId, coupon_id: &str) -> Result<Option<Coupon>, RepoError>;
+    /// The client and the coupon a redemption checks, each with its segments, in one read:
+    /// `None` when the client is not known, no coupon when the coupon is not. Each answers as
+    /// [`DirectoryRepository::client`] and [`Self::get`] would.
+    async fn with_client(
+        &self,
+        tenant: &TenantId,
+        coupon_id: &str,
+        client_id: &str,
+    ) -> Result<Option<ClientAndCoupon>, RepoError>;
     /// Whether another coupon has this name.
     async fn name_taken(
         &self,
@@ -480,6 +489,15 @@ pub struct ClientPricing {
     pub pricing_revision: i64,
     /// Whether the client counted as agreed at the probe asked for; `None` when none was.
     pub eligible: Option<bool>,
+}
+
+/// A client and a coupon as a redemption reads them ([`CouponRepository::with_client`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAndCoupon {
+    /// The client, with the segments it belongs to.
+    pub client: ClientRecord,
+    /// The coupon, with the segments it is restricted to; `None` when it is not known.
+    pub coupon: Option<Coupon>,
 }
 
 /// What one redemption writes, all in one transaction.
@@ -670,6 +688,21 @@ pub trait SyncRepository: Send + Sync {
     ) -> Result<(), RepoError>;
     /// Every tenant.
     async fn tenants(&self) -> Result<Vec<TenantId>, RepoError>;
+}
+
+/// Selects every column of `E`, each as `prefix` and its name, as SeaORM's own joined selects
+/// do: a row of several tables is then read with `E::Model::from_query_result(row, prefix)`.
+pub(crate) fn select_prefixed<E: sea_orm::EntityTrait + Default>(
+    query: &mut sea_orm::sea_query::SelectStatement,
+    prefix: &str,
+) {
+    use sea_orm::{ColumnTrait, IdenStatic, Iterable};
+    for column in E::Column::iter() {
+        query.expr_as(
+            column.select_as(sea_orm::sea_query::Expr::col((E::default(), column))),
+            sea_orm::sea_query::Alias::new(format!("{prefix}{}", column.as_str())),
+        );
+    }
 }
 
 /// A row read with its children in one left join (the row once per child, or once with none):

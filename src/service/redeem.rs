@@ -23,9 +23,9 @@ use crate::domain::redemption::{
 };
 use crate::domain::validation::{FieldViolation, Invalid};
 use crate::persistence::{
-    CouponRepository, DirectoryRepository, IdempotencyRepository, LedgerRepository, RedeemPlan,
-    RedemptionFilter, RedemptionRepository, RefundPlan, RepoError, ReservationRepository,
-    SettingsRepository,
+    ClientAndCoupon, CouponRepository, DirectoryRepository, IdempotencyRepository,
+    LedgerRepository, RedeemPlan, RedemptionFilter, RedemptionRepository, RefundPlan, RepoError,
+    ReservationRepository, SettingsRepository,
 };
 use crate::service::idempotency::{IdempotencyError, RequestKey, prior_result};
 
@@ -203,18 +203,21 @@ impl RedeemService {
         request: &RedeemRequest,
     ) -> Result<Redemption, RedeemError> {
         // Read side by side (one call's latency is the longest read), then judged in order.
-        let (client, user, coupon) = tokio::join!(
-            self.client(caller, &request.client_id),
+        // The client and the coupon come in one read (one round trip fewer per redemption).
+        let (client_and_coupon, user) = tokio::join!(
+            self.deps
+                .coupons
+                .with_client(&caller.tenant, &request.coupon_id, &request.client_id),
             self.check_user(caller, request.user_id.as_deref(), &request.client_id),
-            self.deps.coupons.get(&caller.tenant, &request.coupon_id),
         );
         let mut found = required(&request.client_id, "client_id");
         found.extend(required(&request.coupon_id, "coupon_id"));
         Invalid::check(found)?;
-        let client = client?;
+        let ClientAndCoupon { client, coupon } =
+            client_and_coupon?.ok_or_else(|| unknown_client(&request.client_id))?;
         user?;
-        let coupon = coupon?
-            .ok_or_else(|| RedeemError::NotFound(format!("coupon {}", request.coupon_id)))?;
+        let coupon =
+            coupon.ok_or_else(|| RedeemError::NotFound(format!("coupon {}", request.coupon_id)))?;
         let settings = self.deps.settings.current(&caller.tenant).await?;
         let now = self.deps.clock.now();
         let segments: BTreeSet<String> = client.segment_ids.into_iter().collect();
@@ -732,7 +735,7 @@ impl RedeemService {
             .directory
             .client(&caller.tenant, client_id)
             .await?
-            .ok_or_else(|| RedeemError::NotFound(format!("client {client_id}")))
+            .ok_or_else(|| unknown_client(client_id))
     }
 
     /// A named user must be an active user of the client.
@@ -790,6 +793,10 @@ impl RedeemService {
             None => Err(RedeemError::Repo(RepoError::Aborted(cause))),
         }
     }
+}
+
+fn unknown_client(client_id: &str) -> RedeemError {
+    RedeemError::NotFound(format!("client {client_id}"))
 }
 
 fn required(value: &str, field: &str) -> Vec<FieldViolation> {

@@ -39,6 +39,7 @@ on_both_backends!(TestDb:
     a_decided_invoice_is_stored_alike_in_one_call_and_in_a_transaction,
     a_clients_segments_come_with_their_rates_and_only_theirs,
     an_earns_client_read_answers_eligibility_as_the_agreements_read_does,
+    a_redemptions_read_of_client_and_coupon_answers_as_their_own_reads_do,
     a_redemption_is_stored_alike_in_one_call_and_statement_by_statement,
     a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on,
     every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision,
@@ -1051,6 +1052,185 @@ async fn an_earns_client_read_answers_eligibility_as_the_agreements_read_does(st
             "{client} on day {day}: {why}"
         );
     }
+}
+
+/// A redemption reads the client and the coupon, each with its segments, in one statement; it
+/// must answer what the two reads of their own answer: every segment of each once (not every
+/// pair of them), the coupon's in order, nothing of another client, coupon or tenant, no client
+/// when the client is unknown and no coupon when the coupon is.
+#[allow(clippy::too_many_lines)] // the rows of two tenants, then every pair read both ways
+async fn a_redemptions_read_of_client_and_coupon_answers_as_their_own_reads_do(store: &TestDb) {
+    use one_loyalty::domain::coupons::{CouponType, Discount};
+    use one_loyalty::persistence::coupons::SeaCouponRepository;
+    use one_loyalty::persistence::directory::SeaDirectoryRepository;
+    use one_loyalty::persistence::entities::{client_segments, clients, coupon_segments};
+    use one_loyalty::persistence::{ClientAndCoupon, CouponRepository, DirectoryRepository};
+    let known = [
+        ("t1", "org:a"),
+        ("t1", "org:b"),
+        ("t1", "org:c"),
+        ("t2", "org:a"),
+    ];
+    clients::Entity::insert_many(known.map(|(t, c)| clients::ActiveModel {
+        tenant_id: Set(t.into()),
+        client_id: Set(c.into()),
+        kind: Set("ORGANIZATION".into()),
+        name: Set(format!("{c} of {t}")),
+        status: Set("ACTIVE".into()),
+        has_account: Set(c != "org:c"),
+        updated_at: Set(Utc::now().fixed_offset()),
+    }))
+    .exec(&store.db)
+    .await
+    .expect("clients");
+    let members = [
+        ("t1", "org:a", "gold"),
+        ("t1", "org:a", "bronze"),
+        ("t1", "org:a", "silver"),
+        ("t1", "org:b", "silver"),
+        ("t2", "org:a", "platinum"),
+    ];
+    client_segments::Entity::insert_many(members.map(|(t, c, s)| client_segments::ActiveModel {
+        tenant_id: Set(t.into()),
+        client_id: Set(c.into()),
+        segment_id: Set(s.into()),
+    }))
+    .exec(&store.db)
+    .await
+    .expect("members");
+    let mut limited = coupon("t1", "cp:limited", "Limited");
+    limited.stock = Set(Some(5));
+    limited.per_client_limit = Set(Some(2));
+    limited.redeemed_count = Set(3);
+    let mut for_few = coupon("t1", "cp:few", "For few");
+    for_few.coupon_type = Set("CART_DISCOUNT".into());
+    for_few.pool_id = Set(Some("pool:1".into()));
+    for_few.discount_kind = Set(Some("PERCENTAGE".into()));
+    for_few.discount_value = Set(Some("12.5".into()));
+    coupons::Entity::insert_many([
+        coupon("t1", "cp:open", "Open"),
+        limited,
+        for_few,
+        coupon("t2", "cp:open", "Open"),
+        coupon("t2", "cp:t2", "Only t2's"),
+    ])
+    .exec(&store.db)
+    .await
+    .expect("coupons");
+    let restrictions = [
+        ("t1", "cp:limited", "silver"),
+        ("t1", "cp:few", "zinc"),
+        ("t1", "cp:few", "gold"),
+        ("t1", "cp:few", "amber"),
+        ("t1", "cp:few", "silver"),
+        ("t2", "cp:open", "platinum"),
+    ];
+    coupon_segments::Entity::insert_many(restrictions.map(|(t, k, s)| {
+        coupon_segments::ActiveModel {
+            tenant_id: Set(t.into()),
+            coupon_id: Set(k.into()),
+            segment_id: Set(s.into()),
+        }
+    }))
+    .exec(&store.db)
+    .await
+    .expect("restrictions");
+    let coupons = SeaCouponRepository::new(store.db.clone());
+    let directory = SeaDirectoryRepository::new(store.db.clone());
+    let sorted = |mut read: ClientAndCoupon| {
+        read.client.segment_ids.sort();
+        read
+    };
+
+    // Every pair, against the two reads of their own.
+    let t1 = tenant("t1");
+    for client_id in ["org:a", "org:b", "org:c", "org:unknown"] {
+        for coupon_id in ["cp:open", "cp:limited", "cp:few", "cp:t2", "cp:unknown"] {
+            let read = coupons
+                .with_client(&t1, coupon_id, client_id)
+                .await
+                .expect("read");
+            let client = directory.client(&t1, client_id).await.expect("client");
+            let coupon = coupons.get(&t1, coupon_id).await.expect("coupon");
+            let expected = client.map(|client| ClientAndCoupon { client, coupon });
+            assert_eq!(
+                read.map(sorted),
+                expected.map(sorted),
+                "{client_id} with {coupon_id}"
+            );
+        }
+    }
+
+    // And what those reads are.
+    let read = coupons
+        .with_client(&t1, "cp:few", "org:a")
+        .await
+        .expect("read")
+        .map(sorted)
+        .expect("org:a is known");
+    assert_eq!(read.client.name, "org:a of t1");
+    assert_eq!(
+        read.client.segment_ids,
+        ["bronze", "gold", "silver"],
+        "each of the client's segments once"
+    );
+    let few = read.coupon.expect("cp:few is known");
+    assert_eq!(
+        few.spec.segment_ids,
+        ["amber", "gold", "silver", "zinc"],
+        "each of the coupon's segments once, in order"
+    );
+    assert_eq!(
+        (few.spec.coupon_type, few.spec.discount),
+        (
+            CouponType::CartDiscount,
+            Some(Discount::Percentage(dec("12.5")))
+        )
+    );
+    let read = coupons
+        .with_client(&t1, "cp:limited", "org:c")
+        .await
+        .expect("read")
+        .expect("org:c is known");
+    assert!(read.client.segment_ids.is_empty() && !read.client.has_account);
+    let limited = read.coupon.expect("cp:limited is known");
+    assert_eq!(
+        (
+            limited.spec.stock,
+            limited.spec.per_client_limit,
+            limited.redeemed_count
+        ),
+        (Some(5), Some(2), 3)
+    );
+    assert_eq!(limited.spec.segment_ids, ["silver"]);
+    let read = coupons
+        .with_client(&t1, "cp:t2", "org:b")
+        .await
+        .expect("read")
+        .expect("org:b is known");
+    assert_eq!(
+        (read.client.segment_ids.as_slice(), read.coupon),
+        (["silver".to_owned()].as_slice(), None),
+        "another tenant's coupon is not known"
+    );
+    assert_eq!(
+        coupons
+            .with_client(&t1, "cp:open", "org:unknown")
+            .await
+            .expect("read"),
+        None
+    );
+    let read = coupons
+        .with_client(&tenant("t2"), "cp:open", "org:a")
+        .await
+        .expect("read")
+        .expect("t2's org:a is known");
+    assert_eq!(read.client.name, "org:a of t2");
+    assert_eq!(read.client.segment_ids, ["platinum"]);
+    assert_eq!(
+        read.coupon.map(|c| c.spec.segment_ids),
+        Some(vec!["platinum".to_owned()])
+    );
 }
 
 /// Client `client` earns lots of `points` each (one locked besides, which a spend skips).
