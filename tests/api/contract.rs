@@ -845,17 +845,10 @@ async fn a_decided_invoice_is_stored_alike_in_one_call_and_in_a_transaction(stor
     );
 }
 
-/// An earn reads a client, its segments with their rates and the tenant's pricing revision in one
-/// query: every segment it belongs to, each segment's dated rates, none of another client's or
-/// another tenant's; nothing for a client not known.
-#[allow(clippy::too_many_lines)] // the rows of two tenants, then what each read returns
-async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb) {
-    use one_loyalty::persistence::RulesRepository;
-    use one_loyalty::persistence::entities::{
-        client_segments, clients, pricing_revisions, segment_rates,
-    };
-    use one_loyalty::persistence::rules::SeaRulesRepository;
-    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 3, d).expect("day");
+/// Clients org:a, org:b and org:c of tenant t1 and org:a of t2 (named "{client} of {tenant}";
+/// org:c without an account), in the segments `members` lists as (tenant, client, segment).
+async fn clients_in_segments(store: &TestDb, members: &[(&str, &str, &str)]) {
+    use one_loyalty::persistence::entities::{client_segments, clients};
     let known = [
         ("t1", "org:a"),
         ("t1", "org:b"),
@@ -874,20 +867,34 @@ async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb
     .exec(&store.db)
     .await
     .expect("clients");
+    client_segments::Entity::insert_many(members.iter().map(|&(t, c, s)| {
+        client_segments::ActiveModel {
+            tenant_id: Set(t.into()),
+            client_id: Set(c.into()),
+            segment_id: Set(s.into()),
+        }
+    }))
+    .exec(&store.db)
+    .await
+    .expect("members");
+}
+
+/// An earn reads a client, its segments with their rates and the tenant's pricing revision in one
+/// query: every segment it belongs to, each segment's dated rates, none of another client's or
+/// another tenant's; nothing for a client not known.
+#[allow(clippy::too_many_lines)] // the rows of two tenants, then what each read returns
+async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb) {
+    use one_loyalty::persistence::RulesRepository;
+    use one_loyalty::persistence::entities::{pricing_revisions, segment_rates};
+    use one_loyalty::persistence::rules::SeaRulesRepository;
+    let day = |d: u32| NaiveDate::from_ymd_opt(2026, 3, d).expect("day");
     let members = [
         ("t1", "org:a", "gold"),
         ("t1", "org:a", "bronze"),
         ("t1", "org:b", "silver"),
         ("t2", "org:a", "platinum"),
     ];
-    client_segments::Entity::insert_many(members.map(|(t, c, s)| client_segments::ActiveModel {
-        tenant_id: Set(t.into()),
-        client_id: Set(c.into()),
-        segment_id: Set(s.into()),
-    }))
-    .exec(&store.db)
-    .await
-    .expect("members");
+    clients_in_segments(store, &members).await;
     let rates = [
         ("t1", "gold", 1, 11_000),
         ("t1", "gold", 10, 12_000),
@@ -1063,26 +1070,8 @@ async fn a_redemptions_read_of_client_and_coupon_answers_as_their_own_reads_do(s
     use one_loyalty::domain::coupons::{CouponType, Discount};
     use one_loyalty::persistence::coupons::SeaCouponRepository;
     use one_loyalty::persistence::directory::SeaDirectoryRepository;
-    use one_loyalty::persistence::entities::{client_segments, clients, coupon_segments};
+    use one_loyalty::persistence::entities::coupon_segments;
     use one_loyalty::persistence::{ClientAndCoupon, CouponRepository, DirectoryRepository};
-    let known = [
-        ("t1", "org:a"),
-        ("t1", "org:b"),
-        ("t1", "org:c"),
-        ("t2", "org:a"),
-    ];
-    clients::Entity::insert_many(known.map(|(t, c)| clients::ActiveModel {
-        tenant_id: Set(t.into()),
-        client_id: Set(c.into()),
-        kind: Set("ORGANIZATION".into()),
-        name: Set(format!("{c} of {t}")),
-        status: Set("ACTIVE".into()),
-        has_account: Set(c != "org:c"),
-        updated_at: Set(Utc::now().fixed_offset()),
-    }))
-    .exec(&store.db)
-    .await
-    .expect("clients");
     let members = [
         ("t1", "org:a", "gold"),
         ("t1", "org:a", "bronze"),
@@ -1090,14 +1079,7 @@ async fn a_redemptions_read_of_client_and_coupon_answers_as_their_own_reads_do(s
         ("t1", "org:b", "silver"),
         ("t2", "org:a", "platinum"),
     ];
-    client_segments::Entity::insert_many(members.map(|(t, c, s)| client_segments::ActiveModel {
-        tenant_id: Set(t.into()),
-        client_id: Set(c.into()),
-        segment_id: Set(s.into()),
-    }))
-    .exec(&store.db)
-    .await
-    .expect("members");
+    clients_in_segments(store, &members).await;
     let mut limited = coupon("t1", "cp:limited", "Limited");
     limited.stock = Set(Some(5));
     limited.per_client_limit = Set(Some(2));
