@@ -87,15 +87,7 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
 /// # Errors
 /// The database.
 pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, RepoError> {
-    let turn = match write_turns(db) {
-        Some(turns) => Some(
-            turns
-                .acquire_owned()
-                .await
-                .map_err(|_| RepoError::Unavailable("the database is closing".into()))?,
-        ),
-        None => None,
-    };
+    let turn = write_turn(db).await?;
     let txn = db
         .begin_with_options(TransactionOptions {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
@@ -104,6 +96,24 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, Re
         .await
         .map_err(classify)?;
     Ok(WriteTransaction { txn, _turn: turn })
+}
+
+/// This writer's turn at a SQLite file, once the writers before it are done; `None` on
+/// PostgreSQL. Whoever holds it may begin a write transaction without waiting inside SQLite.
+///
+/// # Errors
+/// The database is closing.
+pub(crate) async fn write_turn(
+    db: &DatabaseConnection,
+) -> Result<Option<OwnedSemaphorePermit>, RepoError> {
+    match write_turns(db) {
+        Some(turns) => turns
+            .acquire_owned()
+            .await
+            .map(Some)
+            .map_err(|_| RepoError::Unavailable("the database is closing".into())),
+        None => Ok(None),
+    }
 }
 
 /// The turns of a SQLite file's writers in this process: one at a time, in order of asking.

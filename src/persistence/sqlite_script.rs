@@ -3,8 +3,10 @@
 //! statement, an earn was ten of them and a redemption twelve and one per lot it spent
 //! (docs/PERFORMANCE.md). A script is statements sent as one: sqlx-sqlite runs them in order in
 //! its worker thread, binding the values statement by statement, and stops at the first that
-//! fails. An earn is `BEGIN IMMEDIATE`, one script, `COMMIT`; a redemption is two scripts, what
-//! it reads under the write lock and, once its checks pass, what it writes.
+//! fails. An earn is one script; a redemption is two, what it reads under the write lock and,
+//! once its checks pass, what it writes. Written alone, the first script begins the transaction
+//! (`BEGIN IMMEDIATE`) and the last commits it, on a connection taken from the pool for the
+//! write: no hand-off of their own for either (an earn was `BEGIN`, the script and `COMMIT`).
 //!
 //! The statements are built from the rows the transaction path builds (`event_row`,
 //! `document_row`, `line_rows`, `lot_row`, the event lines' `row`, `record_row`, the
@@ -14,24 +16,27 @@
 //! lock taken by `BEGIN IMMEDIATE` keeps what they read true until the commit.
 //!
 //! [`ScriptWriter`] writes them with group commit: those that arrive together in one transaction,
-//! each in a savepoint of its own.
+//! each in a savepoint of its own ([`ScriptScope`]).
 
 use std::future::Future;
 use std::marker::PhantomData;
 
 use chrono::{DateTime, Utc};
+use sea_orm::sea_query::Values;
 use sea_orm::sea_query::{
     Alias, Asterisk, Expr, ExprTrait, InsertStatement, Query, QueryStatementBuilder,
     SelectStatement,
 };
+use sea_orm::sqlx::{self, Sqlite, pool::PoolConnection};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, EntityTrait, IdenStatic, Iterable, QueryResult, QueryTrait, Statement,
-    StatementBuilder, Value,
+    DbBackend, DbErr, EntityTrait, IdenStatic, Iterable, QueryResult, QueryTrait, RuntimeErr,
+    Statement, StatementBuilder, Value,
 };
+use sea_query_sqlx::SqlxValues;
 
 use super::RedeemPlan;
-use super::db::begin_write;
+use super::db::{begin_write, write_turn};
 use super::documents::{document_row, line_rows};
 use super::entities::{
     balances, coupons, document_lines, documents, earn_lots, ledger_event_lines, ledger_events,
@@ -63,13 +68,12 @@ const CHUNK: usize = 500;
 pub trait ScriptItem: Send + 'static {
     type Written: Send + 'static;
 
-    /// Writes the item inside `txn`, in as few scripts as it can. With `savepoint`, its first
-    /// script opens [`SAVEPOINT`] and its last releases it. An error may leave what ran of it in
-    /// the transaction: the writer undoes it.
+    /// Writes the item in `scope`, in as few scripts as it can: its first script opens the
+    /// scope and its last closes it ([`Script::opened`], [`Script::closed`]). An error may leave
+    /// what ran of it in the transaction: the writer undoes it.
     fn write_in(
         self,
-        txn: &DatabaseTransaction,
-        savepoint: bool,
+        scope: ScriptScope<'_>,
     ) -> impl Future<Output = Result<Self::Written, RepoError>> + Send;
 
     /// What an item's error, undone, means for its caller.
@@ -80,6 +84,97 @@ pub trait ScriptItem: Send + 'static {
 
 /// The savepoint of each item in a batch.
 const SAVEPOINT: &str = "loyalty_item";
+
+/// Where an item's scripts run, and what its first script opens and its last closes.
+pub enum ScriptScope<'a> {
+    /// An item written alone, on a connection of its own: the transaction itself.
+    Alone(&'a mut LoneConnection),
+    /// An item of a batch, in the writer's transaction: a savepoint ([`SAVEPOINT`]).
+    InBatch(&'a DatabaseTransaction),
+}
+
+impl ScriptScope<'_> {
+    fn opening(&self) -> String {
+        match self {
+            Self::Alone(_) => "BEGIN IMMEDIATE".to_owned(),
+            Self::InBatch(_) => format!("SAVEPOINT {SAVEPOINT}"),
+        }
+    }
+
+    fn closing(&self) -> String {
+        match self {
+            Self::Alone(_) => "COMMIT".to_owned(),
+            Self::InBatch(_) => format!("RELEASE {SAVEPOINT}"),
+        }
+    }
+
+    async fn run(&mut self, script: Script) -> Result<Vec<QueryResult>, RepoError> {
+        match self {
+            Self::Alone(conn) => conn.run(script).await,
+            Self::InBatch(txn) => script.run(*txn).await,
+        }
+    }
+}
+
+/// A pooled connection held for one write whose scripts begin and commit its transaction
+/// themselves. Until a script that commits has run, a transaction may be open on it: unless
+/// [`LoneConnection::end`] rolls it back, the connection is closed when dropped (SQLite rolls
+/// back what a closed connection left open) rather than given back to the pool with it open, as
+/// it would be if the write failed or its caller went away halfway.
+pub struct LoneConnection {
+    conn: PoolConnection<Sqlite>,
+    may_be_open: bool,
+}
+
+impl LoneConnection {
+    async fn acquire(db: &DatabaseConnection) -> Result<Self, RepoError> {
+        let conn = db
+            .get_sqlite_connection_pool()
+            .acquire()
+            .await
+            .map_err(|e| classify(DbErr::Conn(RuntimeErr::SqlxError(e.into()))))?;
+        Ok(Self {
+            conn,
+            may_be_open: false,
+        })
+    }
+
+    async fn run(&mut self, script: Script) -> Result<Vec<QueryResult>, RepoError> {
+        self.may_be_open |= script.opens;
+        let rows = sqlx::query_with(
+            sqlx::AssertSqlSafe(script.sql),
+            SqlxValues(Values(script.values)),
+        )
+        .fetch_all(&mut *self.conn)
+        .await
+        .map_err(|e| classify(DbErr::Query(RuntimeErr::SqlxError(e.into()))))?;
+        if script.closes {
+            self.may_be_open = false;
+        }
+        Ok(rows.into_iter().map(QueryResult::from).collect())
+    }
+
+    /// Rolls back what a write that did not commit left open; if even that fails, the
+    /// connection is closed.
+    async fn end(mut self) {
+        if self.may_be_open
+            && sqlx::raw_sql(sqlx::AssertSqlSafe("ROLLBACK"))
+                .execute(&mut *self.conn)
+                .await
+                .is_ok()
+        {
+            self.may_be_open = false;
+        }
+    }
+}
+
+impl Drop for LoneConnection {
+    fn drop(&mut self) {
+        if self.may_be_open {
+            self.conn.close_on_drop();
+        }
+    }
+}
 
 /// Writes script items on SQLite: a lone item, or those queued together (group commit), in one
 /// transaction, one commit and one fsync. In a batch each item is in a savepoint of its own, so
@@ -104,19 +199,15 @@ impl<T: ScriptItem> ScriptWriter<T> {
         &self,
         mut items: Vec<T>,
     ) -> Result<Vec<Result<T::Written, RepoError>>, RepoError> {
-        let txn = begin_write(&self.db).await?;
         if items.len() == 1
             && let Some(alone) = items.pop()
         {
-            let written = alone.write_in(&txn, false).await;
-            if written.is_ok() {
-                txn.commit().await.map_err(classify)?;
-            }
-            return Ok(vec![T::settle(written)]);
+            return Ok(vec![T::settle(self.write_alone(alone).await?)]);
         }
+        let txn = begin_write(&self.db).await?;
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
-            let written = item.write_in(&txn, true).await;
+            let written = item.write_in(ScriptScope::InBatch(&txn)).await;
             if written.is_err() {
                 txn.execute_unprepared(&format!("ROLLBACK TO {SAVEPOINT}; RELEASE {SAVEPOINT}"))
                     .await
@@ -126,6 +217,16 @@ impl<T: ScriptItem> ScriptWriter<T> {
         }
         txn.commit().await.map_err(classify)?;
         Ok(outcomes)
+    }
+
+    /// One item in a transaction of its own, begun and committed by its scripts. The outer
+    /// error: no connection to write on.
+    async fn write_alone(&self, item: T) -> Result<Result<T::Written, RepoError>, RepoError> {
+        let _turn = write_turn(&self.db).await?;
+        let mut conn = LoneConnection::acquire(&self.db).await?;
+        let written = item.write_in(ScriptScope::Alone(&mut conn)).await;
+        conn.end().await;
+        Ok(written)
     }
 }
 
@@ -167,13 +268,9 @@ impl ScriptItem for PreparedScriptEarn {
     /// `Some(event id)`, or `None` when the document was stored before.
     type Written = Option<i64>;
 
-    async fn write_in(
-        self,
-        txn: &DatabaseTransaction,
-        savepoint: bool,
-    ) -> Result<Option<i64>, RepoError> {
-        let rows = self.script.in_savepoint(savepoint).run(txn).await?;
-        event_id(&rows).map(Some)
+    async fn write_in(self, mut scope: ScriptScope<'_>) -> Result<Option<i64>, RepoError> {
+        let script = self.script.opened(&scope).closed(&scope);
+        event_id(&scope.run(script).await?).map(Some)
     }
 
     /// The document's primary key: stored before (by an earlier delivery, another process, or
@@ -327,22 +424,17 @@ impl ScriptItem for PreparedScriptRedemption {
     /// The redemption as stored, with its Use event's id.
     type Written = Redemption;
 
-    async fn write_in(
-        mut self,
-        txn: &DatabaseTransaction,
-        savepoint: bool,
-    ) -> Result<Redemption, RepoError> {
-        let read = std::mem::take(&mut self.reads)
-            .after_savepoint(savepoint)
-            .run(txn)
+    async fn write_in(mut self, mut scope: ScriptScope<'_>) -> Result<Redemption, RepoError> {
+        let read = scope
+            .run(std::mem::take(&mut self.reads).opened(&scope))
             .await?;
         self.check(
             read.last().ok_or_else(|| {
                 RepoError::Other("the redemption's reads answered nothing".into())
             })?,
         )?;
-        let writes = std::mem::take(&mut self.writes).then_release(savepoint);
-        let use_event_id = event_id(&writes.run(txn).await?)?;
+        let writes = std::mem::take(&mut self.writes).closed(&scope);
+        let use_event_id = event_id(&scope.run(writes).await?)?;
         Ok(Redemption {
             use_event_id: Some(use_event_id),
             ..self.stored
@@ -516,6 +608,10 @@ fn insert_rows<A: ActiveModelTrait>(
 struct Script {
     sql: String,
     values: Vec<Value>,
+    /// Begins with opening its scope.
+    opens: bool,
+    /// Ends with closing its scope.
+    closes: bool,
 }
 
 impl Script {
@@ -532,34 +628,24 @@ impl Script {
         self.values.extend(values);
     }
 
-    /// These statements, inside [`SAVEPOINT`] if `savepoint`.
-    fn in_savepoint(self, savepoint: bool) -> Self {
-        self.after_savepoint(savepoint).then_release(savepoint)
-    }
-
-    /// These statements, after opening [`SAVEPOINT`] if `savepoint`.
-    fn after_savepoint(self, savepoint: bool) -> Self {
-        if !savepoint {
-            return self;
-        }
-        let mut opened = Self::default();
-        opened.push_sql(&format!("SAVEPOINT {SAVEPOINT}"));
-        opened.append(self);
+    /// These statements, after opening `scope`.
+    fn opened(self, scope: &ScriptScope<'_>) -> Self {
+        let mut opened = Self {
+            opens: true,
+            ..Self::default()
+        };
+        opened.push_sql(&scope.opening());
+        opened.push_sql(&self.sql);
+        opened.values.extend(self.values);
+        opened.closes = self.closes;
         opened
     }
 
-    /// These statements, then releasing [`SAVEPOINT`] if `savepoint`.
-    fn then_release(mut self, savepoint: bool) -> Self {
-        if savepoint {
-            self.push_sql(&format!("RELEASE {SAVEPOINT}"));
-        }
+    /// These statements, then closing `scope`.
+    fn closed(mut self, scope: &ScriptScope<'_>) -> Self {
+        self.push_sql(&scope.closing());
+        self.closes = true;
         self
-    }
-
-    /// `other`'s statements after these.
-    fn append(&mut self, other: Self) {
-        self.push_sql(&other.sql);
-        self.values.extend(other.values);
     }
 
     /// A statement that binds no value.
@@ -578,5 +664,82 @@ impl Script {
         ))
         .await
         .map_err(classify)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::DatabaseSettings;
+    use crate::persistence::db::connect;
+
+    const POOL: u32 = 2;
+
+    fn script(sql: &str) -> Script {
+        let mut script = Script::default();
+        script.push_sql(sql);
+        script
+    }
+
+    /// A write dropped halfway (its caller went away) and one whose script failed leave no
+    /// transaction open on a connection of the pool: every connection then sees only what was
+    /// committed and can take the write lock at once.
+    #[tokio::test]
+    async fn a_lone_write_cut_short_or_failed_gives_back_no_open_transaction() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = connect(&DatabaseSettings {
+            url: format!("sqlite://{}", dir.path().join("lone.db").display()),
+            max_connections: POOL,
+            connect_timeout_ms: 5_000,
+            sqlite_busy_timeout_ms: 2_000,
+            sqlite_mmap_bytes: 0,
+            write_batch_max: 1,
+            auto_migrate: false,
+            schema: None,
+        })
+        .await
+        .expect("connect");
+        db.execute_unprepared("CREATE TABLE t (n INTEGER NOT NULL)")
+            .await
+            .expect("table");
+
+        let mut dropped = LoneConnection::acquire(&db).await.expect("acquire");
+        let mut scope = ScriptScope::Alone(&mut dropped);
+        let opened = script("INSERT INTO t VALUES (1)").opened(&scope);
+        scope.run(opened).await.expect("first script");
+        drop(dropped);
+
+        let mut failed = LoneConnection::acquire(&db).await.expect("acquire");
+        let mut scope = ScriptScope::Alone(&mut failed);
+        let whole = script("INSERT INTO t VALUES (2); INSERT INTO t VALUES (NULL)")
+            .opened(&scope)
+            .closed(&scope);
+        assert!(scope.run(whole).await.is_err());
+        failed.end().await;
+
+        let mut committed = LoneConnection::acquire(&db).await.expect("acquire");
+        let mut scope = ScriptScope::Alone(&mut committed);
+        let whole = script("INSERT INTO t VALUES (3)")
+            .opened(&scope)
+            .closed(&scope);
+        scope.run(whole).await.expect("committed");
+        committed.end().await;
+
+        let pool = db.get_sqlite_connection_pool();
+        let mut every = Vec::new();
+        for _ in 0..POOL {
+            every.push(pool.acquire().await.expect("a pooled connection"));
+        }
+        for conn in &mut every {
+            let rows: Vec<(i64,)> = sqlx::query_as("SELECT n FROM t")
+                .fetch_all(&mut **conn)
+                .await
+                .expect("read");
+            assert_eq!(rows, vec![(3,)]);
+            sqlx::raw_sql("BEGIN IMMEDIATE; ROLLBACK")
+                .execute(&mut **conn)
+                .await
+                .expect("the write lock is free");
+        }
     }
 }
