@@ -240,6 +240,35 @@ fn prepare_sqlite_file(url: &str) -> Result<String, RepoError> {
 mod tests {
     use super::*;
 
+    /// The patched sqlx-core (vendor/README.md) gives a connection with nothing left to send back
+    /// to the pool as it is dropped, not in a task spawned for it: on this single-threaded test
+    /// runtime such a task could not have run yet.
+    #[tokio::test]
+    async fn a_connection_is_back_in_the_pool_as_soon_as_it_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = connect(&DatabaseSettings {
+            url: format!("sqlite://{}", dir.path().join("pool.db").display()),
+            max_connections: 1,
+            connect_timeout_ms: 5_000,
+            sqlite_busy_timeout_ms: 1_000,
+            sqlite_mmap_bytes: 0,
+            write_batch_max: 1,
+            auto_migrate: false,
+            schema: None,
+        })
+        .await
+        .expect("connect");
+        db.execute_unprepared("SELECT 1")
+            .await
+            .expect("a statement");
+        let pool = db.get_sqlite_connection_pool();
+        assert_eq!(pool.num_idle(), 1);
+        let conn = pool.acquire().await.expect("the connection");
+        assert_eq!(pool.num_idle(), 0);
+        drop(conn);
+        assert_eq!(pool.num_idle(), 1);
+    }
+
     #[test]
     fn sqlite_urls_get_create_mode_and_memory_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
