@@ -236,6 +236,26 @@ fn prepare_sqlite_file(url: &str) -> Result<String, RepoError> {
     Ok(format!("sqlite://{path}?{query}"))
 }
 
+/// A SQLite file of its own in `dir` for a unit test, with a pool of `max_connections`.
+#[cfg(test)]
+pub(crate) async fn test_sqlite(
+    dir: &tempfile::TempDir,
+    max_connections: u32,
+) -> DatabaseConnection {
+    connect(&DatabaseSettings {
+        url: format!("sqlite://{}", dir.path().join("test.db").display()),
+        max_connections,
+        connect_timeout_ms: 5_000,
+        sqlite_busy_timeout_ms: 2_000,
+        sqlite_mmap_bytes: 0,
+        write_batch_max: 1,
+        auto_migrate: false,
+        schema: None,
+    })
+    .await
+    .expect("connect")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -246,18 +266,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_is_back_in_the_pool_as_soon_as_it_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = connect(&DatabaseSettings {
-            url: format!("sqlite://{}", dir.path().join("pool.db").display()),
-            max_connections: 1,
-            connect_timeout_ms: 5_000,
-            sqlite_busy_timeout_ms: 1_000,
-            sqlite_mmap_bytes: 0,
-            write_batch_max: 1,
-            auto_migrate: false,
-            schema: None,
-        })
-        .await
-        .expect("connect");
+        let db = test_sqlite(&dir, 1).await;
         db.execute_unprepared("SELECT 1")
             .await
             .expect("a statement");

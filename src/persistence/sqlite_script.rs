@@ -670,8 +670,7 @@ impl Script {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::DatabaseSettings;
-    use crate::persistence::db::connect;
+    use crate::persistence::db::test_sqlite;
 
     const POOL: u32 = 2;
 
@@ -687,18 +686,7 @@ mod tests {
     #[tokio::test]
     async fn a_lone_write_cut_short_or_failed_gives_back_no_open_transaction() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let db = connect(&DatabaseSettings {
-            url: format!("sqlite://{}", dir.path().join("lone.db").display()),
-            max_connections: POOL,
-            connect_timeout_ms: 5_000,
-            sqlite_busy_timeout_ms: 2_000,
-            sqlite_mmap_bytes: 0,
-            write_batch_max: 1,
-            auto_migrate: false,
-            schema: None,
-        })
-        .await
-        .expect("connect");
+        let db = test_sqlite(&dir, POOL).await;
         db.execute_unprepared("CREATE TABLE t (n INTEGER NOT NULL)")
             .await
             .expect("table");
