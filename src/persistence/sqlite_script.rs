@@ -140,7 +140,8 @@ impl LoneConnection {
     }
 
     async fn run(&mut self, script: Script) -> Result<Vec<QueryResult>, RepoError> {
-        self.may_be_open |= script.opens;
+        // Each script of a lone write runs in its transaction, the first one opening it.
+        self.may_be_open = true;
         let rows = sqlx::query_with(
             sqlx::AssertSqlSafe(script.sql),
             SqlxValues(Values(script.values)),
@@ -608,8 +609,6 @@ fn insert_rows<A: ActiveModelTrait>(
 struct Script {
     sql: String,
     values: Vec<Value>,
-    /// Begins with opening its scope.
-    opens: bool,
     /// Ends with closing its scope.
     closes: bool,
 }
@@ -629,16 +628,11 @@ impl Script {
     }
 
     /// These statements, after opening `scope`.
-    fn opened(self, scope: &ScriptScope<'_>) -> Self {
-        let mut opened = Self {
-            opens: true,
-            ..Self::default()
-        };
-        opened.push_sql(&scope.opening());
-        opened.push_sql(&self.sql);
-        opened.values.extend(self.values);
-        opened.closes = self.closes;
-        opened
+    fn opened(mut self, scope: &ScriptScope<'_>) -> Self {
+        let statements = std::mem::take(&mut self.sql);
+        self.push_sql(&scope.opening());
+        self.push_sql(&statements);
+        self
     }
 
     /// These statements, then closing `scope`.
@@ -680,9 +674,31 @@ mod tests {
         script
     }
 
+    /// Takes every connection of the pool at once: each must see exactly `committed` and take
+    /// the write lock at once (none holds a transaction left open).
+    async fn every_connection_sees_only(db: &DatabaseConnection, committed: &[i64]) {
+        let pool = db.get_sqlite_connection_pool();
+        let mut every = Vec::new();
+        for _ in 0..POOL {
+            every.push(pool.acquire().await.expect("a pooled connection"));
+        }
+        for conn in &mut every {
+            let rows: Vec<i64> = sqlx::query_scalar("SELECT n FROM t ORDER BY n")
+                .fetch_all(&mut **conn)
+                .await
+                .expect("read");
+            assert_eq!(rows, committed);
+            sqlx::raw_sql("BEGIN IMMEDIATE; ROLLBACK")
+                .execute(&mut **conn)
+                .await
+                .expect("the write lock is free");
+        }
+    }
+
     /// A write dropped halfway (its caller went away) and one whose script failed leave no
     /// transaction open on a connection of the pool: every connection then sees only what was
-    /// committed and can take the write lock at once.
+    /// committed and can take the write lock at once. Each case is checked before the next runs,
+    /// so that a later write cannot end a transaction an earlier one left open.
     #[tokio::test]
     async fn a_lone_write_cut_short_or_failed_gives_back_no_open_transaction() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -696,6 +712,7 @@ mod tests {
         let opened = script("INSERT INTO t VALUES (1)").opened(&scope);
         scope.run(opened).await.expect("first script");
         drop(dropped);
+        every_connection_sees_only(&db, &[]).await;
 
         let mut failed = LoneConnection::acquire(&db).await.expect("acquire");
         let mut scope = ScriptScope::Alone(&mut failed);
@@ -704,6 +721,7 @@ mod tests {
             .closed(&scope);
         assert!(scope.run(whole).await.is_err());
         failed.end().await;
+        every_connection_sees_only(&db, &[]).await;
 
         let mut committed = LoneConnection::acquire(&db).await.expect("acquire");
         let mut scope = ScriptScope::Alone(&mut committed);
@@ -712,22 +730,6 @@ mod tests {
             .closed(&scope);
         scope.run(whole).await.expect("committed");
         committed.end().await;
-
-        let pool = db.get_sqlite_connection_pool();
-        let mut every = Vec::new();
-        for _ in 0..POOL {
-            every.push(pool.acquire().await.expect("a pooled connection"));
-        }
-        for conn in &mut every {
-            let rows: Vec<(i64,)> = sqlx::query_as("SELECT n FROM t")
-                .fetch_all(&mut **conn)
-                .await
-                .expect("read");
-            assert_eq!(rows, vec![(3,)]);
-            sqlx::raw_sql("BEGIN IMMEDIATE; ROLLBACK")
-                .execute(&mut **conn)
-                .await
-                .expect("the write lock is free");
-        }
+        every_connection_sees_only(&db, &[3]).await;
     }
 }
