@@ -421,9 +421,10 @@ impl JsonObject {
 }
 
 /// A row as a JSON object keyed by column name; columns not set, and columns that are NULL, are
-/// left out. `jsonb_populate_record` reads a missing key as NULL, and PostgreSQL's CPU per earn
-/// goes mostly into parsing and storing what it is sent: without its nulls an earn's argument is
-/// 23 % shorter (5.5 KB to 4.2 KB for 10 lines), measured 0.92× to 0.96× the CPU per call.
+/// left out. `jsonb_populate_record` reads a missing key as NULL, and PostgreSQL parses every
+/// byte it is sent (`jsonb_in`, a tenth of an earn's CPU there): without its nulls an earn's
+/// argument is 23 % shorter (5.5 KB to 4.2 KB for 10 lines), measured 0.92× to 0.96× the CPU
+/// per call (docs/PERFORMANCE.md).
 fn write_row<A: ActiveModelTrait>(text: &mut Vec<u8>, row: &A) -> Result<(), RepoError> {
     let mut first = true;
     text.push(b'{');
