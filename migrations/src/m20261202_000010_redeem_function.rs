@@ -29,7 +29,7 @@ impl MigrationName for Migration {
 /// anything, so one refused writes nothing and the others are written: no subtransaction, which
 /// would turn every later change of a row already changed in the batch (one hot client's
 /// balance, a coupon's count) into a multixact.
-const REDEEM_BATCH_FUNCTION: &str = r"
+pub(crate) const REDEEM_BATCH_FUNCTION: &str = r"
 CREATE FUNCTION loyalty_redeem_batch(p_items jsonb)
 RETURNS TABLE (item bigint, use_event_id bigint, failed_state text, failed_detail text,
     failed_message text)

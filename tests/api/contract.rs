@@ -1484,8 +1484,9 @@ async fn a_redemption_is_stored_alike_in_one_call_and_statement_by_statement(sto
     assert_eq!(counted, 2);
 }
 
-/// Every guard of a redemption, on both paths: what it refuses leaves no trace (no record, no
-/// event, no lot spent, no count), and a spend beyond the lots read at once goes on to the next.
+/// Every guard of a redemption, on both paths: what it refuses (points, stock, the client's limit,
+/// a request id or a code taken) leaves no trace (no record, no event, no lot spent, no count),
+/// and a spend beyond the lots read at once goes on to the next.
 #[allow(clippy::too_many_lines)] // one scenario per guard
 async fn a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on(store: &TestDb) {
     use one_loyalty::persistence::RedemptionRepository;
@@ -1551,7 +1552,20 @@ async fn a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on(store: &
             matches!(err, RepoError::Conflict(_)),
             "a request id twice: {err:?}"
         );
-        for request in ["dear", "stock", "limit-2"] {
+        // A code given out already: refused, and the second request's record taken back.
+        let mut coded = redeem_plan(client, &q("code-1"), "1");
+        coded.redemption.code = Some(q("code"));
+        repo.redeem(&t, &coded, &redeem_record(&q("code-1")))
+            .await
+            .expect("the first with the code");
+        let mut same_code = redeem_plan(client, &q("code-2"), "1");
+        same_code.redemption.code = Some(q("code"));
+        let err = refused(same_code).await;
+        assert!(
+            matches!(err, RepoError::Conflict(_)),
+            "a code twice: {err:?}"
+        );
+        for request in ["dear", "stock", "limit-2", "code-2"] {
             assert_eq!(
                 requests.find(&t, &q(request)).await.expect("find"),
                 None,
@@ -1565,21 +1579,22 @@ async fn a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on(store: &
             .expect("balance");
         assert_eq!(
             after.total,
-            before.total - dec("1"),
-            "{client}: only the first spent"
+            before.total - dec("2"),
+            "{client}: only the two first spent"
         );
         let mut expected = lots_before.clone();
         expected[0] = 0;
+        expected[1] = 0;
         assert_eq!(
             lots_left(store, client).await,
             expected,
-            "{client}: one lot spent"
+            "{client}: two lots spent"
         );
 
-        // 68 points: the 64 lots read at once, then 4 more.
+        // 67 points: the 64 lots read at once, then 3 more.
         repo.redeem(
             &t,
-            &redeem_plan(client, &q("long"), "68"),
+            &redeem_plan(client, &q("long"), "67"),
             &redeem_record(&q("long")),
         )
         .await
