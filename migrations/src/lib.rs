@@ -22,6 +22,7 @@ mod m20261202_000010_redeem_function;
 mod m20261202_000011_earn_function;
 mod m20261202_000012_earn_function_columns;
 mod m20261205_000013_redeem_function_statements;
+mod m20261205_000014_earn_lone_call;
 
 /// Runs `statements` in order on PostgreSQL (functions that only its write paths call); on SQLite
 /// there is nothing to do.
@@ -55,6 +56,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000011_earn_function::Migration),
             Box::new(m20261202_000012_earn_function_columns::Migration),
             Box::new(m20261205_000013_redeem_function_statements::Migration),
+            Box::new(m20261205_000014_earn_lone_call::Migration),
         ]
     }
 }

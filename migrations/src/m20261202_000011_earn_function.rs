@@ -78,7 +78,7 @@ $$";
 /// redemptions locks them, so that batches written side by side cannot deadlock); one row per
 /// item, with its place in `p_items`, the event's id and what failed it (SQLSTATE, detail,
 /// message).
-const EARN_BATCH_FUNCTION: &str = r"
+pub(crate) const EARN_BATCH_FUNCTION: &str = r"
 CREATE FUNCTION loyalty_earn_batch(p_items jsonb)
 RETURNS TABLE (item bigint, event_id bigint, failed_state text, failed_detail text,
     failed_message text)

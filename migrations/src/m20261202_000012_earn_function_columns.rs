@@ -22,7 +22,7 @@ impl MigrationName for Migration {
 }
 
 /// The same function as [`EARN_FUNCTION`], with the same arguments and result.
-const EARN_FUNCTION_BY_COLUMN: &str = r"
+pub(crate) const EARN_FUNCTION_BY_COLUMN: &str = r"
 CREATE OR REPLACE FUNCTION loyalty_earn(p jsonb) RETURNS bigint LANGUAGE plpgsql AS $$
 DECLARE
     v_event bigint;

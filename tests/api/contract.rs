@@ -46,6 +46,7 @@ on_both_backends!(TestDb:
     redemptions_written_together_each_have_their_own_outcome,
     a_batch_that_fails_as_a_whole_is_written_again_item_by_item,
     earns_written_together_each_have_their_own_outcome,
+    an_earn_the_database_refuses_fails_alike_alone_and_together,
     every_migration_goes_down_and_up_again,
 );
 
@@ -1957,9 +1958,6 @@ async fn a_batch_that_fails_as_a_whole_is_written_again_item_by_item(store: &Tes
 async fn earns_written_together_each_have_their_own_outcome(store: &TestDb) {
     use one_loyalty::persistence::DocumentRepository;
     use one_loyalty::persistence::documents::SeaDocumentRepository;
-    use one_loyalty::persistence::few_statements::{EarnWriter, PreparedEarn};
-    use one_loyalty::persistence::group_commit::BatchWriter;
-    use one_loyalty::persistence::sqlite_script::{PreparedScriptEarn, ScriptWriter};
     let t = tenant("t1");
     let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
     let deliveries = [
@@ -1973,30 +1971,7 @@ async fn earns_written_together_each_have_their_own_outcome(store: &TestDb) {
         .map(|(id, client)| decided_invoice(id, client, now))
         .collect();
     let repo = SeaDocumentRepository::new(store.db.clone(), Arc::new(SystemClock));
-    let parts: Vec<_> = decided
-        .iter()
-        .map(|(record, decision)| {
-            let (event, lines) = decision.event.as_ref().expect("an earn");
-            (decision.applied_to(record.clone(), None, now), event, lines)
-        })
-        .collect();
-    let outcomes = if store.db.get_database_backend() == sea_orm::DbBackend::Postgres {
-        let items = parts
-            .iter()
-            .map(|(stored, event, lines)| {
-                PreparedEarn::new(&t, stored, event, lines, now).expect("prepared")
-            })
-            .collect();
-        EarnWriter::new(store.db.clone()).write(items).await
-    } else {
-        let items = parts
-            .iter()
-            .map(|(stored, event, lines)| {
-                PreparedScriptEarn::new(&t, stored, event, lines, now).expect("prepared")
-            })
-            .collect();
-        ScriptWriter::new(store.db.clone()).write(items).await
-    };
+    let outcomes = write_earns_together(store, &t, &decided, now, |_| {}).await;
     let event_ids: Vec<Option<i64>> = outcomes
         .into_iter()
         .map(|outcome| outcome.expect("written"))
@@ -2026,6 +2001,105 @@ async fn earns_written_together_each_have_their_own_outcome(store: &TestDb) {
             "{client} earned once per document"
         );
     }
+    for audit in ledger.audit(&t).await.expect("audit") {
+        assert!(audit.violations().is_empty(), "{audit:?}");
+    }
+}
+
+/// Writes the decided invoices as group commit writes them together: on PostgreSQL in one
+/// `loyalty_earn_batch` call, on SQLite in one transaction of a script per earn. `alter` changes
+/// each stored document before it is written.
+async fn write_earns_together(
+    store: &TestDb,
+    t: &TenantId,
+    decided: &[(
+        one_loyalty::domain::documents::DocumentRecord,
+        one_loyalty::persistence::documents::Completion,
+    )],
+    now: chrono::DateTime<Utc>,
+    alter: impl Fn(&mut one_loyalty::domain::documents::DocumentRecord),
+) -> Vec<Result<Option<i64>, RepoError>> {
+    use one_loyalty::persistence::few_statements::{EarnWriter, PreparedEarn};
+    use one_loyalty::persistence::group_commit::BatchWriter;
+    use one_loyalty::persistence::sqlite_script::{PreparedScriptEarn, ScriptWriter};
+    let parts: Vec<_> = decided
+        .iter()
+        .map(|(record, decision)| {
+            let (event, lines) = decision.event.as_ref().expect("an earn");
+            let mut stored = decision.applied_to(record.clone(), None, now);
+            alter(&mut stored);
+            (stored, event, lines)
+        })
+        .collect();
+    if store.db.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let items = parts
+            .iter()
+            .map(|(stored, event, lines)| {
+                PreparedEarn::new(t, stored, event, lines, now).expect("prepared")
+            })
+            .collect();
+        EarnWriter::new(store.db.clone()).write(items).await
+    } else {
+        let items = parts
+            .iter()
+            .map(|(stored, event, lines)| {
+                PreparedScriptEarn::new(t, stored, event, lines, now).expect("prepared")
+            })
+            .collect();
+        ScriptWriter::new(store.db.clone()).write(items).await
+    }
+}
+
+/// On PostgreSQL, an earn the database refuses (here a document with two lines numbered alike)
+/// fails the same way alone (a lone earn has no subtransaction: the call fails) and in a batch
+/// (its subtransaction fails, the others are written), and leaves nothing behind either way.
+/// SQLite's script path reads any unique violation of an earn as its document stored before
+/// (`PreparedScriptEarn::settle`); the service refuses lines numbered alike before they get there.
+async fn an_earn_the_database_refuses_fails_alike_alone_and_together(store: &TestDb) {
+    use one_loyalty::persistence::DocumentRepository;
+    use one_loyalty::persistence::documents::SeaDocumentRepository;
+    if store.db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return;
+    }
+    let t = tenant("t1");
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    let repo = SeaDocumentRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let line_numbers_alike = |stored: &mut one_loyalty::domain::documents::DocumentRecord| {
+        if stored.document.document_id == "BAD" {
+            for line in &mut stored.document.lines {
+                line.line_no = 1;
+            }
+        }
+    };
+    let bad = decided_invoice("BAD", "org:a", now);
+    let alone = write_earns_together(
+        store,
+        &t,
+        std::slice::from_ref(&bad),
+        now,
+        line_numbers_alike,
+    )
+    .await;
+    assert!(
+        matches!(alone[..], [Err(RepoError::Conflict(_))]),
+        "alone: {alone:?}"
+    );
+    let together = write_earns_together(
+        store,
+        &t,
+        &[bad, decided_invoice("GOOD", "org:b", now)],
+        now,
+        line_numbers_alike,
+    )
+    .await;
+    assert!(
+        matches!(together[..], [Err(RepoError::Conflict(_)), Ok(Some(_))]),
+        "together: {together:?}"
+    );
+    assert!(repo.find(&t, "BAD").await.expect("find").is_none());
+    assert!(repo.find(&t, "GOOD").await.expect("find").is_some());
+    assert!(ledger.balance(&t, "org:a").await.expect("read").is_none());
     for audit in ledger.audit(&t).await.expect("audit") {
         assert!(audit.violations().is_empty(), "{audit:?}");
     }
