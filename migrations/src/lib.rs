@@ -36,6 +36,12 @@ async fn on_postgres_only(manager: &SchemaManager<'_>, statements: &[&str]) -> R
     Ok(())
 }
 
+/// `function`'s `CREATE FUNCTION` as `CREATE OR REPLACE FUNCTION`: a later migration installs an
+/// earlier body again (in its `down`) or an edited one over it.
+fn or_replace(function: &str) -> String {
+    function.replacen("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+}
+
 /// Every migration, oldest first.
 pub struct Migrator;
 

@@ -211,8 +211,6 @@ impl MigrationTrait for Migration {
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
-        let earlier =
-            REDEEM_BATCH_FUNCTION.replacen("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1);
-        crate::on_postgres_only(manager, &[&earlier]).await
+        crate::on_postgres_only(manager, &[&crate::or_replace(REDEEM_BATCH_FUNCTION)]).await
     }
 }

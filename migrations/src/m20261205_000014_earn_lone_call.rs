@@ -15,6 +15,7 @@ use sea_orm_migration::prelude::*;
 
 use crate::m20261202_000011_earn_function::EARN_BATCH_FUNCTION;
 use crate::m20261202_000012_earn_function_columns::EARN_FUNCTION_BY_COLUMN;
+use crate::or_replace;
 
 pub struct Migration;
 
@@ -38,10 +39,6 @@ const LONE_BRANCH: &str = "BEGIN
         RETURN;
     END IF;
     FOR v_item IN";
-
-fn or_replace(function: &str) -> String {
-    function.replacen("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
-}
 
 fn earn_function() -> String {
     EARN_FUNCTION_BY_COLUMN.replace(SEQUENCE_LOOKED_UP, SEQUENCE_NAMED)
