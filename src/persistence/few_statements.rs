@@ -103,10 +103,11 @@ impl PreparedEarn {
 }
 
 /// Stores decided documents with their earns in one round trip that commits on its own: one
-/// call of `loyalty_earn_batch` for a lone earn or for those queued together, each in a
-/// subtransaction of its own. Each answers `Some(event id)` (stored now) or `None` (the document
-/// was stored before and nothing was written); a concurrent first delivery of the same document
-/// is `Conflict`.
+/// call of `loyalty_earn_batch` for a lone earn or for those queued together. Earns written
+/// together each go in a subtransaction of their own; a lone earn goes without one, and what
+/// fails it fails the call with the same error (migration `m20261205_000014_earn_lone_call`).
+/// Each answers `Some(event id)` (stored now) or `None` (the document was stored before and
+/// nothing was written); a concurrent first delivery of the same document is `Conflict`.
 #[derive(Debug)]
 pub struct EarnWriter {
     db: DatabaseConnection,
@@ -249,8 +250,9 @@ pub fn is_plain_redemption(plan: &RedeemPlan) -> bool {
         && event.lot.is_none()
 }
 
-/// A redemption ready for `loyalty_redeem_batch` (migration `m20261202_000010_redeem_function`): its
-/// arguments as one JSON object, and what its answer is made of.
+/// A redemption ready for `loyalty_redeem_batch` (migrations `m20261202_000010_redeem_function`
+/// and `m20261205_000013_redeem_function_statements`): its arguments as one JSON object, and what
+/// its answer is made of.
 #[derive(Debug)]
 pub struct PreparedRedemption {
     arguments: String,
