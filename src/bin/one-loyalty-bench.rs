@@ -729,9 +729,7 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
         .await?;
 
     // Grants: every client can redeem through any run; the hot client far more.
-    let mut grants: Vec<(String, String, String)> = names
-        .iter()
-        .filter(|c| *c != SHORT_HISTORY_CLIENT && *c != LONG_HISTORY_CLIENT)
+    let mut grants: Vec<(String, String, String)> = regular_clients(&names)
         .map(|c| {
             let points = if c == HOT_CLIENT {
                 "100000000"
@@ -777,6 +775,13 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
     Ok(())
 }
 
+/// The seeded clients but the two whose histories are read (their events are only those seeded).
+fn regular_clients(names: &[String]) -> impl Iterator<Item = &String> {
+    names
+        .iter()
+        .filter(|c| *c != SHORT_HISTORY_CLIENT && *c != LONG_HISTORY_CLIENT)
+}
+
 /// A shop that has been running: an earned invoice for every client and a redemption for every
 /// tenth, two days after the grants. Without them the documents and redemptions tables would be
 /// empty when the first measurement's `VACUUM ANALYZE` runs, and PostgreSQL, told they are empty,
@@ -790,14 +795,9 @@ async fn seed_past_activity(
     names: &[String],
 ) -> Result<(), BenchError> {
     clock.set(DateTime::parse_from_rfc3339("2026-01-03T09:00:00Z")?.to_utc());
-    let regular = || {
-        names
-            .iter()
-            .filter(|c| *c != SHORT_HISTORY_CLIENT && *c != LONG_HISTORY_CLIENT)
-    };
     let earn = pb::earn_service_client::EarnServiceClient::new(channel.clone());
     let sale_date = "2026-01-02";
-    let earns = regular().map(|client| {
+    let earns = regular_clients(names).map(|client| {
         let mut earn = earn.clone();
         let request = invoice(client, sale_date);
         async move {
@@ -808,7 +808,7 @@ async fn seed_past_activity(
     run_all(earns, 16).await?;
     let coupon_id = find_coupon(address).await?;
     let redeem = pb::redeem_service_client::RedeemServiceClient::new(channel.clone());
-    let redemptions = regular().step_by(10).map(|client| {
+    let redemptions = regular_clients(names).step_by(10).map(|client| {
         let mut redeem = redeem.clone();
         let request = pb::RedeemCouponRequest {
             request_id: next_id("seed-redeem"),
