@@ -83,6 +83,10 @@ struct LoadArgs {
     /// A label printed on every result line.
     #[arg(long, default_value = "")]
     label: String,
+    /// Threads of the gRPC load, each one event loop with its share of the clients, as pgbench's
+    /// `-j` (B5's loop, in this process, runs on the main runtime instead).
+    #[arg(long, default_value_t = 1)]
+    load_threads: usize,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -371,13 +375,13 @@ fn invoice(client: &str, sale_date: &str) -> pb::ProcessInvoiceRequest {
     }
 }
 
-/// Runs `workload` on `callers` (one task each) for the warm-up, then measures for `duration`.
-async fn measure(callers: Vec<Caller>, workload: Workload, load: &LoadArgs) -> Measured {
+/// Runs `workload` on `callers` (one task each, with its index among all the run's callers) for
+/// the warm-up, then measures for `duration`.
+async fn measure(callers: Vec<(usize, Caller)>, workload: Workload, load: &LoadArgs) -> Measured {
     let warmup_end = Instant::now() + Duration::from_secs(load.warmup);
     let end = warmup_end + Duration::from_secs(load.duration);
     let tasks: Vec<_> = callers
         .into_iter()
-        .enumerate()
         .map(|(index, mut caller)| {
             tokio::spawn(async move {
                 let mut rng = SmallRng::seed_from_u64(index as u64 ^ 0x5eed);
@@ -424,6 +428,71 @@ async fn measure(callers: Vec<Caller>, workload: Workload, load: &LoadArgs) -> M
     measured
 }
 
+/// Makes the caller of a given index, on the event loop that will run it.
+type CallerFactory = Arc<
+    dyn Fn(usize) -> std::pin::Pin<Box<dyn Future<Output = Result<Caller, BenchError>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Runs `workload` with `concurrency` gRPC callers on `load.load_threads` threads of their own,
+/// each a single-threaded event loop with every `load_threads`-th caller and its connection, as
+/// pgbench's threads are: the load generator shares the machine's cores with the service and
+/// its database, and a work-stealing runtime wakes its idle workers for every task it hands on
+/// (docs/PERFORMANCE.md).
+async fn measure_apart(
+    concurrency: usize,
+    workload: Workload,
+    load: &LoadArgs,
+    make: CallerFactory,
+) -> Result<Measured, BenchError> {
+    let threads = load.load_threads.clamp(1, concurrency.max(1));
+    let connected = Arc::new(std::sync::Barrier::new(threads));
+    let loops: Vec<_> = (0..threads)
+        .map(|first| {
+            let (make, connected, load) = (Arc::clone(&make), Arc::clone(&connected), load.clone());
+            std::thread::spawn(move || -> Result<Measured, BenchError> {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?;
+                runtime.block_on(async move {
+                    let mut callers = Vec::new();
+                    for index in (first..concurrency).step_by(threads) {
+                        callers.push((index, make(index).await?));
+                    }
+                    // Every loop starts its warm-up once all the connections are made.
+                    connected.wait();
+                    Ok(measure(callers, workload, &load).await)
+                })
+            })
+        })
+        .collect();
+    let joined = tokio::task::spawn_blocking(move || {
+        loops
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .map_err(|_| BenchError::from("a load thread panicked"))?
+            })
+            .collect::<Result<Vec<_>, BenchError>>()
+    })
+    .await??;
+    let mut measured = Measured {
+        errors: BTreeMap::new(),
+        latencies_ns: Vec::new(),
+        seconds: Duration::from_secs(load.duration).as_secs_f64(),
+    };
+    for part in joined {
+        measured.latencies_ns.extend(part.latencies_ns);
+        for (code, count) in part.errors {
+            *measured.errors.entry(code).or_default() += count;
+        }
+    }
+    measured.latencies_ns.sort_unstable();
+    Ok(measured)
+}
+
 async fn connect(address: &str) -> Result<Channel, BenchError> {
     Ok(Endpoint::from_shared(address.to_owned())?
         .tcp_nodelay(true)
@@ -456,8 +525,9 @@ async fn service(args: ServiceArgs) -> Result<(), BenchError> {
     for _ in 0..args.replicas.max(1) {
         replicas.push(ServiceProcess::start(&args.database_url).await?);
     }
-    let coupon_id = find_coupon(&replicas[0].address).await?;
+    let coupon_id: Arc<str> = find_coupon(&replicas[0].address).await?.into();
     let sale_date: Arc<str> = yesterday().into();
+    let addresses: Arc<[String]> = replicas.iter().map(|r| r.address.clone()).collect();
     let backend = backend_of(&args.database_url);
     let vacuum = match backend {
         "postgres" => Some(
@@ -481,24 +551,32 @@ async fn service(args: ServiceArgs) -> Result<(), BenchError> {
             if let Some(db) = &vacuum {
                 db.execute_unprepared("VACUUM ANALYZE").await?;
             }
-            let mut callers = Vec::with_capacity(concurrency);
-            for index in 0..concurrency {
-                let channel = connect(&replicas[index % replicas.len()].address).await?;
-                callers.push(Caller::Service {
-                    earn: pb::earn_service_client::EarnServiceClient::new(channel.clone()),
-                    redeem: pb::redeem_service_client::RedeemServiceClient::new(channel.clone()),
-                    ledger: pb::ledger_service_client::LedgerServiceClient::new(channel),
-                    coupon_id: coupon_id.as_str().into(),
-                    clients: args.clients,
-                    sale_date: Arc::clone(&sale_date),
-                });
-            }
-            measure(callers, *workload, &args.load).await.print(
-                &workload.name(),
-                backend,
-                concurrency,
-                &args.load.label,
+            let (addresses, coupon_id, sale_date) = (
+                Arc::clone(&addresses),
+                Arc::clone(&coupon_id),
+                Arc::clone(&sale_date),
             );
+            let clients = args.clients;
+            let make: CallerFactory = Arc::new(move |index| {
+                let address = addresses[index % addresses.len()].clone();
+                let (coupon_id, sale_date) = (Arc::clone(&coupon_id), Arc::clone(&sale_date));
+                Box::pin(async move {
+                    let channel = connect(&address).await?;
+                    Ok(Caller::Service {
+                        earn: pb::earn_service_client::EarnServiceClient::new(channel.clone()),
+                        redeem: pb::redeem_service_client::RedeemServiceClient::new(
+                            channel.clone(),
+                        ),
+                        ledger: pb::ledger_service_client::LedgerServiceClient::new(channel),
+                        coupon_id,
+                        clients,
+                        sale_date,
+                    })
+                })
+            });
+            measure_apart(concurrency, *workload, &args.load, make)
+                .await?
+                .print(&workload.name(), backend, concurrency, &args.load.label);
         }
     }
     for replica in replicas {
@@ -864,16 +942,14 @@ async fn echo(load: LoadArgs) -> Result<(), BenchError> {
         .ok_or("the echo server printed no port")?;
     let address = format!("http://127.0.0.1:{}", port.trim());
     for &concurrency in &load.concurrency {
-        let mut callers = Vec::with_capacity(concurrency);
-        for _ in 0..concurrency {
-            callers.push(Caller::Echo(HealthClient::new(connect(&address).await?)));
-        }
-        measure(callers, Workload::Echo, &load).await.print(
-            "echo",
-            "none",
-            concurrency,
-            &load.label,
-        );
+        let address = address.clone();
+        let make: CallerFactory = Arc::new(move |_| {
+            let address = address.clone();
+            Box::pin(async move { Ok(Caller::Echo(HealthClient::new(connect(&address).await?))) })
+        });
+        measure_apart(concurrency, Workload::Echo, &load, make)
+            .await?
+            .print("echo", "none", concurrency, &load.label);
     }
     let _ = server.start_kill();
     let _ = server.wait().await;
@@ -942,7 +1018,9 @@ async fn sqlite(args: SqliteArgs) -> Result<(), BenchError> {
     }
     for workload in &args.workloads {
         for &concurrency in &args.load.concurrency {
-            let callers = vec![Caller::Sqlite(conn.clone()); concurrency];
+            let callers = (0..concurrency)
+                .map(|index| (index, Caller::Sqlite(conn.clone())))
+                .collect();
             measure(callers, *workload, &args.load).await.print(
                 &workload.name(),
                 "sqlite-minimal",
