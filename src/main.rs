@@ -59,6 +59,12 @@ enum ApiKeyCommand {
     },
 }
 
+/// mimalloc instead of glibc's allocator: a call allocates and frees many small buffers on two
+/// threads, and glibc's `malloc`/`free` were about 12 % of the service's CPU per earn
+/// (docs/PERFORMANCE.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     match run(Cli::parse()).await {

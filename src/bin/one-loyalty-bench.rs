@@ -160,6 +160,11 @@ impl Workload {
 
 type BenchError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The service's allocator (src/main.rs), so that B5's loop, in this process, allocates as the
+/// service does.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
