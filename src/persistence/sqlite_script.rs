@@ -732,4 +732,43 @@ mod tests {
         committed.end().await;
         every_connection_sees_only(&db, &[3]).await;
     }
+
+    /// What scripts rely on of sqlx-sqlite's worker (vendor/sqlx-sqlite sends a query's results
+    /// in runs): every row comes back, in order, past the row channel's size (50), and a script
+    /// stops at its first failing statement, the statements after it not run.
+    #[tokio::test]
+    async fn a_script_answers_every_row_in_order_and_stops_at_its_first_failure() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = test_sqlite(&dir, POOL).await;
+        db.execute_unprepared("CREATE TABLE t (n INTEGER NOT NULL)")
+            .await
+            .expect("table");
+        let pool = db.get_sqlite_connection_pool();
+        let mut conn = pool.acquire().await.expect("a pooled connection");
+
+        let counted: Vec<i64> = sqlx::query_scalar(
+            "WITH RECURSIVE c(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM c WHERE n < 1000) \
+             SELECT n FROM c",
+        )
+        .fetch_all(&mut *conn)
+        .await
+        .expect("rows");
+        assert_eq!(counted, (1..=1000).collect::<Vec<i64>>());
+
+        let failed = sqlx::raw_sql(
+            "INSERT INTO t VALUES (1); INSERT INTO t VALUES (NULL); INSERT INTO t VALUES (3)",
+        )
+        .execute(&mut *conn)
+        .await;
+        assert!(failed.is_err(), "the NULL is refused");
+        let stored: Vec<i64> = sqlx::query_scalar("SELECT n FROM t ORDER BY n")
+            .fetch_all(&mut *conn)
+            .await
+            .expect("read");
+        assert_eq!(
+            stored,
+            [1],
+            "the statement after the failing one did not run"
+        );
+    }
 }
