@@ -462,11 +462,22 @@ async fn measure_apart(
                     .build()?;
                 runtime.block_on(async move {
                     let mut callers = Vec::new();
+                    let mut failed = None;
                     for index in (first..concurrency).step_by(threads) {
-                        callers.push((index, make(index).await?));
+                        match make(index).await {
+                            Ok(caller) => callers.push((index, caller)),
+                            Err(err) => {
+                                failed = Some(err);
+                                break;
+                            }
+                        }
                     }
-                    // Every loop starts its warm-up once all the connections are made.
+                    // Every loop starts its warm-up once all the connections are made; one that
+                    // failed to connect still waits here, so that the others are not left waiting.
                     connected.wait();
+                    if let Some(err) = failed {
+                        return Err(err);
+                    }
                     Ok(measure(callers, workload, &load).await)
                 })
             })
