@@ -194,6 +194,23 @@ struct Measured {
 }
 
 impl Measured {
+    /// Nothing yet, over the run's measured seconds.
+    fn of_run(load: &LoadArgs) -> Self {
+        Self {
+            errors: BTreeMap::new(),
+            latencies_ns: Vec::new(),
+            seconds: Duration::from_secs(load.duration).as_secs_f64(),
+        }
+    }
+
+    /// Adds what one caller or one load thread measured (sorted by the caller, once, after).
+    fn add(&mut self, latencies_ns: Vec<u64>, errors: BTreeMap<String, u64>) {
+        self.latencies_ns.extend(latencies_ns);
+        for (code, count) in errors {
+            *self.errors.entry(code).or_default() += count;
+        }
+    }
+
     fn percentile_ms(&self, fraction: f64) -> f64 {
         if self.latencies_ns.is_empty() {
             return f64::NAN;
@@ -411,22 +428,11 @@ async fn measure(callers: Vec<(usize, Caller)>, workload: Workload, load: &LoadA
             })
         })
         .collect();
-    let mut measured = Measured {
-        errors: BTreeMap::new(),
-        latencies_ns: Vec::new(),
-        seconds: Duration::from_secs(load.duration).as_secs_f64(),
-    };
+    let mut measured = Measured::of_run(load);
     for task in tasks {
-        let (latencies, errors) = match task.await {
-            Ok(result) => result,
-            Err(err) => {
-                *measured.errors.entry(format!("task: {err}")).or_default() += 1;
-                continue;
-            }
-        };
-        measured.latencies_ns.extend(latencies);
-        for (code, count) in errors {
-            *measured.errors.entry(code).or_default() += count;
+        match task.await {
+            Ok((latencies, errors)) => measured.add(latencies, errors),
+            Err(err) => *measured.errors.entry(format!("task: {err}")).or_default() += 1,
         }
     }
     measured.latencies_ns.sort_unstable();
@@ -494,16 +500,9 @@ async fn measure_apart(
             .collect::<Result<Vec<_>, BenchError>>()
     })
     .await??;
-    let mut measured = Measured {
-        errors: BTreeMap::new(),
-        latencies_ns: Vec::new(),
-        seconds: Duration::from_secs(load.duration).as_secs_f64(),
-    };
+    let mut measured = Measured::of_run(load);
     for part in joined {
-        measured.latencies_ns.extend(part.latencies_ns);
-        for (code, count) in part.errors {
-            *measured.errors.entry(code).or_default() += count;
-        }
+        measured.add(part.latencies_ns, part.errors);
     }
     measured.latencies_ns.sort_unstable();
     Ok(measured)

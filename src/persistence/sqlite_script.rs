@@ -733,9 +733,9 @@ mod tests {
         every_connection_sees_only(&db, &[3]).await;
     }
 
-    /// What scripts rely on of sqlx-sqlite's worker (vendor/sqlx-sqlite sends a query's results
-    /// in runs): every row comes back, in order, past the row channel's size (50), and a script
-    /// stops at its first failing statement, the statements after it not run.
+    /// What scripts rely on of sqlx-sqlite's worker thread, which sends a query's results over a
+    /// channel of 50: every row comes back, in order, past the channel's size, and a script stops
+    /// at its first failing statement, the statements after it not run.
     #[tokio::test]
     async fn a_script_answers_every_row_in_order_and_stops_at_its_first_failure() {
         let dir = tempfile::tempdir().expect("tempdir");
