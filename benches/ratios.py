@@ -59,6 +59,11 @@ for backend in ("postgres", "sqlite"):
             ok = ratio <= 1.25
             met_all.append(ok)
             out.append(f"| Balance read, {backend}, {c} client(s): mean latency with a long history vs 10 events | {long_['mean_ms']:.3f} ms | {short['mean_ms']:.3f} ms | {ratio:.2f} | independent (≤ 1.25) | {'yes' if ok else '**no**'} |")
+for backend, name in (("postgres", "PostgreSQL"), ("sqlite", "SQLite")):
+    for c in (1, 8):
+        spent, hot = get("redeem-spent-lots", backend, c), get("redeem-hot", backend, c)
+        if spent and hot:
+            out.append(f"| Redeem, {name}, {c} client(s): mean latency, a client with 10,000 lots all spent vs the hot client (one lot) | {spent['mean_ms']:.3f} ms | {hot['mean_ms']:.3f} ms | {spent['mean_ms'] / hot['mean_ms']:.2f} | (reported) | |")
 for c in (1, 8):
     row(f"Balance read through the service vs a trivial tonic call (B4), {c} client(s), calls/s", get("balance", "postgres", c), get("echo", "none", c), "tps", "(reported)", "ratio")
 for w in ("balance", "mixed"):

@@ -23,15 +23,22 @@ mod m20261202_000011_earn_function;
 mod m20261202_000012_earn_function_columns;
 mod m20261205_000013_redeem_function_statements;
 mod m20261205_000014_earn_lone_call;
+mod m20261205_000015_live_lot_indexes;
 
 /// Runs `statements` in order on PostgreSQL (functions that only its write paths call); on SQLite
 /// there is nothing to do.
 async fn on_postgres_only(manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
     if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
-        let db = manager.get_connection();
-        for statement in statements {
-            db.execute_unprepared(statement).await?;
-        }
+        run_in_order(manager, statements).await?;
+    }
+    Ok(())
+}
+
+/// Runs `statements` in order, on either backend.
+async fn run_in_order(manager: &SchemaManager<'_>, statements: &[&str]) -> Result<(), DbErr> {
+    let db = manager.get_connection();
+    for statement in statements {
+        db.execute_unprepared(statement).await?;
     }
     Ok(())
 }
@@ -63,6 +70,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261202_000012_earn_function_columns::Migration),
             Box::new(m20261205_000013_redeem_function_statements::Migration),
             Box::new(m20261205_000014_earn_lone_call::Migration),
+            Box::new(m20261205_000015_live_lot_indexes::Migration),
         ]
     }
 }

@@ -45,6 +45,9 @@ const SHORT_HISTORY_CLIENT: &str = "c-history-10";
 const LONG_HISTORY_CLIENT: &str = "c-history-long";
 const COUPON_NAME: &str = "bench 7 points";
 const COUPON_POINTS: &str = "7";
+/// The client whose earned lots the seed spends all at once, with this coupon.
+const SPENT_LOTS_CLIENT: &str = "c-spent-lots";
+const SPEND_LOTS_COUPON_NAME: &str = "bench spend every lot";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -106,6 +109,9 @@ struct ServiceArgs {
     /// Events of the long-history client read by `balance-long-history` (the short one has 10).
     #[arg(long, default_value_t = 0)]
     history: u32,
+    /// Earned lots of the client that `redeem-spent-lots` redeems for, all spent by the seed.
+    #[arg(long, default_value_t = 0)]
+    spent_lots: u32,
     /// Service processes on the one database; clients are spread over them.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
@@ -139,6 +145,9 @@ enum Workload {
     Redeem,
     /// A 7-point coupon redeemed by one client, by every caller.
     RedeemHot,
+    /// A 7-point coupon redeemed by one client, by every caller, whose `--spent-lots` earned lots
+    /// are all spent (its points were granted since): a client that has bought and spent for years.
+    RedeemSpentLots,
     /// The balance of a random client.
     Balance,
     /// The balance of a client with 10 events.
@@ -323,11 +332,11 @@ impl Caller {
                         .process_invoice(authorized(invoice(&random_client, sale_date)))
                         .await
                         .map(drop),
-                    Workload::Redeem | Workload::RedeemHot => {
-                        let client = if workload == Workload::RedeemHot {
-                            HOT_CLIENT.to_owned()
-                        } else {
-                            random_client
+                    Workload::Redeem | Workload::RedeemHot | Workload::RedeemSpentLots => {
+                        let client = match workload {
+                            Workload::RedeemHot => HOT_CLIENT.to_owned(),
+                            Workload::RedeemSpentLots => SPENT_LOTS_CLIENT.to_owned(),
+                            _ => random_client,
                         };
                         redeem
                             .redeem_coupon(authorized(pb::RedeemCouponRequest {
@@ -540,7 +549,7 @@ async fn service(args: ServiceArgs) -> Result<(), BenchError> {
     for _ in 0..args.replicas.max(1) {
         replicas.push(ServiceProcess::start(&args.database_url).await?);
     }
-    let coupon_id: Arc<str> = find_coupon(&replicas[0].address).await?.into();
+    let coupon_id: Arc<str> = find_coupon(&replicas[0].address, COUPON_NAME).await?.into();
     let sale_date: Arc<str> = yesterday().into();
     let addresses: Arc<[String]> = replicas.iter().map(|r| r.address.clone()).collect();
     let backend = backend_of(&args.database_url);
@@ -668,7 +677,7 @@ fn sibling_binary(name: &str) -> Result<PathBuf, BenchError> {
     Ok(dir.join(name))
 }
 
-async fn find_coupon(address: &str) -> Result<String, BenchError> {
+async fn find_coupon(address: &str, name: &str) -> Result<String, BenchError> {
     let mut coupons = pb::coupon_service_client::CouponServiceClient::new(connect(address).await?);
     let listed = coupons
         .list_coupons(authorized(pb::ListCouponsRequest {
@@ -680,7 +689,7 @@ async fn find_coupon(address: &str) -> Result<String, BenchError> {
     listed
         .coupons
         .into_iter()
-        .find(|c| c.spec.as_ref().is_some_and(|s| s.name == COUPON_NAME))
+        .find(|c| c.spec.as_ref().is_some_and(|s| s.name == name))
         .map(|c| c.coupon_id)
         .ok_or_else(|| "the bench coupon is missing: seed first".into())
 }
@@ -714,7 +723,15 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
     let tenant = TenantId::parse(TENANT)?;
 
     let mut names: Vec<String> = (0..args.clients).map(client_id).collect();
-    names.extend([HOT_CLIENT, SHORT_HISTORY_CLIENT, LONG_HISTORY_CLIENT].map(str::to_owned));
+    names.extend(
+        [
+            HOT_CLIENT,
+            SHORT_HISTORY_CLIENT,
+            LONG_HISTORY_CLIENT,
+            SPENT_LOTS_CLIENT,
+        ]
+        .map(str::to_owned),
+    );
     let saves = names.iter().map(|client| {
         let services = services.clone();
         let tenant = tenant.clone();
@@ -799,26 +816,12 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
         .await?;
     let mut coupons = pb::coupon_service_client::CouponServiceClient::new(channel.clone());
     coupons
-        .create_coupon(authorized(pb::CreateCouponRequest {
-            request_id: "bench-coupon".into(),
-            spec: Some(pb::CouponSpec {
-                r#type: pb::CouponType::CartDiscount as i32,
-                name: COUPON_NAME.into(),
-                pool_id: "pool-bench".into(),
-                point_value: COUPON_POINTS.into(),
-                image_url: "https://cdn.example.com/bench.png".into(),
-                appearance_date: "2026-01-02".into(),
-                expiration_date: "2030-12-31".into(),
-                redemption_deadline: "2031-01-31".into(),
-                discount: Some(pb::Discount {
-                    value: Some(pb::discount::Value::FixedAmount(pb::FixedAmount {
-                        amount: "1".into(),
-                        currency: "EUR".into(),
-                    })),
-                }),
-                ..Default::default()
-            }),
-        }))
+        .create_coupon(authorized(bench_coupon(
+            "bench-coupon",
+            COUPON_NAME,
+            COUPON_POINTS,
+            "2026-01-02",
+        )))
         .await?;
 
     // Grants: every client can redeem through any run; the hot client far more.
@@ -849,30 +852,131 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
         let mut ledger = ledger.clone();
         async move {
             ledger
-                .adjust_points(authorized(pb::AdjustPointsRequest {
-                    request_id,
-                    client_id: client,
-                    points,
-                    reason_code: "BENCH".into(),
-                    reason: "bench seed".into(),
-                    user_id: "bench".into(),
-                }))
+                .adjust_points(authorized(grant(request_id, client, points)))
                 .await?;
             Ok(())
         }
     });
     run_all(calls, 16).await?;
     seed_past_activity(&clock, &channel, &address, &names).await?;
+    if args.spent_lots > 0 {
+        spend_every_lot(&clock, &channel, &address, args.spent_lots).await?;
+    }
     let _ = stop.send(());
     server.await??;
     Ok(())
 }
 
-/// The seeded clients but the two whose histories are read (their events are only those seeded).
+/// A cart-discount coupon of the bench's pool, on offer from `appearance_date`.
+fn bench_coupon(
+    request_id: &str,
+    name: &str,
+    points: &str,
+    appearance_date: &str,
+) -> pb::CreateCouponRequest {
+    pb::CreateCouponRequest {
+        request_id: request_id.into(),
+        spec: Some(pb::CouponSpec {
+            r#type: pb::CouponType::CartDiscount as i32,
+            name: name.into(),
+            pool_id: "pool-bench".into(),
+            point_value: points.into(),
+            image_url: "https://cdn.example.com/bench.png".into(),
+            appearance_date: appearance_date.into(),
+            expiration_date: "2030-12-31".into(),
+            redemption_deadline: "2031-01-31".into(),
+            discount: Some(pb::Discount {
+                value: Some(pb::discount::Value::FixedAmount(pb::FixedAmount {
+                    amount: "1".into(),
+                    currency: "EUR".into(),
+                })),
+            }),
+            ..Default::default()
+        }),
+    }
+}
+
+/// Points given by the seed, as an adjustment.
+fn grant(request_id: String, client_id: String, points: String) -> pb::AdjustPointsRequest {
+    pb::AdjustPointsRequest {
+        request_id,
+        client_id,
+        points,
+        reason_code: "BENCH".into(),
+        reason: "bench seed".into(),
+        user_id: "bench".into(),
+    }
+}
+
+/// The spent-lots client as one that has bought and spent for years: `lots` one-line invoices
+/// earned, one redemption of all their points, then a grant (which makes no lot) of the points
+/// that `redeem-spent-lots` spends. Each of those redemptions looks for a lot with points left
+/// among the spent ones. Runs after [`seed_past_activity`], on 2026-01-03, and ends on 2026-01-04.
+async fn spend_every_lot(
+    clock: &FixedClock,
+    channel: &Channel,
+    address: &str,
+    lots: u32,
+) -> Result<(), BenchError> {
+    let earn = pb::earn_service_client::EarnServiceClient::new(channel.clone());
+    let earns = (0..lots).map(|_| {
+        let mut earn = earn.clone();
+        let mut request = invoice(SPENT_LOTS_CLIENT, "2026-01-02");
+        if let Some(document) = request.invoice.as_mut() {
+            document.lines.truncate(1);
+        }
+        async move {
+            earn.process_invoice(authorized(request)).await?;
+            Ok(())
+        }
+    });
+    run_all(earns, 16).await?;
+    let mut ledger = pb::ledger_service_client::LedgerServiceClient::new(channel.clone());
+    let earned = ledger
+        .get_balance(authorized(pb::GetBalanceRequest {
+            client_id: SPENT_LOTS_CLIENT.into(),
+            expiring_within_days: 0,
+        }))
+        .await?
+        .into_inner()
+        .balance
+        .ok_or("a balance without its figures")?
+        .available;
+    let mut coupons = pb::coupon_service_client::CouponServiceClient::new(channel.clone());
+    coupons
+        .create_coupon(authorized(bench_coupon(
+            "bench-coupon-spend-every-lot",
+            SPEND_LOTS_COUPON_NAME,
+            &earned,
+            "2026-01-04",
+        )))
+        .await?;
+    clock.set(DateTime::parse_from_rfc3339("2026-01-04T09:00:00Z")?.to_utc());
+    let mut redeem = pb::redeem_service_client::RedeemServiceClient::new(channel.clone());
+    redeem
+        .redeem_coupon(authorized(pb::RedeemCouponRequest {
+            request_id: "bench-spend-every-lot".into(),
+            client_id: SPENT_LOTS_CLIENT.into(),
+            coupon_id: find_coupon(address, SPEND_LOTS_COUPON_NAME).await?,
+            user_id: String::new(),
+        }))
+        .await?;
+    ledger
+        .adjust_points(authorized(grant(
+            format!("bench-grant-{SPENT_LOTS_CLIENT}"),
+            SPENT_LOTS_CLIENT.into(),
+            "100000000".into(),
+        )))
+        .await?;
+    Ok(())
+}
+
+/// The seeded clients but the two whose histories are read and the spent-lots client (their
+/// events are only those seeded for them).
 fn regular_clients(names: &[String]) -> impl Iterator<Item = &String> {
-    names
-        .iter()
-        .filter(|c| *c != SHORT_HISTORY_CLIENT && *c != LONG_HISTORY_CLIENT)
+    names.iter().filter(|c| {
+        ![SHORT_HISTORY_CLIENT, LONG_HISTORY_CLIENT, SPENT_LOTS_CLIENT].contains(&c.as_str())
+    })
 }
 
 /// A shop that has been running: an earned invoice for every client and a redemption for every
@@ -899,7 +1003,7 @@ async fn seed_past_activity(
         }
     });
     run_all(earns, 16).await?;
-    let coupon_id = find_coupon(address).await?;
+    let coupon_id = find_coupon(address, COUPON_NAME).await?;
     let redeem = pb::redeem_service_client::RedeemServiceClient::new(channel.clone());
     let redemptions = regular_clients(names).step_by(10).map(|client| {
         let mut redeem = redeem.clone();
@@ -1111,7 +1215,10 @@ async fn sqlite_call(
             }
             txn.commit().await?;
         }
-        _ => {
+        Workload::RedeemSpentLots | Workload::Mixed | Workload::Echo => {
+            return Err(format!("{} is not a B5 workload", workload.name()).into());
+        }
+        Workload::Balance | Workload::BalanceShortHistory | Workload::BalanceLongHistory => {
             conn.query_one_raw(sqlite_statement(
                 "SELECT total, available FROM bl_balances WHERE tenant_id = 1 AND client_id = ?",
                 vec![client.into()],

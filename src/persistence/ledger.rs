@@ -12,7 +12,7 @@ use sea_orm::sea_query::{Expr, ExprTrait, OnConflict, Query, UpdateStatement};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, Insert, QueryFilter, QueryOrder,
-    QuerySelect,
+    QuerySelect, Select,
 };
 
 use super::LedgerRepository;
@@ -150,26 +150,7 @@ impl LedgerRepository for SeaLedgerRepository {
     }
 
     async fn due_lots(&self, now: DateTime<Utc>, limit: u64) -> Result<Vec<DueLot>, RepoError> {
-        let at = now.fixed_offset();
-        let rows = earn_lots::Entity::find()
-            .filter(
-                sea_orm::Condition::any()
-                    .add(
-                        sea_orm::Condition::all()
-                            .add(earn_lots::Column::Locked.eq(true))
-                            .add(earn_lots::Column::UnlocksAt.lte(at)),
-                    )
-                    .add(
-                        sea_orm::Condition::all()
-                            .add(earn_lots::Column::Remaining.gt(0))
-                            .add(earn_lots::Column::ExpiresAt.lte(at)),
-                    ),
-            )
-            .order_by_asc(earn_lots::Column::EventId)
-            .limit(limit)
-            .all(&self.db)
-            .await
-            .map_err(classify)?;
+        let rows = lots_due(now, limit).all(&self.db).await.map_err(classify)?;
         rows.into_iter()
             .map(|r| {
                 Ok(DueLot {
@@ -232,16 +213,12 @@ impl LedgerRepository for SeaLedgerRepository {
         client_id: &str,
         until: DateTime<Utc>,
     ) -> Result<Decimal, RepoError> {
-        let sum: Option<i64> = earn_lots::Entity::find()
+        let sum: Option<i64> = lots_expiring(tenant, client_id, until)
             .select_only()
             .column_as(
                 Expr::cust("CAST(COALESCE(SUM(remaining), 0) AS BIGINT)"),
                 "expiring",
             )
-            .filter(earn_lots::Column::TenantId.eq(tenant.as_str()))
-            .filter(earn_lots::Column::ClientId.eq(client_id))
-            .filter(earn_lots::Column::Remaining.gt(0))
-            .filter(earn_lots::Column::ExpiresAt.lte(until.fixed_offset()))
             .into_tuple()
             .one(&self.db)
             .await
@@ -566,6 +543,63 @@ pub(crate) fn balance_update(
         .to_owned()
 }
 
+/// A client's lots that points can be spent from now, in the order they are spent: oldest first.
+pub fn lots_spendable(tenant: &TenantId, client_id: &str) -> Select<earn_lots::Entity> {
+    earn_lots::Entity::find()
+        .filter(earn_lots::Column::TenantId.eq(tenant.as_str()))
+        .filter(earn_lots::Column::ClientId.eq(client_id))
+        .filter(earn_lots::Column::Locked.eq(false))
+        .filter(lot_has_points_left())
+        .order_by_asc(earn_lots::Column::EarnedAt)
+        .order_by_asc(earn_lots::Column::EventId)
+}
+
+/// Up to `limit` lots, of every tenant, due to unlock or to expire at `now`; oldest first.
+pub fn lots_due(now: DateTime<Utc>, limit: u64) -> Select<earn_lots::Entity> {
+    let at = now.fixed_offset();
+    earn_lots::Entity::find()
+        .filter(
+            sea_orm::Condition::any()
+                .add(
+                    sea_orm::Condition::all()
+                        .add(lot_is_locked())
+                        .add(earn_lots::Column::UnlocksAt.lte(at)),
+                )
+                .add(
+                    sea_orm::Condition::all()
+                        .add(lot_has_points_left())
+                        .add(earn_lots::Column::ExpiresAt.lte(at)),
+                ),
+        )
+        .order_by_asc(earn_lots::Column::EventId)
+        .limit(limit)
+}
+
+/// A client's lots with points left that expire by `until`.
+pub fn lots_expiring(
+    tenant: &TenantId,
+    client_id: &str,
+    until: DateTime<Utc>,
+) -> Select<earn_lots::Entity> {
+    earn_lots::Entity::find()
+        .filter(earn_lots::Column::TenantId.eq(tenant.as_str()))
+        .filter(earn_lots::Column::ClientId.eq(client_id))
+        .filter(lot_has_points_left())
+        .filter(earn_lots::Column::ExpiresAt.lte(until.fixed_offset()))
+}
+
+/// A lot with points left to spend or expire. Written as a literal, not a bound value: the lot
+/// indexes hold only such lots (`m20261205_000015`), and a planner uses a partial index only for a
+/// condition it can see implies the index's.
+fn lot_has_points_left() -> Expr {
+    Expr::cust("earn_lots.remaining > 0")
+}
+
+/// A locked lot (waiting to unlock); a literal for the same reason as [`lot_has_points_left`].
+fn lot_is_locked() -> Expr {
+    Expr::cust("earn_lots.locked")
+}
+
 /// Points that leave without naming a lot (a penalty, a spend) come out of the client's unlocked
 /// lots, oldest first, so that what later expires is only what is left. Points beyond the lots
 /// leave nothing to consume.
@@ -576,13 +610,7 @@ pub(crate) async fn consume_oldest_lots(
     mut amount: i64,
 ) -> Result<(), RepoError> {
     while amount > 0 {
-        let lots = earn_lots::Entity::find()
-            .filter(earn_lots::Column::TenantId.eq(tenant.as_str()))
-            .filter(earn_lots::Column::ClientId.eq(client_id))
-            .filter(earn_lots::Column::Locked.eq(false))
-            .filter(earn_lots::Column::Remaining.gt(0))
-            .order_by_asc(earn_lots::Column::EarnedAt)
-            .order_by_asc(earn_lots::Column::EventId)
+        let lots = lots_spendable(tenant, client_id)
             .limit(64)
             .all(conn)
             .await

@@ -47,6 +47,7 @@ on_both_backends!(TestDb:
     a_batch_that_fails_as_a_whole_is_written_again_item_by_item,
     earns_written_together_each_have_their_own_outcome,
     every_migration_goes_down_and_up_again,
+    every_look_up_of_lots_is_answered_from_the_lot_indexes,
 );
 
 fn tenant(id: &str) -> TenantId {
@@ -2157,4 +2158,89 @@ async fn every_migration_goes_down_and_up_again(store: &TestDb) {
         built,
         "built again alike"
     );
+}
+
+/// Each look-up of lots is planned on the indexes that hold only the lots it can return
+/// (`m20261205_000015`), so that a redemption's walk and the lots job pass over no spent or
+/// expired lot. On PostgreSQL each is planned as a prepared statement's generic plan, the one a
+/// pooled connection goes on to reuse, with whole-table scans off: a condition bound as a value
+/// instead of written out would leave the partial indexes unusable and fail this.
+async fn every_look_up_of_lots_is_answered_from_the_lot_indexes(store: &TestDb) {
+    use one_loyalty::persistence::ledger::{lots_due, lots_expiring, lots_spendable};
+    use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder};
+    use sea_orm::{ConnectionTrait, QuerySelect, QueryTrait, Statement, TransactionTrait};
+    let backend = store.db.get_database_backend();
+    let t = TenantId::parse("t1").expect("tenant");
+    let now = Utc::now();
+    let look_ups = [
+        (
+            "spendable",
+            lots_spendable(&t, "org:a").limit(64).build(backend),
+            &["ix_earn_lots_spendable"][..],
+        ),
+        (
+            "due",
+            lots_due(now, 100).build(backend),
+            &["ix_earn_lots_locked", "ix_earn_lots_expiring"][..],
+        ),
+        (
+            "expiring",
+            lots_expiring(&t, "org:a", now).build(backend),
+            &["ix_earn_lots_spendable|ix_earn_lots_expiring"][..],
+        ),
+    ];
+    for (name, statement, indexes) in look_ups {
+        let values = statement.values.clone().map(|v| v.0).unwrap_or_default();
+        let plan: Vec<String> = if backend == sea_orm::DbBackend::Postgres {
+            let txn = store.db.begin().await.expect("begin");
+            txn.execute_unprepared("SET LOCAL enable_seqscan = off")
+                .await
+                .expect("set");
+            txn.execute_unprepared("SET LOCAL plan_cache_mode = force_generic_plan")
+                .await
+                .expect("set");
+            // A prepared statement outlives the transaction: each has a name of its own.
+            txn.execute_unprepared(&format!("PREPARE look_up_{name} AS {}", statement.sql))
+                .await
+                .expect("prepare");
+            let arguments: Vec<String> = values
+                .iter()
+                .map(|v| PostgresQueryBuilder.value_to_string(v))
+                .collect();
+            let rows = txn
+                .query_all_raw(Statement::from_string(
+                    backend,
+                    format!("EXPLAIN EXECUTE look_up_{name}({})", arguments.join(", ")),
+                ))
+                .await
+                .expect("explain");
+            txn.execute_unprepared(&format!("DEALLOCATE look_up_{name}"))
+                .await
+                .expect("deallocate");
+            txn.rollback().await.expect("rollback");
+            rows.iter()
+                .map(|r| r.try_get::<String>("", "QUERY PLAN").expect("plan line"))
+                .collect()
+        } else {
+            store
+                .db
+                .query_all_raw(Statement::from_sql_and_values(
+                    backend,
+                    format!("EXPLAIN QUERY PLAN {}", statement.sql),
+                    values,
+                ))
+                .await
+                .expect("explain")
+                .iter()
+                .map(|r| r.try_get::<String>("", "detail").expect("plan line"))
+                .collect()
+        };
+        let plan = plan.join("\n");
+        for index in indexes {
+            assert!(
+                index.split('|').any(|one| plan.contains(one)),
+                "{name} is planned without {index}:\n{plan}"
+            );
+        }
+    }
 }
