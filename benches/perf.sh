@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 secs=${SECONDS_PER_RUN:-10}
 history=${HISTORY:-100000}
 spent_lots=${SPENT_LOTS:-10000}
+live_lots=${LIVE_LOTS:-10000}
 clients=${CLIENTS:-10000}
 pg=${PG_URL:-postgres://postgres@127.0.0.1:5432}
 out=${OUT:-target/bench/latest}
@@ -49,9 +50,9 @@ echo "== B4 trivial tonic server"
 echo "== B5 minimal SQLite loop"
 "$bench" sqlite --path target/bench/b5.sqlite --concurrency 1,8 --duration "$secs" | tee -a "$results"
 
-workloads=earn,redeem,redeem-hot,redeem-spent-lots,balance,balance-short-history,balance-long-history,mixed
+workloads=earn,redeem,redeem-hot,redeem-spent-lots,redeem-live-lots,balance,balance-short-history,balance-long-history,mixed
 echo "== service on PostgreSQL"
-"$bench" service --database-url "$pg/loyalty_bench_service" --clients "$clients" --history "$history" --spent-lots "$spent_lots" \
+"$bench" service --database-url "$pg/loyalty_bench_service" --clients "$clients" --history "$history" --spent-lots "$spent_lots" --live-lots "$live_lots" \
   --workloads "$workloads" --concurrency 1,8,64 --duration "$secs" | tee -a "$results"
 
 echo "== service on PostgreSQL, group commit off (each write alone)"
@@ -68,7 +69,7 @@ echo "== two replicas on PostgreSQL (reads)"
 echo "== service on SQLite"
 rm -f target/bench/service.sqlite*
 "$bench" service --database-url "sqlite://target/bench/service.sqlite" --clients "$clients" \
-  --history "$history" --spent-lots "$spent_lots" --workloads "$workloads" --concurrency 1,8 --duration "$secs" | tee -a "$results"
+  --history "$history" --spent-lots "$spent_lots" --live-lots "$live_lots" --workloads "$workloads" --concurrency 1,8 --duration "$secs" | tee -a "$results"
 
 echo "== service on SQLite, group commit off (each write alone)"
 LOYALTY__DATABASE__WRITE_BATCH_MAX=1 "$bench" service --database-url "sqlite://target/bench/service.sqlite" \

@@ -48,6 +48,8 @@ const COUPON_POINTS: &str = "7";
 /// The client whose earned lots the seed spends all at once, with this coupon.
 const SPENT_LOTS_CLIENT: &str = "c-spent-lots";
 const SPEND_LOTS_COUPON_NAME: &str = "bench spend every lot";
+/// The client whose earned lots all keep points left through every run.
+const LIVE_LOTS_CLIENT: &str = "c-live-lots";
 
 #[derive(Debug, Parser)]
 #[command(
@@ -112,6 +114,10 @@ struct ServiceArgs {
     /// Earned lots of the client that `redeem-spent-lots` redeems for, all spent by the seed.
     #[arg(long, default_value_t = 0)]
     spent_lots: u32,
+    /// Earned lots of the client that `redeem-live-lots` redeems for, 10,000 points each, none
+    /// spent by the seed.
+    #[arg(long, default_value_t = 0)]
+    live_lots: u32,
     /// Service processes on the one database; clients are spread over them.
     #[arg(long, default_value_t = 1)]
     replicas: usize,
@@ -148,6 +154,10 @@ enum Workload {
     /// A 7-point coupon redeemed by one client, by every caller, whose `--spent-lots` earned lots
     /// are all spent (its points were granted since): a client that has bought and spent for years.
     RedeemSpentLots,
+    /// A 7-point coupon redeemed by one client, by every caller, whose `--live-lots` earned lots
+    /// all have points left: a client that has bought for years and not spent yet. Each
+    /// redemption takes from the oldest lot; a run spends few of them.
+    RedeemLiveLots,
     /// The balance of a random client.
     Balance,
     /// The balance of a client with 10 events.
@@ -332,10 +342,14 @@ impl Caller {
                         .process_invoice(authorized(invoice(&random_client, sale_date)))
                         .await
                         .map(drop),
-                    Workload::Redeem | Workload::RedeemHot | Workload::RedeemSpentLots => {
+                    Workload::Redeem
+                    | Workload::RedeemHot
+                    | Workload::RedeemSpentLots
+                    | Workload::RedeemLiveLots => {
                         let client = match workload {
                             Workload::RedeemHot => HOT_CLIENT.to_owned(),
                             Workload::RedeemSpentLots => SPENT_LOTS_CLIENT.to_owned(),
+                            Workload::RedeemLiveLots => LIVE_LOTS_CLIENT.to_owned(),
                             _ => random_client,
                         };
                         redeem
@@ -729,6 +743,7 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
             SHORT_HISTORY_CLIENT,
             LONG_HISTORY_CLIENT,
             SPENT_LOTS_CLIENT,
+            LIVE_LOTS_CLIENT,
         ]
         .map(str::to_owned),
     );
@@ -862,6 +877,7 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
     if args.spent_lots > 0 {
         spend_every_lot(&clock, &channel, &address, args.spent_lots).await?;
     }
+    earn_lots(&channel, LIVE_LOTS_CLIENT, args.live_lots, "1000").await?;
     let _ = stop.send(());
     server.await??;
     Ok(())
@@ -918,19 +934,7 @@ async fn spend_every_lot(
     address: &str,
     lots: u32,
 ) -> Result<(), BenchError> {
-    let earn = pb::earn_service_client::EarnServiceClient::new(channel.clone());
-    let earns = (0..lots).map(|_| {
-        let mut earn = earn.clone();
-        let mut request = invoice(SPENT_LOTS_CLIENT, "2026-01-02");
-        if let Some(document) = request.invoice.as_mut() {
-            document.lines.truncate(1);
-        }
-        async move {
-            earn.process_invoice(authorized(request)).await?;
-            Ok(())
-        }
-    });
-    run_all(earns, 16).await?;
+    earn_lots(channel, SPENT_LOTS_CLIENT, lots, "3").await?;
     let mut ledger = pb::ledger_service_client::LedgerServiceClient::new(channel.clone());
     let earned = ledger
         .get_balance(authorized(pb::GetBalanceRequest {
@@ -971,11 +975,43 @@ async fn spend_every_lot(
     Ok(())
 }
 
-/// The seeded clients but the two whose histories are read and the spent-lots client (their
+/// `lots` one-line invoices of `client`, each of `quantity` of the first product (10 points
+/// apiece), each earning a lot of its own.
+async fn earn_lots(
+    channel: &Channel,
+    client: &str,
+    lots: u32,
+    quantity: &str,
+) -> Result<(), BenchError> {
+    let earn = pb::earn_service_client::EarnServiceClient::new(channel.clone());
+    let earns = (0..lots).map(|_| {
+        let mut earn = earn.clone();
+        let mut request = invoice(client, "2026-01-02");
+        if let Some(document) = request.invoice.as_mut() {
+            document.lines.truncate(1);
+            for line in &mut document.lines {
+                line.quantity = quantity.into();
+            }
+        }
+        async move {
+            earn.process_invoice(authorized(request)).await?;
+            Ok(())
+        }
+    });
+    run_all(earns, 16).await
+}
+
+/// The seeded clients but the two whose histories are read and the two whose lots are (their
 /// events are only those seeded for them).
 fn regular_clients(names: &[String]) -> impl Iterator<Item = &String> {
     names.iter().filter(|c| {
-        ![SHORT_HISTORY_CLIENT, LONG_HISTORY_CLIENT, SPENT_LOTS_CLIENT].contains(&c.as_str())
+        ![
+            SHORT_HISTORY_CLIENT,
+            LONG_HISTORY_CLIENT,
+            SPENT_LOTS_CLIENT,
+            LIVE_LOTS_CLIENT,
+        ]
+        .contains(&c.as_str())
     })
 }
 
@@ -1215,7 +1251,7 @@ async fn sqlite_call(
             }
             txn.commit().await?;
         }
-        Workload::RedeemSpentLots | Workload::Mixed | Workload::Echo => {
+        Workload::RedeemSpentLots | Workload::RedeemLiveLots | Workload::Mixed | Workload::Echo => {
             return Err(format!("{} is not a B5 workload", workload.name()).into());
         }
         Workload::Balance | Workload::BalanceShortHistory | Workload::BalanceLongHistory => {

@@ -345,24 +345,8 @@ impl PreparedScriptRedemption {
             Expr::cust("last_insert_rowid()"),
             now,
         ));
-        // The client's unlocked lots, oldest first, each giving what is left to take.
-        writes.push_with_values(
-            "UPDATE earn_lots SET remaining = earn_lots.remaining - spend.take FROM ( \
-               SELECT event_id, MIN(remaining, ? - (upto - remaining)) AS take FROM ( \
-                 SELECT event_id, remaining, SUM(remaining) OVER ( \
-                   ORDER BY earned_at, event_id ROWS UNBOUNDED PRECEDING) AS upto \
-                 FROM earn_lots \
-                 WHERE tenant_id = ? AND client_id = ? AND NOT locked AND remaining > 0) \
-               WHERE upto - remaining < ?) AS spend \
-             WHERE earn_lots.tenant_id = ? AND earn_lots.event_id = spend.event_id",
-            [
-                Value::from(-points),
-                tenant.as_str().into(),
-                client.into(),
-                Value::from(-points),
-                tenant.as_str().into(),
-            ],
-        );
+        let spend = lots_spent_oldest_first(tenant, client, -points);
+        writes.push_with_values(&spend.sql, spend.values.map(|v| v.0).unwrap_or_default());
         writes.push(&insert_rows(
             &[to_row(tenant, &stored)?],
             &[(
@@ -441,6 +425,48 @@ impl ScriptItem for PreparedScriptRedemption {
             ..self.stored
         })
     }
+}
+
+/// The UPDATE that takes `points` (minor units, positive) from the client's unlocked lots with
+/// points left, oldest first (`earned_at`, then `event_id`), each giving what is still to take.
+///
+/// It walks the lots one at a time through `ix_earn_lots_spendable` and stops at the lot that
+/// covers the points, as PostgreSQL's function does: a running sum over the client's lots would
+/// read every lot with points left at each redemption, however few it spends.
+#[must_use]
+pub fn lots_spent_oldest_first(tenant: &TenantId, client: &str, points: i64) -> Statement {
+    let spendable = "tenant_id = ? AND client_id = ? AND NOT locked AND remaining > 0";
+    let sql = format!(
+        "WITH RECURSIVE walk (event_id, earned_at, remaining, upto) AS ( \
+           SELECT * FROM ( \
+             SELECT event_id, earned_at, remaining, remaining FROM earn_lots \
+             WHERE {spendable} ORDER BY earned_at, event_id LIMIT 1) \
+           UNION ALL \
+           SELECT next.event_id, next.earned_at, next.remaining, walk.upto + next.remaining \
+           FROM walk JOIN earn_lots AS next ON next.tenant_id = ? AND next.event_id = ( \
+             SELECT event_id FROM earn_lots \
+             WHERE {spendable} AND (earned_at, event_id) > (walk.earned_at, walk.event_id) \
+             ORDER BY earned_at, event_id LIMIT 1) \
+           WHERE walk.upto < ?) \
+         UPDATE earn_lots \
+         SET remaining = earn_lots.remaining - MIN(walk.remaining, ? - (walk.upto - walk.remaining)) \
+         FROM walk WHERE earn_lots.tenant_id = ? AND earn_lots.event_id = walk.event_id"
+    );
+    let (tenant, client) = (Value::from(tenant.as_str()), Value::from(client));
+    Statement::from_sql_and_values(
+        DbBackend::Sqlite,
+        sql,
+        [
+            tenant.clone(),
+            client.clone(),
+            tenant.clone(),
+            tenant.clone(),
+            client,
+            Value::from(points),
+            Value::from(points),
+            tenant,
+        ],
+    )
 }
 
 /// What a redemption reads under the write lock, after writing the request's record (so that
@@ -770,5 +796,82 @@ mod tests {
             [1],
             "the statement after the failing one did not run"
         );
+    }
+
+    /// The walk over a client's lots takes what a plain loop would: oldest first by time then
+    /// event, lots earned at the same moment included, locked and spent lots and other clients'
+    /// lots untouched, and nothing once the points are covered (cases drawn at random).
+    #[tokio::test]
+    async fn the_walk_over_lots_spends_as_a_loop_over_them_would() {
+        use chrono::TimeZone;
+        use rand::{Rng, SeedableRng};
+        use sea_orm::{ActiveValue::Set, QueryOrder};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = test_sqlite(&dir, POOL).await;
+        crate::persistence::db::migrate(&db).await.expect("migrate");
+        let tenant = TenantId::parse("t1").expect("tenant");
+        let mut random = rand::rngs::StdRng::seed_from_u64(26);
+        for case in 0..300 {
+            earn_lots::Entity::delete_many()
+                .exec(&db)
+                .await
+                .expect("clear");
+            let lots: Vec<earn_lots::Model> = (1..=random.random_range(0..12))
+                .map(|event_id| earn_lots::Model {
+                    tenant_id: "t1".into(),
+                    event_id,
+                    client_id: if random.random_bool(0.7) { "a" } else { "b" }.into(),
+                    points: 100,
+                    remaining: [0, 5, 50, 100][random.random_range(0..4)],
+                    locked: random.random_bool(0.2),
+                    unlocks_at: None,
+                    expires_at: None,
+                    earned_at: Utc
+                        .with_ymd_and_hms(2026, 1, random.random_range(1..4), 0, 0, 0)
+                        .single()
+                        .expect("a date")
+                        .fixed_offset(),
+                })
+                .collect();
+            let points = random.random_range(1..400);
+            let mut shuffled = lots.clone();
+            shuffled.sort_by_key(|_| random.random::<u32>());
+            for lot in &shuffled {
+                let row = earn_lots::ActiveModel {
+                    tenant_id: Set(lot.tenant_id.clone()),
+                    event_id: Set(lot.event_id),
+                    client_id: Set(lot.client_id.clone()),
+                    points: Set(lot.points),
+                    remaining: Set(lot.remaining),
+                    locked: Set(lot.locked),
+                    unlocks_at: Set(None),
+                    expires_at: Set(None),
+                    earned_at: Set(lot.earned_at),
+                };
+                earn_lots::Entity::insert(row).exec(&db).await.expect("lot");
+            }
+
+            let mut expected = lots.clone();
+            expected.sort_by_key(|l| (l.earned_at, l.event_id));
+            let mut to_take = points;
+            for lot in &mut expected {
+                if lot.client_id == "a" && !lot.locked && to_take > 0 {
+                    let take = Ord::min(lot.remaining, to_take);
+                    lot.remaining -= take;
+                    to_take -= take;
+                }
+            }
+            expected.sort_by_key(|l| l.event_id);
+
+            db.execute_raw(lots_spent_oldest_first(&tenant, "a", points))
+                .await
+                .expect("the walk");
+            let left = earn_lots::Entity::find()
+                .order_by_asc(earn_lots::Column::EventId)
+                .all(&db)
+                .await
+                .expect("lots");
+            assert_eq!(left, expected, "case {case}: {points} points from {lots:?}");
+        }
     }
 }

@@ -2164,7 +2164,8 @@ async fn every_migration_goes_down_and_up_again(store: &TestDb) {
 /// (`m20261205_000015`), so that a redemption's walk and the lots job pass over no spent or
 /// expired lot. On PostgreSQL each is planned as a prepared statement's generic plan, the one a
 /// pooled connection goes on to reuse, with whole-table scans off: a condition bound as a value
-/// instead of written out would leave the partial indexes unusable and fail this.
+/// instead of written out would leave the partial indexes unusable and fail this. On SQLite the
+/// redemption script's walk seeks each next lot from the last one, not from the client's first.
 async fn every_look_up_of_lots_is_answered_from_the_lot_indexes(store: &TestDb) {
     use one_loyalty::persistence::ledger::{lots_due, lots_expiring, lots_spendable};
     use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder};
@@ -2172,7 +2173,7 @@ async fn every_look_up_of_lots_is_answered_from_the_lot_indexes(store: &TestDb) 
     let backend = store.db.get_database_backend();
     let t = TenantId::parse("t1").expect("tenant");
     let now = Utc::now();
-    let look_ups = [
+    let mut look_ups = vec![
         (
             "spendable",
             lots_spendable(&t, "org:a").limit(64).build(backend),
@@ -2189,6 +2190,17 @@ async fn every_look_up_of_lots_is_answered_from_the_lot_indexes(store: &TestDb) 
             &["ix_earn_lots_spendable|ix_earn_lots_expiring"][..],
         ),
     ];
+    if backend == sea_orm::DbBackend::Sqlite {
+        // The redemption script's walk: its first lot, then each next one sought from the last.
+        look_ups.push((
+            "walk",
+            one_loyalty::persistence::sqlite_script::lots_spent_oldest_first(&t, "org:a", 100),
+            &[
+                "ix_earn_lots_spendable (tenant_id=? AND client_id=?)",
+                "ix_earn_lots_spendable (tenant_id=? AND client_id=? AND earned_at>?)",
+            ][..],
+        ));
+    }
     for (name, statement, indexes) in look_ups {
         let values = statement.values.clone().map(|v| v.0).unwrap_or_default();
         let plan: Vec<String> = if backend == sea_orm::DbBackend::Postgres {
