@@ -432,25 +432,28 @@ impl ScriptItem for PreparedScriptRedemption {
 ///
 /// It walks the lots one at a time through `ix_earn_lots_spendable` and stops at the lot that
 /// covers the points, as PostgreSQL's function does: a running sum over the client's lots would
-/// read every lot with points left at each redemption, however few it spends.
+/// read every lot with points left at each redemption, however few it spends. The walk carries
+/// each lot's rowid, and the update finds its lots by it: joined on the primary key instead,
+/// SQLite 3.51 plans the update as a pass over every lot of the tenant, each probed in the walk.
 #[must_use]
 pub fn lots_spent_oldest_first(tenant: &TenantId, client: &str, points: i64) -> Statement {
     let spendable = "tenant_id = ? AND client_id = ? AND NOT locked AND remaining > 0";
     let sql = format!(
-        "WITH RECURSIVE walk (event_id, earned_at, remaining, upto) AS ( \
+        "WITH RECURSIVE walk (lot, earned_at, event_id, remaining, upto) AS ( \
            SELECT * FROM ( \
-             SELECT event_id, earned_at, remaining, remaining FROM earn_lots \
+             SELECT rowid, earned_at, event_id, remaining, remaining FROM earn_lots \
              WHERE {spendable} ORDER BY earned_at, event_id LIMIT 1) \
            UNION ALL \
-           SELECT next.event_id, next.earned_at, next.remaining, walk.upto + next.remaining \
-           FROM walk JOIN earn_lots AS next ON next.tenant_id = ? AND next.event_id = ( \
-             SELECT event_id FROM earn_lots \
+           SELECT next.rowid, next.earned_at, next.event_id, next.remaining, \
+             walk.upto + next.remaining \
+           FROM walk JOIN earn_lots AS next ON next.rowid = ( \
+             SELECT rowid FROM earn_lots \
              WHERE {spendable} AND (earned_at, event_id) > (walk.earned_at, walk.event_id) \
              ORDER BY earned_at, event_id LIMIT 1) \
            WHERE walk.upto < ?) \
          UPDATE earn_lots \
          SET remaining = earn_lots.remaining - MIN(walk.remaining, ? - (walk.upto - walk.remaining)) \
-         FROM walk WHERE earn_lots.tenant_id = ? AND earn_lots.event_id = walk.event_id"
+         FROM walk WHERE earn_lots.rowid = walk.lot"
     );
     let (tenant, client) = (Value::from(tenant.as_str()), Value::from(client));
     Statement::from_sql_and_values(
@@ -459,12 +462,10 @@ pub fn lots_spent_oldest_first(tenant: &TenantId, client: &str, points: i64) -> 
         [
             tenant.clone(),
             client.clone(),
-            tenant.clone(),
-            tenant.clone(),
+            tenant,
             client,
             Value::from(points),
             Value::from(points),
-            tenant,
         ],
     )
 }

@@ -2165,7 +2165,8 @@ async fn every_migration_goes_down_and_up_again(store: &TestDb) {
 /// expired lot. On PostgreSQL each is planned as a prepared statement's generic plan, the one a
 /// pooled connection goes on to reuse, with whole-table scans off: a condition bound as a value
 /// instead of written out would leave the partial indexes unusable and fail this. On SQLite the
-/// redemption script's walk seeks each next lot from the last one, not from the client's first.
+/// redemption script's walk seeks each next lot from the last one, not from the client's first,
+/// and updates the lots it walked by their rowids.
 async fn every_look_up_of_lots_is_answered_from_the_lot_indexes(store: &TestDb) {
     use one_loyalty::persistence::ledger::{lots_due, lots_expiring, lots_spendable};
     use sea_orm::sea_query::{PostgresQueryBuilder, QueryBuilder};
@@ -2191,13 +2192,15 @@ async fn every_look_up_of_lots_is_answered_from_the_lot_indexes(store: &TestDb) 
         ),
     ];
     if backend == sea_orm::DbBackend::Sqlite {
-        // The redemption script's walk: its first lot, then each next one sought from the last.
+        // The redemption script's walk: its first lot, then each next one sought from the last;
+        // the lots walked then updated one by one, not found by a pass over the tenant's lots.
         look_ups.push((
             "walk",
             one_loyalty::persistence::sqlite_script::lots_spent_oldest_first(&t, "org:a", 100),
             &[
                 "ix_earn_lots_spendable (tenant_id=? AND client_id=?)",
                 "ix_earn_lots_spendable (tenant_id=? AND client_id=? AND earned_at>?)",
+                "SEARCH earn_lots USING INTEGER PRIMARY KEY (rowid=?)",
             ][..],
         ));
     }
