@@ -30,8 +30,8 @@ use sea_orm::sea_query::{
 use sea_orm::sqlx::{self, Sqlite, pool::PoolConnection};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction,
-    DbBackend, DbErr, EntityTrait, IdenStatic, Iterable, QueryResult, QueryTrait, RuntimeErr,
-    Statement, StatementBuilder, Value,
+    DbBackend, DbErr, EntityTrait, IdenStatic, Iterable, QueryFilter, QueryResult, QuerySelect,
+    QueryTrait, RuntimeErr, Statement, StatementBuilder, Value,
 };
 use sea_query_sqlx::SqlxValues;
 
@@ -48,7 +48,7 @@ use super::group_commit::BatchWriter;
 use super::idempotency::record_row;
 use super::ledger::{
     BalanceMove, balance_update, ensure_balance_statement, entering_locked, event_row, lot_row,
-    spend_source,
+    lots_spendable, spend_source,
 };
 use super::redemptions::{
     limit_reached, live_statuses, out_of_stock, outbox_row, stored_at, to_row,
@@ -345,8 +345,7 @@ impl PreparedScriptRedemption {
             Expr::cust("last_insert_rowid()"),
             now,
         ));
-        let spend = lots_spent_oldest_first(tenant, client, -points);
-        writes.push_with_values(&spend.sql, spend.values.map(|v| v.0).unwrap_or_default());
+        writes.push_statement(lots_spent_oldest_first(tenant, client, -points));
         writes.push(&insert_rows(
             &[to_row(tenant, &stored)?],
             &[(
@@ -427,8 +426,8 @@ impl ScriptItem for PreparedScriptRedemption {
     }
 }
 
-/// The UPDATE that takes `points` (minor units, positive) from the client's unlocked lots with
-/// points left, oldest first (`earned_at`, then `event_id`), each giving what is still to take.
+/// The UPDATE that takes `points` (minor units, positive) from the lots [`lots_spendable`]
+/// gives, in its order, each giving what is still to take.
 ///
 /// It walks the lots one at a time through `ix_earn_lots_spendable` and stops at the lot that
 /// covers the points, as PostgreSQL's function does: a running sum over the client's lots would
@@ -437,37 +436,50 @@ impl ScriptItem for PreparedScriptRedemption {
 /// SQLite 3.51 plans the update as a pass over every lot of the tenant, each probed in the walk.
 #[must_use]
 pub fn lots_spent_oldest_first(tenant: &TenantId, client: &str, points: i64) -> Statement {
-    let spendable = "tenant_id = ? AND client_id = ? AND NOT locked AND remaining > 0";
+    let rowid = || Expr::cust("earn_lots.rowid");
+    let first = DbBackend::Sqlite.build(
+        lots_spendable(tenant, client)
+            .select_only()
+            .expr(rowid())
+            .columns([
+                earn_lots::Column::EarnedAt,
+                earn_lots::Column::EventId,
+                earn_lots::Column::Remaining,
+                earn_lots::Column::Remaining,
+            ])
+            .limit(1)
+            .as_query(),
+    );
+    // Sought in the index from the lot walked last, not read from the client's first lot.
+    let next = DbBackend::Sqlite.build(
+        lots_spendable(tenant, client)
+            .select_only()
+            .expr(rowid())
+            .filter(Expr::cust(
+                "(earn_lots.earned_at, earn_lots.event_id) > (walk.earned_at, walk.event_id)",
+            ))
+            .limit(1)
+            .as_query(),
+    );
     let sql = format!(
         "WITH RECURSIVE walk (lot, earned_at, event_id, remaining, upto) AS ( \
-           SELECT * FROM ( \
-             SELECT rowid, earned_at, event_id, remaining, remaining FROM earn_lots \
-             WHERE {spendable} ORDER BY earned_at, event_id LIMIT 1) \
+           SELECT * FROM ({}) \
            UNION ALL \
            SELECT next.rowid, next.earned_at, next.event_id, next.remaining, \
              walk.upto + next.remaining \
-           FROM walk JOIN earn_lots AS next ON next.rowid = ( \
-             SELECT rowid FROM earn_lots \
-             WHERE {spendable} AND (earned_at, event_id) > (walk.earned_at, walk.event_id) \
-             ORDER BY earned_at, event_id LIMIT 1) \
+           FROM walk JOIN earn_lots AS next ON next.rowid = ({}) \
            WHERE walk.upto < ?) \
          UPDATE earn_lots \
          SET remaining = earn_lots.remaining - MIN(walk.remaining, ? - (walk.upto - walk.remaining)) \
-         FROM walk WHERE earn_lots.rowid = walk.lot"
+         FROM walk WHERE earn_lots.rowid = walk.lot",
+        first.sql, next.sql
     );
-    let (tenant, client) = (Value::from(tenant.as_str()), Value::from(client));
-    Statement::from_sql_and_values(
-        DbBackend::Sqlite,
-        sql,
-        [
-            tenant.clone(),
-            client.clone(),
-            tenant,
-            client,
-            Value::from(points),
-            Value::from(points),
-        ],
-    )
+    let values = [first.values, next.values]
+        .into_iter()
+        .flat_map(|v| v.map(|v| v.0).unwrap_or_default())
+        .chain([Value::from(points), Value::from(points)])
+        .collect::<Vec<_>>();
+    Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)
 }
 
 /// What a redemption reads under the write lock, after writing the request's record (so that
@@ -642,16 +654,14 @@ struct Script {
 
 impl Script {
     fn push(&mut self, statement: &impl StatementBuilder) {
-        let built = DbBackend::Sqlite.build(statement);
-        self.push_sql(&built.sql);
-        self.values
-            .extend(built.values.map(|v| v.0).unwrap_or_default());
+        self.push_statement(DbBackend::Sqlite.build(statement));
     }
 
-    /// A statement written as SQL, with its values.
-    fn push_with_values(&mut self, sql: &str, values: impl IntoIterator<Item = Value>) {
-        self.push_sql(sql);
-        self.values.extend(values);
+    /// A statement built for SQLite, with its values.
+    fn push_statement(&mut self, statement: Statement) {
+        self.push_sql(&statement.sql);
+        self.values
+            .extend(statement.values.map(|v| v.0).unwrap_or_default());
     }
 
     /// These statements, after opening `scope`.
@@ -806,7 +816,7 @@ mod tests {
     async fn the_walk_over_lots_spends_as_a_loop_over_them_would() {
         use chrono::TimeZone;
         use rand::{Rng, SeedableRng};
-        use sea_orm::{ActiveValue::Set, QueryOrder};
+        use sea_orm::QueryOrder;
         let dir = tempfile::tempdir().expect("tempdir");
         let db = test_sqlite(&dir, POOL).await;
         crate::persistence::db::migrate(&db).await.expect("migrate");
@@ -837,19 +847,11 @@ mod tests {
             let points = random.random_range(1..400);
             let mut shuffled = lots.clone();
             shuffled.sort_by_key(|_| random.random::<u32>());
-            for lot in &shuffled {
-                let row = earn_lots::ActiveModel {
-                    tenant_id: Set(lot.tenant_id.clone()),
-                    event_id: Set(lot.event_id),
-                    client_id: Set(lot.client_id.clone()),
-                    points: Set(lot.points),
-                    remaining: Set(lot.remaining),
-                    locked: Set(lot.locked),
-                    unlocks_at: Set(None),
-                    expires_at: Set(None),
-                    earned_at: Set(lot.earned_at),
-                };
-                earn_lots::Entity::insert(row).exec(&db).await.expect("lot");
+            for lot in shuffled {
+                earn_lots::Entity::insert(earn_lots::ActiveModel::from(lot).reset_all())
+                    .exec(&db)
+                    .await
+                    .expect("lot");
             }
 
             let mut expected = lots.clone();
