@@ -278,6 +278,39 @@ mod tests {
         assert_eq!(pool.num_idle(), 1);
     }
 
+    /// SeaORM's `.one()` binds its `LIMIT 1`. Unless SQLite is built with the query planner
+    /// stability guarantee (.cargo/config.toml), such a statement, taken from the connection's
+    /// cache, is prepared again at every execution, as a value bound to it may change its plan.
+    #[tokio::test]
+    async fn a_cached_statement_with_a_bound_limit_is_not_prepared_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = test_sqlite(&dir, 1).await;
+        db.execute_unprepared("CREATE TABLE numbers (n INTEGER PRIMARY KEY)")
+            .await
+            .expect("table");
+        let look_up = "SELECT n FROM numbers WHERE n > ? ORDER BY n LIMIT ?";
+        for n in 0..5_i64 {
+            db.query_one_raw(Statement::from_sql_and_values(
+                sea_orm::DbBackend::Sqlite,
+                look_up,
+                [n.into(), 1_i64.into()],
+            ))
+            .await
+            .expect("look-up");
+        }
+        let counters = db
+            .query_one_raw(Statement::from_sql_and_values(
+                sea_orm::DbBackend::Sqlite,
+                "SELECT run, reprep FROM sqlite_stmt WHERE sql = ?",
+                [look_up.into()],
+            ))
+            .await
+            .expect("sqlite_stmt")
+            .expect("the look-up is cached");
+        let count = |name: &str| counters.try_get::<i64>("", name).expect(name);
+        assert_eq!((count("run"), count("reprep")), (5, 0), "run, reprep");
+    }
+
     #[test]
     fn sqlite_urls_get_create_mode_and_memory_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
