@@ -1,6 +1,8 @@
 //! Processing invoices and corrections end to end: the worked example, the agreement gate, the
 //! day close, concurrent deliveries, corrections and the reasons a document earns nothing.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
 use one_loyalty::domain::directory::OrderRecord;
 use one_loyalty::domain::tenant::TenantId;
@@ -726,4 +728,98 @@ async fn an_invoice_of_the_most_lines_allowed_earns_on_every_line_and_is_stored_
         .await
         .expect("count");
     assert_eq!((stored, explained), (u64::from(count), u64::from(count)));
+}
+
+/// How many steps each statement cached on the server's SQLite connections has taken through a
+/// whole table (`sqlite_stmt.nscan`), summed over the connections, by its SQL. Every
+/// pooled connection is taken at once, so that each is asked (the counters are per connection).
+async fn full_scan_steps(app: &ClockedApp) -> BTreeMap<String, i64> {
+    let pool = app.db.get_sqlite_connection_pool();
+    let mut every = Vec::new();
+    for _ in 0..pool.size() {
+        every.push(pool.acquire().await.expect("a pooled connection"));
+    }
+    let mut steps = BTreeMap::new();
+    for conn in &mut every {
+        let rows: Vec<(String, i64)> = sea_orm::sqlx::query_as(
+            "SELECT sql, nscan FROM sqlite_stmt WHERE sql NOT LIKE '%sqlite_stmt%'",
+        )
+        .fetch_all(&mut **conn)
+        .await
+        .expect("sqlite_stmt");
+        for (sql, step) in rows {
+            *steps.entry(sql).or_default() += step;
+        }
+    }
+    steps
+}
+
+/// On SQLite no statement of an earn, a redemption or a read passes over a whole table: each
+/// finds its rows through a key or an index, so that its cost does not grow with the tenant's
+/// history. The tables hold other documents, clients, events and lots first, so that a pass over
+/// one would take steps; the counters are those of the calls under test alone.
+#[tokio::test]
+async fn on_sqlite_no_statement_of_an_earn_a_redemption_or_a_read_passes_over_a_table() {
+    use crate::redeem::{coupon, funded_client, redeem};
+    let app = ClockedApp::new(crate::helpers::Backend::Sqlite).await;
+    setting(&app).await;
+    for client in ["org:b", "org:c", "org:d"] {
+        funded_client(&app, client, "500", &[]).await;
+    }
+    for id in ["INV-1", "INV-2", "INV-3"] {
+        earned(&app, example_invoice(id)).await;
+    }
+    let cart = coupon(&app, "cart", "7", Some(100), None).await;
+    app.set_time("2026-03-22T12:00:00Z");
+    let redemption = |request_id: &str, client_id: &str| pb::RedeemCouponRequest {
+        request_id: request_id.into(),
+        client_id: client_id.into(),
+        coupon_id: cart.clone(),
+        user_id: String::new(),
+    };
+    redeem(&app, redemption("r-c", "org:c"))
+        .await
+        .expect("redeem");
+    let before = full_scan_steps(&app).await;
+
+    for id in ["INV-4", "INV-5"] {
+        let result = earned(&app, example_invoice(id)).await;
+        assert_eq!(result.status, Status::Processed as i32);
+    }
+    for (request_id, client_id) in [("r-b1", "org:b"), ("r-b2", "org:b"), ("r-d", "org:d")] {
+        redeem(&app, redemption(request_id, client_id))
+            .await
+            .expect("redeem");
+    }
+    redeem(&app, redemption("r-b1", "org:b"))
+        .await
+        .expect("a request sent again");
+    assert_eq!(balance(&app).await, "555.85");
+    let mut ledger = pb::ledger_service_client::LedgerServiceClient::new(app.channel.clone());
+    for client_id in ["org:acme", "org:b"] {
+        ledger
+            .list_events(app.request(pb::ListEventsRequest {
+                client_id: client_id.into(),
+                page_size: 2,
+                ..Default::default()
+            }))
+            .await
+            .expect("events");
+    }
+
+    let after = full_scan_steps(&app).await;
+    let passes: Vec<(&String, i64)> = after
+        .iter()
+        .map(|(sql, steps)| (sql, steps - before.get(sql).copied().unwrap_or(0)))
+        .filter(|(_, steps)| *steps > 0)
+        .collect();
+    assert!(
+        passes.is_empty(),
+        "statements that passed over a table (steps):\n{passes:#?}"
+    );
+    assert!(
+        after.keys().any(|sql| sql.contains("earn_lots")),
+        "the counters are those of the service's own connections"
+    );
+    app.finish().await;
 }

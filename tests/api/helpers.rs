@@ -236,6 +236,8 @@ pub struct TestApp {
     /// The port the server listens on.
     pub port: u16,
     pub services: Services,
+    /// The server's own pool (the store's is another).
+    pub db: DatabaseConnection,
     pub store: TestDb,
     shutdown: std::sync::Mutex<Option<oneshot::Sender<()>>>,
     server: std::sync::Mutex<
@@ -320,6 +322,7 @@ impl TestApp {
             .await
             .expect("build application");
         let services = app.services().clone();
+        let db = app.db().clone();
         let port = app.port();
         let (tx, rx) = oneshot::channel::<()>();
         let server = tokio::spawn(app.run_until_stopped(async move {
@@ -339,6 +342,7 @@ impl TestApp {
             channel,
             port,
             services,
+            db,
             store,
             shutdown: std::sync::Mutex::new(Some(tx)),
             server: std::sync::Mutex::new(Some(server)),
