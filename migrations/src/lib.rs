@@ -24,6 +24,7 @@ mod m20261202_000012_earn_function_columns;
 mod m20261205_000013_redeem_function_statements;
 mod m20261205_000014_earn_lone_call;
 mod m20261205_000015_live_lot_indexes;
+mod m20261206_000016_redeem_checks_its_plan;
 
 /// Runs `statements` in order on PostgreSQL (functions that only its write paths call); on SQLite
 /// there is nothing to do.
@@ -71,6 +72,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261205_000013_redeem_function_statements::Migration),
             Box::new(m20261205_000014_earn_lone_call::Migration),
             Box::new(m20261205_000015_live_lot_indexes::Migration),
+            Box::new(m20261206_000016_redeem_checks_its_plan::Migration),
         ]
     }
 }

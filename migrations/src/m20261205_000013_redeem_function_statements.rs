@@ -28,7 +28,7 @@ impl MigrationName for Migration {
     }
 }
 
-const REDEEM_BATCH_FUNCTION_FEWER_STATEMENTS: &str = r"
+pub const REDEEM_BATCH_FUNCTION_FEWER_STATEMENTS: &str = r"
 CREATE OR REPLACE FUNCTION loyalty_redeem_batch(p_items jsonb)
 RETURNS TABLE (item bigint, use_event_id bigint, failed_state text, failed_detail text,
     failed_message text)

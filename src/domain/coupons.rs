@@ -117,6 +117,13 @@ pub struct OfferView {
 }
 
 impl Coupon {
+    /// Whether a redemption of the coupon can be planned knowing nothing of the client but its
+    /// id: no segment restricts it (so the client's segments do not decide), and it is delivered
+    /// as a pool code (only a SPECIAL coupon's e-mail names the client).
+    pub fn plannable_without_client(&self) -> bool {
+        self.spec.segment_ids.is_empty() && self.spec.coupon_type.uses_pool()
+    }
+
     /// The coupon as offered to a client on `day`, or `None` when the client cannot have it:
     /// not on offer that day, restricted to segments the client is not in, out of stock, or the
     /// client's limit reached.
@@ -433,6 +440,40 @@ mod tests {
         assert_eq!(
             fields(&bad, creating()),
             ["spec.expiration_date", "spec.redemption_deadline"]
+        );
+    }
+
+    #[test]
+    fn only_a_pool_coupon_no_segment_restricts_is_planned_without_the_client() {
+        let coupon = |spec: CouponSpec| Coupon {
+            coupon_id: "c".into(),
+            spec,
+            status: CouponStatus::Active,
+            redeemed_count: 0,
+            revision: 1,
+            created_at: Utc::now(),
+            updated_at: Utc::now(),
+        };
+        assert!(coupon(spec()).plannable_without_client());
+        let gift = CouponSpec {
+            coupon_type: CouponType::GiftProduct,
+            ..spec()
+        };
+        assert!(coupon(gift).plannable_without_client());
+        let gold = CouponSpec {
+            segment_ids: vec!["gold".into()],
+            ..spec()
+        };
+        assert!(!coupon(gold).plannable_without_client(), "segments decide");
+        let special = CouponSpec {
+            coupon_type: CouponType::Special,
+            pool_id: None,
+            email: Some("rewards@acme.example".into()),
+            ..spec()
+        };
+        assert!(
+            !coupon(special).plannable_without_client(),
+            "its e-mail names the client"
         );
     }
 

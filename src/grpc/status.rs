@@ -48,6 +48,10 @@ pub fn repo(err: &RepoError) -> Status {
             tracing::info!(%cause, "unexpected conflict");
             Status::aborted("a concurrent change won; retry")
         }
+        RepoError::Stale(cause) => {
+            tracing::info!(%cause, "planned from data changed since");
+            Status::aborted("a concurrent change won; retry")
+        }
         RepoError::Precondition(why) => Status::failed_precondition(why.clone()),
         RepoError::Corrupt(cause) | RepoError::Config(cause) | RepoError::Other(cause) => {
             internal(cause)

@@ -18,6 +18,10 @@ pub enum RepoError {
     /// stock, a reservation no longer held); nothing was written.
     #[error("{0}")]
     Precondition(String),
+    /// What a write was planned from no longer holds (a coupon changed since it was read):
+    /// nothing was written; read again and plan anew.
+    #[error("stale: {0}")]
+    Stale(String),
     /// The database cannot be reached.
     #[error("database unavailable: {0}")]
     Unavailable(String),

@@ -237,6 +237,7 @@ impl Failure {
 const NOT_ENOUGH_POINTS: &str = "LY001";
 const LIMIT_REACHED: &str = "LY002";
 const OUT_OF_STOCK: &str = "LY003";
+const PLAN_STALE: &str = "LY004";
 
 /// Whether a redemption is a plain one, which [`RedemptionWriter`] (and on SQLite
 /// `sqlite_script::PreparedScriptRedemption`) can write: its Use event spends available points
@@ -293,6 +294,10 @@ impl PreparedRedemption {
         arguments.value("stock", plan.stock)?;
         arguments.value("limit", plan.per_client_limit)?;
         arguments.value("live", live_statuses())?;
+        arguments.value("revision", plan.coupon_revision)?;
+        if plan.client_unread {
+            arguments.value("client_unread", true)?;
+        }
         Ok(Self {
             arguments: arguments.finish(),
             stored,
@@ -317,6 +322,7 @@ impl PreparedRedemption {
         match code {
             LIMIT_REACHED => limit_reached(coupon, self.per_client_limit.unwrap_or_default()),
             OUT_OF_STOCK => out_of_stock(coupon),
+            PLAN_STALE => RepoError::Stale(message),
             NOT_ENOUGH_POINTS => detail
                 .and_then(|d| d.parse::<i64>().ok())
                 .and_then(|available| spend_source(&self.use_event, self.points, available).err())

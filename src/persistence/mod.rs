@@ -513,6 +513,12 @@ pub struct RedeemPlan {
     pub use_event: NewLedgerEvent,
     /// What the outbox must deliver for it.
     pub delivery: crate::domain::redemption::Delivery,
+    /// The coupon's revision the plan was made from: the write refuses the plan
+    /// ([`RepoError::Stale`]) if the coupon is at another one. `None`: not checked.
+    pub coupon_revision: Option<u32>,
+    /// The plan was made without reading the client: the write refuses it
+    /// ([`RepoError::Stale`]) if the client is not known.
+    pub client_unread: bool,
 }
 
 /// Giving a redemption's points back: an administrator's cancellation, or ONe's rejection of its

@@ -12,11 +12,11 @@ use chrono::{DateTime, Utc};
 use sea_orm::sea_query::{Expr, ExprTrait};
 use sea_orm::{
     ActiveValue::{NotSet, Set},
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::entities::{coupons, outbox, redemptions};
+use super::entities::{clients, coupons, outbox, redemptions};
 use super::error::{RepoError, classify};
 use super::few_statements::{self, PreparedRedemption, RedemptionWriter};
 use super::group_commit::GroupCommit;
@@ -115,6 +115,7 @@ impl RedemptionRepository for SeaRedemptionRepository {
         insert_record(&txn, tenant, &request).await?;
         // The client's balance row is locked first, so that the limit below is counted alone.
         let locked = ensure_balance_row(&txn, tenant, &r.client_id, now).await?;
+        check_basis(&txn, tenant, plan).await?;
         if let Some(limit) = plan.per_client_limit {
             let held = redemptions::Entity::find()
                 .filter(redemptions::Column::TenantId.eq(tenant.as_str()))
@@ -432,6 +433,47 @@ pub(super) fn limit_reached(coupon_id: &str, limit: u32) -> RepoError {
 }
 
 /// A redemption refused because the coupon's stock is gone.
+/// Refuses a plan made from what no longer holds: the client not known (when the plan was made
+/// without reading it), or the coupon at another revision than the plan's.
+async fn check_basis(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    plan: &RedeemPlan,
+) -> Result<(), RepoError> {
+    let r = &plan.redemption;
+    if plan.client_unread {
+        let known = clients::Entity::find_by_id((tenant.as_str().to_owned(), r.client_id.clone()))
+            .count(txn)
+            .await
+            .map_err(classify)?;
+        if known == 0 {
+            return Err(client_not_known(&r.client_id));
+        }
+    }
+    if let Some(revision) = plan.coupon_revision {
+        let current =
+            coupons::Entity::find_by_id((tenant.as_str().to_owned(), r.coupon_id.clone()))
+                .select_only()
+                .column(coupons::Column::Revision)
+                .into_tuple::<i32>()
+                .one(txn)
+                .await
+                .map_err(classify)?;
+        if current.map(i64::from) != Some(i64::from(revision)) {
+            return Err(coupon_changed(&r.coupon_id));
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn client_not_known(client_id: &str) -> RepoError {
+    RepoError::Stale(format!("client {client_id} is not known"))
+}
+
+pub(super) fn coupon_changed(coupon_id: &str) -> RepoError {
+    RepoError::Stale(format!("coupon {coupon_id} changed"))
+}
+
 pub(super) fn out_of_stock(coupon_id: &str) -> RepoError {
     RepoError::Precondition(format!("coupon {coupon_id} is out of stock"))
 }

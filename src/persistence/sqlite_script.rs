@@ -39,8 +39,8 @@ use super::RedeemPlan;
 use super::db::{begin_write, write_turn};
 use super::documents::{document_row, line_rows};
 use super::entities::{
-    balances, coupons, document_lines, documents, earn_lots, ledger_event_lines, ledger_events,
-    redemptions,
+    balances, clients, coupons, document_lines, documents, earn_lots, ledger_event_lines,
+    ledger_events, redemptions,
 };
 use super::error::{RepoError, classify};
 use super::event_lines::row as event_line_row;
@@ -51,7 +51,8 @@ use super::ledger::{
     lots_spendable, spend_source,
 };
 use super::redemptions::{
-    limit_reached, live_statuses, out_of_stock, outbox_row, stored_at, to_row,
+    client_not_known, coupon_changed, limit_reached, live_statuses, out_of_stock, outbox_row,
+    stored_at, to_row,
 };
 use crate::domain::documents::DocumentRecord;
 use crate::domain::engine::LineCalculation;
@@ -302,6 +303,8 @@ pub struct PreparedScriptRedemption {
     stored: Redemption,
     per_client_limit: Option<u32>,
     stock: Option<u32>,
+    coupon_revision: Option<u32>,
+    client_unread: bool,
     use_event: NewLedgerEvent,
     /// The Use event's points in minor units (negative).
     points: i64,
@@ -327,6 +330,7 @@ impl PreparedScriptRedemption {
             &stored.coupon_id,
             record,
             plan.per_client_limit.is_some(),
+            plan.client_unread,
         )?;
         let balance = |column: balances::Column| balance_column(tenant, client, column);
         let mut writes = Script::default();
@@ -374,16 +378,27 @@ impl PreparedScriptRedemption {
             stored,
             per_client_limit: plan.per_client_limit,
             stock: plan.stock,
+            coupon_revision: plan.coupon_revision,
+            client_unread: plan.client_unread,
             use_event: event.clone(),
             points,
         })
     }
 
-    /// Refused, or not: the client's limit, its available points, the coupon's stock, as the
+    /// Refused, or not: what the plan was made from (the client known, the coupon at its
+    /// revision), the client's limit, its available points, the coupon's stock, as the
     /// transaction path checks them, from what was read under the write lock.
     fn check(&self, read: &QueryResult) -> Result<(), RepoError> {
         let column = |name: &str| read.try_get::<Option<i64>>("", name).map_err(classify);
         let coupon = &self.stored.coupon_id;
+        if self.client_unread && column("client_known")? != Some(1) {
+            return Err(client_not_known(&self.stored.client_id));
+        }
+        if let Some(revision) = self.coupon_revision
+            && column("revision")? != Some(i64::from(revision))
+        {
+            return Err(coupon_changed(coupon));
+        }
         if let Some(limit) = self.per_client_limit
             && column("held")?.unwrap_or_default() >= i64::from(limit)
         {
@@ -486,28 +501,48 @@ pub fn lots_spent_oldest_first(tenant: &TenantId, client: &str, points: i64) -> 
 
 /// What a redemption reads under the write lock, after writing the request's record (so that
 /// a request id taken fails first): the client's available points, the coupon's redeemed
-/// count and, with `count_held` (a per-client limit), the client's live redemptions of it.
+/// count and revision, with `count_held` (a per-client limit) the client's live redemptions of
+/// it, and with `check_client` whether the client is known.
 fn redemption_reads(
     tenant: &TenantId,
     client: &str,
     coupon: &str,
     record: &IdempotencyRecord,
     count_held: bool,
+    check_client: bool,
 ) -> Result<Script, RepoError> {
     let mut reads = Script::default();
     reads.push(&insert_rows(&[record_row(tenant, record)], &[])?);
-    let redeemed = Query::select()
-        .column(coupons::Column::RedeemedCount)
-        .from(coupons::Entity)
-        .and_where(coupons::Column::TenantId.eq(tenant.as_str()))
-        .and_where(coupons::Column::CouponId.eq(coupon))
-        .to_owned();
+    let of_coupon = |column: coupons::Column| {
+        Query::select()
+            .column(column)
+            .from(coupons::Entity)
+            .and_where(coupons::Column::TenantId.eq(tenant.as_str()))
+            .and_where(coupons::Column::CouponId.eq(coupon))
+            .to_owned()
+    };
     let mut read = Query::select();
     read.expr_as(
         balance_column(tenant, client, balances::Column::Available),
         Alias::new("available"),
     )
-    .expr_as(sub_query(redeemed), Alias::new("redeemed"));
+    .expr_as(
+        sub_query(of_coupon(coupons::Column::RedeemedCount)),
+        Alias::new("redeemed"),
+    )
+    .expr_as(
+        sub_query(of_coupon(coupons::Column::Revision)),
+        Alias::new("revision"),
+    );
+    if check_client {
+        let known = Query::select()
+            .expr(Expr::val(1))
+            .from(clients::Entity)
+            .and_where(clients::Column::TenantId.eq(tenant.as_str()))
+            .and_where(clients::Column::ClientId.eq(client))
+            .to_owned();
+        read.expr_as(Expr::exists(known), Alias::new("client_known"));
+    }
     if count_held {
         let held = Query::select()
             .expr(Expr::col(Asterisk).count())

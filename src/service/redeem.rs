@@ -5,8 +5,8 @@
 //! limit, a reservation still held) is made again by the repository under the database's locks;
 //! the checks here only give early, precise answers.
 
-use std::collections::BTreeSet;
-use std::sync::Arc;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
@@ -21,6 +21,7 @@ use crate::domain::ledger::{EventType, LotTerms, NewLedgerEvent};
 use crate::domain::redemption::{
     CodeFormat, Delivery, Redemption, RedemptionStatus, Reservation, ReservationStatus,
 };
+use crate::domain::tenant::TenantId;
 use crate::domain::validation::{FieldViolation, Invalid};
 use crate::persistence::{
     ClientAndCoupon, CouponRepository, DirectoryRepository, IdempotencyRepository,
@@ -105,13 +106,60 @@ pub struct RedeemDependencies {
     pub codes: CodeFormat,
 }
 
+/// Coupons as this replica last read them, by tenant and id, for redemptions to be planned
+/// from without a read. Never trusted on its own: a write planned from an entry checks the
+/// coupon's revision under its lock, and a stale entry costs one refused write, then a read.
+#[derive(Default)]
+struct CouponsSeen {
+    coupons: Mutex<CouponsById>,
+}
+
+type CouponsById = HashMap<(TenantId, String), Arc<Coupon>>;
+
+impl CouponsSeen {
+    /// Entries kept at most; past it the map starts again empty (each coupon is read again once).
+    const CAPACITY: usize = 4096;
+
+    fn entries(&self) -> MutexGuard<'_, CouponsById> {
+        // Nothing is left half-done under the lock: a panic elsewhere leaves a usable map.
+        self.coupons.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, tenant: &TenantId, coupon_id: &str) -> Option<Arc<Coupon>> {
+        self.entries()
+            .get(&(tenant.clone(), coupon_id.to_owned()))
+            .cloned()
+    }
+
+    fn remember(&self, tenant: &TenantId, coupon: &Coupon) {
+        let mut entries = self.entries();
+        if entries.len() >= Self::CAPACITY {
+            entries.clear();
+        }
+        entries.insert(
+            (tenant.clone(), coupon.coupon_id.clone()),
+            Arc::new(coupon.clone()),
+        );
+    }
+
+    fn forget(&self, tenant: &TenantId, coupon_id: &str) {
+        self.entries()
+            .remove(&(tenant.clone(), coupon_id.to_owned()));
+    }
+}
+
 pub struct RedeemService {
     deps: RedeemDependencies,
+    /// The coupons redemptions have read, as they read them.
+    coupons_seen: CouponsSeen,
 }
 
 impl RedeemService {
     pub fn new(deps: RedeemDependencies) -> Self {
-        Self { deps }
+        Self {
+            deps,
+            coupons_seen: CouponsSeen::default(),
+        }
     }
 
     /// The coupons the client can have on `day` (today when `None`), a page at a time.
@@ -196,12 +244,28 @@ impl RedeemService {
     }
 
     /// A new redemption, as [`Self::redeem`] describes it.
+    ///
+    /// A coupon this replica has read before, that no segment restricts and that is delivered
+    /// as a pool code, is redeemed as it was read, without reading the client or the coupon
+    /// first: the write checks, under its locks, that the client is known and that the coupon is
+    /// still at that revision. If either fails, or anything else would refuse the redemption
+    /// before its write, it is read and judged in full, so that every answer is the one the full
+    /// path gives.
     async fn redeem_new(
         &self,
         caller: &Caller,
         key: &RequestKey,
         request: &RedeemRequest,
     ) -> Result<Redemption, RedeemError> {
+        let mut found = required(&request.client_id, "client_id");
+        found.extend(required(&request.coupon_id, "coupon_id"));
+        Invalid::check(found)?;
+        if let Some(coupon) = self.coupons_seen.get(&caller.tenant, &request.coupon_id)
+            && coupon.plannable_without_client()
+            && let Some(written) = self.redeem_as_seen(caller, key, request, &coupon).await
+        {
+            return written;
+        }
         // Read side by side (one call's latency is the longest read), then judged in order.
         // The client and the coupon come in one read (one round trip fewer per redemption).
         let (client_and_coupon, user) = tokio::join!(
@@ -210,21 +274,67 @@ impl RedeemService {
                 .with_client(&caller.tenant, &request.coupon_id, &request.client_id),
             self.check_user(caller, request.user_id.as_deref(), &request.client_id),
         );
-        let mut found = required(&request.client_id, "client_id");
-        found.extend(required(&request.coupon_id, "coupon_id"));
-        Invalid::check(found)?;
         let ClientAndCoupon { client, coupon } =
             client_and_coupon?.ok_or_else(|| unknown_client(&request.client_id))?;
         user?;
         let coupon =
             coupon.ok_or_else(|| RedeemError::NotFound(format!("coupon {}", request.coupon_id)))?;
+        self.coupons_seen.remember(&caller.tenant, &coupon);
         let settings = self.deps.settings.current(&caller.tenant).await?;
-        let now = self.deps.clock.now();
         let segments: BTreeSet<String> = client.segment_ids.into_iter().collect();
         coupon
-            .redeemable_on(day_of(settings.time_zone, now), &segments)
+            .redeemable_on(day_of(settings.time_zone, self.deps.clock.now()), &segments)
             .map_err(|refusal| RedeemError::Refused(refusal.to_string()))?;
-        let client_name = client.name;
+        self.write_redemption(caller, key, request, &coupon, &settings, Some(&client.name))
+            .await
+    }
+
+    /// A redemption of a coupon as this replica last read it ([`Self::redeem_new`]); `None`
+    /// where it must be read and judged in full instead. The write's own refusals (the points,
+    /// the client's limit, the stock) stand: it refuses them only once it has found the client
+    /// known and the coupon at the revision read, as the full path would have.
+    async fn redeem_as_seen(
+        &self,
+        caller: &Caller,
+        key: &RequestKey,
+        request: &RedeemRequest,
+        coupon: &Coupon,
+    ) -> Option<Result<Redemption, RedeemError>> {
+        // The full path answers for an unknown client before the user or the coupon's days.
+        self.check_user(caller, request.user_id.as_deref(), &request.client_id)
+            .await
+            .ok()?;
+        let settings = self.deps.settings.current(&caller.tenant).await.ok()?;
+        coupon
+            .redeemable_on(
+                day_of(settings.time_zone, self.deps.clock.now()),
+                &BTreeSet::new(),
+            )
+            .ok()?;
+        match self
+            .write_redemption(caller, key, request, coupon, &settings, None)
+            .await
+        {
+            Err(RedeemError::Repo(RepoError::Stale(cause))) => {
+                tracing::debug!(%cause, "the coupon as read no longer holds; reading it again");
+                self.coupons_seen.forget(&caller.tenant, &coupon.coupon_id);
+                None
+            }
+            written => Some(written),
+        }
+    }
+
+    /// Writes a redemption of `coupon` planned for a client named `client_name` (`None`: not
+    /// read, so the write checks it is known), drawing another code while the drawn one is taken.
+    async fn write_redemption(
+        &self,
+        caller: &Caller,
+        key: &RequestKey,
+        request: &RedeemRequest,
+        coupon: &Coupon,
+        settings: &crate::domain::settings::TenantSettings,
+        client_name: Option<&str>,
+    ) -> Result<Redemption, RedeemError> {
         let record = IdempotencyRecord {
             request_id: key.request_id.clone(),
             operation: REDEEM.into(),
@@ -233,7 +343,7 @@ impl RedeemService {
         };
         let mut last_conflict = String::new();
         for _ in 0..CODE_ATTEMPTS {
-            let plan = self.plan_redemption(caller, key, request, &coupon, &settings, &client_name);
+            let plan = self.plan_redemption(caller, key, request, coupon, settings, client_name);
             match self
                 .deps
                 .redemptions
@@ -262,7 +372,7 @@ impl RedeemService {
         request: &RedeemRequest,
         coupon: &Coupon,
         settings: &crate::domain::settings::TenantSettings,
-        client_name: &str,
+        client_name: Option<&str>,
     ) -> RedeemPlan {
         let now = self.deps.clock.now();
         let redemption_id = super::time_ordered_id("rdm", now);
@@ -292,7 +402,7 @@ impl RedeemService {
             (CouponType::Special, _) | (_, None) => Delivery::SendSpecialEmail {
                 to: coupon.spec.email.clone().unwrap_or_default(),
                 client_id: request.client_id.clone(),
-                client_name: client_name.to_owned(),
+                client_name: client_name.unwrap_or_default().to_owned(),
                 user_id: request.user_id.clone(),
                 coupon_name: coupon.spec.name.clone(),
                 points: crate::domain::points::format_points(
@@ -332,6 +442,8 @@ impl RedeemService {
             stock: coupon.spec.stock,
             per_client_limit: coupon.spec.per_client_limit,
             delivery,
+            coupon_revision: Some(coupon.revision),
+            client_unread: client_name.is_none(),
         }
     }
 

@@ -1269,6 +1269,8 @@ fn redeem_plan(
         stock: None,
         per_client_limit: None,
         use_event,
+        coupon_revision: Some(1),
+        client_unread: false,
         delivery: Delivery::SendSpecialEmail {
             to: "rewards@example.com".into(),
             client_id: "org".into(),
@@ -1529,6 +1531,22 @@ async fn a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on(store: &
         };
         let err = refused(redeem_plan(client, &q("dear"), "70.0001")).await;
         assert!(matches!(err, RepoError::Precondition(_)), "{err:?}");
+        // Planned from what no longer holds: the coupon at another revision, or a client that
+        // was not read and is not known (none of these clients is in `clients`).
+        let mut edited = redeem_plan(client, &q("edited"), "1");
+        edited.coupon_revision = Some(2);
+        let err = refused(edited).await;
+        assert!(
+            matches!(err, RepoError::Stale(ref m) if m.contains("coupon")),
+            "{err:?}"
+        );
+        let mut unread = redeem_plan(client, &q("unread"), "1");
+        unread.client_unread = true;
+        let err = refused(unread).await;
+        assert!(
+            matches!(err, RepoError::Stale(ref m) if m.contains("client")),
+            "{err:?}"
+        );
         let mut no_stock = redeem_plan(client, &q("stock"), "1");
         no_stock.stock = Some(0);
         let err = refused(no_stock).await;
@@ -1566,7 +1584,7 @@ async fn a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on(store: &
             matches!(err, RepoError::Conflict(_)),
             "a code twice: {err:?}"
         );
-        for request in ["dear", "stock", "limit-2", "code-2"] {
+        for request in ["dear", "edited", "unread", "stock", "limit-2", "code-2"] {
             assert_eq!(
                 requests.find(&t, &q(request)).await.expect("find"),
                 None,
@@ -1825,7 +1843,10 @@ async fn redemptions_written_together_each_have_their_own_outcome(store: &TestDb
     };
     let mut reused = redeem_plan("org:b", "q-a1", "1");
     reused.redemption.redemption_id = "rdm-q-a1-again".into();
+    let mut edited = redeem_plan("org:c", "q-c0", "1");
+    edited.coupon_revision = Some(2);
     let plans = vec![
+        edited,
         redeem_plan("org:a", "q-a1", "3"),
         redeem_plan("org:a", "q-a2", "4"),
         redeem_plan("org:a", "q-a3", "6"),
@@ -1844,19 +1865,20 @@ async fn redemptions_written_together_each_have_their_own_outcome(store: &TestDb
             Err(RepoError::Precondition(m)) if m.contains("stock") => "stock",
             Err(RepoError::Precondition(m)) if m.contains("limit") => "limit",
             Err(RepoError::Conflict(_)) => "conflict",
+            Err(RepoError::Stale(_)) => "stale",
             Err(other) => panic!("unexpected {other:?}"),
         })
         .collect();
     assert_eq!(
         kinds,
         [
-            "ok", "ok", "points", "ok", "stock", "conflict", "ok", "limit"
+            "stale", "ok", "ok", "points", "ok", "stock", "conflict", "ok", "limit"
         ]
     );
     let written: Vec<_> = outcomes.into_iter().filter_map(Result::ok).collect();
     for (redemption, plan) in written
         .iter()
-        .zip([&plans[0], &plans[1], &plans[3], &plans[6]])
+        .zip([&plans[1], &plans[2], &plans[4], &plans[7]])
     {
         assert_eq!(redemption.redemption_id, plan.redemption.redemption_id);
         let stored = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock))

@@ -24,6 +24,7 @@ on_both_backends!(ClockedApp:
     one_request_id_sent_twenty_times_redeems_once,
     a_stock_of_ten_is_redeemed_exactly_ten_times_under_a_hundred_concurrent_calls,
     the_coupons_days_segments_limit_and_the_points_decide_who_may_redeem,
+    a_coupon_edited_after_it_was_redeemed_is_redeemed_on_its_new_terms,
     a_cancelled_redemption_is_refunded_and_gives_its_unit_back,
     reserved_points_cannot_be_spent_elsewhere_and_are_committed_once,
     expired_reservations_are_released_by_the_job,
@@ -399,6 +400,66 @@ async fn the_coupons_days_segments_limit_and_the_points_decide_who_may_redeem(ap
         .expect_err("unknown client");
     assert_eq!(nobody.code(), Code::NotFound);
     assert_eq!(points(&balance(app, "org:gold").await.total), points("970"));
+}
+
+/// A redemption of a coupon the service has read before is planned from it without reading it
+/// again (docs/PERFORMANCE.md): an edit since, made here or by another replica, must still decide.
+async fn a_coupon_edited_after_it_was_redeemed_is_redeemed_on_its_new_terms(app: &ClockedApp) {
+    funded_client(app, "org:edit", "1000", &[]).await;
+    let coupon_id = coupon(app, "Edited", "10", None, None).await;
+    app.set_time("2026-03-22T10:00:00Z");
+    let first = redeem(app, redeem_request("before", "org:edit", &coupon_id))
+        .await
+        .expect("first");
+    assert_eq!(first.points, "10.00");
+    let again = redeem(app, redeem_request("as-read", "org:edit", &coupon_id))
+        .await
+        .expect("planned from the coupon as read");
+    assert_eq!(again.points, "10.00");
+    let coupons = || pb::coupon_service_client::CouponServiceClient::new(app.channel.clone());
+    coupons()
+        .update_coupon(app.request(pb::UpdateCouponRequest {
+            request_id: "dearer".into(),
+            coupon_id: coupon_id.clone(),
+            spec: Some(pb::CouponSpec {
+                point_value: "25".into(),
+                stock: None,
+                per_client_limit: None,
+                ..spec("Edited")
+            }),
+            expected_revision: 1,
+        }))
+        .await
+        .expect("update");
+    let dearer = redeem(app, redeem_request("after", "org:edit", &coupon_id))
+        .await
+        .expect("on the new terms");
+    assert_eq!(dearer.points, "25.00");
+    redeem(app, redeem_request("after-again", "org:edit", &coupon_id))
+        .await
+        .expect("the new terms as read");
+    assert_eq!(points(&balance(app, "org:edit").await.total), points("930"));
+    let nobody = redeem(app, redeem_request("nobody", "org:nobody", &coupon_id))
+        .await
+        .expect_err("unknown client");
+    assert_eq!(nobody.code(), Code::NotFound, "{nobody:?}");
+
+    coupons()
+        .archive_coupon(app.request(pb::ArchiveCouponRequest {
+            request_id: "archive".into(),
+            coupon_id: coupon_id.clone(),
+        }))
+        .await
+        .expect("archive");
+    let archived = redeem(app, redeem_request("archived", "org:edit", &coupon_id))
+        .await
+        .expect_err("archived");
+    assert_eq!(archived.code(), Code::FailedPrecondition, "{archived:?}");
+    let retried = redeem(app, redeem_request("after", "org:edit", &coupon_id))
+        .await
+        .expect("a retry answers with the first redemption");
+    assert_eq!(retried, dearer);
+    assert_eq!(points(&balance(app, "org:edit").await.total), points("930"));
 }
 
 async fn a_cancelled_redemption_is_refunded_and_gives_its_unit_back(app: &ClockedApp) {
