@@ -432,7 +432,6 @@ pub(super) fn limit_reached(coupon_id: &str, limit: u32) -> RepoError {
     ))
 }
 
-/// A redemption refused because the coupon's stock is gone.
 /// Refuses a plan made from what no longer holds: the client not known (when the plan was made
 /// without reading it), or the coupon at another revision than the plan's.
 async fn check_basis(
@@ -474,6 +473,7 @@ pub(super) fn coupon_changed(coupon_id: &str) -> RepoError {
     RepoError::Stale(format!("coupon {coupon_id} changed"))
 }
 
+/// A redemption refused because the coupon's stock is gone.
 pub(super) fn out_of_stock(coupon_id: &str) -> RepoError {
     RepoError::Precondition(format!("coupon {coupon_id} is out of stock"))
 }

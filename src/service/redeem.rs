@@ -107,7 +107,7 @@ pub struct RedeemDependencies {
 }
 
 /// Coupons as this replica last read them, by tenant and id, for redemptions to be planned
-/// from without a read. Never trusted on its own: a write planned from an entry checks the
+/// from without a read (only those [`Coupon::plannable_without_client`]). Never trusted on its own: a write planned from an entry checks the
 /// coupon's revision under its lock, and a stale entry costs one refused write, then a read.
 #[derive(Default)]
 struct CouponsSeen {
@@ -279,7 +279,9 @@ impl RedeemService {
         user?;
         let coupon =
             coupon.ok_or_else(|| RedeemError::NotFound(format!("coupon {}", request.coupon_id)))?;
-        self.coupons_seen.remember(&caller.tenant, &coupon);
+        if coupon.plannable_without_client() {
+            self.coupons_seen.remember(&caller.tenant, &coupon);
+        }
         let settings = self.deps.settings.current(&caller.tenant).await?;
         let segments: BTreeSet<String> = client.segment_ids.into_iter().collect();
         coupon

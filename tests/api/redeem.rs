@@ -439,6 +439,21 @@ async fn a_coupon_edited_after_it_was_redeemed_is_redeemed_on_its_new_terms(app:
         .await
         .expect("the new terms as read");
     assert_eq!(points(&balance(app, "org:edit").await.total), points("930"));
+    // With the coupon as read: answered in the full path's order, the client before the user.
+    let stranger = |request_id: &str, client_id: &str| pb::RedeemCouponRequest {
+        user_id: "u-stranger".into(),
+        ..redeem_request(request_id, client_id, &coupon_id)
+    };
+    let neither = redeem(app, stranger("neither", "org:nobody"))
+        .await
+        .expect_err("unknown client and user");
+    assert_eq!(neither.code(), Code::NotFound, "{neither:?}");
+    assert!(neither.message().contains("client"), "{neither:?}");
+    let no_user = redeem(app, stranger("no-user", "org:edit"))
+        .await
+        .expect_err("unknown user");
+    assert_eq!(no_user.code(), Code::NotFound, "{no_user:?}");
+    assert!(no_user.message().contains("user"), "{no_user:?}");
     let nobody = redeem(app, redeem_request("nobody", "org:nobody", &coupon_id))
         .await
         .expect_err("unknown client");
