@@ -40,7 +40,7 @@ const LONE_BRANCH: &str = "BEGIN
     END IF;
     FOR v_item IN";
 
-fn earn_function() -> String {
+pub(crate) fn earn_function() -> String {
     EARN_FUNCTION_BY_COLUMN.replace(SEQUENCE_LOOKED_UP, SEQUENCE_NAMED)
 }
 

@@ -258,7 +258,7 @@ pub fn user_consent_at(
 /// What is asked of the stored eligibility to know whether a client counted as agreed on a day
 /// (as [`eligible_on`] decides it): whether an interval of the tenant's declaration type
 /// reaches the end of that day.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct EligibilityProbe {
     pub declaration_type_id: String,
     pub at: DateTime<Utc>,

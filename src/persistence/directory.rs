@@ -124,6 +124,7 @@ pub(crate) async fn save_client_in(
         status: Set(client.status.clone()),
         has_account: Set(client.has_account),
         updated_at: Set(client.updated_at.fixed_offset()),
+        revision: sea_orm::ActiveValue::NotSet,
     };
     clients::Entity::insert(row)
         .on_conflict(

@@ -8,20 +8,20 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sea_orm::sea_query::{Expr, ExprTrait};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, QueryStatementBuilder, SelectStatement};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QuerySelect,
+    QueryFilter, QueryOrder, QueryResult, QuerySelect,
 };
 
-use super::DocumentRepository;
-use super::entities::{document_lines, documents};
+use super::entities::{clients, document_lines, documents, pricing_revisions};
 use super::error::{RepoError, classify};
 use super::event_lines::insert_lines;
 use super::few_statements::{self, EarnWriter, PreparedEarn};
 use super::group_commit::GroupCommit;
 use super::ledger::append_in;
 use super::sqlite_script::{PreparedScriptEarn, ScriptWriter};
+use super::{DocumentRepository, EarnBasis};
 use crate::config::DEFAULT_WRITE_BATCH_MAX;
 use crate::domain::clock::Clock;
 use crate::domain::documents::{
@@ -44,6 +44,9 @@ pub struct Completion {
     pub earn_after: Option<DateTime<Utc>>,
     /// The Earn or Lose event and its lines, if points move.
     pub event: Option<(NewLedgerEvent, Vec<LineCalculation>)>,
+    /// For an earn priced without reading: what it was priced from, which the write checks
+    /// under its locks before it writes anything ([`RepoError::Stale`] when it no longer holds).
+    pub basis: Option<EarnBasis>,
 }
 
 impl Completion {
@@ -136,11 +139,12 @@ impl DocumentRepository for SeaDocumentRepository {
         if let Some((event, lines)) = decision.and_then(|d| d.event.as_ref())
             && few_statements::is_plain_earn(event)
         {
+            let basis = decision.and_then(|d| d.basis);
             let written = if self.db.get_database_backend() == DbBackend::Sqlite {
-                let prepared = PreparedScriptEarn::new(tenant, &stored, event, lines, now)?;
+                let prepared = PreparedScriptEarn::new(tenant, &stored, event, lines, basis, now)?;
                 self.script_earns.write(prepared).await
             } else {
-                let prepared = PreparedEarn::new(tenant, &stored, event, lines, now)?;
+                let prepared = PreparedEarn::new(tenant, &stored, event, lines, basis, now)?;
                 self.earns.write(prepared).await
             };
             return match written {
@@ -154,6 +158,9 @@ impl DocumentRepository for SeaDocumentRepository {
             };
         }
         let txn = crate::persistence::db::begin_write(&self.db).await?;
+        if let Some(basis) = decision.and_then(|d| d.basis) {
+            check_basis_in(&txn, tenant, &record.document.client_id, basis).await?;
+        }
         // The document row first, as `complete` does: of concurrent deliveries one inserts it,
         // and the others wait here for its commit without holding the client's balance row.
         if !receive_in(&txn, tenant, &stored).await? {
@@ -233,6 +240,9 @@ impl DocumentRepository for SeaDocumentRepository {
             return Err(RepoError::Conflict(format!(
                 "document {document_id} was decided already"
             )));
+        }
+        if let Some(basis) = completion.basis {
+            check_basis_in(&txn, tenant, &record.document.client_id, basis).await?;
         }
         let (event_id, points) = match &completion.event {
             Some((event, lines)) => {
@@ -342,6 +352,66 @@ fn from_rows(
         processed_at: row.processed_at.map(|t| t.to_utc()),
         earn_after: row.earn_after.map(|t| t.to_utc()),
     })
+}
+
+/// What an earn's basis is checked against, read in the write's transaction: the client's
+/// revision (`client_revision`, none for a client not known) and the tenant's pricing revision
+/// (`pricing_revision`, none before the first change).
+pub(crate) fn basis_read(tenant: &TenantId, client_id: &str) -> SelectStatement {
+    let of_client = Query::select()
+        .column(clients::Column::Revision)
+        .from(clients::Entity)
+        .and_where(clients::Column::TenantId.eq(tenant.as_str()))
+        .and_where(clients::Column::ClientId.eq(client_id))
+        .to_owned();
+    let of_tenant = Query::select()
+        .column(pricing_revisions::Column::Revision)
+        .from(pricing_revisions::Entity)
+        .and_where(pricing_revisions::Column::TenantId.eq(tenant.as_str()))
+        .to_owned();
+    Query::select()
+        .expr_as(
+            Expr::SubQuery(None, Box::new(of_client.into_sub_query_statement())),
+            Alias::new("client_revision"),
+        )
+        .expr_as(
+            Expr::SubQuery(None, Box::new(of_tenant.into_sub_query_statement())),
+            Alias::new("pricing_revision"),
+        )
+        .to_owned()
+}
+
+/// Whether `basis` holds, by what [`basis_read`] answered: `Stale` when it does not.
+pub(crate) fn check_basis(
+    read: &QueryResult,
+    client_id: &str,
+    basis: EarnBasis,
+) -> Result<(), RepoError> {
+    let column = |name: &str| read.try_get::<Option<i64>>("", name).map_err(classify);
+    let holds = column("client_revision")? == Some(basis.client_revision)
+        && column("pricing_revision")?.unwrap_or(0) == basis.pricing_revision;
+    if holds {
+        Ok(())
+    } else {
+        Err(RepoError::Stale(format!(
+            "what the earn of client {client_id} was priced from changed"
+        )))
+    }
+}
+
+/// [`check_basis`] in the write's transaction.
+async fn check_basis_in(
+    txn: &impl sea_orm::ConnectionTrait,
+    tenant: &TenantId,
+    client_id: &str,
+    basis: EarnBasis,
+) -> Result<(), RepoError> {
+    let read = txn
+        .query_one(&basis_read(tenant, client_id))
+        .await
+        .map_err(classify)?
+        .ok_or_else(|| RepoError::Other("the basis read answered nothing".into()))?;
+    check_basis(&read, client_id, basis)
 }
 
 /// Stores a received document (as the record stands) and its lines inside the caller's

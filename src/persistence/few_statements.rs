@@ -22,7 +22,6 @@ use sea_orm::{
 };
 use serde_json::Value as Json;
 
-use super::RedeemPlan;
 use super::documents::{document_row, line_rows};
 use super::error::{RepoError, classify, classify_code};
 use super::event_lines::row as event_line_row;
@@ -32,6 +31,7 @@ use super::ledger::{entering_locked, event_row, lot_row, spend_source};
 use super::redemptions::{
     limit_reached, live_statuses, out_of_stock, outbox_row, stored_at, to_row,
 };
+use super::{EarnBasis, RedeemPlan};
 use crate::domain::documents::DocumentRecord;
 use crate::domain::engine::LineCalculation;
 use crate::domain::idempotency::IdempotencyRecord;
@@ -61,6 +61,7 @@ pub struct PreparedEarn {
 impl PreparedEarn {
     /// `stored`: the record as it stands once decided, with its earn `event` and `lines`. The
     /// event's id and the running balance are the function's; the zeros are replaced there.
+    /// With a `basis`, the function checks it first (migration `m20261206_000017_earn_basis`).
     ///
     /// # Errors
     /// Points that do not fit the storage scale, or a row that cannot be encoded.
@@ -69,6 +70,7 @@ impl PreparedEarn {
         stored: &DocumentRecord,
         event: &NewLedgerEvent,
         lines: &[LineCalculation],
+        basis: Option<EarnBasis>,
         now: DateTime<Utc>,
     ) -> Result<Self, RepoError> {
         let points = to_minor_units(event.points)?;
@@ -96,6 +98,15 @@ impl PreparedEarn {
         arguments.rows("lines", &line_rows(tenant, &stored.document)?)?;
         arguments.rows("lots", &lots)?;
         arguments.rows("event_lines", &event_lines)?;
+        if let Some(basis) = basis {
+            arguments.value(
+                "basis",
+                serde_json::json!({
+                    "client": basis.client_revision,
+                    "pricing": basis.pricing_revision,
+                }),
+            )?;
+        }
         Ok(Self {
             arguments: arguments.finish(),
         })
@@ -237,7 +248,6 @@ impl Failure {
 const NOT_ENOUGH_POINTS: &str = "LY001";
 const LIMIT_REACHED: &str = "LY002";
 const OUT_OF_STOCK: &str = "LY003";
-const PLAN_STALE: &str = "LY004";
 
 /// Whether a redemption is a plain one, which [`RedemptionWriter`] (and on SQLite
 /// `sqlite_script::PreparedScriptRedemption`) can write: its Use event spends available points
@@ -322,7 +332,6 @@ impl PreparedRedemption {
         match code {
             LIMIT_REACHED => limit_reached(coupon, self.per_client_limit.unwrap_or_default()),
             OUT_OF_STOCK => out_of_stock(coupon),
-            PLAN_STALE => RepoError::Stale(message),
             NOT_ENOUGH_POINTS => detail
                 .and_then(|d| d.parse::<i64>().ok())
                 .and_then(|available| spend_source(&self.use_event, self.points, available).err())

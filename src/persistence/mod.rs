@@ -485,10 +485,22 @@ pub struct ClientPricing {
     pub client: ClientRecord,
     /// The rates of its segments that have any.
     pub segment_rates: HashMap<String, EffectiveDated>,
-    /// The tenant's pricing revision ([`RulesRepository::pricing_revision`]) in the same read.
-    pub pricing_revision: i64,
+    /// The revisions this read describes.
+    pub basis: EarnBasis,
     /// Whether the client counted as agreed at the probe asked for; `None` when none was.
     pub eligible: Option<bool>,
+}
+
+/// What an earn was priced from, as revisions read in one snapshot with the client: the
+/// tenant's pricing revision ([`RulesRepository::pricing_revision`]) and the client's own
+/// (raised at every change to its row, its segments or its eligibility; migration
+/// `m20261206_000017_earn_basis`). An earn priced without reading carries it, and its write
+/// checks it under its locks: a basis that no longer holds refuses the earn
+/// ([`RepoError::Stale`]) and writes nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EarnBasis {
+    pub pricing_revision: i64,
+    pub client_revision: i64,
 }
 
 /// A client and a coupon as a redemption reads them ([`CouponRepository::with_client`]).

@@ -19,7 +19,7 @@ use super::entities::{
 };
 use super::error::{RepoError, classify};
 use super::idempotency::insert_record;
-use super::{ClientPricing, RulesRepository};
+use super::{ClientPricing, EarnBasis, RulesRepository};
 use crate::domain::clock::{Clock, SystemClock};
 use crate::domain::consent::EligibilityProbe;
 use crate::domain::directory::ClientRecord;
@@ -478,6 +478,7 @@ impl RulesRepository for SeaRulesRepository {
             .expr(rate(segment_rates::Column::Rate))
             .expr(Expr::from(SubQueryStatement::SelectStatement(revision)))
             .expr(holding)
+            .expr(client(clients::Column::Revision))
             .from(clients::Entity)
             .left_join(
                 client_segments::Entity,
@@ -507,6 +508,7 @@ impl RulesRepository for SeaRulesRepository {
         let updated_at: chrono::DateTime<chrono::FixedOffset> =
             first.try_get_by_index(3).map_err(classify)?;
         let revision: Option<i64> = first.try_get_by_index(7).map_err(classify)?;
+        let client_revision: i64 = first.try_get_by_index(9).map_err(classify)?;
         let mut record = ClientRecord {
             client_id: client_id.to_owned(),
             name: first.try_get_by_index(0).map_err(classify)?,
@@ -531,7 +533,10 @@ impl RulesRepository for SeaRulesRepository {
         Ok(Some(ClientPricing {
             client: record,
             segment_rates: group_dated(rates.into_iter()),
-            pricing_revision: revision.unwrap_or(0),
+            basis: EarnBasis {
+                pricing_revision: revision.unwrap_or(0),
+                client_revision,
+            },
             eligible: eligibility.map(|_| held(first, 8)).transpose()?,
         }))
     }

@@ -35,9 +35,8 @@ use sea_orm::{
 };
 use sea_query_sqlx::SqlxValues;
 
-use super::RedeemPlan;
 use super::db::{begin_write, write_turn};
-use super::documents::{document_row, line_rows};
+use super::documents::{basis_read, check_basis, document_row, line_rows};
 use super::entities::{
     balances, clients, coupons, document_lines, documents, earn_lots, ledger_event_lines,
     ledger_events, redemptions,
@@ -54,6 +53,7 @@ use super::redemptions::{
     client_not_known, coupon_changed, limit_reached, live_statuses, out_of_stock, outbox_row,
     stored_at, to_row,
 };
+use super::{EarnBasis, RedeemPlan};
 use crate::domain::documents::DocumentRecord;
 use crate::domain::engine::LineCalculation;
 use crate::domain::idempotency::IdempotencyRecord;
@@ -242,14 +242,18 @@ impl<T: ScriptItem> BatchWriter<T, T::Written> for ScriptWriter<T> {
 }
 
 /// A decided document with its earn (`few_statements::is_plain_earn`), ready for
-/// [`ScriptWriter`]: its script.
+/// [`ScriptWriter`]: its script, and with a basis what it checks first under the write lock.
 #[derive(Debug)]
 pub struct PreparedScriptEarn {
     script: Script,
+    basis: Option<(Script, EarnBasis)>,
+    client_id: String,
 }
 
 impl PreparedScriptEarn {
-    /// `stored`: the record as it stands once decided, with its earn `event` and `lines`.
+    /// `stored`: the record as it stands once decided, with its earn `event` and `lines`. With
+    /// a `basis`, the client's and the tenant's revisions are read under the write lock first,
+    /// and the earn is refused when they are no longer those it was priced at.
     ///
     /// # Errors
     /// Points that do not fit the storage scale, or a row that cannot be encoded.
@@ -258,10 +262,18 @@ impl PreparedScriptEarn {
         stored: &DocumentRecord,
         event: &NewLedgerEvent,
         lines: &[LineCalculation],
+        basis: Option<EarnBasis>,
         now: DateTime<Utc>,
     ) -> Result<Self, RepoError> {
+        let basis = basis.map(|basis| {
+            let mut read = Script::default();
+            read.push(&basis_read(tenant, &event.client_id));
+            (read, basis)
+        });
         Ok(Self {
             script: earn_script(tenant, stored, event, lines, now)?,
+            basis,
+            client_id: event.client_id.clone(),
         })
     }
 }
@@ -271,7 +283,20 @@ impl ScriptItem for PreparedScriptEarn {
     type Written = Option<i64>;
 
     async fn write_in(self, mut scope: ScriptScope<'_>) -> Result<Option<i64>, RepoError> {
-        let script = self.script.opened(&scope).closed(&scope);
+        let script = match self.basis {
+            Some((read, basis)) => {
+                let read = scope.run(read.opened(&scope)).await?;
+                check_basis(
+                    read.last().ok_or_else(|| {
+                        RepoError::Other("the earn's basis read answered nothing".into())
+                    })?,
+                    &self.client_id,
+                    basis,
+                )?;
+                self.script.closed(&scope)
+            }
+            None => self.script.opened(&scope).closed(&scope),
+        };
         event_id(&scope.run(script).await?).map(Some)
     }
 

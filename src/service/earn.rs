@@ -3,6 +3,7 @@
 //! quantity earned; previews price a cart without writing anything. Every document goes through
 //! one path, whether pushed through the API, imported or synchronized.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{Duration, NaiveDate};
@@ -12,6 +13,7 @@ use crate::domain::access::Caller;
 use crate::domain::calendar::{day_of, end_of_day, start_of_day};
 use crate::domain::clock::Clock;
 use crate::domain::consent::EligibilityProbe;
+use crate::domain::directory::OrderRecord;
 use crate::domain::documents::{
     CorrectionType, Document, DocumentKind, DocumentRecord, DocumentSource, DocumentStatus,
     NonEarningReason, calculation_shortfall, correction_losses,
@@ -26,8 +28,8 @@ use crate::domain::tenant::TenantId;
 use crate::domain::validation::{FieldViolation, Invalid};
 use crate::persistence::documents::{Completion, Received};
 use crate::persistence::{CatalogRepository, DocumentRepository, LedgerRepository};
-use crate::persistence::{RepoError, SettingsRepository};
-use crate::service::pricing::Pricing;
+use crate::persistence::{EarnBasis, RepoError, SettingsRepository};
+use crate::service::pricing::{PricedClient, Pricing};
 
 /// Lines per preview.
 pub const MAX_PREVIEW_LINES: usize = 1_000;
@@ -86,6 +88,14 @@ pub struct Explanation {
     /// A correction: the event of the invoice it corrects.
     pub corrected_event_id: Option<i64>,
     pub points_scale: u32,
+}
+
+/// Whether an invoice's client may be priced from what an earlier read of it found
+/// ([`Pricing::as_seen`]), or is read now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Read {
+    AsSeen,
+    Always,
 }
 
 pub struct EarnService {
@@ -158,19 +168,32 @@ impl EarnService {
         // Decided before it is stored, so that a new document is stored and decided in one
         // transaction. A decision that fails leaves the document stored as received: the job
         // decides it later, and the caller hears why not now.
-        let decision = self.decide(&caller.tenant, &record).await;
-        match self
+        let tenant = &caller.tenant;
+        let mut decision = self.decide(tenant, &record, Read::AsSeen).await;
+        // Priced without a read, an earn alone is written with the basis checked; anything else
+        // it led to is decided again from what is read now.
+        if matches!(&decision, Ok(c) if c.basis.is_some() && c.event.is_none()) {
+            decision = self.decide(tenant, &record, Read::Always).await;
+        }
+        let mut received = self
             .documents
-            .receive(&caller.tenant, &record, decision.as_ref().ok())
-            .await?
-        {
+            .receive(tenant, &record, decision.as_ref().ok())
+            .await;
+        if let Err(RepoError::Stale(why)) = &received {
+            tracing::debug!(%why, "the earn's basis moved; read and decided again");
+            self.pricing.forget(tenant, &record.document.client_id);
+            decision = self.decide(tenant, &record, Read::Always).await;
+            received = self
+                .documents
+                .receive(tenant, &record, decision.as_ref().ok())
+                .await;
+        }
+        match received? {
             Received::Stored(stored) => decision.map(|_| (stored, false)),
             Received::Before(stored) if stored.document != record.document => Err(
                 EarnError::DocumentChanged(record.document.document_id.clone()),
             ),
-            Received::Before(stored) => {
-                Ok((self.process_record(&caller.tenant, stored).await?, true))
-            }
+            Received::Before(stored) => Ok((self.process_record(tenant, stored).await?, true)),
         }
     }
 
@@ -197,7 +220,7 @@ impl EarnService {
         if record.status.is_final() || record.earn_after.is_some_and(|at| at > self.clock.now()) {
             return Ok(record);
         }
-        let completion = self.decide(tenant, &record).await?;
+        let completion = self.decide(tenant, &record, Read::Always).await?;
         match self.documents.complete(tenant, &record, &completion).await {
             Ok(completed) => Ok(completed),
             Err(RepoError::Conflict(_)) => self.stored(tenant, &record.document.document_id).await,
@@ -210,9 +233,10 @@ impl EarnService {
         &self,
         tenant: &TenantId,
         record: &DocumentRecord,
+        read: Read,
     ) -> Result<Completion, EarnError> {
         match record.document.kind {
-            DocumentKind::Invoice => self.decide_invoice(tenant, record).await,
+            DocumentKind::Invoice => self.decide_invoice(tenant, record, read).await,
             DocumentKind::Correction => self.decide_correction(tenant, record).await,
         }
     }
@@ -290,6 +314,7 @@ impl EarnService {
         &self,
         tenant: &TenantId,
         record: &DocumentRecord,
+        read: Read,
     ) -> Result<Completion, EarnError> {
         let d = &record.document;
         let settings = self.settings.current(tenant).await?;
@@ -302,22 +327,8 @@ impl EarnService {
         if d.client_id.starts_with("ind:") {
             return Ok(not_earning(NonEarningReason::IndividualClient));
         }
-        let numbers: Vec<String> = d
-            .lines
-            .iter()
-            .filter_map(|l| l.order_number.clone())
-            .collect();
-        let ids: Vec<String> = d.lines.iter().map(|l| l.product_id.clone()).collect();
-        // Independent reads, in parallel: the latency of one call is the longest of them. They
-        // are judged in order (the client, its account, its agreement) once all are in. The
-        // agreement is read with the client, in one statement: a round trip of its own cost an
-        // earn about a tenth of its throughput (docs/PERFORMANCE.md).
         let eligibility = EligibilityProbe::end_of(&settings, d.sale_date);
-        let (priced, orders) = tokio::try_join!(
-            self.pricing
-                .book_and_eligibility(tenant, &d.client_id, &ids, eligibility),
-            self.catalog.orders(tenant, &numbers),
-        )?;
+        let (priced, orders, basis) = self.read_for(tenant, d, eligibility, read).await?;
         let Some(((client, facts, book), eligible)) = priced else {
             return Ok(waiting(
                 DocumentStatus::WaitingForData,
@@ -381,7 +392,53 @@ impl EarnService {
                 settings.expiry_months,
             )),
         };
-        Ok(processed(Some((event, calc.lines))))
+        Ok(Completion {
+            basis,
+            ..processed(Some((event, calc.lines)))
+        })
+    }
+
+    /// What an invoice is priced from: its client as priced (`None`: not known) and whether it
+    /// counted as agreed, the orders its lines name, and the basis when the client was not read
+    /// now but kept from an earlier read ([`Read::AsSeen`]).
+    async fn read_for(
+        &self,
+        tenant: &TenantId,
+        d: &Document,
+        eligibility: EligibilityProbe,
+        read: Read,
+    ) -> Result<
+        (
+            Option<(PricedClient, bool)>,
+            HashMap<String, OrderRecord>,
+            Option<EarnBasis>,
+        ),
+        EarnError,
+    > {
+        let numbers: Vec<String> = d
+            .lines
+            .iter()
+            .filter_map(|l| l.order_number.clone())
+            .collect();
+        let ids: Vec<String> = d.lines.iter().map(|l| l.product_id.clone()).collect();
+        if read == Read::AsSeen
+            && let Some((priced, basis)) =
+                self.pricing
+                    .as_seen(tenant, &d.client_id, &ids, eligibility.clone())
+        {
+            let orders = self.catalog.orders(tenant, &numbers).await?;
+            return Ok((Some((priced, true)), orders, Some(basis)));
+        }
+        // Independent reads, in parallel: the latency of one call is the longest of them. They
+        // are judged in order (the client, its account, its agreement) once all are in. The
+        // agreement is read with the client, in one statement: a round trip of its own cost an
+        // earn about a tenth of its throughput (docs/PERFORMANCE.md).
+        let (priced, orders) = tokio::try_join!(
+            self.pricing
+                .book_and_eligibility(tenant, &d.client_id, &ids, eligibility),
+            self.catalog.orders(tenant, &numbers),
+        )?;
+        Ok((priced, orders, None))
     }
 
     async fn decide_correction(
@@ -490,6 +547,7 @@ fn waiting(status: DocumentStatus, until: chrono::DateTime<chrono::Utc>) -> Comp
         reason: None,
         earn_after: Some(until),
         event: None,
+        basis: None,
     }
 }
 
@@ -499,6 +557,7 @@ fn not_earning(reason: NonEarningReason) -> Completion {
         reason: Some(reason),
         earn_after: None,
         event: None,
+        basis: None,
     }
 }
 
@@ -508,6 +567,7 @@ fn processed(event: Option<(NewLedgerEvent, Vec<LineCalculation>)>) -> Completio
         reason: None,
         earn_after: None,
         event,
+        basis: None,
     }
 }
 

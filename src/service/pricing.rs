@@ -10,6 +10,10 @@
 //! the client, so a cached product is served only while nothing that prices it has changed. An
 //! entry is cached only when the revision was the same before and after it was read: it then
 //! describes that revision exactly.
+//!
+//! An earn's client is kept too, with the revisions it was read at ([`EarnBasis`]), when it has
+//! an account and counted as agreed: the next earn of it is priced from what was kept, without a
+//! read ([`Pricing::as_seen`]), and carries the basis, which its write checks under its locks.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -19,16 +23,23 @@ use crate::domain::directory::ClientRecord;
 use crate::domain::engine::PricingBook;
 use crate::domain::rules::{EffectiveDated, MultiplierRule, ProductFacts, RuleIndex, RuleTarget};
 use crate::domain::tenant::TenantId;
-use crate::persistence::{CatalogRepository, RepoError, RulesRepository};
+use crate::persistence::{CatalogRepository, ClientPricing, EarnBasis, RepoError, RulesRepository};
 
 /// Products kept per tenant at most; beyond it the tenant's entries start again empty.
 const PRODUCTS_PER_TENANT: usize = 50_000;
+
+/// Earns' clients kept at most; beyond it they start again empty.
+const CLIENTS_SEEN: usize = 4_096;
 
 pub struct Pricing {
     catalog: Arc<dyn CatalogRepository>,
     rules: Arc<dyn RulesRepository>,
     cache: Mutex<HashMap<TenantId, CachedPricing>>,
+    clients_seen: Mutex<HashMap<SeenKey, Arc<ClientPricing>>>,
 }
+
+/// An earn's client, by the eligibility asked of it.
+type SeenKey = (TenantId, String, EligibilityProbe);
 
 /// What prices one product.
 #[derive(Debug, Clone)]
@@ -54,7 +65,66 @@ impl Pricing {
             catalog,
             rules,
             cache: Mutex::new(HashMap::new()),
+            clients_seen: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// [`Self::book_and_eligibility`] for a client that counted as agreed, from what the last
+    /// read of it found, with the revisions that read describes, or `None` when it is not kept
+    /// (or any product is not, at the revision the client was read with). Reads nothing: the
+    /// earn's write checks the basis.
+    pub fn as_seen(
+        &self,
+        tenant: &TenantId,
+        client_id: &str,
+        product_ids: &[String],
+        eligibility: EligibilityProbe,
+    ) -> Option<(PricedClient, EarnBasis)> {
+        let key = (tenant.clone(), client_id.to_owned(), eligibility);
+        let seen = Arc::clone(
+            self.clients_seen
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .get(&key)?,
+        );
+        let products = {
+            let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
+            let current = cache
+                .get(tenant)
+                .filter(|c| c.revision == seen.basis.pricing_revision)?;
+            unique(product_ids)
+                .iter()
+                .map(|id| current.products.get(id).map(Arc::clone))
+                .collect::<Option<Vec<_>>>()?
+        };
+        let basis = seen.basis;
+        Some((assemble(ClientPricing::clone(&seen), products), basis))
+    }
+
+    /// Forgets what [`Self::as_seen`] answers for the client, at every probe: its basis moved.
+    pub fn forget(&self, tenant: &TenantId, client_id: &str) {
+        self.clients_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .retain(|(t, c, _), _| t != tenant || c != client_id);
+    }
+
+    /// Keeps an earn's client as read, if an earn can be priced from it without a read.
+    fn remember(&self, tenant: &TenantId, eligibility: EligibilityProbe, read: &ClientPricing) {
+        if !read.client.has_account || read.eligible != Some(true) {
+            return;
+        }
+        let mut seen = self
+            .clients_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if seen.len() >= CLIENTS_SEEN {
+            seen.clear();
+        }
+        seen.insert(
+            (tenant.clone(), read.client.client_id.clone(), eligibility),
+            Arc::new(read.clone()),
+        );
     }
 
     /// The client (`None`: not known), the facts of every product (a product the catalogue does
@@ -100,44 +170,21 @@ impl Pricing {
         product_ids: &[String],
         eligibility: Option<EligibilityProbe>,
     ) -> Result<Option<(PricedClient, Option<bool>)>, RepoError> {
-        let unique: Vec<String> = product_ids
-            .iter()
-            .cloned()
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
         let Some(priced) = self
             .rules
-            .priced_client(tenant, client_id, eligibility)
+            .priced_client(tenant, client_id, eligibility.clone())
             .await?
         else {
             return Ok(None);
         };
         let products = self
-            .products(tenant, &unique, priced.pricing_revision)
+            .products(tenant, &unique(product_ids), priced.basis.pricing_revision)
             .await?;
-        let mut facts = HashMap::with_capacity(products.len());
-        let mut base_points = HashMap::new();
-        let mut rules: BTreeMap<(String, u32), MultiplierRule> = BTreeMap::new();
-        for product in products {
-            for rule in &product.rules {
-                rules
-                    .entry((rule.rule_id.clone(), rule.version))
-                    .or_insert_with(|| rule.clone());
-            }
-            if let Some(points) = &product.base_points {
-                base_points.insert(product.facts.product_id.clone(), points.clone());
-            }
-            facts.insert(product.facts.product_id.clone(), product.facts.clone());
+        if let Some(eligibility) = eligibility {
+            self.remember(tenant, eligibility, &priced);
         }
-        let rules: Vec<MultiplierRule> = rules.into_values().collect();
-        let book = PricingBook {
-            rules: RuleIndex::new(rules),
-            base_points,
-            segment_rates: priced.segment_rates,
-            client_segments: priced.client.segment_ids.iter().cloned().collect(),
-        };
-        Ok(Some(((priced.client, facts, book), priced.eligible)))
+        let eligible = priced.eligible;
+        Ok(Some((assemble(priced, products), eligible)))
     }
 
     /// What prices each of `unique` (distinct ids): from the cache where it holds `revision`
@@ -233,6 +280,41 @@ impl Pricing {
     }
 }
 
+/// The distinct ids of `product_ids`, in order.
+fn unique(product_ids: &[String]) -> Vec<String> {
+    product_ids
+        .iter()
+        .cloned()
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect()
+}
+
+/// The client as priced from its read and what prices its products: each rule once.
+fn assemble(priced: ClientPricing, products: Vec<Arc<ProductPricing>>) -> PricedClient {
+    let mut facts = HashMap::with_capacity(products.len());
+    let mut base_points = HashMap::new();
+    let mut rules: BTreeMap<(String, u32), MultiplierRule> = BTreeMap::new();
+    for product in products {
+        for rule in &product.rules {
+            rules
+                .entry((rule.rule_id.clone(), rule.version))
+                .or_insert_with(|| rule.clone());
+        }
+        if let Some(points) = &product.base_points {
+            base_points.insert(product.facts.product_id.clone(), points.clone());
+        }
+        facts.insert(product.facts.product_id.clone(), product.facts.clone());
+    }
+    let book = PricingBook {
+        rules: RuleIndex::new(rules.into_values().collect()),
+        base_points,
+        segment_rates: priced.segment_rates,
+        client_segments: priced.client.segment_ids.iter().cloned().collect(),
+    };
+    (priced.client, facts, book)
+}
+
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicI64, Ordering};
@@ -242,7 +324,9 @@ mod tests {
 
     use super::*;
     use crate::domain::rules::{RuleStatus, TargetKind};
-    use crate::persistence::{ClientPricing, MockCatalogRepository, MockRulesRepository};
+    use crate::persistence::{
+        ClientPricing, EarnBasis, MockCatalogRepository, MockRulesRepository,
+    };
 
     fn rule(id: &str, product: &str) -> MultiplierRule {
         MultiplierRule {
@@ -312,19 +396,23 @@ mod tests {
                 .collect())
         });
         let current = Arc::clone(revision);
-        rules.expect_priced_client().returning(move |_, id, _| {
+        // Every client agreed but org:disagreed; every one has an account but org:closed.
+        rules.expect_priced_client().returning(move |_, id, probe| {
             Ok(Some(ClientPricing {
                 client: ClientRecord {
                     client_id: id.into(),
                     name: "Org".into(),
                     status: "ACTIVE".into(),
-                    has_account: true,
+                    has_account: id != "org:closed",
                     segment_ids: Vec::new(),
                     updated_at: Utc::now(),
                 },
                 segment_rates: HashMap::new(),
-                pricing_revision: current.load(Ordering::SeqCst),
-                eligible: None,
+                basis: EarnBasis {
+                    pricing_revision: current.load(Ordering::SeqCst),
+                    client_revision: 1,
+                },
+                eligible: probe.map(|_| id != "org:disagreed"),
             }))
         });
         let pricing = Pricing::new(Arc::new(catalog), Arc::new(rules));
@@ -423,5 +511,112 @@ mod tests {
                 .expect("client");
         }
         assert_eq!(reads.lock().expect("ids").len(), 2, "nothing was cached");
+    }
+
+    fn probe(day: u32) -> EligibilityProbe {
+        EligibilityProbe {
+            declaration_type_id: "D1".into(),
+            at: NaiveDate::from_ymd_opt(2026, 3, day)
+                .and_then(|d| d.and_hms_opt(23, 0, 0))
+                .expect("instant")
+                .and_utc(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_earns_client_is_priced_as_seen_only_at_the_probe_and_revision_it_was_read_at() {
+        let revision = Arc::new(AtomicI64::new(5));
+        let (pricing, reads) = pricing(&revision, |_| {});
+        let t = tenant();
+        let p1 = ids(&["P1"]);
+        assert!(
+            pricing.as_seen(&t, "org:a", &p1, probe(1)).is_none(),
+            "never read"
+        );
+        for client in ["org:a", "org:closed", "org:disagreed"] {
+            let (_, eligible) = pricing
+                .book_and_eligibility(&t, client, &p1, probe(1))
+                .await
+                .expect("book")
+                .expect("client");
+            assert_eq!(eligible, client != "org:disagreed");
+        }
+        let (priced, basis) = pricing
+            .as_seen(&t, "org:a", &ids(&["P1", "P1"]), probe(1))
+            .expect("kept");
+        assert_eq!(
+            basis,
+            EarnBasis {
+                pricing_revision: 5,
+                client_revision: 1
+            }
+        );
+        assert_eq!(priced.0.client_id, "org:a");
+        assert_eq!(priced.2.rules.len(), 1, "P1's rule");
+        assert_eq!(priced.2.base_points.len(), 1, "P1's base points");
+        assert_eq!(reads.lock().expect("ids").len(), 1, "read once");
+        for (client, why) in [
+            (
+                "org:closed",
+                "no account: an earn of it is decided from a read",
+            ),
+            ("org:disagreed", "not agreed: likewise"),
+            ("org:b", "never read"),
+        ] {
+            assert!(
+                pricing.as_seen(&t, client, &p1, probe(1)).is_none(),
+                "{why}"
+            );
+        }
+        assert!(
+            pricing.as_seen(&t, "org:a", &p1, probe(2)).is_none(),
+            "another day's agreement was not read"
+        );
+        assert!(
+            pricing
+                .as_seen(&t, "org:a", &ids(&["P2"]), probe(1))
+                .is_none(),
+            "a product not kept"
+        );
+        assert!(
+            pricing
+                .as_seen(
+                    &TenantId::parse("t2").expect("tenant"),
+                    "org:a",
+                    &p1,
+                    probe(1)
+                )
+                .is_none(),
+            "another tenant's client"
+        );
+
+        // The products read at a newer revision: the client as kept no longer agrees with them.
+        revision.store(6, Ordering::SeqCst);
+        pricing
+            .book(&t, "org:b", &p1)
+            .await
+            .expect("book")
+            .expect("client");
+        assert!(pricing.as_seen(&t, "org:a", &p1, probe(1)).is_none());
+        pricing
+            .book_and_eligibility(&t, "org:a", &p1, probe(1))
+            .await
+            .expect("book");
+        let (_, basis) = pricing
+            .as_seen(&t, "org:a", &p1, probe(1))
+            .expect("read again");
+        assert_eq!(basis.pricing_revision, 6);
+
+        pricing
+            .book_and_eligibility(&t, "org:a", &p1, probe(2))
+            .await
+            .expect("book");
+        pricing.forget(&t, "org:a");
+        for day in [1, 2] {
+            assert!(
+                pricing.as_seen(&t, "org:a", &p1, probe(day)).is_none(),
+                "forgotten at every probe"
+            );
+        }
     }
 }

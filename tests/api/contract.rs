@@ -46,6 +46,8 @@ on_both_backends!(TestDb:
     redemptions_written_together_each_have_their_own_outcome,
     a_batch_that_fails_as_a_whole_is_written_again_item_by_item,
     earns_written_together_each_have_their_own_outcome,
+    every_change_to_what_an_earn_reads_of_a_client_raises_its_revision,
+    an_earn_whose_basis_moved_is_refused_and_leaves_no_trace,
     every_migration_goes_down_and_up_again,
     every_look_up_of_lots_is_answered_from_the_lot_indexes,
 );
@@ -610,6 +612,7 @@ fn decided_invoice(
         reason: None,
         earn_after: None,
         event: Some((event, vec![calculation(1), calculation(2)])),
+        basis: None,
     };
     (record, completion)
 }
@@ -864,6 +867,7 @@ async fn clients_in_segments(store: &TestDb, members: &[(&str, &str, &str)]) {
         status: Set("ACTIVE".into()),
         has_account: Set(c != "org:c"),
         updated_at: Set(Utc::now().fixed_offset()),
+        revision: sea_orm::ActiveValue::NotSet,
     }))
     .exec(&store.db)
     .await
@@ -914,7 +918,7 @@ async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb
     .exec(&store.db)
     .await
     .expect("rates");
-    // Writing segment rates raises no pricing revision; set t1's and t2's apart.
+    // Set t1's and t2's revisions apart.
     for (t, revision) in [("t1", 7), ("t2", 9)] {
         pricing_revisions::Entity::insert(pricing_revisions::ActiveModel {
             tenant_id: Set(t.into()),
@@ -944,7 +948,7 @@ async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb
         ("org:a", "org:a of t1")
     );
     assert!(a.client.has_account);
-    assert_eq!(a.pricing_revision, 7, "the tenant's own revision");
+    assert_eq!(a.basis.pricing_revision, 7, "the tenant's own revision");
     assert_eq!(a.eligible, None, "not asked");
     let mut segments = a.client.segment_ids.clone();
     segments.sort();
@@ -961,7 +965,7 @@ async fn a_clients_segments_come_with_their_rates_and_only_theirs(store: &TestDb
     let c = priced("org:c").await.expect("org:c is known");
     assert!(!c.client.has_account);
     assert!(c.client.segment_ids.is_empty() && c.segment_rates.is_empty());
-    assert_eq!(c.pricing_revision, 7);
+    assert_eq!(c.basis.pricing_revision, 7);
     assert_eq!(priced("org:unknown").await, None);
 }
 
@@ -990,6 +994,7 @@ async fn an_earns_client_read_answers_eligibility_as_the_agreements_read_does(st
             status: Set("ACTIVE".into()),
             has_account: Set(true),
             updated_at: Set(Utc::now().fixed_offset()),
+            revision: sea_orm::ActiveValue::NotSet,
         })
         .exec(&store.db)
         .await
@@ -2050,22 +2055,22 @@ async fn write_earns_together(
             let (event, lines) = decision.event.as_ref().expect("an earn");
             let mut stored = decision.applied_to(record.clone(), None, now);
             alter(&mut stored);
-            (stored, event, lines)
+            (stored, event, lines, decision.basis)
         })
         .collect();
     if store.db.get_database_backend() == sea_orm::DbBackend::Postgres {
         let items = parts
             .iter()
-            .map(|(stored, event, lines)| {
-                PreparedEarn::new(t, stored, event, lines, now).expect("prepared")
+            .map(|(stored, event, lines, basis)| {
+                PreparedEarn::new(t, stored, event, lines, *basis, now).expect("prepared")
             })
             .collect();
         EarnWriter::new(store.db.clone()).write(items).await
     } else {
         let items = parts
             .iter()
-            .map(|(stored, event, lines)| {
-                PreparedScriptEarn::new(t, stored, event, lines, now).expect("prepared")
+            .map(|(stored, event, lines, basis)| {
+                PreparedScriptEarn::new(t, stored, event, lines, *basis, now).expect("prepared")
             })
             .collect();
         ScriptWriter::new(store.db.clone()).write(items).await
@@ -2279,5 +2284,239 @@ async fn every_look_up_of_lots_is_answered_from_the_lot_indexes(store: &TestDb) 
                 "{name} is planned without {index}:\n{plan}"
             );
         }
+    }
+}
+
+/// The client revision an earn's basis holds moves with every change to what an earn reads of
+/// the client: its row (saved by synchronization or changed in SQL), the segments it is in and
+/// its eligibility intervals; another client's stays. A segment's rates move the tenant's
+/// pricing revision.
+async fn every_change_to_what_an_earn_reads_of_a_client_raises_its_revision(store: &TestDb) {
+    use one_loyalty::domain::directory::ClientRecord;
+    use one_loyalty::persistence::directory::SeaDirectoryRepository;
+    use one_loyalty::persistence::rules::SeaRulesRepository;
+    use one_loyalty::persistence::{DirectoryRepository, EarnBasis, RulesRepository};
+    use sea_orm::ConnectionTrait;
+    clients_in_segments(store, &[("t1", "org:a", "gold"), ("t1", "org:b", "gold")]).await;
+    let rules = SeaRulesRepository::new(store.db.clone());
+    let t = tenant("t1");
+    let basis = |client: &'static str| {
+        let rules = rules.clone();
+        let t = t.clone();
+        async move {
+            rules
+                .priced_client(&t, client, None)
+                .await
+                .expect("read")
+                .expect("known")
+                .basis
+        }
+    };
+    let other = basis("org:b").await;
+    let mut last = basis("org:a").await;
+    let mut moved = |now: EarnBasis, client: bool, what: &str| {
+        if client {
+            assert!(
+                now.client_revision > last.client_revision,
+                "{what}: the client's revision stayed at {}",
+                last.client_revision
+            );
+            assert_eq!(now.pricing_revision, last.pricing_revision, "{what}");
+        } else {
+            assert!(
+                now.pricing_revision > last.pricing_revision,
+                "{what}: the pricing revision stayed at {}",
+                last.pricing_revision
+            );
+            assert_eq!(now.client_revision, last.client_revision, "{what}");
+        }
+        last = now;
+    };
+    let directory = SeaDirectoryRepository::new(store.db.clone());
+    let client = ClientRecord {
+        client_id: "org:a".into(),
+        name: "Renamed".into(),
+        status: "ACTIVE".into(),
+        has_account: true,
+        segment_ids: vec!["gold".into(), "silver".into()],
+        updated_at: Utc::now(),
+    };
+    directory.save_client(&t, &client).await.expect("save");
+    moved(basis("org:a").await, true, "the client saved");
+    let at = |day: u32| format!("'2026-03-{day:02} 00:00:00+00:00'");
+    for change in [
+        "UPDATE clients SET name = 'Again' WHERE tenant_id = 't1' AND client_id = 'org:a'"
+            .to_owned(),
+        "INSERT INTO client_segments (tenant_id, client_id, segment_id) \
+         VALUES ('t1', 'org:a', 'bronze')"
+            .to_owned(),
+        "UPDATE client_segments SET segment_id = 'copper' \
+         WHERE tenant_id = 't1' AND client_id = 'org:a' AND segment_id = 'bronze'"
+            .to_owned(),
+        "DELETE FROM client_segments WHERE tenant_id = 't1' AND client_id = 'org:a' \
+         AND segment_id = 'copper'"
+            .to_owned(),
+        format!(
+            "INSERT INTO client_eligibility \
+             (tenant_id, declaration_type_id, client_id, valid_from, valid_until) \
+             VALUES ('t1', 'D1', 'org:a', {}, NULL)",
+            at(1)
+        ),
+        format!(
+            "UPDATE client_eligibility SET valid_until = {} \
+             WHERE tenant_id = 't1' AND client_id = 'org:a'",
+            at(9)
+        ),
+        "DELETE FROM client_eligibility WHERE tenant_id = 't1' AND client_id = 'org:a'".to_owned(),
+    ] {
+        store.db.execute_unprepared(&change).await.expect(&change);
+        moved(basis("org:a").await, true, &change);
+    }
+    rules
+        .set_segment_rate(
+            &t,
+            "gold",
+            NaiveDate::from_ymd_opt(2026, 3, 1).expect("day"),
+            dec("1.5"),
+            &record("rate", 1),
+        )
+        .await
+        .expect("rate");
+    moved(basis("org:a").await, false, "a segment's rate");
+    let now_other = basis("org:b").await;
+    assert_eq!(
+        now_other.client_revision, other.client_revision,
+        "another client's revision is its own"
+    );
+}
+
+/// An earn priced without a read carries its basis; its write checks it under its locks, on
+/// every path (one call or script, alone or together, and a transaction of statements): one
+/// that moved refuses the earn as stale and writes nothing of it, nor stops the others.
+#[allow(clippy::too_many_lines)] // one scenario per path
+async fn an_earn_whose_basis_moved_is_refused_and_leaves_no_trace(store: &TestDb) {
+    use one_loyalty::persistence::documents::SeaDocumentRepository;
+    use one_loyalty::persistence::rules::SeaRulesRepository;
+    use one_loyalty::persistence::{DocumentRepository, EarnBasis, RulesRepository};
+    use sea_orm::ConnectionTrait;
+    clients_in_segments(store, &[("t1", "org:a", "gold")]).await;
+    let repo = SeaDocumentRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let rules = SeaRulesRepository::new(store.db.clone());
+    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let t = tenant("t1");
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    let basis = || async {
+        rules
+            .priced_client(&t, "org:a", None)
+            .await
+            .expect("read")
+            .expect("known")
+            .basis
+    };
+    let with_basis = |id: &str, basis: EarnBasis| {
+        let (record, mut decision) = decided_invoice(id, "org:a", now);
+        decision.basis = Some(basis);
+        (record, decision)
+    };
+    let total = || async {
+        ledger
+            .balance(&t, "org:a")
+            .await
+            .expect("read")
+            .map(|b| b.total)
+    };
+    let stale = |outcome: Result<_, RepoError>, what: &str| {
+        assert!(
+            matches!(outcome, Err(RepoError::Stale(_))),
+            "{what}: {outcome:?}"
+        );
+    };
+
+    // The basis as read: written.
+    let first = basis().await;
+    let (doc, decision) = with_basis("A", first);
+    repo.receive(&t, &doc, Some(&decision))
+        .await
+        .expect("a basis that holds");
+    assert_eq!(total().await, Some(dec("75.0001")));
+
+    // The client moved: refused on the one-call path, and nothing of it stored.
+    store
+        .db
+        .execute_unprepared(
+            "INSERT INTO client_segments (tenant_id, client_id, segment_id) \
+             VALUES ('t1', 'org:a', 'silver')",
+        )
+        .await
+        .expect("a new segment");
+    let (doc, decision) = with_basis("B", first);
+    stale(
+        repo.receive(&t, &doc, Some(&decision)).await.map(|_| ()),
+        "one call",
+    );
+    assert_eq!(repo.find(&t, "B").await.expect("find"), None);
+
+    // The statement path: a document stored as received, completed on a stale basis.
+    repo.receive(&t, &doc, None).await.expect("received");
+    stale(
+        repo.complete(&t, &doc, &decision).await.map(|_| ()),
+        "a transaction",
+    );
+    let waiting = repo.find(&t, "B").await.expect("find").expect("stored");
+    assert_eq!((waiting.status, waiting.event_id), (doc.status, None));
+
+    // The pricing moved: the client's revision alone does not make it hold.
+    let second = basis().await;
+    rules
+        .set_segment_rate(
+            &t,
+            "gold",
+            NaiveDate::from_ymd_opt(2026, 3, 1).expect("day"),
+            dec("1.5"),
+            &record("rate", 1),
+        )
+        .await
+        .expect("rate");
+    let third = basis().await;
+    assert_eq!(third.client_revision, second.client_revision);
+    let (record_c, decision_c) = with_basis("C", second);
+    stale(
+        repo.receive(&t, &record_c, Some(&decision_c))
+            .await
+            .map(|_| ()),
+        "the pricing revision",
+    );
+    // A client not known holds no basis.
+    let (record_x, mut decision_x) = decided_invoice("X", "org:nobody", now);
+    decision_x.basis = Some(third);
+    stale(
+        repo.receive(&t, &record_x, Some(&decision_x))
+            .await
+            .map(|_| ()),
+        "an unknown client",
+    );
+
+    // Together: the stale item refused alone, the others written.
+    let batch = [with_basis("D", second), with_basis("E", third)];
+    let outcomes = write_earns_together(store, &t, &batch, now, |_| {}).await;
+    assert!(
+        matches!(outcomes[0], Err(RepoError::Stale(_))),
+        "{outcomes:?}"
+    );
+    assert!(matches!(outcomes[1], Ok(Some(_))), "{outcomes:?}");
+    for (id, stored) in [("C", false), ("D", false), ("E", true), ("X", false)] {
+        assert_eq!(
+            repo.find(&t, id).await.expect("find").is_some(),
+            stored,
+            "{id}"
+        );
+    }
+    assert_eq!(
+        total().await,
+        Some(dec("150.0002")),
+        "A and E earned, no other"
+    );
+    for audit in ledger.audit(&t).await.expect("audit") {
+        assert!(audit.violations().is_empty(), "{audit:?}");
     }
 }

@@ -28,6 +28,7 @@ on_both_backends!(ClockedApp:
     a_correction_of_locked_points_takes_them_from_the_locked_part,
     a_penalty_consumes_the_oldest_lots_so_expiry_takes_only_what_is_left,
     an_invoice_of_the_most_lines_allowed_earns_on_every_line_and_is_stored_whole,
+    a_change_to_the_client_its_rates_or_its_agreement_prices_its_next_invoice_anew,
 );
 
 const TZ: chrono_tz::Tz = chrono_tz::Europe::Warsaw;
@@ -822,4 +823,74 @@ async fn on_sqlite_no_statement_of_an_earn_a_redemption_or_a_read_passes_over_a_
         "the counters are those of the service's own connections"
     );
     app.finish().await;
+}
+
+/// Invoices of a client earned before are priced from the client as read then, without reading
+/// it again; every change to it, its segments' rates or its agreement prices the next one anew.
+async fn a_change_to_the_client_its_rates_or_its_agreement_prices_its_next_invoice_anew(
+    app: &ClockedApp,
+) {
+    use one_loyalty::domain::directory::ClientRecord;
+    setting(app).await;
+    let p4 = |id: &str| invoice(id, "2026-03-09", vec![line(1, "P4", "1", "")]);
+    let outcome = |r: pb::DocumentResult| (r.status, r.non_earning_reason, r.points);
+    let processed = |points: &str| {
+        (
+            Status::Processed as i32,
+            Reason::Unspecified as i32,
+            points.to_owned(),
+        )
+    };
+    // P4: 2.5 base points x 2 (its rule) x the best rate of the client's segments.
+    assert_eq!(outcome(earned(app, p4("INV-1")).await), processed("5.50"));
+    assert_eq!(
+        outcome(earned(app, p4("INV-2")).await),
+        processed("5.50"),
+        "gold's 1.1 again"
+    );
+    let client = ClientRecord {
+        client_id: "org:acme".into(),
+        name: "Acme".into(),
+        status: "ACTIVE".into(),
+        has_account: true,
+        segment_ids: vec!["silver".into()],
+        updated_at: Utc::now(),
+    };
+    app.services
+        .directory
+        .save_client(&tenant(), &client)
+        .await
+        .expect("client");
+    assert_eq!(
+        outcome(earned(app, p4("INV-3")).await),
+        processed("5.25"),
+        "out of gold: silver's 1.05"
+    );
+    pb::rules_service_client::RulesServiceClient::new(app.channel.clone())
+        .set_segment_rate(app.request(pb::SetSegmentRateRequest {
+            request_id: "rate-silver-up".into(),
+            segment_id: "silver".into(),
+            rate: "1.2".into(),
+            effective_from: "2026-03-01".into(),
+        }))
+        .await
+        .expect("rate");
+    assert_eq!(
+        outcome(earned(app, p4("INV-4")).await),
+        processed("6.00"),
+        "silver's new rate"
+    );
+    agree(app, "w1", pb::ConsentAction::Withdraw, "2026-03-09 08:00").await;
+    assert_eq!(
+        outcome(earned(app, p4("INV-5")).await),
+        (
+            Status::NotEarning as i32,
+            Reason::NoAgreement as i32,
+            "0.00".to_owned()
+        ),
+        "withdrawn before the sale day ended"
+    );
+    agree(app, "a2", pb::ConsentAction::Accept, "2026-03-09 09:00").await;
+    assert_eq!(outcome(earned(app, p4("INV-6")).await), processed("6.00"));
+    assert_eq!(balance(app).await, "28.25");
 }

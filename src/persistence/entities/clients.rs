@@ -15,6 +15,9 @@ pub struct Model {
     pub status: String,
     pub has_account: bool,
     pub updated_at: DateTimeWithTimeZone,
+    /// Raised by the database at every change to the client, its segments or its eligibility
+    /// (migration `m20261206_000017_earn_basis`); never written by the service.
+    pub revision: i64,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
