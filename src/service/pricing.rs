@@ -28,8 +28,9 @@ use crate::persistence::{CatalogRepository, ClientPricing, EarnBasis, RepoError,
 /// Products kept per tenant at most; beyond it the tenant's entries start again empty.
 const PRODUCTS_PER_TENANT: usize = 50_000;
 
-/// Earns' clients kept at most; beyond it they start again empty.
-const CLIENTS_SEEN: usize = 4_096;
+/// Earns' clients kept at most (about 400 bytes each: 20 MB at most, for a tenant's whole client
+/// base as this machine kind serves it); beyond it they start again empty.
+const CLIENTS_SEEN: usize = 50_000;
 
 pub struct Pricing {
     catalog: Arc<dyn CatalogRepository>,
