@@ -12,7 +12,10 @@
 //! earn was priced from without one of them moving.
 //!
 //! The earn function is the one of `m20261205_000014` with the check put before its statement;
-//! the unit test below checks that it was.
+//! the unit test below checks that it was. On SQLite an earn's script checks its basis with its
+//! first statement, an insert into the view `earn_basis_checks` whose trigger raises
+//! (`SQLITE_CONSTRAINT_TRIGGER`) when the basis no longer holds: the check costs no script of
+//! its own under the write lock.
 
 use sea_orm_migration::prelude::*;
 
@@ -73,6 +76,21 @@ BEGIN
     RETURN NULL;
 END;
 $$",
+];
+
+/// SQLite: an insert into the view checks an earn's basis; its trigger writes nothing and
+/// raises when the client is not at `client_revision` or the tenant not at `pricing_revision`.
+const SQLITE_BASIS_CHECK: &[&str] = &[
+    "CREATE VIEW earn_basis_checks AS \
+     SELECT NULL AS tenant_id, NULL AS client_id, NULL AS client_revision, \
+     NULL AS pricing_revision WHERE 0",
+    "CREATE TRIGGER earn_basis_check INSTEAD OF INSERT ON earn_basis_checks BEGIN \
+     SELECT RAISE(ABORT, 'what the earn was priced from changed') \
+     WHERE NOT EXISTS (SELECT 1 FROM clients WHERE tenant_id = NEW.tenant_id \
+     AND client_id = NEW.client_id AND revision = NEW.client_revision) \
+     OR COALESCE((SELECT revision FROM pricing_revisions WHERE tenant_id = NEW.tenant_id), 0) \
+     <> NEW.pricing_revision; \
+     END",
 ];
 
 #[async_trait::async_trait]
@@ -138,6 +156,9 @@ impl MigrationTrait for Migration {
                 .await?;
             }
         }
+        for statement in SQLITE_BASIS_CHECK {
+            db.execute_unprepared(statement).await?;
+        }
         for (change, row) in [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")] {
             db.execute_unprepared(&format!(
                 "CREATE TRIGGER segment_rates_pricing_revision_{kind} AFTER {change} \
@@ -182,6 +203,7 @@ impl MigrationTrait for Migration {
             }
             db.execute_unprepared("DROP TRIGGER clients_revision")
                 .await?;
+            db.execute_unprepared("DROP VIEW earn_basis_checks").await?;
         }
         db.execute_unprepared("ALTER TABLE clients DROP COLUMN revision")
             .await?;

@@ -357,7 +357,7 @@ fn from_rows(
 /// What an earn's basis is checked against, read in the write's transaction: the client's
 /// revision (`client_revision`, none for a client not known) and the tenant's pricing revision
 /// (`pricing_revision`, none before the first change).
-pub(crate) fn basis_read(tenant: &TenantId, client_id: &str) -> SelectStatement {
+fn basis_read(tenant: &TenantId, client_id: &str) -> SelectStatement {
     let of_client = Query::select()
         .column(clients::Column::Revision)
         .from(clients::Entity)
@@ -382,11 +382,7 @@ pub(crate) fn basis_read(tenant: &TenantId, client_id: &str) -> SelectStatement 
 }
 
 /// Whether `basis` holds, by what [`basis_read`] answered: `Stale` when it does not.
-pub(crate) fn check_basis(
-    read: &QueryResult,
-    client_id: &str,
-    basis: EarnBasis,
-) -> Result<(), RepoError> {
+fn check_basis(read: &QueryResult, client_id: &str, basis: EarnBasis) -> Result<(), RepoError> {
     let column = |name: &str| read.try_get::<Option<i64>>("", name).map_err(classify);
     let holds = column("client_revision")? == Some(basis.client_revision)
         && column("pricing_revision")?.unwrap_or(0) == basis.pricing_revision;

@@ -79,9 +79,10 @@ pub(crate) fn classify_code(code: Option<&str>, text: String) -> RepoError {
         Some("23505") => RepoError::Conflict(text),
         // PostgreSQL serialization failure and deadlock; SQLite BUSY and LOCKED.
         Some("40001" | "40P01" | "5" | "6" | "517" | "262") => RepoError::Aborted(text),
-        // Our functions' refusal of a write whose plan no longer holds (migrations
-        // `m20261206_000016` and `m20261206_000017`).
-        Some("LY004") => RepoError::Stale(text),
+        // The refusal of a write whose plan no longer holds: our PostgreSQL functions'
+        // (migrations `m20261206_000016` and `m20261206_000017`), and SQLite's
+        // SQLITE_CONSTRAINT_TRIGGER, which only the earn's basis check raises (`m20261206_000017`).
+        Some("LY004" | "1811") => RepoError::Stale(text),
         // PostgreSQL: admin shutdown, cannot connect now.
         Some(code) if code.starts_with("08") || code == "57P01" || code == "57P03" => {
             RepoError::Unavailable(text)

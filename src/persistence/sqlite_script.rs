@@ -36,7 +36,7 @@ use sea_orm::{
 use sea_query_sqlx::SqlxValues;
 
 use super::db::{begin_write, write_turn};
-use super::documents::{basis_read, check_basis, document_row, line_rows};
+use super::documents::{document_row, line_rows};
 use super::entities::{
     balances, clients, coupons, document_lines, documents, earn_lots, ledger_event_lines,
     ledger_events, redemptions,
@@ -242,18 +242,17 @@ impl<T: ScriptItem> BatchWriter<T, T::Written> for ScriptWriter<T> {
 }
 
 /// A decided document with its earn (`few_statements::is_plain_earn`), ready for
-/// [`ScriptWriter`]: its script, and with a basis what it checks first under the write lock.
+/// [`ScriptWriter`]: its script.
 #[derive(Debug)]
 pub struct PreparedScriptEarn {
     script: Script,
-    basis: Option<(Script, EarnBasis)>,
-    client_id: String,
 }
 
 impl PreparedScriptEarn {
     /// `stored`: the record as it stands once decided, with its earn `event` and `lines`. With
-    /// a `basis`, the client's and the tenant's revisions are read under the write lock first,
-    /// and the earn is refused when they are no longer those it was priced at.
+    /// a `basis`, the script's first statement checks it (the view `earn_basis_checks` of
+    /// migration `m20261206_000017_earn_basis`), and the earn is refused as stale when the
+    /// client or the tenant is no longer at the revision it was priced at.
     ///
     /// # Errors
     /// Points that do not fit the storage scale, or a row that cannot be encoded.
@@ -265,15 +264,8 @@ impl PreparedScriptEarn {
         basis: Option<EarnBasis>,
         now: DateTime<Utc>,
     ) -> Result<Self, RepoError> {
-        let basis = basis.map(|basis| {
-            let mut read = Script::default();
-            read.push(&basis_read(tenant, &event.client_id));
-            (read, basis)
-        });
         Ok(Self {
-            script: earn_script(tenant, stored, event, lines, now)?,
-            basis,
-            client_id: event.client_id.clone(),
+            script: earn_script(tenant, stored, event, lines, basis, now)?,
         })
     }
 }
@@ -283,20 +275,7 @@ impl ScriptItem for PreparedScriptEarn {
     type Written = Option<i64>;
 
     async fn write_in(self, mut scope: ScriptScope<'_>) -> Result<Option<i64>, RepoError> {
-        let script = match self.basis {
-            Some((read, basis)) => {
-                let read = scope.run(read.opened(&scope)).await?;
-                check_basis(
-                    read.last().ok_or_else(|| {
-                        RepoError::Other("the earn's basis read answered nothing".into())
-                    })?,
-                    &self.client_id,
-                    basis,
-                )?;
-                self.script.closed(&scope)
-            }
-            None => self.script.opened(&scope).closed(&scope),
-        };
+        let script = self.script.opened(&scope).closed(&scope);
         event_id(&scope.run(script).await?).map(Some)
     }
 
@@ -588,19 +567,39 @@ fn sub_query(select: SelectStatement) -> Expr {
     Expr::SubQuery(None, Box::new(select.into_sub_query_statement()))
 }
 
-/// The statements of one earn, in order: the event (its running balance read from the balance
-/// row as it stands), the balance row (created or added to; its `last_event_id` the event's),
-/// the document with its lines, the lot, the event's lines, and last the event's id.
+/// The statements of one earn, in order: with a `basis`, its check; the event (its running
+/// balance read from the balance row as it stands), the balance row (created or added to; its
+/// `last_event_id` the event's), the document with its lines, the lot, the event's lines, and
+/// last the event's id.
 fn earn_script(
     tenant: &TenantId,
     stored: &DocumentRecord,
     event: &NewLedgerEvent,
     lines: &[LineCalculation],
+    basis: Option<EarnBasis>,
     now: DateTime<Utc>,
 ) -> Result<Script, RepoError> {
     let points = to_minor_units(event.points)?;
     let client = event.client_id.as_str();
     let mut script = Script::default();
+    if let Some(basis) = basis {
+        script.push(
+            Query::insert()
+                .into_table(Alias::new("earn_basis_checks"))
+                .columns([
+                    Alias::new("tenant_id"),
+                    Alias::new("client_id"),
+                    Alias::new("client_revision"),
+                    Alias::new("pricing_revision"),
+                ])
+                .values_panic([
+                    tenant.as_str().into(),
+                    client.into(),
+                    basis.client_revision.into(),
+                    basis.pricing_revision.into(),
+                ]),
+        );
+    }
     // As the transaction path appends it: the balance row created or touched, the event with
     // the running balance, then the row moved and named after the event, whose id SQLite has
     // just given.
