@@ -45,6 +45,44 @@ BEGIN
 END;
 $$";
 
+/// The triggers that raise the tenant's pricing revision at every change to a row of the table
+/// `name`: on PostgreSQL a row trigger calling `raise_pricing_revision()`, on SQLite a trigger
+/// per kind of change.
+pub(crate) fn pricing_triggers(backend: sea_orm::DbBackend, name: &str) -> Vec<String> {
+    if backend == sea_orm::DbBackend::Postgres {
+        return vec![format!(
+            "CREATE TRIGGER {name}_pricing_revision \
+             AFTER INSERT OR UPDATE OR DELETE ON {name} \
+             FOR EACH ROW EXECUTE FUNCTION raise_pricing_revision()"
+        )];
+    }
+    [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")]
+        .into_iter()
+        .map(|(change, row)| {
+            format!(
+                "CREATE TRIGGER {name}_pricing_revision_{kind} AFTER {change} ON {name} \
+                 BEGIN \
+                 INSERT INTO pricing_revisions (tenant_id, revision) \
+                 VALUES ({row}.tenant_id, 1) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET revision = revision + 1; \
+                 END",
+                kind = change.to_lowercase()
+            )
+        })
+        .collect()
+}
+
+/// What drops [`pricing_triggers`] of the table `name`.
+pub(crate) fn pricing_trigger_drops(backend: sea_orm::DbBackend, name: &str) -> Vec<String> {
+    if backend == sea_orm::DbBackend::Postgres {
+        return vec![format!("DROP TRIGGER {name}_pricing_revision ON {name}")];
+    }
+    ["insert", "update", "delete"]
+        .into_iter()
+        .map(|kind| format!("DROP TRIGGER {name}_pricing_revision_{kind}"))
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl MigrationTrait for Migration {
     async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
@@ -59,34 +97,13 @@ impl MigrationTrait for Migration {
         )
         .await?;
         let db = manager.get_connection();
-        match manager.get_database_backend() {
-            sea_orm::DbBackend::Postgres => {
-                db.execute_unprepared(POSTGRES_FUNCTION).await?;
-                for name in PRICING_TABLES {
-                    db.execute_unprepared(&format!(
-                        "CREATE TRIGGER {name}_pricing_revision \
-                         AFTER INSERT OR UPDATE OR DELETE ON {name} \
-                         FOR EACH ROW EXECUTE FUNCTION raise_pricing_revision()"
-                    ))
-                    .await?;
-                }
-            }
-            _ => {
-                // SQLite: a trigger per table and kind of change.
-                for name in PRICING_TABLES {
-                    for (change, row) in [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")] {
-                        db.execute_unprepared(&format!(
-                            "CREATE TRIGGER {name}_pricing_revision_{kind} AFTER {change} ON {name} \
-                             BEGIN \
-                             INSERT INTO pricing_revisions (tenant_id, revision) \
-                             VALUES ({row}.tenant_id, 1) \
-                             ON CONFLICT (tenant_id) DO UPDATE SET revision = revision + 1; \
-                             END",
-                            kind = change.to_lowercase()
-                        ))
-                        .await?;
-                    }
-                }
+        let backend = manager.get_database_backend();
+        if backend == sea_orm::DbBackend::Postgres {
+            db.execute_unprepared(POSTGRES_FUNCTION).await?;
+        }
+        for name in PRICING_TABLES {
+            for trigger in pricing_triggers(backend, name) {
+                db.execute_unprepared(&trigger).await?;
             }
         }
         Ok(())
@@ -94,27 +111,15 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        match manager.get_database_backend() {
-            sea_orm::DbBackend::Postgres => {
-                for name in PRICING_TABLES {
-                    db.execute_unprepared(&format!(
-                        "DROP TRIGGER {name}_pricing_revision ON {name}"
-                    ))
-                    .await?;
-                }
-                db.execute_unprepared("DROP FUNCTION raise_pricing_revision()")
-                    .await?;
+        let backend = manager.get_database_backend();
+        for name in PRICING_TABLES {
+            for drop in pricing_trigger_drops(backend, name) {
+                db.execute_unprepared(&drop).await?;
             }
-            _ => {
-                for name in PRICING_TABLES {
-                    for kind in ["insert", "update", "delete"] {
-                        db.execute_unprepared(&format!(
-                            "DROP TRIGGER {name}_pricing_revision_{kind}"
-                        ))
-                        .await?;
-                    }
-                }
-            }
+        }
+        if backend == sea_orm::DbBackend::Postgres {
+            db.execute_unprepared("DROP FUNCTION raise_pricing_revision()")
+                .await?;
         }
         drop_all(manager, &["pricing_revisions"]).await
     }

@@ -19,6 +19,7 @@
 
 use sea_orm_migration::prelude::*;
 
+use crate::m20261202_000009_pricing_revisions::{pricing_trigger_drops, pricing_triggers};
 use crate::m20261205_000014_earn_lone_call::earn_function;
 
 pub struct Migration;
@@ -99,7 +100,11 @@ impl MigrationTrait for Migration {
         let db = manager.get_connection();
         db.execute_unprepared("ALTER TABLE clients ADD COLUMN revision BIGINT NOT NULL DEFAULT 0")
             .await?;
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let backend = manager.get_database_backend();
+        for trigger in pricing_triggers(backend, "segment_rates") {
+            db.execute_unprepared(&trigger).await?;
+        }
+        if backend == sea_orm::DbBackend::Postgres {
             for function in POSTGRES_FUNCTIONS {
                 db.execute_unprepared(function).await?;
             }
@@ -116,12 +121,6 @@ impl MigrationTrait for Migration {
                 ))
                 .await?;
             }
-            db.execute_unprepared(
-                "CREATE TRIGGER segment_rates_pricing_revision \
-                 AFTER INSERT OR UPDATE OR DELETE ON segment_rates \
-                 FOR EACH ROW EXECUTE FUNCTION raise_pricing_revision()",
-            )
-            .await?;
             db.execute_unprepared(&earn_function_checked()).await?;
             return Ok(());
         }
@@ -159,27 +158,17 @@ impl MigrationTrait for Migration {
         for statement in SQLITE_BASIS_CHECK {
             db.execute_unprepared(statement).await?;
         }
-        for (change, row) in [("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")] {
-            db.execute_unprepared(&format!(
-                "CREATE TRIGGER segment_rates_pricing_revision_{kind} AFTER {change} \
-                 ON segment_rates BEGIN \
-                 INSERT INTO pricing_revisions (tenant_id, revision) \
-                 VALUES ({row}.tenant_id, 1) \
-                 ON CONFLICT (tenant_id) DO UPDATE SET revision = revision + 1; \
-                 END",
-                kind = change.to_lowercase()
-            ))
-            .await?;
-        }
         Ok(())
     }
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         let db = manager.get_connection();
-        if manager.get_database_backend() == sea_orm::DbBackend::Postgres {
+        let backend = manager.get_database_backend();
+        for drop in pricing_trigger_drops(backend, "segment_rates") {
+            db.execute_unprepared(&drop).await?;
+        }
+        if backend == sea_orm::DbBackend::Postgres {
             db.execute_unprepared(&earn_function()).await?;
-            db.execute_unprepared("DROP TRIGGER segment_rates_pricing_revision ON segment_rates")
-                .await?;
             for name in CLIENT_TABLES {
                 db.execute_unprepared(&format!("DROP TRIGGER {name}_client_revision ON {name}"))
                     .await?;
@@ -192,10 +181,6 @@ impl MigrationTrait for Migration {
                 .await?;
         } else {
             for kind in ["insert", "update", "delete"] {
-                db.execute_unprepared(&format!(
-                    "DROP TRIGGER segment_rates_pricing_revision_{kind}"
-                ))
-                .await?;
                 for name in CLIENT_TABLES {
                     db.execute_unprepared(&format!("DROP TRIGGER {name}_client_revision_{kind}"))
                         .await?;

@@ -2372,16 +2372,7 @@ async fn every_change_to_what_an_earn_reads_of_a_client_raises_its_revision(stor
         store.db.execute_unprepared(&change).await.expect(&change);
         moved(basis("org:a").await, true, &change);
     }
-    rules
-        .set_segment_rate(
-            &t,
-            "gold",
-            NaiveDate::from_ymd_opt(2026, 3, 1).expect("day"),
-            dec("1.5"),
-            &record("rate", 1),
-        )
-        .await
-        .expect("rate");
+    set_gold_rate(&rules, &t).await;
     moved(basis("org:a").await, false, "a segment's rate");
     let now_other = basis("org:b").await;
     assert_eq!(
@@ -2467,16 +2458,7 @@ async fn an_earn_whose_basis_moved_is_refused_and_leaves_no_trace(store: &TestDb
 
     // The pricing moved: the client's revision alone does not make it hold.
     let second = basis().await;
-    rules
-        .set_segment_rate(
-            &t,
-            "gold",
-            NaiveDate::from_ymd_opt(2026, 3, 1).expect("day"),
-            dec("1.5"),
-            &record("rate", 1),
-        )
-        .await
-        .expect("rate");
+    set_gold_rate(&rules, &t).await;
     let third = basis().await;
     assert_eq!(third.client_revision, second.client_revision);
     let (record_c, decision_c) = with_basis("C", second);
@@ -2519,4 +2501,19 @@ async fn an_earn_whose_basis_moved_is_refused_and_leaves_no_trace(store: &TestDb
     for audit in ledger.audit(&t).await.expect("audit") {
         assert!(audit.violations().is_empty(), "{audit:?}");
     }
+}
+
+/// Gold's rate, 1.5 from 2026-03-01, as the rules API sets it.
+async fn set_gold_rate(rules: &one_loyalty::persistence::rules::SeaRulesRepository, t: &TenantId) {
+    use one_loyalty::persistence::RulesRepository;
+    rules
+        .set_segment_rate(
+            t,
+            "gold",
+            NaiveDate::from_ymd_opt(2026, 3, 1).expect("day"),
+            dec("1.5"),
+            &record("rate", 1),
+        )
+        .await
+        .expect("rate");
 }

@@ -10,7 +10,7 @@ use one_loyalty::proto::loyalty::v1 as pb;
 use pb::earn_service_client::EarnServiceClient;
 use pb::{DocumentStatus as Status, NonEarningReason as Reason};
 
-use crate::earn::worked_example;
+use crate::earn::{save_acme, worked_example};
 use crate::helpers::{ClockedApp, DEMO_TENANT};
 use crate::on_both_backends;
 
@@ -830,7 +830,6 @@ async fn on_sqlite_no_statement_of_an_earn_a_redemption_or_a_read_passes_over_a_
 async fn a_change_to_the_client_its_rates_or_its_agreement_prices_its_next_invoice_anew(
     app: &ClockedApp,
 ) {
-    use one_loyalty::domain::directory::ClientRecord;
     setting(app).await;
     let p4 = |id: &str| invoice(id, "2026-03-09", vec![line(1, "P4", "1", "")]);
     let outcome = |r: pb::DocumentResult| (r.status, r.non_earning_reason, r.points);
@@ -848,19 +847,7 @@ async fn a_change_to_the_client_its_rates_or_its_agreement_prices_its_next_invoi
         processed("5.50"),
         "gold's 1.1 again"
     );
-    let client = ClientRecord {
-        client_id: "org:acme".into(),
-        name: "Acme".into(),
-        status: "ACTIVE".into(),
-        has_account: true,
-        segment_ids: vec!["silver".into()],
-        updated_at: Utc::now(),
-    };
-    app.services
-        .directory
-        .save_client(&tenant(), &client)
-        .await
-        .expect("client");
+    save_acme(app, &["silver"]).await;
     assert_eq!(
         outcome(earned(app, p4("INV-3")).await),
         processed("5.25"),

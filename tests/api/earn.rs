@@ -73,12 +73,17 @@ async fn seed_catalogue(app: &TestApp) {
             .await
             .expect("product");
     }
+    save_acme(app, &["gold", "silver"]).await;
+}
+
+/// The worked example's client, in `segments`, as synchronization saves it.
+pub async fn save_acme(app: &TestApp, segments: &[&str]) {
     let client = ClientRecord {
         client_id: "org:acme".into(),
         name: "Acme".into(),
         status: "ACTIVE".into(),
         has_account: true,
-        segment_ids: vec!["gold".into(), "silver".into()],
+        segment_ids: segments.iter().map(|s| (*s).to_owned()).collect(),
         updated_at: Utc::now(),
     };
     app.services
