@@ -8,10 +8,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
-use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, QueryStatementBuilder, SelectStatement};
+use sea_orm::sea_query::{Alias, Expr, ExprTrait, Query, QueryStatementBuilder};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QueryResult, QuerySelect,
+    QueryFilter, QueryOrder, QuerySelect,
 };
 
 use super::entities::{clients, document_lines, documents, pricing_revisions};
@@ -354,10 +354,15 @@ fn from_rows(
     })
 }
 
-/// What an earn's basis is checked against, read in the write's transaction: the client's
-/// revision (`client_revision`, none for a client not known) and the tenant's pricing revision
-/// (`pricing_revision`, none before the first change).
-fn basis_read(tenant: &TenantId, client_id: &str) -> SelectStatement {
+/// Whether `basis` still holds, read in the write's transaction: the client at its revision (a
+/// client not known holds none) and the tenant at its pricing revision (0 before the first
+/// change). `Stale` when it does not.
+async fn check_basis_in(
+    txn: &impl sea_orm::ConnectionTrait,
+    tenant: &TenantId,
+    client_id: &str,
+    basis: EarnBasis,
+) -> Result<(), RepoError> {
     let of_client = Query::select()
         .column(clients::Column::Revision)
         .from(clients::Entity)
@@ -369,7 +374,7 @@ fn basis_read(tenant: &TenantId, client_id: &str) -> SelectStatement {
         .from(pricing_revisions::Entity)
         .and_where(pricing_revisions::Column::TenantId.eq(tenant.as_str()))
         .to_owned();
-    Query::select()
+    let read = Query::select()
         .expr_as(
             Expr::SubQuery(None, Box::new(of_client.into_sub_query_statement())),
             Alias::new("client_revision"),
@@ -378,36 +383,22 @@ fn basis_read(tenant: &TenantId, client_id: &str) -> SelectStatement {
             Expr::SubQuery(None, Box::new(of_tenant.into_sub_query_statement())),
             Alias::new("pricing_revision"),
         )
-        .to_owned()
-}
-
-/// Whether `basis` holds, by what [`basis_read`] answered: `Stale` when it does not.
-fn check_basis(read: &QueryResult, client_id: &str, basis: EarnBasis) -> Result<(), RepoError> {
+        .to_owned();
+    let read = txn
+        .query_one(&read)
+        .await
+        .map_err(classify)?
+        .ok_or_else(|| RepoError::Other("the basis read answered nothing".into()))?;
     let column = |name: &str| read.try_get::<Option<i64>>("", name).map_err(classify);
-    let holds = column("client_revision")? == Some(basis.client_revision)
-        && column("pricing_revision")?.unwrap_or(0) == basis.pricing_revision;
-    if holds {
+    if column("client_revision")? == Some(basis.client_revision)
+        && column("pricing_revision")?.unwrap_or(0) == basis.pricing_revision
+    {
         Ok(())
     } else {
         Err(RepoError::Stale(format!(
             "what the earn of client {client_id} was priced from changed"
         )))
     }
-}
-
-/// [`check_basis`] in the write's transaction.
-async fn check_basis_in(
-    txn: &impl sea_orm::ConnectionTrait,
-    tenant: &TenantId,
-    client_id: &str,
-    basis: EarnBasis,
-) -> Result<(), RepoError> {
-    let read = txn
-        .query_one(&basis_read(tenant, client_id))
-        .await
-        .map_err(classify)?
-        .ok_or_else(|| RepoError::Other("the basis read answered nothing".into()))?;
-    check_basis(&read, client_id, basis)
 }
 
 /// Stores a received document (as the record stands) and its lines inside the caller's

@@ -12,6 +12,7 @@ pub mod pricing;
 pub mod promotions;
 pub mod redeem;
 pub mod rules;
+pub mod seen;
 pub mod settings;
 pub mod sync;
 

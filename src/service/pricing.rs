@@ -24,6 +24,7 @@ use crate::domain::engine::PricingBook;
 use crate::domain::rules::{EffectiveDated, MultiplierRule, ProductFacts, RuleIndex, RuleTarget};
 use crate::domain::tenant::TenantId;
 use crate::persistence::{CatalogRepository, ClientPricing, EarnBasis, RepoError, RulesRepository};
+use crate::service::seen::Seen;
 
 /// Products kept per tenant at most; beyond it the tenant's entries start again empty.
 const PRODUCTS_PER_TENANT: usize = 50_000;
@@ -36,11 +37,9 @@ pub struct Pricing {
     catalog: Arc<dyn CatalogRepository>,
     rules: Arc<dyn RulesRepository>,
     cache: Mutex<HashMap<TenantId, CachedPricing>>,
-    clients_seen: Mutex<HashMap<SeenKey, Arc<ClientPricing>>>,
+    /// Earns' clients as read, by the eligibility asked of them.
+    clients_seen: Seen<(TenantId, String, EligibilityProbe), ClientPricing>,
 }
-
-/// An earn's client, by the eligibility asked of it.
-type SeenKey = (TenantId, String, EligibilityProbe);
 
 /// What prices one product.
 #[derive(Debug, Clone)]
@@ -66,7 +65,7 @@ impl Pricing {
             catalog,
             rules,
             cache: Mutex::new(HashMap::new()),
-            clients_seen: Mutex::new(HashMap::new()),
+            clients_seen: Seen::new(CLIENTS_SEEN),
         }
     }
 
@@ -81,13 +80,9 @@ impl Pricing {
         product_ids: &[String],
         eligibility: EligibilityProbe,
     ) -> Option<(PricedClient, EarnBasis)> {
-        let key = (tenant.clone(), client_id.to_owned(), eligibility);
-        let seen = Arc::clone(
-            self.clients_seen
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .get(&key)?,
-        );
+        let seen = self
+            .clients_seen
+            .get(&(tenant.clone(), client_id.to_owned(), eligibility))?;
         let products = {
             let cache = self.cache.lock().unwrap_or_else(PoisonError::into_inner);
             let current = cache
@@ -105,9 +100,7 @@ impl Pricing {
     /// Forgets what [`Self::as_seen`] answers for the client, at every probe: its basis moved.
     pub fn forget(&self, tenant: &TenantId, client_id: &str) {
         self.clients_seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .retain(|(t, c, _), _| t != tenant || c != client_id);
+            .forget(|(t, c, _)| t == tenant && c == client_id);
     }
 
     /// Keeps an earn's client as read, if an earn can be priced from it without a read.
@@ -115,16 +108,9 @@ impl Pricing {
         if !read.client.has_account || read.eligible != Some(true) {
             return;
         }
-        let mut seen = self
-            .clients_seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if seen.len() >= CLIENTS_SEEN {
-            seen.clear();
-        }
-        seen.insert(
+        self.clients_seen.remember(
             (tenant.clone(), read.client.client_id.clone(), eligibility),
-            Arc::new(read.clone()),
+            read.clone(),
         );
     }
 

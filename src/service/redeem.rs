@@ -5,8 +5,8 @@
 //! limit, a reservation still held) is made again by the repository under the database's locks;
 //! the checks here only give early, precise answers.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use chrono::NaiveDate;
 use rust_decimal::Decimal;
@@ -29,6 +29,7 @@ use crate::persistence::{
     ReservationRepository, SettingsRepository,
 };
 use crate::service::idempotency::{IdempotencyError, RequestKey, prior_result};
+use crate::service::seen::Seen;
 
 const REDEEM: &str = "RedeemService/RedeemCoupon";
 const CANCEL: &str = "RedeemService/CancelRedemption";
@@ -106,47 +107,12 @@ pub struct RedeemDependencies {
     pub codes: CodeFormat,
 }
 
-/// Coupons as this replica last read them, by tenant and id, for redemptions to be planned
-/// from without a read (only those [`Coupon::plannable_without_client`]). Never trusted on its own: a write planned from an entry checks the
-/// coupon's revision under its lock, and a stale entry costs one refused write, then a read.
-#[derive(Default)]
-struct CouponsSeen {
-    coupons: Mutex<CouponsById>,
-}
+/// Coupons as this replica last read them, by tenant and id: only those a redemption can be
+/// planned from without the client ([`Coupon::plannable_without_client`]).
+type CouponsSeen = Seen<(TenantId, String), Coupon>;
 
-type CouponsById = HashMap<(TenantId, String), Arc<Coupon>>;
-
-impl CouponsSeen {
-    /// Entries kept at most; past it the map starts again empty (each coupon is read again once).
-    const CAPACITY: usize = 4096;
-
-    fn entries(&self) -> MutexGuard<'_, CouponsById> {
-        // Nothing is left half-done under the lock: a panic elsewhere leaves a usable map.
-        self.coupons.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn get(&self, tenant: &TenantId, coupon_id: &str) -> Option<Arc<Coupon>> {
-        self.entries()
-            .get(&(tenant.clone(), coupon_id.to_owned()))
-            .cloned()
-    }
-
-    fn remember(&self, tenant: &TenantId, coupon: &Coupon) {
-        let mut entries = self.entries();
-        if entries.len() >= Self::CAPACITY {
-            entries.clear();
-        }
-        entries.insert(
-            (tenant.clone(), coupon.coupon_id.clone()),
-            Arc::new(coupon.clone()),
-        );
-    }
-
-    fn forget(&self, tenant: &TenantId, coupon_id: &str) {
-        self.entries()
-            .remove(&(tenant.clone(), coupon_id.to_owned()));
-    }
-}
+/// Coupons kept at most.
+const COUPONS_SEEN: usize = 4096;
 
 pub struct RedeemService {
     deps: RedeemDependencies,
@@ -158,7 +124,7 @@ impl RedeemService {
     pub fn new(deps: RedeemDependencies) -> Self {
         Self {
             deps,
-            coupons_seen: CouponsSeen::default(),
+            coupons_seen: CouponsSeen::new(COUPONS_SEEN),
         }
     }
 
@@ -260,7 +226,9 @@ impl RedeemService {
         let mut found = required(&request.client_id, "client_id");
         found.extend(required(&request.coupon_id, "coupon_id"));
         Invalid::check(found)?;
-        if let Some(coupon) = self.coupons_seen.get(&caller.tenant, &request.coupon_id)
+        if let Some(coupon) = self
+            .coupons_seen
+            .get(&(caller.tenant.clone(), request.coupon_id.clone()))
             && coupon.plannable_without_client()
             && let Some(written) = self.redeem_as_seen(caller, key, request, &coupon).await
         {
@@ -280,7 +248,10 @@ impl RedeemService {
         let coupon =
             coupon.ok_or_else(|| RedeemError::NotFound(format!("coupon {}", request.coupon_id)))?;
         if coupon.plannable_without_client() {
-            self.coupons_seen.remember(&caller.tenant, &coupon);
+            self.coupons_seen.remember(
+                (caller.tenant.clone(), coupon.coupon_id.clone()),
+                coupon.clone(),
+            );
         }
         let settings = self.deps.settings.current(&caller.tenant).await?;
         let segments: BTreeSet<String> = client.segment_ids.into_iter().collect();
@@ -319,7 +290,8 @@ impl RedeemService {
         {
             Err(RedeemError::Repo(RepoError::Stale(cause))) => {
                 tracing::debug!(%cause, "the coupon as read no longer holds; reading it again");
-                self.coupons_seen.forget(&caller.tenant, &coupon.coupon_id);
+                self.coupons_seen
+                    .forget(|(tenant, id)| *tenant == caller.tenant && *id == coupon.coupon_id);
                 None
             }
             written => Some(written),
