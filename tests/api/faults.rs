@@ -302,11 +302,13 @@ fn channel(ports: &[u16], index: usize) -> Channel {
         .connect_lazy()
 }
 
+/// A sale day closed whatever the hour: yesterday's is not until the tenant's grace after
+/// midnight (an hour by default) has passed.
 fn sale_date() -> String {
     (chrono::Utc::now()
         .with_timezone(&chrono_tz::Europe::Warsaw)
         .date_naive()
-        - chrono::Days::new(1))
+        - chrono::Days::new(2))
     .to_string()
 }
 

@@ -384,13 +384,15 @@ impl Harness {
         }
     }
 
+    /// A sale day closed whatever the hour: yesterday's is not until the tenant's grace after
+    /// midnight (an hour by default) has passed.
     fn sale_date(&self) -> String {
         (self
             .model
             .now()
             .with_timezone(&chrono_tz::Europe::Warsaw)
             .date_naive()
-            - Days::new(1))
+            - Days::new(2))
         .to_string()
     }
 
