@@ -81,7 +81,7 @@ $$",
 
 /// SQLite: an insert into the view checks an earn's basis; its trigger writes nothing and
 /// raises when the client is not at `client_revision` or the tenant not at `pricing_revision`.
-const SQLITE_BASIS_CHECK: &[&str] = &[
+pub(crate) const SQLITE_BASIS_CHECK: &[&str] = &[
     "CREATE VIEW earn_basis_checks AS \
      SELECT NULL AS tenant_id, NULL AS client_id, NULL AS client_revision, \
      NULL AS pricing_revision WHERE 0",

@@ -67,10 +67,19 @@ fn classify_sqlx(err: &sea_orm::sqlx::Error, text: String) -> RepoError {
         E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed => {
             RepoError::Unavailable(text)
         }
+        E::Database(db) if db.code().as_deref() == Some(SQLITE_CONSTRAINT_TRIGGER) => {
+            // A script's own check refused the write (the view `write_refusals` of migration
+            // `m20261206_000018`): the message is the refusal, its code first.
+            let refusal = db.message();
+            classify_code(refusal.split(' ').next(), refusal.to_owned())
+        }
         E::Database(db) => classify_code(db.code().as_deref(), text),
         _ => RepoError::Other(text),
     }
 }
+
+/// SQLite's extended result code for a trigger's `RAISE(ABORT, ...)`.
+const SQLITE_CONSTRAINT_TRIGGER: &str = "1811";
 
 /// A database error by its code (PostgreSQL's SQLSTATE, SQLite's extended result code).
 pub(crate) fn classify_code(code: Option<&str>, text: String) -> RepoError {
@@ -79,10 +88,12 @@ pub(crate) fn classify_code(code: Option<&str>, text: String) -> RepoError {
         Some("23505") => RepoError::Conflict(text),
         // PostgreSQL serialization failure and deadlock; SQLite BUSY and LOCKED.
         Some("40001" | "40P01" | "5" | "6" | "517" | "262") => RepoError::Aborted(text),
-        // The refusal of a write whose plan no longer holds: our PostgreSQL functions'
-        // (migrations `m20261206_000016` and `m20261206_000017`), and SQLite's
-        // SQLITE_CONSTRAINT_TRIGGER, which only the earn's basis check raises (`m20261206_000017`).
-        Some("LY004" | "1811") => RepoError::Stale(text),
+        // The refusals of our PostgreSQL functions (migrations `m20261202_000010`,
+        // `m20261206_000016`, `m20261206_000017`) and of SQLite's scripts (`m20261206_000018`):
+        // not enough points, the client's limit, out of stock; and a write whose plan no longer
+        // holds.
+        Some("LY001" | "LY002" | "LY003") => RepoError::Precondition(text),
+        Some("LY004") => RepoError::Stale(text),
         // PostgreSQL: admin shutdown, cannot connect now.
         Some(code) if code.starts_with("08") || code == "57P01" || code == "57P03" => {
             RepoError::Unavailable(text)

@@ -244,10 +244,13 @@ impl Failure {
     }
 }
 
-/// The redemption function's refusals, by the SQLSTATE it gives them.
-const NOT_ENOUGH_POINTS: &str = "LY001";
-const LIMIT_REACHED: &str = "LY002";
-const OUT_OF_STOCK: &str = "LY003";
+/// The refusals of the redemption's writes, by the SQLSTATE the function gives them (and the
+/// code a SQLite script's refusal begins with).
+pub(super) const NOT_ENOUGH_POINTS: &str = "LY001";
+pub(super) const LIMIT_REACHED: &str = "LY002";
+pub(super) const OUT_OF_STOCK: &str = "LY003";
+/// What a write was planned from no longer holds.
+pub(super) const STALE: &str = "LY004";
 
 /// Whether a redemption is a plain one, which [`RedemptionWriter`] (and on SQLite
 /// `sqlite_script::PreparedScriptRedemption`) can write: its Use event spends available points
@@ -261,18 +264,62 @@ pub fn is_plain_redemption(plan: &RedeemPlan) -> bool {
         && event.lot.is_none()
 }
 
+/// A plain redemption as a write that checks it itself takes it (`loyalty_redeem_batch`, or on
+/// SQLite `sqlite_script::PreparedScriptRedemption`): the redemption as stored, but for its Use
+/// event's id, and what the write's refusals are told from.
+#[derive(Debug)]
+pub(super) struct PlannedRedemption {
+    pub(super) stored: Redemption,
+    per_client_limit: Option<u32>,
+    pub(super) use_event: NewLedgerEvent,
+    /// The Use event's points in minor units (negative).
+    pub(super) points: i64,
+}
+
+impl PlannedRedemption {
+    /// # Errors
+    /// Points that do not fit the storage scale.
+    pub(super) fn new(plan: &RedeemPlan, now: DateTime<Utc>) -> Result<Self, RepoError> {
+        let event = &plan.use_event;
+        Ok(Self {
+            stored: stored_at(plan, now),
+            per_client_limit: plan.per_client_limit,
+            use_event: event.clone(),
+            points: to_minor_units(event.points)?,
+        })
+    }
+
+    /// The redemption as stored, with the id of the Use event the write gave.
+    pub(super) fn written(self, use_event_id: i64) -> Redemption {
+        Redemption {
+            use_event_id: Some(use_event_id),
+            ..self.stored
+        }
+    }
+
+    /// What the write's refusal `code` (with its `detail` and `message`) means for this
+    /// redemption: one of its refusals, or what the database said.
+    pub(super) fn refused(&self, code: &str, detail: Option<&str>, message: String) -> RepoError {
+        let coupon = &self.stored.coupon_id;
+        match code {
+            LIMIT_REACHED => limit_reached(coupon, self.per_client_limit.unwrap_or_default()),
+            OUT_OF_STOCK => out_of_stock(coupon),
+            NOT_ENOUGH_POINTS => detail
+                .and_then(|d| d.parse::<i64>().ok())
+                .and_then(|available| spend_source(&self.use_event, self.points, available).err())
+                .unwrap_or(RepoError::Precondition(message)),
+            _ => classify_code(Some(code), message),
+        }
+    }
+}
+
 /// A redemption ready for `loyalty_redeem_batch` (migrations `m20261202_000010_redeem_function`
 /// and `m20261205_000013_redeem_function_statements`): its arguments as one JSON object, and what
 /// its answer is made of.
 #[derive(Debug)]
 pub struct PreparedRedemption {
     arguments: String,
-    /// The redemption as stored, but for its Use event's id.
-    stored: Redemption,
-    per_client_limit: Option<u32>,
-    use_event: NewLedgerEvent,
-    /// The Use event's points in minor units (negative).
-    points: i64,
+    planned: PlannedRedemption,
 }
 
 impl PreparedRedemption {
@@ -288,9 +335,8 @@ impl PreparedRedemption {
         record: &IdempotencyRecord,
         now: DateTime<Utc>,
     ) -> Result<Self, RepoError> {
-        let event = &plan.use_event;
-        let points = to_minor_units(event.points)?;
-        let stored = stored_at(plan, now);
+        let planned = PlannedRedemption::new(plan, now)?;
+        let (event, points) = (&planned.use_event, planned.points);
         let mut arguments = JsonObject::new();
         arguments.value("tenant", tenant.as_str())?;
         arguments.value("client", &event.client_id)?;
@@ -298,9 +344,9 @@ impl PreparedRedemption {
         arguments.value("now", json_instant(now))?;
         arguments.row("record", &record_row(tenant, record))?;
         arguments.row("event", &event_row(tenant, event, points, 0, now))?;
-        arguments.row("redemption", &to_row(tenant, &stored)?)?;
+        arguments.row("redemption", &to_row(tenant, &planned.stored)?)?;
         arguments.row("message", &outbox_row(tenant, plan, now)?)?;
-        arguments.value("coupon", &stored.coupon_id)?;
+        arguments.value("coupon", &planned.stored.coupon_id)?;
         arguments.value("stock", plan.stock)?;
         arguments.value("limit", plan.per_client_limit)?;
         arguments.value("live", live_statuses())?;
@@ -310,34 +356,8 @@ impl PreparedRedemption {
         }
         Ok(Self {
             arguments: arguments.finish(),
-            stored,
-            per_client_limit: plan.per_client_limit,
-            use_event: event.clone(),
-            points,
+            planned,
         })
-    }
-
-    /// The redemption as stored, with the id of the Use event the function wrote.
-    fn written(self, use_event_id: i64) -> Redemption {
-        Redemption {
-            use_event_id: Some(use_event_id),
-            ..self.stored
-        }
-    }
-
-    /// What the function's error `code` (with its `detail` and `message`) means for this
-    /// redemption: one of its refusals, or what the database said.
-    fn refused(&self, code: &str, detail: Option<&str>, message: String) -> RepoError {
-        let coupon = &self.stored.coupon_id;
-        match code {
-            LIMIT_REACHED => limit_reached(coupon, self.per_client_limit.unwrap_or_default()),
-            OUT_OF_STOCK => out_of_stock(coupon),
-            NOT_ENOUGH_POINTS => detail
-                .and_then(|d| d.parse::<i64>().ok())
-                .and_then(|available| spend_source(&self.use_event, self.points, available).err())
-                .unwrap_or(RepoError::Precondition(message)),
-            _ => classify_code(Some(code), message),
-        }
     }
 }
 
@@ -368,10 +388,14 @@ impl BatchItem for PreparedRedemption {
 
     fn outcome(self, row: &QueryResult) -> Result<Redemption, RepoError> {
         if let Some(failed) = Failure::of(row)? {
-            return Err(self.refused(&failed.state, failed.detail.as_deref(), failed.message));
+            return Err(self.planned.refused(
+                &failed.state,
+                failed.detail.as_deref(),
+                failed.message,
+            ));
         }
         let use_event_id = row.try_get::<i64>("", "use_event_id").map_err(classify)?;
-        Ok(self.written(use_event_id))
+        Ok(self.planned.written(use_event_id))
     }
 }
 

@@ -24,8 +24,8 @@ use std::marker::PhantomData;
 use chrono::{DateTime, Utc};
 use sea_orm::sea_query::Values;
 use sea_orm::sea_query::{
-    Alias, Asterisk, Expr, ExprTrait, InsertStatement, Query, QueryStatementBuilder,
-    SelectStatement,
+    Alias, Asterisk, CaseStatement, Expr, ExprTrait, Func, InsertStatement, Query,
+    QueryStatementBuilder, SelectStatement,
 };
 use sea_orm::sqlx::{self, Sqlite, pool::PoolConnection};
 use sea_orm::{
@@ -39,20 +39,20 @@ use super::db::{begin_write, write_turn};
 use super::documents::{document_row, line_rows};
 use super::entities::{
     balances, clients, coupons, document_lines, documents, earn_lots, ledger_event_lines,
-    ledger_events, redemptions,
+    ledger_events, pricing_revisions, redemptions,
 };
 use super::error::{RepoError, classify};
 use super::event_lines::row as event_line_row;
+use super::few_statements::{
+    LIMIT_REACHED, NOT_ENOUGH_POINTS, OUT_OF_STOCK, PlannedRedemption, STALE,
+};
 use super::group_commit::BatchWriter;
 use super::idempotency::record_row;
 use super::ledger::{
     BalanceMove, balance_update, ensure_balance_statement, entering_locked, event_row, lot_row,
-    lots_spendable, spend_source,
+    lots_spendable,
 };
-use super::redemptions::{
-    client_not_known, coupon_changed, limit_reached, live_statuses, out_of_stock, outbox_row,
-    stored_at, to_row,
-};
+use super::redemptions::{live_statuses, outbox_row, to_row};
 use super::{EarnBasis, RedeemPlan};
 use crate::domain::documents::DocumentRecord;
 use crate::domain::engine::LineCalculation;
@@ -297,21 +297,14 @@ fn event_id(rows: &[QueryResult]) -> Result<i64, RepoError> {
         .map_err(classify)
 }
 
-/// A redemption (`few_statements::is_plain_redemption`), ready for [`ScriptWriter`]: what it
-/// reads under the write lock (the request's record written first, so that a request id taken
-/// fails before anything else), then what it writes once its limit, points and stock are checked.
+/// A redemption (`few_statements::is_plain_redemption`), ready for [`ScriptWriter`]: its script,
+/// which writes the request's record first (so that a request id taken fails before anything
+/// else), then refuses the redemption if what it was planned from, the client's limit, its
+/// available points or the coupon's stock say so ([`redemption_refusal`]), then writes it.
 #[derive(Debug)]
 pub struct PreparedScriptRedemption {
-    reads: Script,
-    writes: Script,
-    stored: Redemption,
-    per_client_limit: Option<u32>,
-    stock: Option<u32>,
-    coupon_revision: Option<u32>,
-    client_unread: bool,
-    use_event: NewLedgerEvent,
-    /// The Use event's points in minor units (negative).
-    points: i64,
+    script: Script,
+    planned: PlannedRedemption,
 }
 
 impl PreparedScriptRedemption {
@@ -323,22 +316,14 @@ impl PreparedScriptRedemption {
         record: &IdempotencyRecord,
         now: DateTime<Utc>,
     ) -> Result<Self, RepoError> {
-        let event = &plan.use_event;
-        let points = to_minor_units(event.points)?;
+        let planned = PlannedRedemption::new(plan, now)?;
+        let (event, points, stored) = (&planned.use_event, planned.points, &planned.stored);
         let client = event.client_id.as_str();
-        let stored = stored_at(plan, now);
-
-        let reads = redemption_reads(
-            tenant,
-            client,
-            &stored.coupon_id,
-            record,
-            plan.per_client_limit.is_some(),
-            plan.client_unread,
-        )?;
+        let mut script = Script::default();
+        script.push(&insert_rows(&[record_row(tenant, record)], &[])?);
+        script.push(&refused_when(redemption_refusal(tenant, plan, -points)));
         let balance = |column: balances::Column| balance_column(tenant, client, column);
-        let mut writes = Script::default();
-        writes.push(&insert_rows(
+        script.push(&insert_rows(
             &[event_row(tenant, event, points, 0, now)],
             &[(
                 ledger_events::Column::BalanceAfter,
@@ -346,23 +331,23 @@ impl PreparedScriptRedemption {
             )],
         )?);
         // A plain redemption spends available points, none reserved or locked.
-        writes.push(&balance_update(
+        script.push(&balance_update(
             tenant,
             client,
             BalanceMove::new(points, 0, 0),
             Expr::cust("last_insert_rowid()"),
             now,
         ));
-        writes.push_statement(lots_spent_oldest_first(tenant, client, -points));
-        writes.push(&insert_rows(
-            &[to_row(tenant, &stored)?],
+        script.push_statement(lots_spent_oldest_first(tenant, client, -points));
+        script.push(&insert_rows(
+            &[to_row(tenant, stored)?],
             &[(
                 redemptions::Column::UseEventId,
                 balance(balances::Column::LastEventId),
             )],
         )?);
-        writes.push(&insert_rows(&[outbox_row(tenant, plan, now)?], &[])?);
-        writes.push(
+        script.push(&insert_rows(&[outbox_row(tenant, plan, now)?], &[])?);
+        script.push(
             Query::update()
                 .table(coupons::Entity)
                 .value(
@@ -372,54 +357,11 @@ impl PreparedScriptRedemption {
                 .and_where(coupons::Column::TenantId.eq(tenant.as_str()))
                 .and_where(coupons::Column::CouponId.eq(stored.coupon_id.as_str())),
         );
-        writes.push(balance_row(tenant, client).expr_as(
+        script.push(balance_row(tenant, client).expr_as(
             Expr::col(balances::Column::LastEventId),
             Alias::new("event_id"),
         ));
-        Ok(Self {
-            reads,
-            writes,
-            stored,
-            per_client_limit: plan.per_client_limit,
-            stock: plan.stock,
-            coupon_revision: plan.coupon_revision,
-            client_unread: plan.client_unread,
-            use_event: event.clone(),
-            points,
-        })
-    }
-
-    /// Refused, or not: what the plan was made from (the client known, the coupon at its
-    /// revision), the client's limit, its available points, the coupon's stock, as the
-    /// transaction path checks them, from what was read under the write lock.
-    fn check(&self, read: &QueryResult) -> Result<(), RepoError> {
-        let column = |name: &str| read.try_get::<Option<i64>>("", name).map_err(classify);
-        let coupon = &self.stored.coupon_id;
-        if self.client_unread && column("client_known")? != Some(1) {
-            return Err(client_not_known(&self.stored.client_id));
-        }
-        if let Some(revision) = self.coupon_revision
-            && column("revision")? != Some(i64::from(revision))
-        {
-            return Err(coupon_changed(coupon));
-        }
-        if let Some(limit) = self.per_client_limit
-            && column("held")?.unwrap_or_default() >= i64::from(limit)
-        {
-            return Err(limit_reached(coupon, limit));
-        }
-        spend_source(
-            &self.use_event,
-            self.points,
-            column("available")?.unwrap_or_default(),
-        )?;
-        match (column("redeemed")?, self.stock) {
-            (None, _) => Err(out_of_stock(coupon)),
-            (Some(redeemed), Some(stock)) if redeemed >= i64::from(stock) => {
-                Err(out_of_stock(coupon))
-            }
-            _ => Ok(()),
-        }
+        Ok(Self { script, planned })
     }
 }
 
@@ -427,21 +369,21 @@ impl ScriptItem for PreparedScriptRedemption {
     /// The redemption as stored, with its Use event's id.
     type Written = Redemption;
 
-    async fn write_in(mut self, mut scope: ScriptScope<'_>) -> Result<Redemption, RepoError> {
-        let read = scope
-            .run(std::mem::take(&mut self.reads).opened(&scope))
-            .await?;
-        self.check(
-            read.last().ok_or_else(|| {
-                RepoError::Other("the redemption's reads answered nothing".into())
-            })?,
-        )?;
-        let writes = std::mem::take(&mut self.writes).closed(&scope);
-        let use_event_id = event_id(&scope.run(writes).await?)?;
-        Ok(Redemption {
-            use_event_id: Some(use_event_id),
-            ..self.stored
-        })
+    async fn write_in(self, mut scope: ScriptScope<'_>) -> Result<Redemption, RepoError> {
+        let script = self.script.opened(&scope).closed(&scope);
+        match scope.run(script).await {
+            Ok(rows) => Ok(self.planned.written(event_id(&rows)?)),
+            // The script's refusal: its code, then its detail (the available points).
+            Err(RepoError::Precondition(refusal)) => {
+                let (code, detail) = refusal
+                    .split_once(' ')
+                    .map_or((refusal.as_str(), None), |(code, detail)| {
+                        (code, Some(detail))
+                    });
+                Err(self.planned.refused(code, detail, refusal.clone()))
+            }
+            Err(other) => Err(other),
+        }
     }
 }
 
@@ -503,51 +445,44 @@ pub fn lots_spent_oldest_first(tenant: &TenantId, client: &str, points: i64) -> 
     Statement::from_sql_and_values(DbBackend::Sqlite, sql, values)
 }
 
-/// What a redemption reads under the write lock, after writing the request's record (so that
-/// a request id taken fails first): the client's available points, the coupon's redeemed
-/// count and revision, with `count_held` (a per-client limit) the client's live redemptions of
-/// it, and with `check_client` whether the client is known.
-fn redemption_reads(
-    tenant: &TenantId,
-    client: &str,
-    coupon: &str,
-    record: &IdempotencyRecord,
-    count_held: bool,
-    check_client: bool,
-) -> Result<Script, RepoError> {
-    let mut reads = Script::default();
-    reads.push(&insert_rows(&[record_row(tenant, record)], &[])?);
+/// What refuses a redemption, checked in its order as the PostgreSQL function checks it, under
+/// the write lock: the client not known (a plan made without reading it), the coupon at another
+/// revision than the plan's (both [`STALE`]), the client's limit reached, fewer available points
+/// than its `cost` (the detail: how many there are, in minor units), the coupon gone or out of
+/// stock.
+fn redemption_refusal(tenant: &TenantId, plan: &RedeemPlan, cost: i64) -> CaseStatement {
+    let r = &plan.redemption;
+    let (client, coupon) = (r.client_id.as_str(), r.coupon_id.as_str());
     let of_coupon = |column: coupons::Column| {
-        Query::select()
-            .column(column)
-            .from(coupons::Entity)
-            .and_where(coupons::Column::TenantId.eq(tenant.as_str()))
-            .and_where(coupons::Column::CouponId.eq(coupon))
-            .to_owned()
+        sub_query(
+            Query::select()
+                .column(column)
+                .from(coupons::Entity)
+                .and_where(coupons::Column::TenantId.eq(tenant.as_str()))
+                .and_where(coupons::Column::CouponId.eq(coupon))
+                .to_owned(),
+        )
     };
-    let mut read = Query::select();
-    read.expr_as(
-        balance_column(tenant, client, balances::Column::Available),
-        Alias::new("available"),
-    )
-    .expr_as(
-        sub_query(of_coupon(coupons::Column::RedeemedCount)),
-        Alias::new("redeemed"),
-    )
-    .expr_as(
-        sub_query(of_coupon(coupons::Column::Revision)),
-        Alias::new("revision"),
-    );
-    if check_client {
+    let mut refusal = CaseStatement::new();
+    if plan.client_unread {
         let known = Query::select()
             .expr(Expr::val(1))
             .from(clients::Entity)
             .and_where(clients::Column::TenantId.eq(tenant.as_str()))
             .and_where(clients::Column::ClientId.eq(client))
             .to_owned();
-        read.expr_as(Expr::exists(known), Alias::new("client_known"));
+        refusal = refusal.case(
+            Expr::exists(known).not(),
+            format!("{STALE} client {client} is not known"),
+        );
     }
-    if count_held {
+    if let Some(revision) = plan.coupon_revision {
+        refusal = refusal.case(
+            of_coupon(coupons::Column::Revision).is_not(i64::from(revision)),
+            format!("{STALE} coupon {coupon} changed"),
+        );
+    }
+    if let Some(limit) = plan.per_client_limit {
         let held = Query::select()
             .expr(Expr::col(Asterisk).count())
             .from(redemptions::Entity)
@@ -556,10 +491,41 @@ fn redemption_reads(
             .and_where(redemptions::Column::ClientId.eq(client))
             .and_where(redemptions::Column::Status.is_in(live_statuses()))
             .to_owned();
-        read.expr_as(sub_query(held), Alias::new("held"));
+        refusal = refusal.case(sub_query(held).gte(i64::from(limit)), LIMIT_REACHED);
     }
-    reads.push(&read);
-    Ok(reads)
+    let available = Expr::expr(Func::coalesce([
+        balance_column(tenant, client, balances::Column::Available),
+        Expr::val(0),
+    ]));
+    refusal = refusal
+        .case(
+            available.clone().lt(cost),
+            Expr::cust_with_exprs(
+                "? || ?",
+                [Expr::val(format!("{NOT_ENOUGH_POINTS} ")), available],
+            ),
+        )
+        .case(
+            of_coupon(coupons::Column::RedeemedCount).is_null(),
+            OUT_OF_STOCK,
+        );
+    if let Some(stock) = plan.stock {
+        refusal = refusal.case(
+            of_coupon(coupons::Column::RedeemedCount).gte(i64::from(stock)),
+            OUT_OF_STOCK,
+        );
+    }
+    refusal
+}
+
+/// The statement that refuses its script with the first of `refusals` that holds, and does
+/// nothing when none does (the view `write_refusals` of migration `m20261206_000018`).
+fn refused_when(refusals: CaseStatement) -> InsertStatement {
+    Query::insert()
+        .into_table(Alias::new("write_refusals"))
+        .columns([Alias::new("refusal")])
+        .values_panic([refusals.into()])
+        .to_owned()
 }
 
 /// A SELECT as a value.
@@ -583,22 +549,7 @@ fn earn_script(
     let client = event.client_id.as_str();
     let mut script = Script::default();
     if let Some(basis) = basis {
-        script.push(
-            Query::insert()
-                .into_table(Alias::new("earn_basis_checks"))
-                .columns([
-                    Alias::new("tenant_id"),
-                    Alias::new("client_id"),
-                    Alias::new("client_revision"),
-                    Alias::new("pricing_revision"),
-                ])
-                .values_panic([
-                    tenant.as_str().into(),
-                    client.into(),
-                    basis.client_revision.into(),
-                    basis.pricing_revision.into(),
-                ]),
-        );
+        script.push(&refused_when(earn_basis_refusal(tenant, client, basis)));
     }
     // As the transaction path appends it: the balance row created or touched, the event with
     // the running balance, then the row moved and named after the event, whose id SQLite has
@@ -648,6 +599,32 @@ fn earn_script(
         Alias::new("event_id"),
     ));
     Ok(script)
+}
+
+/// What refuses an earn priced from `basis` ([`STALE`]): the client not at its revision (or not
+/// known), or the tenant not at its pricing revision (0 until its first).
+fn earn_basis_refusal(tenant: &TenantId, client: &str, basis: EarnBasis) -> CaseStatement {
+    let at_revision = Query::select()
+        .expr(Expr::val(1))
+        .from(clients::Entity)
+        .and_where(clients::Column::TenantId.eq(tenant.as_str()))
+        .and_where(clients::Column::ClientId.eq(client))
+        .and_where(clients::Column::Revision.eq(basis.client_revision))
+        .to_owned();
+    let pricing = Query::select()
+        .column(pricing_revisions::Column::Revision)
+        .from(pricing_revisions::Entity)
+        .and_where(pricing_revisions::Column::TenantId.eq(tenant.as_str()))
+        .to_owned();
+    Expr::case(
+        Expr::exists(at_revision)
+            .not()
+            .or(
+                Expr::expr(Func::coalesce([sub_query(pricing), Expr::val(0)]))
+                    .ne(basis.pricing_revision),
+            ),
+        format!("{STALE} what the earn of client {client} was priced from changed"),
+    )
 }
 
 /// The client's balance row, to select from.
