@@ -27,6 +27,7 @@ mod m20261205_000015_live_lot_indexes;
 mod m20261206_000016_redeem_checks_its_plan;
 mod m20261206_000017_earn_basis;
 mod m20261206_000018_write_refusals;
+mod m20261206_000019_redeem_checks_its_user;
 
 /// Runs `statements` in order on PostgreSQL (functions that only its write paths call); on SQLite
 /// there is nothing to do.
@@ -77,6 +78,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000016_redeem_checks_its_plan::Migration),
             Box::new(m20261206_000017_earn_basis::Migration),
             Box::new(m20261206_000018_write_refusals::Migration),
+            Box::new(m20261206_000019_redeem_checks_its_user::Migration),
         ]
     }
 }

@@ -53,7 +53,7 @@ const CHANGES: &[(&str, &str, usize)] = &[
     ),
 ];
 
-fn redeem_batch_function() -> String {
+pub(crate) fn redeem_batch_function() -> String {
     CHANGES.iter().fold(
         REDEEM_BATCH_FUNCTION_FEWER_STATEMENTS.to_owned(),
         |text, (from, to, _)| text.replace(from, to),

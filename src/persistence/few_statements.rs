@@ -353,6 +353,9 @@ impl PreparedRedemption {
         arguments.value("revision", plan.coupon_revision)?;
         if plan.client_unread {
             arguments.value("client_unread", true)?;
+            if let Some(user) = &plan.redemption.user_id {
+                arguments.value("user", user)?;
+            }
         }
         Ok(Self {
             arguments: arguments.finish(),

@@ -528,8 +528,9 @@ pub struct RedeemPlan {
     /// The coupon's revision the plan was made from: the write refuses the plan
     /// ([`RepoError::Stale`]) if the coupon is at another one. `None`: not checked.
     pub coupon_revision: Option<u32>,
-    /// The plan was made without reading the client: the write refuses it
-    /// ([`RepoError::Stale`]) if the client is not known.
+    /// The plan was made without reading the client or the user it names: the write refuses
+    /// it ([`RepoError::Stale`]) if the client is not known, or if the redemption names a user
+    /// that is not an active user of the client.
     pub client_unread: bool,
 }
 

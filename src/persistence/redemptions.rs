@@ -16,7 +16,7 @@ use sea_orm::{
     PaginatorTrait, QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::entities::{clients, coupons, outbox, redemptions};
+use super::entities::{clients, coupons, outbox, redemptions, users};
 use super::error::{RepoError, classify};
 use super::few_statements::{self, PreparedRedemption, RedemptionWriter};
 use super::group_commit::GroupCommit;
@@ -432,8 +432,9 @@ pub(super) fn limit_reached(coupon_id: &str, limit: u32) -> RepoError {
     ))
 }
 
-/// Refuses a plan made from what no longer holds: the client not known (when the plan was made
-/// without reading it), or the coupon at another revision than the plan's.
+/// Refuses a plan made from what no longer holds: the client not known or the user it names not
+/// an active user of it (when the plan was made without reading them), or the coupon at another
+/// revision than the plan's.
 async fn check_basis(
     txn: &DatabaseTransaction,
     tenant: &TenantId,
@@ -447,6 +448,22 @@ async fn check_basis(
             .map_err(classify)?;
         if known == 0 {
             return Err(client_not_known(&r.client_id));
+        }
+        if let Some(user) = &r.user_id {
+            let active = users::Entity::find()
+                .filter(users::Column::TenantId.eq(tenant.as_str()))
+                .filter(users::Column::UserId.eq(user.as_str()))
+                .filter(users::Column::ClientId.eq(r.client_id.as_str()))
+                .filter(users::Column::Active.eq(true))
+                .count(txn)
+                .await
+                .map_err(classify)?;
+            if active == 0 {
+                return Err(RepoError::Stale(format!(
+                    "user {user} is not an active user of client {}",
+                    r.client_id
+                )));
+            }
         }
     }
     if let Some(revision) = plan.coupon_revision {

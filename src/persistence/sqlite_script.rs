@@ -3,10 +3,13 @@
 //! statement, an earn was ten of them and a redemption twelve and one per lot it spent
 //! (docs/PERFORMANCE.md). A script is statements sent as one: sqlx-sqlite runs them in order in
 //! its worker thread, binding the values statement by statement, and stops at the first that
-//! fails. An earn is one script; a redemption is two, what it reads under the write lock and,
-//! once its checks pass, what it writes. Written alone, the first script begins the transaction
-//! (`BEGIN IMMEDIATE`) and the last commits it, on a connection taken from the pool for the
-//! write: no hand-off of their own for either (an earn was `BEGIN`, the script and `COMMIT`).
+//! fails. An earn is one script, and so is a redemption: what a write must check under the write
+//! lock (an earn's basis; a redemption's plan, the client's limit, its points, the stock) is a
+//! statement of its script that refuses it ([`refused_when`]), not a read answered to this
+//! process between two scripts (a redemption was two until the tenth session). Written alone,
+//! the script begins the transaction (`BEGIN IMMEDIATE`) and commits it, on a connection taken
+//! from the pool for the write: no hand-off of their own for either (an earn was `BEGIN`, the
+//! script and `COMMIT`).
 //!
 //! The statements are built from the rows the transaction path builds (`event_row`,
 //! `document_row`, `line_rows`, `lot_row`, the event lines' `row`, `record_row`, the
@@ -39,7 +42,7 @@ use super::db::{begin_write, write_turn};
 use super::documents::{document_row, line_rows};
 use super::entities::{
     balances, clients, coupons, document_lines, documents, earn_lots, ledger_event_lines,
-    ledger_events, pricing_revisions, redemptions,
+    ledger_events, pricing_revisions, redemptions, users,
 };
 use super::error::{RepoError, classify};
 use super::event_lines::row as event_line_row;
@@ -250,9 +253,9 @@ pub struct PreparedScriptEarn {
 
 impl PreparedScriptEarn {
     /// `stored`: the record as it stands once decided, with its earn `event` and `lines`. With
-    /// a `basis`, the script's first statement checks it (the view `earn_basis_checks` of
-    /// migration `m20261206_000017_earn_basis`), and the earn is refused as stale when the
-    /// client or the tenant is no longer at the revision it was priced at.
+    /// a `basis`, the script's first statement checks it ([`earn_basis_refusal`]), and the earn
+    /// is refused as stale when the client or the tenant is no longer at the revision it was
+    /// priced at.
     ///
     /// # Errors
     /// Points that do not fit the storage scale, or a row that cannot be encoded.
@@ -446,10 +449,10 @@ pub fn lots_spent_oldest_first(tenant: &TenantId, client: &str, points: i64) -> 
 }
 
 /// What refuses a redemption, checked in its order as the PostgreSQL function checks it, under
-/// the write lock: the client not known (a plan made without reading it), the coupon at another
-/// revision than the plan's (both [`STALE`]), the client's limit reached, fewer available points
-/// than its `cost` (the detail: how many there are, in minor units), the coupon gone or out of
-/// stock.
+/// the write lock: the client not known or the user it names not an active user of it (a plan
+/// made without reading them), the coupon at another revision than the plan's (all three
+/// [`STALE`]), the client's limit reached, fewer available points than its `cost` (the detail:
+/// how many there are, in minor units), the coupon gone or out of stock.
 fn redemption_refusal(tenant: &TenantId, plan: &RedeemPlan, cost: i64) -> CaseStatement {
     let r = &plan.redemption;
     let (client, coupon) = (r.client_id.as_str(), r.coupon_id.as_str());
@@ -475,6 +478,12 @@ fn redemption_refusal(tenant: &TenantId, plan: &RedeemPlan, cost: i64) -> CaseSt
             Expr::exists(known).not(),
             format!("{STALE} client {client} is not known"),
         );
+        if let Some(user) = &r.user_id {
+            refusal = refusal.case(
+                Expr::exists(active_user(tenant, user, client)).not(),
+                format!("{STALE} user {user} is not an active user of client {client}"),
+            );
+        }
     }
     if let Some(revision) = plan.coupon_revision {
         refusal = refusal.case(
@@ -516,6 +525,18 @@ fn redemption_refusal(tenant: &TenantId, plan: &RedeemPlan, cost: i64) -> CaseSt
         );
     }
     refusal
+}
+
+/// A row if `user` is an active user of `client`.
+fn active_user(tenant: &TenantId, user: &str, client: &str) -> SelectStatement {
+    Query::select()
+        .expr(Expr::val(1))
+        .from(users::Entity)
+        .and_where(users::Column::TenantId.eq(tenant.as_str()))
+        .and_where(users::Column::UserId.eq(user))
+        .and_where(users::Column::ClientId.eq(client))
+        .and_where(users::Column::Active.eq(true))
+        .to_owned()
 }
 
 /// The statement that refuses its script with the first of `refusals` that holds, and does

@@ -212,11 +212,11 @@ impl RedeemService {
     /// A new redemption, as [`Self::redeem`] describes it.
     ///
     /// A coupon this replica has read before, that no segment restricts and that is delivered
-    /// as a pool code, is redeemed as it was read, without reading the client or the coupon
-    /// first: the write checks, under its locks, that the client is known and that the coupon is
-    /// still at that revision. If either fails, or anything else would refuse the redemption
-    /// before its write, it is read and judged in full, so that every answer is the one the full
-    /// path gives.
+    /// as a pool code, is redeemed as it was read, without reading the client, the user it names
+    /// or the coupon first: the write checks, under its locks, that the client is known, that the
+    /// user is an active user of it and that the coupon is still at that revision. If any of
+    /// these fails, or anything else would refuse the redemption before its write, it is read
+    /// and judged in full, so that every answer is the one the full path gives.
     async fn redeem_new(
         &self,
         caller: &Caller,
@@ -265,7 +265,8 @@ impl RedeemService {
     /// A redemption of a coupon as this replica last read it ([`Self::redeem_new`]); `None`
     /// where it must be read and judged in full instead. The write's own refusals (the points,
     /// the client's limit, the stock) stand: it refuses them only once it has found the client
-    /// known and the coupon at the revision read, as the full path would have.
+    /// known, the user one of its active users and the coupon at the revision read, as the full
+    /// path would have.
     async fn redeem_as_seen(
         &self,
         caller: &Caller,
@@ -273,10 +274,6 @@ impl RedeemService {
         request: &RedeemRequest,
         coupon: &Coupon,
     ) -> Option<Result<Redemption, RedeemError>> {
-        // The full path answers for an unknown client before the user or the coupon's days.
-        self.check_user(caller, request.user_id.as_deref(), &request.client_id)
-            .await
-            .ok()?;
         let settings = self.deps.settings.current(&caller.tenant).await.ok()?;
         coupon
             .redeemable_on(
@@ -289,7 +286,9 @@ impl RedeemService {
             .await
         {
             Err(RedeemError::Repo(RepoError::Stale(cause))) => {
-                tracing::debug!(%cause, "the coupon as read no longer holds; reading it again");
+                // The client or the user, not the coupon, may be what failed: the coupon is read
+                // again with them all the same, as only a refused write costs it.
+                tracing::debug!(%cause, "the plan as read no longer holds; reading it again");
                 self.coupons_seen
                     .forget(|(tenant, id)| *tenant == caller.tenant && *id == coupon.coupon_id);
                 None

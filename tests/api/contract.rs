@@ -42,6 +42,7 @@ on_both_backends!(TestDb:
     a_redemptions_read_of_client_and_coupon_answers_as_their_own_reads_do,
     a_redemption_is_stored_alike_in_one_call_and_statement_by_statement,
     a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on,
+    a_plan_made_without_reading_its_user_is_written_only_for_an_active_user_of_the_client,
     every_change_to_what_prices_a_line_raises_the_tenants_pricing_revision,
     redemptions_written_together_each_have_their_own_outcome,
     a_batch_that_fails_as_a_whole_is_written_again_item_by_item,
@@ -1287,6 +1288,98 @@ fn redeem_plan(
             company_logo_url: String::new(),
             redemption_id,
         },
+    }
+}
+
+/// A redemption planned without reading the client names the user redeeming: the write takes it
+/// only for an active user of that client, in one call and statement by statement, and one it
+/// refuses leaves nothing.
+async fn a_plan_made_without_reading_its_user_is_written_only_for_an_active_user_of_the_client(
+    store: &TestDb,
+) {
+    use one_loyalty::domain::directory::{ClientRecord, UserRecord};
+    use one_loyalty::persistence::directory::SeaDirectoryRepository;
+    use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
+    use one_loyalty::persistence::{DirectoryRepository, RedemptionRepository};
+    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let requests = SeaIdempotencyRepository::new(store.db.clone());
+    let directory = SeaDirectoryRepository::new(store.db.clone());
+    let fast = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let t = tenant("t1");
+    coupons::Entity::insert(coupon("t1", "c1", "Mug"))
+        .exec(&store.db)
+        .await
+        .expect("coupon");
+    for client in ["org:f", "org:s", "org:x"] {
+        let record = ClientRecord {
+            client_id: client.into(),
+            name: client.into(),
+            status: "ACTIVE".into(),
+            has_account: true,
+            segment_ids: vec![],
+            updated_at: Utc::now(),
+        };
+        directory.save_client(&t, &record).await.expect("client");
+    }
+    for (client, repo) in [
+        ("org:f", fast.clone()),
+        ("org:s", fast.clone().statement_by_statement()),
+    ] {
+        earn_lots_for(&ledger, &t, client, &["5"]).await;
+        let q = |name: &str| format!("{client}/{name}");
+        for (user, of, active) in [("active", client, true), ("gone", client, false)]
+            .into_iter()
+            .chain([("elsewhere", "org:x", true)])
+        {
+            let record = UserRecord {
+                user_id: q(user),
+                client_id: of.into(),
+                active,
+                deactivated_at: None,
+                updated_at: Utc::now(),
+            };
+            directory.save_user(&t, &record).await.expect("user");
+        }
+        let plan = |request: &str, user: &str| {
+            let mut plan = redeem_plan(client, &q(request), "1");
+            plan.client_unread = true;
+            plan.redemption.user_id = Some(q(user));
+            plan
+        };
+        for (request, user) in [
+            ("gone", "gone"),
+            ("elsewhere", "elsewhere"),
+            ("nobody", "nobody"),
+        ] {
+            let err = repo
+                .redeem(&t, &plan(request, user), &redeem_record(&q(request)))
+                .await
+                .expect_err(request);
+            assert!(
+                matches!(err, RepoError::Stale(ref m) if m.contains("user")),
+                "{client}, {request}: {err:?}"
+            );
+            assert_eq!(
+                requests.find(&t, &q(request)).await.expect("find"),
+                None,
+                "{client}: {request} left no record"
+            );
+        }
+        let available = || async {
+            ledger
+                .balance(&t, client)
+                .await
+                .expect("read")
+                .expect("balance")
+                .available
+        };
+        assert_eq!(available().await, dec("5"), "{client}: nothing spent");
+        let written = repo
+            .redeem(&t, &plan("active", "active"), &redeem_record(&q("active")))
+            .await
+            .expect("an active user of the client");
+        assert_eq!(written.user_id, Some(q("active")));
+        assert_eq!(available().await, dec("4"), "{client}: one spent");
     }
 }
 

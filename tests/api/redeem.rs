@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::future::join_all;
-use one_loyalty::domain::directory::ClientRecord;
+use one_loyalty::domain::directory::{ClientRecord, UserRecord};
 use one_loyalty::domain::tenant::TenantId;
 use one_loyalty::proto::loyalty::v1 as pb;
 use pb::redeem_service_client::RedeemServiceClient;
@@ -25,6 +25,7 @@ on_both_backends!(ClockedApp:
     a_stock_of_ten_is_redeemed_exactly_ten_times_under_a_hundred_concurrent_calls,
     the_coupons_days_segments_limit_and_the_points_decide_who_may_redeem,
     a_coupon_edited_after_it_was_redeemed_is_redeemed_on_its_new_terms,
+    a_front_office_redemption_as_read_is_taken_only_from_an_active_user_of_the_client,
     a_cancelled_redemption_is_refunded_and_gives_its_unit_back,
     reserved_points_cannot_be_spent_elsewhere_and_are_committed_once,
     expired_reservations_are_released_by_the_job,
@@ -400,6 +401,61 @@ async fn the_coupons_days_segments_limit_and_the_points_decide_who_may_redeem(ap
         .expect_err("unknown client");
     assert_eq!(nobody.code(), Code::NotFound);
     assert_eq!(points(&balance(app, "org:gold").await.total), points("970"));
+}
+
+/// A front-office redemption names the user redeeming. Of a coupon the service has read before,
+/// it is planned without reading the user: the write takes it only from an active user of the
+/// client, and answers any other as the full path does.
+async fn a_front_office_redemption_as_read_is_taken_only_from_an_active_user_of_the_client(
+    app: &ClockedApp,
+) {
+    funded_client(app, "org:front", "1000", &[]).await;
+    let coupon_id = coupon(app, "Front", "10", None, None).await;
+    app.set_time("2026-03-22T10:00:00Z");
+    app.seed_user("u-front", "org:front").await;
+    app.seed_user("u-elsewhere", "org:other").await;
+    app.seed_user("u-gone", "org:front").await;
+    let gone = UserRecord {
+        user_id: "u-gone".into(),
+        client_id: "org:front".into(),
+        active: false,
+        deactivated_at: Some(chrono::Utc::now()),
+        updated_at: chrono::Utc::now(),
+    };
+    app.services
+        .directory
+        .save_user(&TenantId::parse(DEMO_TENANT).expect("tenant"), &gone)
+        .await
+        .expect("deactivate");
+    for (request_id, user_id) in [("elsewhere", "u-elsewhere"), ("gone", "u-gone")] {
+        // By an active user: the coupon is read (again: a refusal forgets it), so that the next
+        // goes to the write as read, which refuses it, and is then answered in full.
+        let by_user = redeem(
+            app,
+            pb::RedeemCouponRequest {
+                user_id: "u-front".into(),
+                ..redeem_request(&format!("before-{request_id}"), "org:front", &coupon_id)
+            },
+        )
+        .await
+        .expect("by an active user of the client");
+        assert_eq!(by_user.user_id, "u-front");
+        let refused = redeem(
+            app,
+            pb::RedeemCouponRequest {
+                user_id: user_id.into(),
+                ..redeem_request(request_id, "org:front", &coupon_id)
+            },
+        )
+        .await
+        .expect_err(user_id);
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused:?}");
+        assert_eq!(violated_fields(&refused), vec!["user_id"], "{refused:?}");
+    }
+    assert_eq!(
+        points(&balance(app, "org:front").await.total),
+        points("980")
+    );
 }
 
 /// A redemption of a coupon the service has read before is planned from it without reading it
