@@ -124,6 +124,9 @@ struct ServiceArgs {
     /// Skip seeding (the database was seeded by an earlier run with the same --clients).
     #[arg(long)]
     no_seed: bool,
+    /// Redemptions name the user redeeming (the client's seeded user), as the front office's do.
+    #[arg(long)]
+    front_office: bool,
     #[command(flatten)]
     load: LoadArgs,
 }
@@ -285,6 +288,7 @@ enum Caller {
         coupon_id: Arc<str>,
         clients: u32,
         sale_date: Arc<str>,
+        front_office: bool,
     },
     Echo(HealthClient<Channel>),
     Sqlite(DatabaseConnection),
@@ -335,6 +339,7 @@ impl Caller {
                 coupon_id,
                 clients,
                 sale_date,
+                front_office,
             } => {
                 let random_client = client_id(rng.random_range(0..*clients));
                 let outcome = match workload {
@@ -355,9 +360,13 @@ impl Caller {
                         redeem
                             .redeem_coupon(authorized(pb::RedeemCouponRequest {
                                 request_id: next_id("redeem"),
+                                user_id: if *front_office {
+                                    format!("u-{client}")
+                                } else {
+                                    String::new()
+                                },
                                 client_id: client,
                                 coupon_id: coupon_id.to_string(),
-                                user_id: String::new(),
                             }))
                             .await
                             .map(drop)
@@ -594,7 +603,7 @@ async fn service(args: ServiceArgs) -> Result<(), BenchError> {
                 Arc::clone(&coupon_id),
                 Arc::clone(&sale_date),
             );
-            let clients = args.clients;
+            let (clients, front_office) = (args.clients, args.front_office);
             let make: CallerFactory = Arc::new(move |index| {
                 let address = addresses[index % addresses.len()].clone();
                 let (coupon_id, sale_date) = (Arc::clone(&coupon_id), Arc::clone(&sale_date));
@@ -609,6 +618,7 @@ async fn service(args: ServiceArgs) -> Result<(), BenchError> {
                         coupon_id,
                         clients,
                         sale_date,
+                        front_office,
                     })
                 })
             });
