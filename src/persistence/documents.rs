@@ -14,7 +14,7 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect,
 };
 
-use super::entities::{clients, document_lines, documents, pricing_revisions};
+use super::entities::{clients, document_lines, documents};
 use super::error::{RepoError, classify};
 use super::event_lines::insert_lines;
 use super::few_statements::{self, EarnWriter, PreparedEarn};
@@ -369,11 +369,7 @@ async fn check_basis_in(
         .and_where(clients::Column::TenantId.eq(tenant.as_str()))
         .and_where(clients::Column::ClientId.eq(client_id))
         .to_owned();
-    let of_tenant = Query::select()
-        .column(pricing_revisions::Column::Revision)
-        .from(pricing_revisions::Entity)
-        .and_where(pricing_revisions::Column::TenantId.eq(tenant.as_str()))
-        .to_owned();
+    let of_tenant = super::rules::pricing_revision_of(tenant);
     let read = Query::select()
         .expr_as(
             Expr::SubQuery(None, Box::new(of_client.into_sub_query_statement())),

@@ -456,11 +456,7 @@ impl RulesRepository for SeaRulesRepository {
         let client = |c: clients::Column| Expr::col((clients::Entity, c));
         let member = |c: client_segments::Column| Expr::col((client_segments::Entity, c));
         let rate = |c: segment_rates::Column| Expr::col((segment_rates::Entity, c));
-        let revision = Query::select()
-            .column(pricing_revisions::Column::Revision)
-            .from(pricing_revisions::Entity)
-            .and_where(Expr::col(pricing_revisions::Column::TenantId).eq(tenant.as_str()))
-            .to_owned();
+        let revision = pricing_revision_of(tenant);
         let holding = match &eligibility {
             Some(probe) => Expr::from(SubQueryStatement::SelectStatement(holding_at(
                 tenant, client_id, probe,
@@ -651,4 +647,14 @@ async fn load_rules(
         });
     }
     Ok(loaded)
+}
+
+/// The tenant's pricing revision, as a one-column SELECT (no row until its first change: read as
+/// 0).
+pub(super) fn pricing_revision_of(tenant: &TenantId) -> sea_orm::sea_query::SelectStatement {
+    sea_orm::sea_query::Query::select()
+        .column(pricing_revisions::Column::Revision)
+        .from(pricing_revisions::Entity)
+        .and_where(pricing_revisions::Column::TenantId.eq(tenant.as_str()))
+        .to_owned()
 }

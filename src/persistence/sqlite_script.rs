@@ -42,7 +42,7 @@ use super::db::{begin_write, write_turn};
 use super::documents::{document_row, line_rows};
 use super::entities::{
     balances, clients, coupons, document_lines, documents, earn_lots, ledger_event_lines,
-    ledger_events, pricing_revisions, redemptions, users,
+    ledger_events, redemptions, users,
 };
 use super::error::{RepoError, classify};
 use super::event_lines::row as event_line_row;
@@ -56,6 +56,7 @@ use super::ledger::{
     lots_spendable,
 };
 use super::redemptions::{live_statuses, outbox_row, to_row};
+use super::rules::pricing_revision_of;
 use super::{EarnBasis, RedeemPlan};
 use crate::domain::documents::DocumentRecord;
 use crate::domain::engine::LineCalculation;
@@ -632,18 +633,14 @@ fn earn_basis_refusal(tenant: &TenantId, client: &str, basis: EarnBasis) -> Case
         .and_where(clients::Column::ClientId.eq(client))
         .and_where(clients::Column::Revision.eq(basis.client_revision))
         .to_owned();
-    let pricing = Query::select()
-        .column(pricing_revisions::Column::Revision)
-        .from(pricing_revisions::Entity)
-        .and_where(pricing_revisions::Column::TenantId.eq(tenant.as_str()))
-        .to_owned();
     Expr::case(
         Expr::exists(at_revision)
             .not()
-            .or(
-                Expr::expr(Func::coalesce([sub_query(pricing), Expr::val(0)]))
-                    .ne(basis.pricing_revision),
-            ),
+            .or(Expr::expr(Func::coalesce([
+                sub_query(pricing_revision_of(tenant)),
+                Expr::val(0),
+            ]))
+            .ne(basis.pricing_revision)),
         format!("{STALE} what the earn of client {client} was priced from changed"),
     )
 }

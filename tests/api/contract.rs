@@ -1299,17 +1299,9 @@ async fn a_plan_made_without_reading_its_user_is_written_only_for_an_active_user
 ) {
     use one_loyalty::domain::directory::{ClientRecord, UserRecord};
     use one_loyalty::persistence::directory::SeaDirectoryRepository;
-    use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
     use one_loyalty::persistence::{DirectoryRepository, RedemptionRepository};
-    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
-    let requests = SeaIdempotencyRepository::new(store.db.clone());
+    let (ledger, requests, fast, t) = mug_redemptions(store).await;
     let directory = SeaDirectoryRepository::new(store.db.clone());
-    let fast = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock));
-    let t = tenant("t1");
-    coupons::Entity::insert(coupon("t1", "c1", "Mug"))
-        .exec(&store.db)
-        .await
-        .expect("coupon");
     for client in ["org:f", "org:s", "org:x"] {
         let record = ClientRecord {
             client_id: client.into(),
@@ -1381,6 +1373,31 @@ async fn a_plan_made_without_reading_its_user_is_written_only_for_an_active_user
         assert_eq!(written.user_id, Some(q("active")));
         assert_eq!(available().await, dec("4"), "{client}: one spent");
     }
+}
+
+/// The repositories a redemption is written and checked with, on tenant t1 with its coupon c1
+/// ("Mug").
+async fn mug_redemptions(
+    store: &TestDb,
+) -> (
+    SeaLedgerRepository,
+    SeaIdempotencyRepository,
+    one_loyalty::persistence::redemptions::SeaRedemptionRepository,
+    TenantId,
+) {
+    coupons::Entity::insert(coupon("t1", "c1", "Mug"))
+        .exec(&store.db)
+        .await
+        .expect("coupon");
+    (
+        SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock)),
+        SeaIdempotencyRepository::new(store.db.clone()),
+        one_loyalty::persistence::redemptions::SeaRedemptionRepository::new(
+            store.db.clone(),
+            Arc::new(SystemClock),
+        ),
+        tenant("t1"),
+    )
 }
 
 fn redeem_record(request_id: &str) -> IdempotencyRecord {
@@ -1591,15 +1608,7 @@ async fn a_redemption_is_stored_alike_in_one_call_and_statement_by_statement(sto
 #[allow(clippy::too_many_lines)] // one scenario per guard
 async fn a_refused_redemption_leaves_no_trace_and_a_long_spend_reads_on(store: &TestDb) {
     use one_loyalty::persistence::RedemptionRepository;
-    use one_loyalty::persistence::redemptions::SeaRedemptionRepository;
-    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
-    let requests = SeaIdempotencyRepository::new(store.db.clone());
-    let fast = SeaRedemptionRepository::new(store.db.clone(), Arc::new(SystemClock));
-    let t = tenant("t1");
-    coupons::Entity::insert(coupon("t1", "c1", "Mug"))
-        .exec(&store.db)
-        .await
-        .expect("coupon");
+    let (ledger, requests, fast, t) = mug_redemptions(store).await;
     for (client, repo) in [
         ("org:f", fast.clone()),
         ("org:s", fast.clone().statement_by_statement()),
