@@ -61,11 +61,21 @@ pub fn spawn_service(store: &TestDb, port: u16, env: &[(&str, &str)]) -> tokio::
     command.spawn().expect("start one-loyalty")
 }
 
+/// A port for a service process, free now and below the kernel's ephemeral range (from 32768
+/// here), so that no outgoing connection of the tests, which the kernel gives an ephemeral port,
+/// can take it before the service binds it (a service started on such a port did once not come
+/// up). Ports are handed out in turn from a random start, none twice in a test run.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 20_000;
+    const SPAN: u16 = 10_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = rand::random_range(0..SPAN);
+    let _ = NEXT.compare_exchange(0, start + 1, Ordering::Relaxed, Ordering::Relaxed);
+    (0..SPAN)
+        .map(|_| FIRST + NEXT.fetch_add(1, Ordering::Relaxed) % SPAN)
+        .find(|&port| TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port below the ephemeral range")
 }
 
 /// Waits until the service on `port` answers health checks.
