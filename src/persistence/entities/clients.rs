@@ -2,6 +2,10 @@
 
 use sea_orm::entity::prelude::*;
 
+/// A column added to this table must also be added to the column list of SQLite's trigger
+/// `clients_revision` (migration `m20261206_000017_earn_basis`, recreated by the migration that
+/// adds it): a change to a column it does not list would not raise the client's revision, and an
+/// earn priced from the client as it was would still be written.
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
 #[sea_orm(table_name = "clients")]
 pub struct Model {
