@@ -391,10 +391,14 @@ async fn check_basis_in(
     {
         Ok(())
     } else {
-        Err(RepoError::Stale(format!(
-            "what the earn of client {client_id} was priced from changed"
-        )))
+        Err(RepoError::Stale(earn_basis_moved(client_id)))
     }
+}
+
+/// Why an earn priced from a basis that moved is refused (`RepoError::Stale`), as both the
+/// statement path and SQLite's script say it.
+pub(super) fn earn_basis_moved(client_id: &str) -> String {
+    format!("what the earn of client {client_id} was priced from changed")
 }
 
 /// Stores a received document (as the record stands) and its lines inside the caller's

@@ -71,11 +71,18 @@ fn classify_sqlx(err: &sea_orm::sqlx::Error, text: String) -> RepoError {
             // A script's own check refused the write (the view `write_refusals` of migration
             // `m20261206_000018`): the message is the refusal, its code first.
             let refusal = db.message();
-            classify_code(refusal.split(' ').next(), refusal.to_owned())
+            classify_code(Some(refusal_parts(refusal).0), refusal.to_owned())
         }
         E::Database(db) => classify_code(db.code().as_deref(), text),
         _ => RepoError::Other(text),
     }
+}
+
+/// A SQLite script's refusal: its code, then what follows it (its detail), if anything does.
+pub(crate) fn refusal_parts(refusal: &str) -> (&str, Option<&str>) {
+    refusal
+        .split_once(' ')
+        .map_or((refusal, None), |(code, detail)| (code, Some(detail)))
 }
 
 /// SQLite's extended result code for a trigger's `RAISE(ABORT, ...)`.

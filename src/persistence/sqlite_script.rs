@@ -39,12 +39,12 @@ use sea_orm::{
 use sea_query_sqlx::SqlxValues;
 
 use super::db::{begin_write, write_turn};
-use super::documents::{document_row, line_rows};
+use super::documents::{document_row, earn_basis_moved, line_rows};
 use super::entities::{
     balances, clients, coupons, document_lines, documents, earn_lots, ledger_event_lines,
-    ledger_events, redemptions, users,
+    ledger_events, redemptions,
 };
-use super::error::{RepoError, classify};
+use super::error::{RepoError, classify, refusal_parts};
 use super::event_lines::row as event_line_row;
 use super::few_statements::{
     LIMIT_REACHED, NOT_ENOUGH_POINTS, OUT_OF_STOCK, PlannedRedemption, STALE,
@@ -55,7 +55,10 @@ use super::ledger::{
     BalanceMove, balance_update, ensure_balance_statement, entering_locked, event_row, lot_row,
     lots_spendable,
 };
-use super::redemptions::{live_statuses, outbox_row, to_row};
+use super::redemptions::{
+    active_user, client_not_known, coupon_changed, known_client, live_statuses, outbox_row, to_row,
+    user_not_active,
+};
 use super::rules::pricing_revision_of;
 use super::{EarnBasis, RedeemPlan};
 use crate::domain::documents::DocumentRecord;
@@ -379,11 +382,7 @@ impl ScriptItem for PreparedScriptRedemption {
             Ok(rows) => Ok(self.planned.written(event_id(&rows)?)),
             // The script's refusal: its code, then its detail (the available points).
             Err(RepoError::Precondition(refusal)) => {
-                let (code, detail) = refusal
-                    .split_once(' ')
-                    .map_or((refusal.as_str(), None), |(code, detail)| {
-                        (code, Some(detail))
-                    });
+                let (code, detail) = refusal_parts(&refusal);
                 Err(self.planned.refused(code, detail, refusal.clone()))
             }
             Err(other) => Err(other),
@@ -469,27 +468,21 @@ fn redemption_refusal(tenant: &TenantId, plan: &RedeemPlan, cost: i64) -> CaseSt
     };
     let mut refusal = CaseStatement::new();
     if plan.client_unread {
-        let known = Query::select()
-            .expr(Expr::val(1))
-            .from(clients::Entity)
-            .and_where(clients::Column::TenantId.eq(tenant.as_str()))
-            .and_where(clients::Column::ClientId.eq(client))
-            .to_owned();
         refusal = refusal.case(
-            Expr::exists(known).not(),
-            format!("{STALE} client {client} is not known"),
+            Expr::exists(known_client(tenant, client)).not(),
+            stale(&client_not_known(client)),
         );
         if let Some(user) = &r.user_id {
             refusal = refusal.case(
                 Expr::exists(active_user(tenant, user, client)).not(),
-                format!("{STALE} user {user} is not an active user of client {client}"),
+                stale(&user_not_active(user, client)),
             );
         }
     }
     if let Some(revision) = plan.coupon_revision {
         refusal = refusal.case(
             of_coupon(coupons::Column::Revision).is_not(i64::from(revision)),
-            format!("{STALE} coupon {coupon} changed"),
+            stale(&coupon_changed(coupon)),
         );
     }
     if let Some(limit) = plan.per_client_limit {
@@ -528,16 +521,9 @@ fn redemption_refusal(tenant: &TenantId, plan: &RedeemPlan, cost: i64) -> CaseSt
     refusal
 }
 
-/// A row if `user` is an active user of `client`.
-fn active_user(tenant: &TenantId, user: &str, client: &str) -> SelectStatement {
-    Query::select()
-        .expr(Expr::val(1))
-        .from(users::Entity)
-        .and_where(users::Column::TenantId.eq(tenant.as_str()))
-        .and_where(users::Column::UserId.eq(user))
-        .and_where(users::Column::ClientId.eq(client))
-        .and_where(users::Column::Active.eq(true))
-        .to_owned()
+/// The refusal of a write whose plan no longer holds, saying `why`.
+fn stale(why: &str) -> String {
+    format!("{STALE} {why}")
 }
 
 /// The statement that refuses its script with the first of `refusals` that holds, and does
@@ -641,7 +627,7 @@ fn earn_basis_refusal(tenant: &TenantId, client: &str, basis: EarnBasis) -> Case
                 Expr::val(0),
             ]))
             .ne(basis.pricing_revision)),
-        format!("{STALE} what the earn of client {client} was priced from changed"),
+        stale(&earn_basis_moved(client)),
     )
 }
 
