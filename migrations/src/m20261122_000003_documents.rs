@@ -55,19 +55,7 @@ impl MigrationTrait for Migration {
                 ],
                 &["tenant_id", "document_id"],
             ),
-            table(
-                "document_lines",
-                vec![
-                    tenant(),
-                    id("document_id"),
-                    int("line_no"),
-                    id("product_id"),
-                    amount("quantity"),
-                    opt_id("order_number"),
-                    opt_int("corrected_line_no"),
-                ],
-                &["tenant_id", "document_id", "line_no"],
-            ),
+            document_lines_table(),
         ];
         let indexes = vec![
             index(
@@ -95,4 +83,23 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         drop_all(manager, TABLES).await
     }
+}
+
+/// The table of a document's lines as this migration made it: `m20261207_000020_lines_in_their_rows`
+/// keeps the lines in the document's row, makes `document_lines` a view, and brings the table
+/// back in its `down`.
+pub(crate) fn document_lines_table() -> TableCreateStatement {
+    table(
+        "document_lines",
+        vec![
+            tenant(),
+            id("document_id"),
+            int("line_no"),
+            id("product_id"),
+            amount("quantity"),
+            opt_id("order_number"),
+            opt_int("corrected_line_no"),
+        ],
+        &["tenant_id", "document_id", "line_no"],
+    )
 }

@@ -69,31 +69,7 @@ impl MigrationTrait for Migration {
                 ],
                 &[],
             ),
-            table(
-                "ledger_event_lines",
-                vec![
-                    tenant(),
-                    big("event_id"),
-                    int("line_no"),
-                    id("product_id"),
-                    amount("quantity"),
-                    label("channel"),
-                    opt_id("order_number"),
-                    day("pricing_date"),
-                    opt_amount("base_points"),
-                    // Exact decimal text: products of factors can have more digits than the
-                    // storage scale.
-                    text("multiplier"),
-                    opt_id("segment_id"),
-                    text("segment_rate"),
-                    text("unrounded_points"),
-                    amount("points"),
-                    // JSON array of every rule considered, applied or not and why.
-                    text("rules"),
-                    opt_text("note"),
-                ],
-                &["tenant_id", "event_id", "line_no"],
-            ),
+            ledger_event_lines_table(),
             table(
                 "balances",
                 vec![
@@ -171,4 +147,35 @@ impl MigrationTrait for Migration {
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         drop_all(manager, TABLES).await
     }
+}
+
+/// The table of an event's lines as this migration made it: `m20261207_000020_lines_in_their_rows`
+/// keeps the lines in the event's row, makes `ledger_event_lines` a view, and brings the table
+/// back in its `down`.
+pub(crate) fn ledger_event_lines_table() -> TableCreateStatement {
+    table(
+        "ledger_event_lines",
+        vec![
+            tenant(),
+            big("event_id"),
+            int("line_no"),
+            id("product_id"),
+            amount("quantity"),
+            label("channel"),
+            opt_id("order_number"),
+            day("pricing_date"),
+            opt_amount("base_points"),
+            // Exact decimal text: products of factors can have more digits than the
+            // storage scale.
+            text("multiplier"),
+            opt_id("segment_id"),
+            text("segment_rate"),
+            text("unrounded_points"),
+            amount("points"),
+            // JSON array of every rule considered, applied or not and why.
+            text("rules"),
+            opt_text("note"),
+        ],
+        &["tenant_id", "event_id", "line_no"],
+    )
 }

@@ -47,7 +47,7 @@ const EARN_CHECKED: &str = "BEGIN
     END IF;
     WITH bal AS (";
 
-fn earn_function_checked() -> String {
+pub(crate) fn earn_function_checked() -> String {
     earn_function().replacen(EARN_STATEMENT, EARN_CHECKED, 1)
 }
 

@@ -13,10 +13,10 @@ use sea_orm::{
     ActiveValue::Set, ColumnTrait, Condition, DatabaseConnection, DbBackend, EntityTrait,
     QueryFilter, QueryOrder, QuerySelect,
 };
+use serde::{Deserialize, Serialize};
 
-use super::entities::{clients, document_lines, documents};
+use super::entities::{clients, documents};
 use super::error::{RepoError, classify};
-use super::event_lines::insert_lines;
 use super::few_statements::{self, EarnWriter, PreparedEarn};
 use super::group_commit::GroupCommit;
 use super::ledger::append_in;
@@ -32,8 +32,6 @@ use crate::domain::engine::LineCalculation;
 use crate::domain::ledger::NewLedgerEvent;
 use crate::domain::points::{from_minor_units, to_minor_units};
 use crate::domain::tenant::TenantId;
-
-const CHUNK: usize = 1_000;
 
 /// How a document ends (or waits).
 #[derive(Debug, Clone)]
@@ -169,8 +167,7 @@ impl DocumentRepository for SeaDocumentRepository {
         }
         let event_id = match decision.and_then(|d| d.event.as_ref()) {
             Some((event, lines)) => {
-                let event_id = append_in(&txn, tenant, event, now).await?.event_id;
-                insert_lines(&txn, tenant, event_id, lines).await?;
+                let event_id = append_in(&txn, tenant, event, lines, now).await?.event_id;
                 documents::Entity::update_many()
                     .col_expr(documents::Column::EventId, Expr::value(event_id))
                     .filter(documents::Column::TenantId.eq(tenant.as_str()))
@@ -191,22 +188,12 @@ impl DocumentRepository for SeaDocumentRepository {
         tenant: &TenantId,
         document_id: &str,
     ) -> Result<Option<DocumentRecord>, RepoError> {
-        let Some(row) =
-            documents::Entity::find_by_id((tenant.as_str().to_owned(), document_id.to_owned()))
-                .one(&self.db)
-                .await
-                .map_err(classify)?
-        else {
-            return Ok(None);
-        };
-        let lines = document_lines::Entity::find()
-            .filter(document_lines::Column::TenantId.eq(tenant.as_str()))
-            .filter(document_lines::Column::DocumentId.eq(document_id))
-            .order_by_asc(document_lines::Column::LineNo)
-            .all(&self.db)
+        documents::Entity::find_by_id((tenant.as_str().to_owned(), document_id.to_owned()))
+            .one(&self.db)
             .await
-            .map_err(classify)?;
-        from_rows(&row, lines).map(Some)
+            .map_err(classify)?
+            .map(|row| from_row(&row))
+            .transpose()
     }
 
     async fn complete(
@@ -246,8 +233,7 @@ impl DocumentRepository for SeaDocumentRepository {
         }
         let (event_id, points) = match &completion.event {
             Some((event, lines)) => {
-                let appended = append_in(&txn, tenant, event, now).await?;
-                insert_lines(&txn, tenant, appended.event_id, lines).await?;
+                let appended = append_in(&txn, tenant, event, lines, now).await?;
                 (Some(appended.event_id), to_minor_units(event.points)?)
             }
             None => (None, 0),
@@ -302,24 +288,20 @@ impl DocumentRepository for SeaDocumentRepository {
     }
 }
 
-fn from_rows(
-    row: &documents::Model,
-    lines: Vec<document_lines::Model>,
-) -> Result<DocumentRecord, RepoError> {
+fn from_row(row: &documents::Model) -> Result<DocumentRecord, RepoError> {
     let corrupt =
         |what: &str| RepoError::Corrupt(format!("documents.{what} of {}", row.document_id));
+    let lines: Vec<StoredLine> = serde_json::from_str(&row.lines).map_err(|_| corrupt("lines"))?;
     let lines = lines
         .into_iter()
-        .map(|l| {
-            Ok(DocumentLine {
-                line_no: u32::try_from(l.line_no).map_err(|_| corrupt("line_no"))?,
-                product_id: l.product_id,
-                quantity: from_minor_units(l.quantity),
-                order_number: l.order_number,
-                corrected_line_no: l.corrected_line_no.and_then(|n| u32::try_from(n).ok()),
-            })
+        .map(|l| DocumentLine {
+            line_no: l.line_no,
+            product_id: l.product_id,
+            quantity: from_minor_units(l.quantity),
+            order_number: l.order_number,
+            corrected_line_no: l.corrected_line_no,
         })
-        .collect::<Result<Vec<_>, RepoError>>()?;
+        .collect();
     Ok(DocumentRecord {
         document: Document {
             kind: DocumentKind::parse(&row.kind).ok_or_else(|| corrupt("kind"))?,
@@ -401,7 +383,7 @@ pub(super) fn earn_basis_moved(client_id: &str) -> String {
     format!("what the earn of client {client_id} was priced from changed")
 }
 
-/// Stores a received document (as the record stands) and its lines inside the caller's
+/// Stores a received document (as the record stands, its lines in its row) inside the caller's
 /// transaction. `false`: a document with this id is stored already (nothing was written).
 pub(crate) async fn receive_in(
     conn: &impl sea_orm::ConnectionTrait,
@@ -413,17 +395,7 @@ pub(crate) async fn receive_in(
         .exec(conn)
         .await
         .map_err(classify)?;
-    if matches!(inserted, sea_orm::TryInsertResult::Conflicted) {
-        return Ok(false);
-    }
-    let lines = line_rows(tenant, &record.document)?;
-    for chunk in lines.chunks(CHUNK) {
-        document_lines::Entity::insert_many(chunk.to_vec())
-            .exec(conn)
-            .await
-            .map_err(classify)?;
-    }
-    Ok(true)
+    Ok(!matches!(inserted, sea_orm::TryInsertResult::Conflicted))
 }
 
 /// The row of a document as the record stands.
@@ -454,27 +426,37 @@ pub(crate) fn document_row(
         attempts: Set(0),
         received_at: Set(record.received_at.fixed_offset()),
         processed_at: Set(record.processed_at.map(|t| t.fixed_offset())),
+        lines: Set(stored_lines(d)?),
     })
 }
 
-/// The rows of a document's lines.
-pub(crate) fn line_rows(
-    tenant: &TenantId,
-    d: &Document,
-) -> Result<Vec<document_lines::ActiveModel>, RepoError> {
-    d.lines
+/// One line of a document as `documents.lines` keeps it (a JSON array of these, in line order;
+/// migration `m20261207_000020_lines_in_their_rows`); the quantity in minor units.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredLine {
+    line_no: u32,
+    product_id: String,
+    quantity: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    order_number: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    corrected_line_no: Option<u32>,
+}
+
+/// `documents.lines` for a document.
+fn stored_lines(d: &Document) -> Result<String, RepoError> {
+    let lines = d
+        .lines
         .iter()
         .map(|l| {
-            Ok(document_lines::ActiveModel {
-                tenant_id: Set(tenant.as_str().to_owned()),
-                document_id: Set(d.document_id.clone()),
-                line_no: Set(i32::try_from(l.line_no)
-                    .map_err(|_| RepoError::Other("line number out of range".into()))?),
-                product_id: Set(l.product_id.clone()),
-                quantity: Set(to_minor_units(l.quantity)?),
-                order_number: Set(l.order_number.clone()),
-                corrected_line_no: Set(l.corrected_line_no.and_then(|n| i32::try_from(n).ok())),
+            Ok(StoredLine {
+                line_no: l.line_no,
+                product_id: l.product_id.clone(),
+                quantity: to_minor_units(l.quantity)?,
+                order_number: l.order_number.clone(),
+                corrected_line_no: l.corrected_line_no,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, RepoError>>()?;
+    serde_json::to_string(&lines).map_err(|e| RepoError::Other(e.to_string()))
 }

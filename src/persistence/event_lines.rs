@@ -1,64 +1,75 @@
 //! The per-line calculation kept with an earn or lose event, so that every point can be explained
 //! later exactly as it was computed.
 
+use chrono::NaiveDate;
 use rust_decimal::Decimal;
-use sea_orm::{
-    ActiveValue::Set, ColumnTrait, ConnectionTrait, EntityTrait, QueryFilter, QueryOrder,
-};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::entities::ledger_event_lines;
-use super::error::{RepoError, classify};
+use super::error::RepoError;
 use crate::domain::engine::{LineCalculation, RuleEvaluation};
 use crate::domain::points::{from_minor_units, to_minor_units};
 use crate::domain::rules::{Channel, RuleTarget, TargetKind};
-use crate::domain::tenant::TenantId;
 
-/// Rows per INSERT, below SQLite's bound-value limit.
-const CHUNK: usize = 500;
+/// One line of an event's calculation as `ledger_events.lines` keeps it (a JSON array of these,
+/// in line order; migration `m20261207_000020_lines_in_their_rows`). Quantities and points are
+/// minor units; factors, rates and unrounded points exact decimal text, as the columns of the
+/// view `ledger_event_lines` give them.
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredLine {
+    line_no: u32,
+    product_id: String,
+    quantity: i64,
+    channel: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    order_number: Option<String>,
+    pricing_date: NaiveDate,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    base_points: Option<i64>,
+    multiplier: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    segment_id: Option<String>,
+    segment_rate: String,
+    unrounded_points: String,
+    points: i64,
+    /// Every rule considered, applied or not and why.
+    rules: Vec<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    note: Option<String>,
+}
 
-/// Writes the lines of an event inside the caller's transaction.
-pub(crate) async fn insert_lines(
-    conn: &impl ConnectionTrait,
-    tenant: &TenantId,
-    event_id: i64,
-    lines: &[LineCalculation],
-) -> Result<(), RepoError> {
-    for chunk in lines.chunks(CHUNK) {
-        let rows = chunk
-            .iter()
-            .map(|l| row(tenant, event_id, l))
-            .collect::<Result<Vec<_>, _>>()?;
-        ledger_event_lines::Entity::insert_many(rows)
-            .exec(conn)
-            .await
-            .map_err(classify)?;
+/// `ledger_events.lines` for an event with these lines: `None` for an event without any.
+///
+/// # Errors
+/// Points that do not fit the storage scale.
+pub(crate) fn stored(lines: &[LineCalculation]) -> Result<Option<String>, RepoError> {
+    if lines.is_empty() {
+        return Ok(None);
     }
-    Ok(())
+    let stored = lines
+        .iter()
+        .map(stored_line)
+        .collect::<Result<Vec<_>, _>>()?;
+    serde_json::to_string(&stored)
+        .map(Some)
+        .map_err(|e| RepoError::Other(e.to_string()))
 }
 
-/// The lines of an event, in line order.
-pub(crate) async fn read_lines(
-    conn: &impl ConnectionTrait,
-    tenant: &TenantId,
+/// The lines of event `event_id` from its `ledger_events.lines`, in line order.
+pub(crate) fn from_stored(
     event_id: i64,
+    lines: Option<&str>,
 ) -> Result<Vec<LineCalculation>, RepoError> {
-    let rows = ledger_event_lines::Entity::find()
-        .filter(ledger_event_lines::Column::TenantId.eq(tenant.as_str()))
-        .filter(ledger_event_lines::Column::EventId.eq(event_id))
-        .order_by_asc(ledger_event_lines::Column::LineNo)
-        .all(conn)
-        .await
-        .map_err(classify)?;
-    rows.iter().map(from_row).collect()
+    let Some(lines) = lines else {
+        return Ok(Vec::new());
+    };
+    let stored: Vec<StoredLine> = serde_json::from_str(lines)
+        .map_err(|e| RepoError::Corrupt(format!("ledger_events.lines of event {event_id}: {e}")))?;
+    stored.iter().map(|l| from_line(event_id, l)).collect()
 }
 
-pub(crate) fn row(
-    tenant: &TenantId,
-    event_id: i64,
-    l: &LineCalculation,
-) -> Result<ledger_event_lines::ActiveModel, RepoError> {
-    let rules: Vec<Value> = l
+fn stored_line(l: &LineCalculation) -> Result<StoredLine, RepoError> {
+    let rules = l
         .rules
         .iter()
         .map(|r| {
@@ -73,34 +84,34 @@ pub(crate) fn row(
             })
         })
         .collect();
-    Ok(ledger_event_lines::ActiveModel {
-        tenant_id: Set(tenant.as_str().to_owned()),
-        event_id: Set(event_id),
-        line_no: Set(i32::try_from(l.line_no)
-            .map_err(|_| RepoError::Other("line number out of range".into()))?),
-        product_id: Set(l.product_id.clone()),
-        quantity: Set(to_minor_units(l.quantity)?),
-        channel: Set(l.channel.as_str().to_owned()),
-        order_number: Set(l.order_number.clone()),
-        pricing_date: Set(l.pricing_date),
-        base_points: Set(l.base_points.map(to_minor_units).transpose()?),
-        multiplier: Set(l.multiplier.to_string()),
-        segment_id: Set(l.segment_id.clone()),
-        segment_rate: Set(l.segment_rate.to_string()),
-        unrounded_points: Set(l.unrounded_points.to_string()),
-        points: Set(to_minor_units(l.points)?),
-        rules: Set(Value::Array(rules).to_string()),
-        note: Set(l.note.clone()),
+    Ok(StoredLine {
+        line_no: l.line_no,
+        product_id: l.product_id.clone(),
+        quantity: to_minor_units(l.quantity)?,
+        channel: l.channel.as_str().to_owned(),
+        order_number: l.order_number.clone(),
+        pricing_date: l.pricing_date,
+        base_points: l.base_points.map(to_minor_units).transpose()?,
+        multiplier: l.multiplier.to_string(),
+        segment_id: l.segment_id.clone(),
+        segment_rate: l.segment_rate.to_string(),
+        unrounded_points: l.unrounded_points.to_string(),
+        points: to_minor_units(l.points)?,
+        rules,
+        note: l.note.clone(),
     })
 }
 
-fn from_row(r: &ledger_event_lines::Model) -> Result<LineCalculation, RepoError> {
+fn from_line(event_id: i64, r: &StoredLine) -> Result<LineCalculation, RepoError> {
     let corrupt = |what: &str| {
-        RepoError::Corrupt(format!("ledger_event_lines.{what} of event {}", r.event_id))
+        RepoError::Corrupt(format!(
+            "ledger_events.lines of event {event_id}: line {}'s {what}",
+            r.line_no
+        ))
     };
     let decimal = |text: &str, what: &str| text.parse::<Decimal>().map_err(|_| corrupt(what));
-    let rules: Vec<Value> = serde_json::from_str(&r.rules).map_err(|_| corrupt("rules"))?;
-    let rules = rules
+    let rules = r
+        .rules
         .iter()
         .map(|v| {
             let text = |key: &str| {
@@ -140,7 +151,7 @@ fn from_row(r: &ledger_event_lines::Model) -> Result<LineCalculation, RepoError>
         })
         .collect::<Result<Vec<_>, RepoError>>()?;
     Ok(LineCalculation {
-        line_no: u32::try_from(r.line_no).map_err(|_| corrupt("line_no"))?,
+        line_no: r.line_no,
         product_id: r.product_id.clone(),
         quantity: from_minor_units(r.quantity),
         channel: Channel::parse(&r.channel).ok_or_else(|| corrupt("channel"))?,

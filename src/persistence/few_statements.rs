@@ -9,8 +9,8 @@
 //!   would spend lots that another redemption had just spent; inside a function each statement
 //!   sees the database anew.
 //!
-//! The rows are the ones the transaction path builds (`document_row`, `line_rows`, `event_row`,
-//! `lot_row`, the event lines' `row`, the redemption's `to_row`, `outbox_row`, `record_row`),
+//! The rows are the ones the transaction path builds (`document_row` and `event_row`, each with
+//! its lines, `lot_row`, the redemption's `to_row`, `outbox_row`, `record_row`),
 //! sent as JSON objects keyed by column and turned back into rows of the table's own type by
 //! `jsonb_populate_record`, so no column list is written twice. Only what the database decides
 //! itself is added there: the ids it gives and the running balance.
@@ -22,9 +22,9 @@ use sea_orm::{
 };
 use serde_json::Value as Json;
 
-use super::documents::{document_row, line_rows};
+use super::documents::document_row;
 use super::error::{RepoError, classify, classify_code};
-use super::event_lines::row as event_line_row;
+use super::event_lines::stored as stored_lines;
 use super::group_commit::BatchWriter;
 use super::idempotency::record_row;
 use super::ledger::{entering_locked, event_row, lot_row, spend_source};
@@ -81,10 +81,6 @@ impl PreparedEarn {
             .map(|terms| lot_row(tenant, &event.client_id, 0, points, terms, now))
             .into_iter()
             .collect();
-        let event_lines = lines
-            .iter()
-            .map(|l| event_line_row(tenant, 0, l))
-            .collect::<Result<Vec<_>, _>>()?;
         let mut arguments = JsonObject::new();
         arguments.value("tenant", tenant.as_str())?;
         arguments.value("client", &event.client_id)?;
@@ -93,11 +89,12 @@ impl PreparedEarn {
         arguments.value("available", points - into_locked)?;
         arguments.value("locked", into_locked)?;
         arguments.value("now", json_instant(now))?;
-        arguments.row("event", &event_row(tenant, event, points, 0, now))?;
+        arguments.row(
+            "event",
+            &event_row(tenant, event, stored_lines(lines)?, points, 0, now),
+        )?;
         arguments.row("document_row", &document_row(tenant, stored)?)?;
-        arguments.rows("lines", &line_rows(tenant, &stored.document)?)?;
         arguments.rows("lots", &lots)?;
-        arguments.rows("event_lines", &event_lines)?;
         if let Some(basis) = basis {
             arguments.value(
                 "basis",
@@ -343,7 +340,7 @@ impl PreparedRedemption {
         arguments.value("cost", -points)?;
         arguments.value("now", json_instant(now))?;
         arguments.row("record", &record_row(tenant, record))?;
-        arguments.row("event", &event_row(tenant, event, points, 0, now))?;
+        arguments.row("event", &event_row(tenant, event, None, points, 0, now))?;
         arguments.row("redemption", &to_row(tenant, &planned.stored)?)?;
         arguments.row("message", &outbox_row(tenant, plan, now)?)?;
         arguments.value("coupon", &planned.stored.coupon_id)?;

@@ -18,8 +18,10 @@ use sea_orm::{
 use super::LedgerRepository;
 use super::entities::{balances, earn_lots, ledger_events};
 use super::error::{RepoError, classify};
+use super::event_lines::stored as stored_lines;
 use super::idempotency::{insert_record, set_result_ref};
 use crate::domain::clock::Clock;
+use crate::domain::engine::LineCalculation;
 use crate::domain::idempotency::IdempotencyRecord;
 use crate::domain::ledger::{
     Balance, ClientLedgerAudit, DueLot, EventType, HistoryQuery, LedgerEvent, NewLedgerEvent,
@@ -53,7 +55,7 @@ impl LedgerRepository for SeaLedgerRepository {
         if let Some(record) = request {
             insert_record(&txn, tenant, record).await?;
         }
-        let appended = append_in(&txn, tenant, event, now).await?;
+        let appended = append_in(&txn, tenant, event, &[], now).await?;
         if let Some(record) = request {
             set_result_ref(
                 &txn,
@@ -106,10 +108,17 @@ impl LedgerRepository for SeaLedgerRepository {
         tenant: &TenantId,
         event_id: i64,
     ) -> Result<Option<(LedgerEvent, Vec<crate::domain::engine::LineCalculation>)>, RepoError> {
-        let Some(event) = self.event(tenant, event_id).await? else {
+        let Some(row) = ledger_events::Entity::find()
+            .filter(ledger_events::Column::TenantId.eq(tenant.as_str()))
+            .filter(ledger_events::Column::EventId.eq(event_id))
+            .one(&self.db)
+            .await
+            .map_err(classify)?
+        else {
             return Ok(None);
         };
-        let mut lines = super::event_lines::read_lines(&self.db, tenant, event_id).await?;
+        let mut lines = super::event_lines::from_stored(event_id, row.lines.as_deref())?;
+        let event = event_from_row(row)?;
         if let Some(mode) = event.event.stacking_mode {
             for line in &mut lines {
                 line.stacking_mode = mode;
@@ -292,25 +301,29 @@ impl LedgerRepository for SeaLedgerRepository {
     }
 }
 
-/// Appends an event inside the caller's transaction: the balance row first (its row lock orders
-/// concurrent appends for one client), then the event with the running balance.
+/// Appends an event (with the calculation of its `lines`, if any) inside the caller's
+/// transaction: the balance row first (its row lock orders concurrent appends for one client),
+/// then the event with the running balance.
 pub(crate) async fn append_in(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
     event: &NewLedgerEvent,
+    lines: &[LineCalculation],
     now: DateTime<Utc>,
 ) -> Result<LedgerEvent, RepoError> {
     let locked = ensure_balance_row(conn, tenant, &event.client_id, now).await?;
-    append_locked(conn, tenant, event, &locked, now).await
+    append_locked(conn, tenant, event, lines, &locked, now).await
 }
 
-/// Appends an event for a client whose balance row this transaction has locked already;
-/// `locked` is what the row held then. The lock keeps it true until the commit, so the running
-/// balance is computed here and the row is written once.
+/// Appends an event, with the calculation of its `lines` if it has any, for a client whose
+/// balance row this transaction has locked already; `locked` is what the row held then. The lock
+/// keeps it true until the commit, so the running balance is computed here and the row is
+/// written once.
 pub(crate) async fn append_locked(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
     event: &NewLedgerEvent,
+    lines: &[LineCalculation],
     locked: &balances::Model,
     now: DateTime<Utc>,
 ) -> Result<LedgerEvent, RepoError> {
@@ -326,7 +339,14 @@ pub(crate) async fn append_locked(
         None => {}
     }
     let balance_after = locked.total + points;
-    let row = event_row(tenant, event, points, balance_after, now);
+    let row = event_row(
+        tenant,
+        event,
+        stored_lines(lines)?,
+        points,
+        balance_after,
+        now,
+    );
     let event_id = ledger_events::Entity::insert(row)
         .exec(conn)
         .await
@@ -374,11 +394,12 @@ pub(crate) fn entering_locked(event: &NewLedgerEvent, points: i64) -> i64 {
     }
 }
 
-/// The row of an event (`points` in minor units) with the running balance after it; its id is
-/// the database's to give.
+/// The row of an event (`points` in minor units) with the running balance after it and its
+/// `lines` as [`stored_lines`] gives them; its id is the database's to give.
 pub(crate) fn event_row(
     tenant: &TenantId,
     event: &NewLedgerEvent,
+    lines: Option<String>,
     points: i64,
     balance_after: i64,
     now: DateTime<Utc>,
@@ -402,6 +423,7 @@ pub(crate) fn event_row(
         actor_key_id: Set(event.actor_key_id.clone()),
         actor_user_id: Set(event.actor_user_id.clone()),
         stacking_mode: Set(event.stacking_mode.map(|m| m.as_str().to_owned())),
+        lines: Set(lines),
     }
 }
 

@@ -129,7 +129,7 @@ impl RedemptionRepository for SeaRedemptionRepository {
                 return Err(limit_reached(&r.coupon_id, limit));
             }
         }
-        let spent = append_locked(&txn, tenant, &plan.use_event, &locked, now).await?;
+        let spent = append_locked(&txn, tenant, &plan.use_event, &[], &locked, now).await?;
         let stored = Redemption {
             use_event_id: Some(spent.event_id),
             ..stored_at(plan, now)
@@ -259,7 +259,7 @@ impl RedemptionRepository for SeaRedemptionRepository {
                 plan.redemption_id
             )));
         }
-        let refund = append_in(&txn, tenant, &plan.refund, now).await?;
+        let refund = append_in(&txn, tenant, &plan.refund, &[], now).await?;
         redemptions::Entity::update_many()
             .col_expr(
                 redemptions::Column::RefundEventId,

@@ -113,7 +113,7 @@ impl ReservationRepository for SeaReservationRepository {
         if settled.rows_affected != 1 {
             return Err(not_held(&txn, tenant, reservation_id).await);
         }
-        let used = append_in(&txn, tenant, spend, now).await?;
+        let used = append_in(&txn, tenant, spend, &[], now).await?;
         reservations::Entity::update_many()
             .col_expr(reservations::Column::UseEventId, Expr::value(used.event_id))
             .filter(reservations::Column::TenantId.eq(tenant.as_str()))

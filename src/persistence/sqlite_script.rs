@@ -11,9 +11,9 @@
 //! from the pool for the write: no hand-off of their own for either (an earn was `BEGIN`, the
 //! script and `COMMIT`).
 //!
-//! The statements are built from the rows the transaction path builds (`event_row`,
-//! `document_row`, `line_rows`, `lot_row`, the event lines' `row`, `record_row`, the
-//! redemption's `to_row`, `outbox_row`) and bound as that path binds them; only the values the
+//! The statements are built from the rows the transaction path builds (`event_row` with its
+//! lines, `document_row` with its lines, `lot_row`, `record_row`, the redemption's `to_row`,
+//! `outbox_row`) and bound as that path binds them; only the values the
 //! database decides are expressions: the event's id (`last_insert_rowid()` right after the
 //! event is inserted, then the balance row's `last_event_id`) and the running balance. The write
 //! lock taken by `BEGIN IMMEDIATE` keeps what they read true until the commit.
@@ -39,13 +39,12 @@ use sea_orm::{
 use sea_query_sqlx::SqlxValues;
 
 use super::db::{begin_write, write_turn};
-use super::documents::{document_row, earn_basis_moved, line_rows};
+use super::documents::{document_row, earn_basis_moved};
 use super::entities::{
-    balances, clients, coupons, document_lines, documents, earn_lots, ledger_event_lines,
-    ledger_events, redemptions,
+    balances, clients, coupons, documents, earn_lots, ledger_events, redemptions,
 };
 use super::error::{RepoError, classify, refusal_parts};
-use super::event_lines::row as event_line_row;
+use super::event_lines::stored as stored_lines;
 use super::few_statements::{
     LIMIT_REACHED, NOT_ENOUGH_POINTS, OUT_OF_STOCK, PlannedRedemption, STALE,
 };
@@ -68,9 +67,6 @@ use crate::domain::ledger::NewLedgerEvent;
 use crate::domain::points::to_minor_units;
 use crate::domain::redemption::Redemption;
 use crate::domain::tenant::TenantId;
-
-/// Rows per INSERT, below SQLite's bound-value limit.
-const CHUNK: usize = 500;
 
 /// A write that [`ScriptWriter`] can put in a batch.
 pub trait ScriptItem: Send + 'static {
@@ -331,7 +327,7 @@ impl PreparedScriptRedemption {
         script.push(&refused_when(redemption_refusal(tenant, plan, -points)));
         let balance = |column: balances::Column| balance_column(tenant, client, column);
         script.push(&insert_rows(
-            &[event_row(tenant, event, points, 0, now)],
+            &[event_row(tenant, event, None, points, 0, now)],
             &[(
                 ledger_events::Column::BalanceAfter,
                 balance(balances::Column::Total).add(points),
@@ -542,9 +538,9 @@ fn sub_query(select: SelectStatement) -> Expr {
 }
 
 /// The statements of one earn, in order: with a `basis`, its check; the event (its running
-/// balance read from the balance row as it stands), the balance row (created or added to; its
-/// `last_event_id` the event's), the document with its lines, the lot, the event's lines, and
-/// last the event's id.
+/// balance read from the balance row as it stands) with its lines, the balance row (created or
+/// added to; its `last_event_id` the event's), the document with its lines, the lot, and last
+/// the event's id.
 fn earn_script(
     tenant: &TenantId,
     stored: &DocumentRecord,
@@ -564,7 +560,14 @@ fn earn_script(
     // just given.
     script.push(&ensure_balance_statement(tenant, client, now).into_query());
     script.push(&insert_rows(
-        &[event_row(tenant, event, points, 0, now)],
+        &[event_row(
+            tenant,
+            event,
+            stored_lines(lines)?,
+            points,
+            0,
+            now,
+        )],
         &[(
             ledger_events::Column::BalanceAfter,
             balance_column(tenant, client, balances::Column::Total).add(points),
@@ -583,23 +586,10 @@ fn earn_script(
         &[document_row(tenant, stored)?],
         &[(documents::Column::EventId, this_event())],
     )?);
-    for chunk in line_rows(tenant, &stored.document)?.chunks(CHUNK) {
-        script.push(&insert_rows::<document_lines::ActiveModel>(chunk, &[])?);
-    }
     if let (Some(terms), true) = (event.lot, points > 0) {
         script.push(&insert_rows(
             &[lot_row(tenant, client, 0, points, terms, now)],
             &[(earn_lots::Column::EventId, this_event())],
-        )?);
-    }
-    let event_lines = lines
-        .iter()
-        .map(|l| event_line_row(tenant, 0, l))
-        .collect::<Result<Vec<_>, _>>()?;
-    for chunk in event_lines.chunks(CHUNK) {
-        script.push(&insert_rows(
-            chunk,
-            &[(ledger_event_lines::Column::EventId, this_event())],
         )?);
     }
     script.push(balance_row(tenant, client).expr_as(

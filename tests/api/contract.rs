@@ -50,6 +50,7 @@ on_both_backends!(TestDb:
     every_change_to_what_an_earn_reads_of_a_client_raises_its_revision,
     an_earn_whose_basis_moved_is_refused_and_leaves_no_trace,
     every_migration_goes_down_and_up_again,
+    lines_kept_in_their_rows_go_back_to_tables_and_return_unchanged,
     every_look_up_of_lots_is_answered_from_the_lot_indexes,
 );
 
@@ -2179,12 +2180,11 @@ async fn write_earns_together(
     }
 }
 
-/// On PostgreSQL, an earn the database refuses (here a document with two lines numbered alike)
-/// fails the same way alone (a lone earn has no subtransaction: the call fails) and in a batch
-/// (its subtransaction fails, the others are written), and leaves nothing behind either way.
-/// PostgreSQL only: SQLite's script path reads any unique violation of an earn as its document
-/// stored before (`PreparedScriptEarn::settle`); the service refuses lines numbered alike before
-/// they get there.
+/// On PostgreSQL, an earn the database refuses (here a document whose client id is longer than its
+/// column) fails the same way alone (a lone earn has no subtransaction: the call fails) and in a
+/// batch (its subtransaction fails, the others are written), and leaves nothing behind either
+/// way. PostgreSQL only: SQLite does not bound a text's length; the service refuses an id
+/// that long before it gets there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_earn_the_database_refuses_fails_alike_alone_and_together_on_postgres() {
     use one_loyalty::persistence::DocumentRepository;
@@ -2199,11 +2199,9 @@ async fn an_earn_the_database_refuses_fails_alike_alone_and_together_on_postgres
     let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
     let repo = SeaDocumentRepository::new(store.db.clone(), Arc::new(SystemClock));
     let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
-    let line_numbers_alike = |stored: &mut one_loyalty::domain::documents::DocumentRecord| {
+    let client_id_too_long = |stored: &mut one_loyalty::domain::documents::DocumentRecord| {
         if stored.document.document_id == "BAD" {
-            for line in &mut stored.document.lines {
-                line.line_no = 1;
-            }
+            stored.document.client_id = "c".repeat(200);
         }
     };
     let bad = decided_invoice("BAD", "org:a", now);
@@ -2212,11 +2210,11 @@ async fn an_earn_the_database_refuses_fails_alike_alone_and_together_on_postgres
         &t,
         std::slice::from_ref(&bad),
         now,
-        line_numbers_alike,
+        client_id_too_long,
     )
     .await;
     assert!(
-        matches!(alone[..], [Err(RepoError::Conflict(_))]),
+        matches!(alone[..], [Err(RepoError::Other(_))]),
         "alone: {alone:?}"
     );
     let together = write_earns_together(
@@ -2224,11 +2222,11 @@ async fn an_earn_the_database_refuses_fails_alike_alone_and_together_on_postgres
         &t,
         &[bad, decided_invoice("GOOD", "org:b", now)],
         now,
-        line_numbers_alike,
+        client_id_too_long,
     )
     .await;
     assert!(
-        matches!(together[..], [Err(RepoError::Conflict(_)), Ok(Some(_))]),
+        matches!(together[..], [Err(RepoError::Other(_)), Ok(Some(_))]),
         "together: {together:?}"
     );
     assert!(repo.find(&t, "BAD").await.expect("find").is_none());
@@ -2286,6 +2284,85 @@ async fn every_migration_goes_down_and_up_again(store: &TestDb) {
         (count(tables).await, count(functions).await),
         built,
         "built again alike"
+    );
+}
+
+/// A document's lines and an event's calculation are kept in their rows' `lines`
+/// (`m20261207_000020`), and `document_lines` and `ledger_event_lines` are views over them. Taken
+/// down, that migration puts every line back into the tables, row for row as the views gave
+/// them; taken up again, it moves them back into the rows, and both read back unchanged.
+async fn lines_kept_in_their_rows_go_back_to_tables_and_return_unchanged(store: &TestDb) {
+    use migrations::{Migrator, MigratorTrait};
+    use one_loyalty::persistence::DocumentRepository;
+    use one_loyalty::persistence::documents::{Received, SeaDocumentRepository};
+    use one_loyalty::persistence::entities::{document_lines, ledger_event_lines};
+    let repo = SeaDocumentRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let t = tenant("t1");
+    let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
+    let (pushed, decision) = decided_invoice("A", "org:a", now);
+    let Received::Stored(a) = repo
+        .receive(&t, &pushed, Some(&decision))
+        .await
+        .expect("receive A")
+    else {
+        panic!("A was new");
+    };
+    // A document stored and not decided: lines, and no event.
+    let (waiting, _) = decided_invoice("B", "org:b", now);
+    repo.receive(&t, &waiting, None).await.expect("receive B");
+    let event_id = a.event_id.expect("A earned");
+    let read_back = || async {
+        (
+            repo.find(&t, "A").await.expect("find A"),
+            repo.find(&t, "B").await.expect("find B"),
+            ledger.event_detail(&t, event_id).await.expect("detail"),
+        )
+    };
+    let line_rows = || async {
+        let mut documents = document_lines::Entity::find()
+            .all(&store.db)
+            .await
+            .expect("document lines");
+        documents.sort_by(|x, y| (&x.document_id, x.line_no).cmp(&(&y.document_id, y.line_no)));
+        let mut events = ledger_event_lines::Entity::find()
+            .all(&store.db)
+            .await
+            .expect("event lines");
+        events.sort_by_key(|l| (l.event_id, l.line_no));
+        (documents, events)
+    };
+    let before = read_back().await;
+    assert_eq!(before.0.as_ref().map(|d| d.document.lines.len()), Some(2));
+    assert_eq!(before.1.as_ref().map(|d| d.document.lines.len()), Some(2));
+    assert_eq!(
+        before.2.as_ref().map(|(_, lines)| lines.clone()),
+        decision.event.clone().map(|(_, lines)| lines),
+        "the calculation reads back exactly"
+    );
+    let viewed = line_rows().await;
+    assert_eq!((viewed.0.len(), viewed.1.len()), (4, 2), "{viewed:?}");
+    assert!(
+        viewed.1.iter().any(|l| l.rules.contains("rule_id")),
+        "a line's rules are there: {viewed:?}"
+    );
+
+    Migrator::down(&store.db, Some(1)).await.expect("down one");
+    assert_eq!(
+        line_rows().await,
+        viewed,
+        "the tables hold what the views gave"
+    );
+    Migrator::up(&store.db, None).await.expect("up again");
+    assert_eq!(
+        line_rows().await,
+        viewed,
+        "the views give what the tables held"
+    );
+    assert_eq!(
+        read_back().await,
+        before,
+        "documents and calculation read back unchanged"
     );
 }
 

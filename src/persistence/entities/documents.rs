@@ -29,6 +29,10 @@ pub struct Model {
     pub attempts: i32,
     pub received_at: DateTimeWithTimeZone,
     pub processed_at: Option<DateTimeWithTimeZone>,
+    /// The document's lines: a JSON array in line order (migration
+    /// `m20261207_000020_lines_in_their_rows`; `document_lines` is a view over it).
+    #[sea_orm(column_type = "Text")]
+    pub lines: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

@@ -28,6 +28,10 @@ pub struct Model {
     pub actor_key_id: Option<String>,
     pub actor_user_id: Option<String>,
     pub stacking_mode: Option<String>,
+    /// An earn's or a loss's calculation, line by line: a JSON array in line order (migration
+    /// `m20261207_000020_lines_in_their_rows`; `ledger_event_lines` is a view over it).
+    #[sea_orm(column_type = "Text", nullable)]
+    pub lines: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]
