@@ -334,7 +334,12 @@ fn document(d: &core::Document) -> Result<SyncChange, GatewayError> {
     let sale_date = NaiveDate::parse_from_str(&d.sale_date, "%Y-%m-%d")
         .map_err(|e| bad(format!("sale_date {:?}: {e}", d.sale_date)))?;
     let mut lines = Vec::with_capacity(d.lines.len());
+    // A document's lines are stored by their numbers, in its row: two alike cannot be told apart.
+    let mut numbers = std::collections::BTreeSet::new();
     for l in &d.lines {
+        if !numbers.insert(l.line_no) {
+            return Err(bad(format!("line {} appears twice", l.line_no)));
+        }
         let quantity = crate::domain::points::parse_amount(&l.quantity)
             .map_err(|e| bad(format!("line {} quantity {:?}: {e}", l.line_no, l.quantity)))?;
         lines.push(DocumentLine {
@@ -847,6 +852,34 @@ mod tests {
                 reason: reason.into(),
             }],
         }
+    }
+
+    #[test]
+    fn a_document_with_two_lines_numbered_alike_is_malformed() {
+        let line = |line_no: u32| core::DocumentLine {
+            line_no,
+            product_id: "P1".into(),
+            quantity: "1".into(),
+            ..Default::default()
+        };
+        let sent = |lines: Vec<core::DocumentLine>| core::Document {
+            id: "INV-1".into(),
+            number: "FV/1".into(),
+            r#type: core::DocumentType::Invoice as i32,
+            sale_date: "2026-03-01".into(),
+            lines,
+            ..Default::default()
+        };
+        assert!(matches!(
+            document(&sent(vec![line(1), line(2)])),
+            Ok(SyncChange::Document(d)) if d.lines.len() == 2
+        ));
+        assert_eq!(
+            document(&sent(vec![line(1), line(2), line(1)])).err(),
+            Some(GatewayError::Malformed(
+                "document INV-1: line 1 appears twice".into()
+            ))
+        );
     }
 
     #[test]
