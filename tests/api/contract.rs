@@ -507,6 +507,36 @@ async fn concurrent_penalties_consume_a_lot_without_conflicts(store: &TestDb) {
     );
 }
 
+/// [`decided_invoice`] `id` of `client`, received and decided in one call (the function on
+/// PostgreSQL, the script on SQLite): the record as stored, and the decision.
+async fn received_decided(
+    repo: &one_loyalty::persistence::documents::SeaDocumentRepository,
+    t: &TenantId,
+    id: &str,
+    client: &str,
+    now: chrono::DateTime<Utc>,
+) -> (
+    one_loyalty::domain::documents::DocumentRecord,
+    one_loyalty::persistence::documents::Completion,
+) {
+    use one_loyalty::persistence::DocumentRepository;
+    use one_loyalty::persistence::documents::Received;
+    let (pushed, decision) = decided_invoice(id, client, now);
+    let (earn, _) = decision.event.as_ref().expect("an earning decision");
+    assert!(
+        one_loyalty::persistence::few_statements::is_plain_earn(earn),
+        "the one-call path is the one under test"
+    );
+    let Received::Stored(stored) = repo
+        .receive(t, &pushed, Some(&decision))
+        .await
+        .expect("receive")
+    else {
+        panic!("{id} was new");
+    };
+    (stored, decision)
+}
+
 /// A decided 2-line invoice `id` for `client`, with its earn (a locked, expiring lot) and the
 /// calculation of its lines.
 fn decided_invoice(
@@ -634,20 +664,7 @@ async fn a_decided_invoice_is_stored_alike_in_one_call_and_in_a_transaction(stor
     let t = tenant("t1");
     // At microseconds, what both databases keep.
     let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-    // Pushed and decided at once: the function on PostgreSQL, the script on SQLite.
-    let (pushed, decision) = decided_invoice("A", "org:a", now);
-    let (earn, _) = decision.event.as_ref().expect("an earning decision");
-    assert!(
-        one_loyalty::persistence::few_statements::is_plain_earn(earn),
-        "the one-call path is the one under test"
-    );
-    let Received::Stored(a) = repo
-        .receive(&t, &pushed, Some(&decision))
-        .await
-        .expect("receive A")
-    else {
-        panic!("A was new");
-    };
+    let (a, _) = received_decided(&repo, &t, "A", "org:a", now).await;
     // Stored first, decided later: the transaction path.
     let (waiting, decision) = decided_invoice("B", "org:a", now);
     repo.receive(&t, &waiting, None).await.expect("receive B");
@@ -2294,20 +2311,13 @@ async fn every_migration_goes_down_and_up_again(store: &TestDb) {
 async fn lines_kept_in_their_rows_go_back_to_tables_and_return_unchanged(store: &TestDb) {
     use migrations::{Migrator, MigratorTrait};
     use one_loyalty::persistence::DocumentRepository;
-    use one_loyalty::persistence::documents::{Received, SeaDocumentRepository};
+    use one_loyalty::persistence::documents::SeaDocumentRepository;
     use one_loyalty::persistence::entities::{document_lines, ledger_event_lines};
     let repo = SeaDocumentRepository::new(store.db.clone(), Arc::new(SystemClock));
     let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
     let t = tenant("t1");
     let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
-    let (pushed, decision) = decided_invoice("A", "org:a", now);
-    let Received::Stored(a) = repo
-        .receive(&t, &pushed, Some(&decision))
-        .await
-        .expect("receive A")
-    else {
-        panic!("A was new");
-    };
+    let (a, decision) = received_decided(&repo, &t, "A", "org:a", now).await;
     // A document stored and not decided: lines, and no event.
     let (waiting, _) = decided_invoice("B", "org:b", now);
     repo.receive(&t, &waiting, None).await.expect("receive B");
