@@ -737,6 +737,8 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
     settings.outbox.enabled = false;
     settings.metrics.listen = String::new();
     settings.limits = LimitSettings::default();
+    // Seeding is not measured: a slow call is reported (see `seeding`), not cut off.
+    settings.server.request_timeout_ms = SEEDING_CALL_TIMEOUT.as_millis().try_into()?;
     let app = Application::build_with_clock(settings, Arc::clone(&clock) as Arc<dyn Clock>).await?;
     let services = app.services().clone();
     let address = format!("http://127.0.0.1:{}", app.port());
@@ -770,7 +772,11 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
                 segment_ids: vec![],
                 updated_at: start,
             };
-            services.directory.save_client(&tenant, &record).await?;
+            seeding(
+                format!("saving client {client}"),
+                services.directory.save_client(&tenant, &record),
+            )
+            .await?;
             let user = UserRecord {
                 user_id: format!("u-{client}"),
                 client_id: client,
@@ -778,14 +784,18 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
                 deactivated_at: None,
                 updated_at: start,
             };
-            services.directory.save_user(&tenant, &user).await?;
+            seeding(
+                format!("saving user {}", user.user_id),
+                services.directory.save_user(&tenant, &user),
+            )
+            .await?;
             Ok(())
         }
     });
     run_all(saves, 16).await?;
-    services
-        .coupon_repo
-        .save_pool(
+    seeding(
+        "saving the coupon pool",
+        services.coupon_repo.save_pool(
             &tenant,
             &CouponPoolRecord {
                 pool_id: "pool-bench".into(),
@@ -794,8 +804,9 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
                 campaign_name: "bench".into(),
                 active: true,
             },
-        )
-        .await?;
+        ),
+    )
+    .await?;
 
     let channel = connect(&address).await?;
     let mut agreements = pb::agreement_service_client::AgreementServiceClient::new(channel.clone());
@@ -818,16 +829,20 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
                 ..Default::default()
             })
             .collect();
-        agreements
-            .record_consent_events(authorized(pb::RecordConsentEventsRequest {
-                request_id: format!("bench-consents-{batch}-{}", chunk.len()),
+        let request_id = format!("bench-consents-{batch}-{}", chunk.len());
+        seeding(
+            format!("recording consents {request_id}"),
+            agreements.record_consent_events(authorized(pb::RecordConsentEventsRequest {
+                request_id: request_id.clone(),
                 events,
-            }))
-            .await?;
+            })),
+        )
+        .await?;
     }
     let mut rules = pb::rules_service_client::RulesServiceClient::new(channel.clone());
-    rules
-        .set_base_points(authorized(pb::SetBasePointsRequest {
+    seeding(
+        "setting base points",
+        rules.set_base_points(authorized(pb::SetBasePointsRequest {
             request_id: "bench-base-points".into(),
             effective_from: "2026-01-01".into(),
             entries: (1..=PRODUCTS)
@@ -837,17 +852,20 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
                     ..Default::default()
                 })
                 .collect(),
-        }))
-        .await?;
+        })),
+    )
+    .await?;
     let mut coupons = pb::coupon_service_client::CouponServiceClient::new(channel.clone());
-    coupons
-        .create_coupon(authorized(bench_coupon(
+    seeding(
+        "creating the coupon",
+        coupons.create_coupon(authorized(bench_coupon(
             "bench-coupon",
             COUPON_NAME,
             COUPON_POINTS,
             "2026-01-02",
-        )))
-        .await?;
+        ))),
+    )
+    .await?;
 
     // Grants: every client can redeem through any run; the hot client far more.
     let mut grants: Vec<(String, String, String)> = regular_clients(&names)
@@ -876,9 +894,11 @@ async fn seed(args: &ServiceArgs) -> Result<(), BenchError> {
     let calls = grants.into_iter().map(|(request_id, client, points)| {
         let mut ledger = ledger.clone();
         async move {
-            ledger
-                .adjust_points(authorized(grant(request_id, client, points)))
-                .await?;
+            seeding(
+                format!("granting {request_id}"),
+                ledger.adjust_points(authorized(grant(request_id.clone(), client, points))),
+            )
+            .await?;
             Ok(())
         }
     });
@@ -946,42 +966,51 @@ async fn spend_every_lot(
 ) -> Result<(), BenchError> {
     earn_lots(channel, SPENT_LOTS_CLIENT, lots, "3").await?;
     let mut ledger = pb::ledger_service_client::LedgerServiceClient::new(channel.clone());
-    let earned = ledger
-        .get_balance(authorized(pb::GetBalanceRequest {
+    let earned = seeding(
+        "reading the spent-lots client's balance",
+        ledger.get_balance(authorized(pb::GetBalanceRequest {
             client_id: SPENT_LOTS_CLIENT.into(),
             expiring_within_days: 0,
-        }))
-        .await?
-        .into_inner()
-        .balance
-        .ok_or("a balance without its figures")?
-        .available;
+        })),
+    )
+    .await?
+    .into_inner()
+    .balance
+    .ok_or("a balance without its figures")?
+    .available;
     let mut coupons = pb::coupon_service_client::CouponServiceClient::new(channel.clone());
-    coupons
-        .create_coupon(authorized(bench_coupon(
+    seeding(
+        "creating the coupon that spends every lot",
+        coupons.create_coupon(authorized(bench_coupon(
             "bench-coupon-spend-every-lot",
             SPEND_LOTS_COUPON_NAME,
             &earned,
             "2026-01-04",
-        )))
-        .await?;
+        ))),
+    )
+    .await?;
     clock.set(DateTime::parse_from_rfc3339("2026-01-04T09:00:00Z")?.to_utc());
     let mut redeem = pb::redeem_service_client::RedeemServiceClient::new(channel.clone());
-    redeem
-        .redeem_coupon(authorized(pb::RedeemCouponRequest {
+    let coupon_id = find_coupon(address, SPEND_LOTS_COUPON_NAME).await?;
+    seeding(
+        "spending every lot",
+        redeem.redeem_coupon(authorized(pb::RedeemCouponRequest {
             request_id: "bench-spend-every-lot".into(),
             client_id: SPENT_LOTS_CLIENT.into(),
-            coupon_id: find_coupon(address, SPEND_LOTS_COUPON_NAME).await?,
+            coupon_id,
             user_id: String::new(),
-        }))
-        .await?;
-    ledger
-        .adjust_points(authorized(grant(
+        })),
+    )
+    .await?;
+    seeding(
+        "granting the spent-lots client",
+        ledger.adjust_points(authorized(grant(
             format!("bench-grant-{SPENT_LOTS_CLIENT}"),
             SPENT_LOTS_CLIENT.into(),
             "100000000".into(),
-        )))
-        .await?;
+        ))),
+    )
+    .await?;
     Ok(())
 }
 
@@ -1004,7 +1033,12 @@ async fn earn_lots(
             }
         }
         async move {
-            earn.process_invoice(authorized(request)).await?;
+            let request_id = request.request_id.clone();
+            seeding(
+                format!("earning {request_id}"),
+                earn.process_invoice(authorized(request)),
+            )
+            .await?;
             Ok(())
         }
     });
@@ -1044,7 +1078,12 @@ async fn seed_past_activity(
         let mut earn = earn.clone();
         let request = invoice(client, sale_date);
         async move {
-            earn.process_invoice(authorized(request)).await?;
+            let request_id = request.request_id.clone();
+            seeding(
+                format!("earning {request_id}"),
+                earn.process_invoice(authorized(request)),
+            )
+            .await?;
             Ok(())
         }
     });
@@ -1060,11 +1099,42 @@ async fn seed_past_activity(
             user_id: String::new(),
         };
         async move {
-            redeem.redeem_coupon(authorized(request)).await?;
+            let request_id = request.request_id.clone();
+            seeding(
+                format!("redeeming {request_id}"),
+                redeem.redeem_coupon(authorized(request)),
+            )
+            .await?;
             Ok(())
         }
     });
     run_all(redemptions, 16).await
+}
+
+/// The seed's request timeout: seeding is not measured, and a call cut off there cost a whole
+/// table's run (docs/PERFORMANCE.md).
+const SEEDING_CALL_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A seeding call longer than this is reported by name.
+const SEEDING_SLOW_CALL: Duration = Duration::from_secs(2);
+
+/// Awaits one seeding call; a failure names the call, and so does a slow success (on stderr).
+async fn seeding<T, E: std::fmt::Display>(
+    call_name: impl std::fmt::Display,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, BenchError> {
+    let started = Instant::now();
+    let outcome = call.await;
+    let took = started.elapsed();
+    match outcome {
+        Err(err) => Err(format!("seeding, {call_name} (after {took:.1?}): {err}").into()),
+        Ok(value) => {
+            if took > SEEDING_SLOW_CALL {
+                eprintln!("seeding: {call_name} took {took:.1?}");
+            }
+            Ok(value)
+        }
+    }
 }
 
 /// Runs the futures as tasks, at most `width` at once, and fails on the first error.

@@ -409,16 +409,23 @@ pub fn lots_spent_oldest_first(tenant: &TenantId, client: &str, points: i64) -> 
             ])
             .as_query(),
     );
-    // Sought in the index from the lot walked last, not read from the client's first lot.
-    let next = DbBackend::Sqlite.build(
-        lots_spendable(tenant, client)
-            .select_only()
-            .expr(rowid())
-            .filter(Expr::cust(
-                "(earn_lots.earned_at, earn_lots.event_id) > (walk.earned_at, walk.event_id)",
-            ))
-            .as_query(),
-    );
+    // The lot after the one walked last, sought in the index from it: the next lot earned at the
+    // same instant, else the first one earned later. Asked as one row-value comparison,
+    // `(earned_at, event_id) > (…)`, SQLite 3.51 seeks on `earned_at` alone and reads every lot
+    // earned at that instant again at each step: a walk over 10,000 lots earned at one instant
+    // (an import, a batch of earns) took 13 s (docs/PERFORMANCE.md).
+    let next_after = |after: &'static str| {
+        DbBackend::Sqlite.build(
+            lots_spendable(tenant, client)
+                .select_only()
+                .expr(rowid())
+                .filter(Expr::cust(after))
+                .as_query(),
+        )
+    };
+    let tied =
+        next_after("earn_lots.earned_at = walk.earned_at AND earn_lots.event_id > walk.event_id");
+    let later = next_after("earn_lots.earned_at > walk.earned_at");
     // Each look-up takes one lot, its LIMIT written out. Bound as a value (as `limit` binds it),
     // it ran the statement 10 times slower (80 against 8 µs, SQLite 3.51.1), most likely as a bound
     // LIMIT made SQLite prepare the statement again at each execution, as a build without the query
@@ -429,14 +436,14 @@ pub fn lots_spent_oldest_first(tenant: &TenantId, client: &str, points: i64) -> 
            UNION ALL \
            SELECT next.rowid, next.earned_at, next.event_id, next.remaining, \
              walk.upto + next.remaining \
-           FROM walk JOIN earn_lots AS next ON next.rowid = ({} LIMIT 1) \
+           FROM walk JOIN earn_lots AS next ON next.rowid = COALESCE(({} LIMIT 1), ({} LIMIT 1)) \
            WHERE walk.upto < ?) \
          UPDATE earn_lots \
          SET remaining = earn_lots.remaining - MIN(walk.remaining, ? - (walk.upto - walk.remaining)) \
          FROM walk WHERE earn_lots.rowid = walk.lot",
-        first.sql, next.sql
+        first.sql, tied.sql, later.sql
     );
-    let values = [first.values, next.values]
+    let values = [first.values, tied.values, later.values]
         .into_iter()
         .flat_map(|v| v.map(|v| v.0).unwrap_or_default())
         .chain([Value::from(points), Value::from(points)])
@@ -838,6 +845,67 @@ mod tests {
             stored,
             [1],
             "the statement after the failing one did not run"
+        );
+    }
+
+    /// The walk's work grows with the lots it spends, not with their square, when they were all
+    /// earned at one instant: SQLite's own count of the steps its statement ran (`sqlite_stmt`'s
+    /// `nstep`, on the one connection) for 4 times the lots is about 4 times, not 16.
+    #[tokio::test]
+    async fn the_walk_over_lots_earned_at_one_instant_seeks_each_lot() {
+        use chrono::TimeZone;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = test_sqlite(&dir, 1).await;
+        crate::persistence::db::migrate(&db).await.expect("migrate");
+        let tenant = TenantId::parse("t1").expect("tenant");
+        let earned_at = Utc
+            .with_ymd_and_hms(2026, 1, 2, 9, 0, 0)
+            .single()
+            .expect("an instant")
+            .fixed_offset();
+        let mut steps = Vec::new();
+        for lots in [200_i64, 800] {
+            earn_lots::Entity::delete_many()
+                .exec(&db)
+                .await
+                .expect("clear");
+            let rows = (1..=lots).map(|event_id| {
+                earn_lots::ActiveModel::from(earn_lots::Model {
+                    tenant_id: "t1".into(),
+                    event_id,
+                    client_id: "a".into(),
+                    points: 1,
+                    remaining: 1,
+                    locked: false,
+                    unlocks_at: None,
+                    expires_at: None,
+                    earned_at,
+                })
+            });
+            earn_lots::Entity::insert_many(rows)
+                .exec(&db)
+                .await
+                .expect("lots");
+            let walk = lots_spent_oldest_first(&tenant, "a", lots);
+            let sql = walk.sql.clone();
+            let spent = db.execute_raw(walk).await.expect("the walk");
+            assert_eq!(spent.rows_affected(), u64::try_from(lots).expect("lots"));
+            let counted = db
+                .query_one_raw(Statement::from_sql_and_values(
+                    DbBackend::Sqlite,
+                    "SELECT nstep FROM sqlite_stmt WHERE sql = ?",
+                    [sql.into()],
+                ))
+                .await
+                .expect("sqlite_stmt")
+                .expect("the walk, prepared on the connection");
+            steps.push(counted.try_get_by_index::<i64>(0).expect("nstep"));
+        }
+        // The statement is the same text at both sizes: its count runs on.
+        let (small, large) = (steps[0], steps[1] - steps[0]);
+        assert!(
+            large < small * 6,
+            "{small} steps for 200 lots, {large} for 800: the walk reads the tied lots again"
         );
     }
 
