@@ -50,7 +50,7 @@ pub fn spawn_service(store: &TestDb, port: u16, env: &[(&str, &str)]) -> tokio::
         .env("LOYALTY__LIMITS__PER_KEY_CONCURRENCY", "0")
         .env("LOYALTY__SERVER__SHUTDOWN_DRAIN_MS", "0")
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(service_log(port))
         .kill_on_drop(true);
     if let Some(schema) = &store.settings.schema {
         command.env("LOYALTY__DATABASE__SCHEMA", schema);
@@ -78,6 +78,17 @@ pub fn free_port() -> u16 {
         .expect("a free port below the ephemeral range")
 }
 
+/// Where the service on `port` writes its errors (only errors: `LOG_FILTER` is `error`), so that
+/// a service that never became ready says why; each start on the port begins the file anew.
+fn service_log_path(port: u16) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("one-loyalty-test-service-{port}.log"))
+}
+
+fn service_log(port: u16) -> std::process::Stdio {
+    std::fs::File::create(service_log_path(port))
+        .map_or_else(|_| std::process::Stdio::null(), std::process::Stdio::from)
+}
+
 /// Waits until the service on `port` answers health checks.
 pub async fn wait_ready(port: u16) {
     let deadline = tokio::time::Instant::now() + Duration::from_mins(1);
@@ -96,10 +107,18 @@ pub async fn wait_ready(port: u16) {
                 return;
             }
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "service on {port} not ready"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let log = std::fs::read_to_string(service_log_path(port)).unwrap_or_default();
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(4_000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            panic!("service on {port} not ready; its log ends:\n{tail}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
