@@ -507,6 +507,12 @@ async fn concurrent_penalties_consume_a_lot_without_conflicts(store: &TestDb) {
     );
 }
 
+/// An invoice as stored (or to store) and the decision on it.
+type DecidedInvoice = (
+    one_loyalty::domain::documents::DocumentRecord,
+    one_loyalty::persistence::documents::Completion,
+);
+
 /// [`decided_invoice`] `id` of `client`, received and decided in one call (the function on
 /// PostgreSQL, the script on SQLite): the record as stored, and the decision.
 async fn received_decided(
@@ -515,10 +521,7 @@ async fn received_decided(
     id: &str,
     client: &str,
     now: chrono::DateTime<Utc>,
-) -> (
-    one_loyalty::domain::documents::DocumentRecord,
-    one_loyalty::persistence::documents::Completion,
-) {
+) -> DecidedInvoice {
     use one_loyalty::persistence::DocumentRepository;
     use one_loyalty::persistence::documents::Received;
     let (pushed, decision) = decided_invoice(id, client, now);
@@ -539,14 +542,7 @@ async fn received_decided(
 
 /// A decided 2-line invoice `id` for `client`, with its earn (a locked, expiring lot) and the
 /// calculation of its lines.
-fn decided_invoice(
-    id: &str,
-    client: &str,
-    now: chrono::DateTime<Utc>,
-) -> (
-    one_loyalty::domain::documents::DocumentRecord,
-    one_loyalty::persistence::documents::Completion,
-) {
+fn decided_invoice(id: &str, client: &str, now: chrono::DateTime<Utc>) -> DecidedInvoice {
     use one_loyalty::domain::documents::{
         Document, DocumentKind, DocumentLine, DocumentRecord, DocumentSource, DocumentStatus,
     };

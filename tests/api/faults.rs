@@ -108,16 +108,9 @@ pub async fn wait_ready(port: u16) {
             }
         }
         if tokio::time::Instant::now() >= deadline {
+            // Errors only, of this start only: short enough to give whole.
             let log = std::fs::read_to_string(service_log_path(port)).unwrap_or_default();
-            let tail: String = log
-                .chars()
-                .rev()
-                .take(4_000)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect();
-            panic!("service on {port} not ready; its log ends:\n{tail}");
+            panic!("service on {port} not ready; its log:\n{log}");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
