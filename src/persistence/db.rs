@@ -210,6 +210,53 @@ pub async fn migrate(db: &DatabaseConnection) -> Result<(), RepoError> {
     Migrator::up(db, None).await.map_err(classify)
 }
 
+/// The tables of the connection's schema that have at least doubled on disk, and passed 8 pages
+/// (64 kB), since PostgreSQL last measured them (`relpages`, set by `ANALYZE` and `VACUUM`). Their
+/// size on disk, not the statistics collector's counts, so that a table grown a second ago is
+/// seen at once and whatever `track_counts` says.
+const GROWN_TABLES: &str = "SELECT format('%I.%I', n.nspname, c.relname) \
+     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+     WHERE n.nspname = current_schema() AND c.relkind = 'r' \
+       AND pg_relation_size(c.oid) / current_setting('block_size')::bigint \
+           >= greatest(2 * c.relpages::bigint, 8) \
+     ORDER BY 1";
+
+/// Analyzes, on PostgreSQL, every table of the schema that has at least doubled since it was
+/// last analyzed; returns their names (none on SQLite, whose plans do not follow statistics).
+///
+/// Why: every pooled connection plans a statement once, and keeps that generic plan until a table
+/// it reads is analyzed. A table analyzed while nearly empty (autovacuum's first analyze, at 50
+/// rows, or an administrator's) has its look-ups planned as sequential scans, and a bulk write
+/// such as a tenant's first synchronization then runs each look-up over every row written so far,
+/// until autovacuum next gets to the table (once a minute at best; never with it off). `ANALYZE`
+/// after a bulk load is PostgreSQL's own advice, and it makes every connection plan again. Doubling
+/// bounds the work: a few analyzes of a table as it grows, each reading at most 30,000 rows.
+/// `SKIP_LOCKED`: a table another replica or autovacuum is analyzing is left to it.
+///
+/// # Errors
+/// The database.
+pub async fn analyze_grown_tables(db: &DatabaseConnection) -> Result<Vec<String>, RepoError> {
+    if db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return Ok(Vec::new());
+    }
+    let rows = db
+        .query_all_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            GROWN_TABLES,
+        ))
+        .await
+        .map_err(classify)?;
+    let mut analyzed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let table: String = row.try_get_by_index(0).map_err(classify)?;
+        db.execute_unprepared(&format!("ANALYZE (SKIP_LOCKED) {table}"))
+            .await
+            .map_err(classify)?;
+        analyzed.push(table);
+    }
+    Ok(analyzed)
+}
+
 /// Makes sure the directory of a SQLite file exists and asks SQLite to create the file.
 fn prepare_sqlite_file(url: &str) -> Result<String, RepoError> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");
