@@ -50,7 +50,7 @@ impl AgreementRepository for SeaAgreementRepository {
         // Written first, so that on SQLite the write lock serializes the rest of the transaction;
         // the outcomes are filled in at the end.
         insert_record(&txn, tenant, request).await?;
-        let outcomes = record_consents_in(&txn, tenant, events).await?;
+        let outcomes = record_consents_in(&txn, tenant, events, ChangedEvent::Refuse).await?;
         let codes: String = outcomes.iter().map(|o| o.code()).collect();
         set_result_ref(&txn, tenant, &request.request_id, &codes).await?;
         txn.commit().await.map_err(classify)?;
@@ -469,23 +469,38 @@ pub(crate) async fn declaration_types_of(
         .map_err(classify)
 }
 
-/// Records consent events inside the caller's transaction and recomputes the eligibility of the
-/// clients they touch. An event id recorded before with the same content is a `Duplicate`; with
-/// other content, `Conflict`.
+/// What to do with an event whose id was recorded before with other content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ChangedEvent {
+    /// Refuse the whole call with `Conflict`: a caller of ours sent it and can be told.
+    Refuse,
+    /// Keep the first content, say so in the log, and go on with the other events: ONe's feed
+    /// sent it, and a feed cannot be answered.
+    KeepFirst,
+}
+
+/// Records consent events inside the caller's transaction and recomputes, once each, the
+/// eligibility of the clients they touch. An event id recorded before with the same content is a
+/// `Duplicate`; with other content, as `changed` says (kept first, it is a `Duplicate` too).
 pub(crate) async fn record_consents_in(
     conn: &sea_orm::DatabaseTransaction,
     tenant: &TenantId,
     events: &[ConsentEvent],
+    changed: ChangedEvent,
 ) -> Result<Vec<ConsentOutcome>, RepoError> {
     let mut outcomes = Vec::with_capacity(events.len());
     let mut touched = BTreeSet::new();
     for event in events {
         if let Some(stored) = find_event(conn, tenant, &event.event_id).await? {
             if !stored.same_as(event) {
-                return Err(RepoError::Conflict(format!(
+                let why = format!(
                     "consent event {} was recorded with other content",
                     event.event_id
-                )));
+                );
+                if changed == ChangedEvent::Refuse {
+                    return Err(RepoError::Conflict(why));
+                }
+                tracing::warn!(%tenant, %why, "consent event ignored");
             }
             outcomes.push(ConsentOutcome::Duplicate);
             continue;

@@ -13,13 +13,14 @@ use sea_orm::{
 };
 
 use super::SyncRepository;
-use super::agreements::{publish_version_in, record_consents_in};
+use super::agreements::{ChangedEvent, publish_version_in, record_consents_in};
 use super::catalog::{save_category_in, save_order_in, save_product_in};
 use super::coupons::save_pool_in;
 use super::directory::{save_client_in, save_user_in};
 use super::documents::receive_in;
 use super::entities::{agreement_versions, segments, sync_cursors, tenants};
 use super::error::{RepoError, classify};
+use crate::domain::consent::{ConsentEvent, ConsentOutcome};
 use crate::domain::documents::{DocumentRecord, DocumentSource, DocumentStatus};
 use crate::domain::sync::{SegmentRecord, StreamState, SyncChange, SyncStream};
 use crate::domain::tenant::TenantId;
@@ -90,11 +91,21 @@ impl SyncRepository for SeaSyncRepository {
             )));
         }
         let mut applied = 0;
+        // A run of consent events is recorded together, so that a client whose users consented
+        // in one page has its eligibility recomputed once for the page, not once per event.
+        let mut consents = Vec::new();
         for change in changes {
+            if let SyncChange::Consent(event) = change {
+                consents.push(event.clone());
+                continue;
+            }
+            applied += record_synced_consents(&txn, tenant, &consents).await?;
+            consents.clear();
             if apply_change(&txn, tenant, change, now).await? {
                 applied += 1;
             }
         }
+        applied += record_synced_consents(&txn, tenant, &consents).await?;
         sync_cursors::Entity::update_many()
             .col_expr(
                 sync_cursors::Column::ItemsSynced,
@@ -214,6 +225,23 @@ async fn ensure_row(
     Ok(())
 }
 
+/// Records consent events from ONe's feed; returns how many were new. An event id sent again with
+/// other content keeps its first content.
+async fn record_synced_consents(
+    txn: &DatabaseTransaction,
+    tenant: &TenantId,
+    events: &[ConsentEvent],
+) -> Result<usize, RepoError> {
+    if events.is_empty() {
+        return Ok(0);
+    }
+    let outcomes = record_consents_in(txn, tenant, events, ChangedEvent::KeepFirst).await?;
+    Ok(outcomes
+        .iter()
+        .filter(|o| **o != ConsentOutcome::Duplicate)
+        .count())
+}
+
 /// Stores one change; `false` when it was there already (a redelivered document, consent event
 /// or version) and nothing was written.
 async fn apply_change(
@@ -246,17 +274,7 @@ async fn apply_change(
             return receive_in(txn, tenant, &record).await;
         }
         SyncChange::Consent(event) => {
-            return match record_consents_in(txn, tenant, std::slice::from_ref(event)).await {
-                Ok(outcomes) => Ok(outcomes
-                    .first()
-                    .is_some_and(|o| *o != crate::domain::consent::ConsentOutcome::Duplicate)),
-                Err(RepoError::Conflict(why)) => {
-                    // ONe sent an event id again with other content: keep the first, say so.
-                    tracing::warn!(%tenant, %why, "consent event ignored");
-                    Ok(false)
-                }
-                Err(other) => Err(other),
-            };
+            return Ok(record_synced_consents(txn, tenant, std::slice::from_ref(event)).await? > 0);
         }
         SyncChange::Version(v) => {
             let known = agreement_versions::Entity::find_by_id((

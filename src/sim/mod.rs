@@ -383,6 +383,26 @@ impl SimState {
             });
     }
 
+    /// A faulty feed: the declaration event `event_id` sent again under its id, with the other
+    /// action. Nothing when there is no such event.
+    pub fn resend_consent_changed(&mut self, event_id: &str) {
+        let Some(mut event) = self
+            .declaration_feed
+            .events
+            .iter()
+            .find(|e| e.event_id == event_id)
+            .cloned()
+        else {
+            return;
+        };
+        event.action = if event.action == core::DeclarationAction::Agreed as i32 {
+            core::DeclarationAction::Disagreed as i32
+        } else {
+            core::DeclarationAction::Agreed as i32
+        };
+        self.declaration_feed.events.push(event);
+    }
+
     pub fn upsert_order(&mut self, order: core::Order, at: DateTime<Utc>) {
         let change = if self.orders.contains_key(&order.number) {
             core::ChangeType::Changed

@@ -26,6 +26,7 @@ on_both_backends!(SyncApp:
     a_full_resynchronization_pages_through_the_lists,
     an_import_stores_the_good_documents_and_names_every_bad_row,
     dropped_and_refused_connections_are_survived,
+    a_consent_event_sent_again_with_other_content_keeps_its_first,
 );
 
 fn tenant() -> TenantId {
@@ -167,6 +168,50 @@ async fn changes_and_removals_at_the_source_are_reflected(app: &SyncApp) {
             .expect("read")
             .is_some_and(|p| !p.active)
     );
+}
+
+/// Whether each client's eligibility is open (it has an interval without an end).
+async fn eligible_now(app: &SyncApp, clients: &[&str]) -> Vec<bool> {
+    use one_loyalty::persistence::entities::client_eligibility;
+    let mut open = Vec::new();
+    for client in clients {
+        let intervals = client_eligibility::Entity::find()
+            .filter(client_eligibility::Column::TenantId.eq(DEMO_TENANT))
+            .filter(client_eligibility::Column::ClientId.eq(*client))
+            .all(&app.store.db)
+            .await
+            .expect("eligibility");
+        open.push(intervals.iter().any(|i| i.valid_until.is_none()));
+    }
+    open
+}
+
+/// ONe's feed sends event 1 (org:1's user agreeing) again with the other action, then a new
+/// withdrawal of org:3's user, in one page: the first content of event 1 stays and counts for
+/// nothing, and the withdrawal after it in the page is recorded and takes effect.
+async fn a_consent_event_sent_again_with_other_content_keeps_its_first(app: &SyncApp) {
+    use one_loyalty::persistence::entities::consent_events;
+    sync_all(app).await;
+    let first = || async {
+        consent_events::Entity::find_by_id((DEMO_TENANT.to_owned(), "1".to_owned()))
+            .one(&app.store.db)
+            .await
+            .expect("read")
+            .expect("event 1")
+    };
+    let before = first().await;
+    assert_eq!(before.client_id, "org:1");
+    assert_eq!(eligible_now(app, &["org:1", "org:3"]).await, [true, true]);
+    let at = one_loyalty::domain::clock::Clock::now(app.clock.as_ref());
+    {
+        let mut sim = app.sim.state();
+        sim.resend_consent_changed("1");
+        sim.consent("u-3", "org:3", false, at);
+    }
+    let runs = sync_all(app).await;
+    assert_eq!(runs[&SyncStream::Declarations].applied, 1);
+    assert_eq!(first().await, before);
+    assert_eq!(eligible_now(app, &["org:1", "org:3"]).await, [true, false]);
 }
 
 /// Points per client, and how many Earn events there are.
@@ -597,6 +642,11 @@ async fn a_first_synchronization_has_lookups_planned_again_for_the_tables_it_gre
         after.contains("users_pkey") && !after.contains("Seq Scan"),
         "the look-up kept its plan for an empty table after 1,000 users:\n{after}"
     );
+    // Every read analyzed what it grew: no table is left at twice its analyzed size.
+    let grown = one_loyalty::persistence::db::analyze_grown_tables(&app.store.db)
+        .await
+        .expect("grown tables");
+    assert!(grown.is_empty(), "left unanalyzed: {grown:?}");
     observer.close().await.ok();
     app.finish().await;
 }
