@@ -2,7 +2,7 @@
 //! eligibility intervals that every change of consents, versions, users or clients runs inside
 //! its own transaction.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -300,17 +300,33 @@ fn event_from_row(r: consent_events::Model) -> Result<ConsentEvent, RepoError> {
     })
 }
 
-async fn find_event(
+/// The stored events among `events`' ids, by id: one statement per `EVENTS_PER_STATEMENT` ids.
+async fn find_events(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
-    event_id: &str,
-) -> Result<Option<ConsentEvent>, RepoError> {
-    let row = consent_events::Entity::find_by_id((tenant.as_str().to_owned(), event_id.to_owned()))
-        .one(conn)
-        .await
-        .map_err(classify)?;
-    row.map(event_from_row).transpose()
+    events: &[ConsentEvent],
+) -> Result<HashMap<String, ConsentEvent>, RepoError> {
+    let mut found = HashMap::new();
+    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+        let rows = consent_events::Entity::find()
+            .filter(consent_events::Column::TenantId.eq(tenant.as_str()))
+            .filter(
+                consent_events::Column::EventId.is_in(chunk.iter().map(|e| e.event_id.as_str())),
+            )
+            .all(conn)
+            .await
+            .map_err(classify)?;
+        for row in rows {
+            let event = event_from_row(row)?;
+            found.insert(event.event_id.clone(), event);
+        }
+    }
+    Ok(found)
 }
+
+/// Ids looked up, or rows inserted, per statement: well within SQLite's and PostgreSQL's limits
+/// on bound values (10 columns a row).
+const EVENTS_PER_STATEMENT: usize = 500;
 
 async fn load_versions(
     conn: &impl ConnectionTrait,
@@ -406,6 +422,19 @@ pub(crate) async fn recompute_eligibility(
     client_id: &str,
     declaration_type: &str,
 ) -> Result<(), RepoError> {
+    let versions = load_versions(conn, tenant, declaration_type).await?;
+    recompute_eligibility_with(conn, tenant, client_id, declaration_type, &versions).await
+}
+
+/// [`recompute_eligibility`] with the type's published versions read already, for a caller that
+/// recomputes many clients of one type.
+async fn recompute_eligibility_with(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    client_id: &str,
+    declaration_type: &str,
+    versions: &[AgreementVersion],
+) -> Result<(), RepoError> {
     let client = clients::Entity::find_by_id((tenant.as_str().to_owned(), client_id.to_owned()))
         .one(conn)
         .await
@@ -425,8 +454,7 @@ pub(crate) async fn recompute_eligibility(
     for member in &members {
         histories.push(user_history(conn, tenant, &member.user_id, declaration_type).await?);
     }
-    let versions = load_versions(conn, tenant, declaration_type).await?;
-    let intervals = compute_eligibility(&facts, &histories, &versions);
+    let intervals = compute_eligibility(&facts, &histories, versions);
     client_eligibility::Entity::delete_many()
         .filter(client_eligibility::Column::TenantId.eq(tenant.as_str()))
         .filter(client_eligibility::Column::DeclarationTypeId.eq(declaration_type))
@@ -490,8 +518,12 @@ pub(crate) async fn record_consents_in(
 ) -> Result<Vec<ConsentOutcome>, RepoError> {
     let mut outcomes = Vec::with_capacity(events.len());
     let mut touched = BTreeSet::new();
+    // What is stored, and then what this call records: an id twice in `events` is a duplicate
+    // (or a change) of its first.
+    let mut known = find_events(conn, tenant, events).await?;
+    let mut rows = Vec::new();
     for event in events {
-        if let Some(stored) = find_event(conn, tenant, &event.event_id).await? {
+        if let Some(stored) = known.get(&event.event_id) {
             if !stored.same_as(event) {
                 let why = format!(
                     "consent event {} was recorded with other content",
@@ -505,16 +537,29 @@ pub(crate) async fn record_consents_in(
             outcomes.push(ConsentOutcome::Duplicate);
             continue;
         }
-        consent_events::Entity::insert(event_row(tenant, event))
-            .exec(conn)
-            .await
-            .map_err(classify)?;
+        rows.push(event_row(tenant, event));
+        known.insert(event.event_id.clone(), event.clone());
         touched.insert((event.client_id.clone(), event.declaration_type_id.clone()));
         outcomes.push(ConsentOutcome::Recorded);
     }
+    for chunk in rows.chunks(EVENTS_PER_STATEMENT) {
+        consent_events::Entity::insert_many(chunk.to_vec())
+            .exec(conn)
+            .await
+            .map_err(classify)?;
+    }
+    // Clients locked in the order of their ids, as every transaction that locks several does.
+    let mut versions: HashMap<&str, Vec<AgreementVersion>> = HashMap::new();
     for (client_id, declaration_type) in &touched {
+        if !versions.contains_key(declaration_type.as_str()) {
+            let published = load_versions(conn, tenant, declaration_type).await?;
+            versions.insert(declaration_type, published);
+        }
         lock_client(conn, tenant, client_id).await?;
-        recompute_eligibility(conn, tenant, client_id, declaration_type).await?;
+        let published = versions
+            .get(declaration_type.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        recompute_eligibility_with(conn, tenant, client_id, declaration_type, published).await?;
     }
     for (event, outcome) in events.iter().zip(outcomes.iter_mut()) {
         if *outcome == ConsentOutcome::Recorded && event.action == ConsentAction::Withdraw {

@@ -383,6 +383,11 @@ impl SimState {
             });
     }
 
+    /// The declaration feed, in order.
+    pub fn declaration_events(&self) -> &[core::DeclarationEvent] {
+        &self.declaration_feed.events
+    }
+
     /// A faulty feed: the declaration event `event_id` sent again under its id, with the other
     /// action. Nothing when there is no such event.
     pub fn resend_consent_changed(&mut self, event_id: &str) {

@@ -187,8 +187,9 @@ async fn eligible_now(app: &SyncApp, clients: &[&str]) -> Vec<bool> {
 }
 
 /// ONe's feed sends event 1 (org:1's user agreeing) again with the other action, then a new
-/// withdrawal of org:3's user, in one page: the first content of event 1 stays and counts for
-/// nothing, and the withdrawal after it in the page is recorded and takes effect.
+/// withdrawal of org:3's user, then that withdrawal again as an agreement, all in one page: the
+/// first content of each id stays, the changed copies count for nothing, and the withdrawal is
+/// recorded and takes effect.
 async fn a_consent_event_sent_again_with_other_content_keeps_its_first(app: &SyncApp) {
     use one_loyalty::persistence::entities::consent_events;
     sync_all(app).await;
@@ -207,6 +208,9 @@ async fn a_consent_event_sent_again_with_other_content_keeps_its_first(app: &Syn
         let mut sim = app.sim.state();
         sim.resend_consent_changed("1");
         sim.consent("u-3", "org:3", false, at);
+        // And the new withdrawal sent again in the same page as an agreement.
+        let withdrawal = sim.declaration_events().last().map(|e| e.event_id.clone());
+        sim.resend_consent_changed(&withdrawal.expect("the withdrawal"));
     }
     let runs = sync_all(app).await;
     assert_eq!(runs[&SyncStream::Declarations].applied, 1);
