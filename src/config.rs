@@ -195,6 +195,10 @@ pub struct DatabaseSettings {
     #[serde(default = "default_write_batch_max")]
     pub write_batch_max: usize,
     pub auto_migrate: bool,
+    /// PostgreSQL only: how often the tables that have doubled since they were last analyzed are
+    /// analyzed (0: never; autovacuum's own analyze goes on either way).
+    #[serde(default = "default_analyze_interval_ms")]
+    pub analyze_interval_ms: u64,
     /// PostgreSQL only: the schema to use instead of `public` (tests use one per test).
     #[serde(default)]
     pub schema: Option<String>,
@@ -205,6 +209,10 @@ pub const DEFAULT_WRITE_BATCH_MAX: usize = 64;
 
 fn default_write_batch_max() -> usize {
     DEFAULT_WRITE_BATCH_MAX
+}
+
+fn default_analyze_interval_ms() -> u64 {
+    10_000
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -13,7 +13,7 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-use crate::config::{JobsSettings, OutboxSettings, Settings};
+use crate::config::{DatabaseSettings, JobsSettings, OutboxSettings, Settings};
 use crate::domain::access::RolePermissions;
 use crate::domain::clock::{Clock, SystemClock};
 use crate::domain::redemption::Backoff;
@@ -351,6 +351,7 @@ impl Application {
         let jobs = spawn_jobs(&self.settings.jobs, &self.services);
         let outbox = spawn_outbox(&self.settings.outbox, &self.services);
         let sync = spawn_sync(&self.settings, &self.services);
+        let statistics = spawn_statistics(&self.settings.database, &self.db);
         tracing::info!(port = self.port, "serving gRPC");
         let mut builder = Server::builder();
         if let Some(tls) = server_tls(&server.tls)? {
@@ -409,7 +410,7 @@ impl Application {
             ))
             .serve_with_incoming_shutdown(accepting(self.listener), signal)
             .await?;
-        for task in [jobs, outbox, sync].into_iter().flatten() {
+        for task in [jobs, outbox, sync, statistics].into_iter().flatten() {
             task.abort();
         }
         self.db.close_by_ref().await.ok();
@@ -447,6 +448,33 @@ fn spawn_jobs(settings: &JobsSettings, services: &Services) -> Option<tokio::tas
                 Ok(0) => {}
                 Ok(count) => tracing::info!(count, "expired reservations released"),
                 Err(err) => tracing::warn!(%err, "reservations not released; retried next tick"),
+            }
+        }
+    }))
+}
+
+/// On PostgreSQL, analyzes every interval the tables that have doubled since they were last
+/// analyzed (see [`crate::persistence::db::analyze_grown_tables`]): whatever wrote them, an earn
+/// burst, an import or a synchronization, no connection keeps for long a plan made while a table
+/// was nearly empty, autovacuum or not.
+fn spawn_statistics(
+    settings: &DatabaseSettings,
+    db: &DatabaseConnection,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if settings.analyze_interval_ms == 0
+        || db.get_database_backend() != sea_orm::DbBackend::Postgres
+    {
+        return None;
+    }
+    let db = db.clone();
+    let interval = Duration::from_millis(settings.analyze_interval_ms.max(100));
+    Some(spawn_every(interval, move || {
+        let db = db.clone();
+        async move {
+            match crate::persistence::db::analyze_grown_tables(&db).await {
+                Ok(tables) if tables.is_empty() => {}
+                Ok(tables) => tracing::debug!(?tables, "analyzed the tables that grew"),
+                Err(err) => tracing::warn!(%err, "grown tables not analyzed; retried next tick"),
             }
         }
     }))

@@ -300,14 +300,14 @@ fn event_from_row(r: consent_events::Model) -> Result<ConsentEvent, RepoError> {
     })
 }
 
-/// The stored events among `events`' ids, by id: one statement per `EVENTS_PER_STATEMENT` ids.
+/// The stored events among `events`' ids, by id.
 async fn find_events(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
     events: &[ConsentEvent],
 ) -> Result<HashMap<String, ConsentEvent>, RepoError> {
     let mut found = HashMap::new();
-    for chunk in events.chunks(EVENTS_PER_STATEMENT) {
+    for chunk in events.chunks(super::IN_LIST_CHUNK) {
         let rows = consent_events::Entity::find()
             .filter(consent_events::Column::TenantId.eq(tenant.as_str()))
             .filter(
@@ -324,9 +324,9 @@ async fn find_events(
     Ok(found)
 }
 
-/// Ids looked up, or rows inserted, per statement: well within SQLite's and PostgreSQL's limits
-/// on bound values (10 columns a row).
-const EVENTS_PER_STATEMENT: usize = 500;
+/// Events inserted per statement: 5,000 bound values (10 columns a row), well within SQLite's and
+/// PostgreSQL's limits.
+const EVENTS_PER_INSERT: usize = 500;
 
 async fn load_versions(
     conn: &impl ConnectionTrait,
@@ -542,7 +542,7 @@ pub(crate) async fn record_consents_in(
         touched.insert((event.client_id.clone(), event.declaration_type_id.clone()));
         outcomes.push(ConsentOutcome::Recorded);
     }
-    for chunk in rows.chunks(EVENTS_PER_STATEMENT) {
+    for chunk in rows.chunks(EVENTS_PER_INSERT) {
         consent_events::Entity::insert_many(chunk.to_vec())
             .exec(conn)
             .await

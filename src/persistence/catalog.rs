@@ -18,9 +18,6 @@ use crate::domain::directory::{CategoryRecord, OrderRecord, ProductRecord, categ
 use crate::domain::rules::ProductFacts;
 use crate::domain::tenant::TenantId;
 
-/// Values per IN list: far below SQLite's bound-value limit.
-const CHUNK: usize = 1_000;
-
 #[derive(Debug, Clone)]
 pub struct SeaCatalogRepository {
     db: DatabaseConnection,
@@ -66,7 +63,7 @@ impl CatalogRepository for SeaCatalogRepository {
         product_ids: &[String],
     ) -> Result<HashMap<String, ProductFacts>, RepoError> {
         let mut facts: HashMap<String, ProductFacts> = HashMap::new();
-        for chunk in product_ids.chunks(CHUNK) {
+        for chunk in product_ids.chunks(super::IN_LIST_CHUNK) {
             let rows = products::Entity::find()
                 .filter(products::Column::TenantId.eq(tenant.as_str()))
                 .filter(products::Column::ProductId.is_in(chunk.iter().map(String::as_str)))
@@ -107,7 +104,7 @@ impl CatalogRepository for SeaCatalogRepository {
         order_numbers: &[String],
     ) -> Result<HashMap<String, OrderRecord>, RepoError> {
         let mut found = HashMap::new();
-        for chunk in order_numbers.chunks(CHUNK) {
+        for chunk in order_numbers.chunks(super::IN_LIST_CHUNK) {
             let rows = orders::Entity::find()
                 .filter(orders::Column::TenantId.eq(tenant.as_str()))
                 .filter(orders::Column::OrderNumber.is_in(chunk.iter().map(String::as_str)))
@@ -289,7 +286,7 @@ pub(crate) async fn save_category_in(
         .await
         .map_err(classify)?;
     let closure = category_closure(&tree);
-    for chunk in closure.chunks(CHUNK) {
+    for chunk in closure.chunks(super::IN_LIST_CHUNK) {
         let rows =
             chunk.iter().map(
                 |(category_id, ancestor_id, depth)| category_ancestors::ActiveModel {

@@ -299,6 +299,7 @@ pub(crate) async fn test_sqlite(
         sqlite_mmap_bytes: 0,
         write_batch_max: 1,
         auto_migrate: false,
+        analyze_interval_ms: 0,
         schema: None,
     })
     .await

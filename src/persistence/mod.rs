@@ -30,6 +30,9 @@ pub mod settings;
 pub mod sqlite_script;
 pub mod sync;
 
+/// Values per IN list: far below SQLite's limit of 32,766 bound values.
+pub(crate) const IN_LIST_CHUNK: usize = 1_000;
+
 use std::collections::HashMap;
 
 use async_trait::async_trait;

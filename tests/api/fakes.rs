@@ -361,12 +361,23 @@ impl SyncApp {
         sim: one_loyalty::sim::CoreSim,
         sim_endpoint: String,
     ) -> Self {
+        Self::configured(backend, sim, sim_endpoint, |_| {}).await
+    }
+
+    /// [`SyncApp::with_sim`] with settings that `configure` changes.
+    pub async fn configured(
+        backend: crate::helpers::Backend,
+        sim: one_loyalty::sim::CoreSim,
+        sim_endpoint: String,
+        configure: impl FnOnce(&mut one_loyalty::config::Settings),
+    ) -> Self {
         let endpoint = sim_endpoint.clone();
         let app = crate::helpers::ClockedApp::configured(backend, |s| {
             s.core.endpoint = endpoint;
             s.sync.enabled = false;
             s.sync.batch_size = 7;
             s.sync.page_size = 7;
+            configure(s);
         })
         .await;
         prepare_tenant(&app).await;

@@ -24,5 +24,6 @@ mod redeem;
 mod rules;
 mod server;
 mod settings;
+mod statistics;
 mod sync;
 mod tls;

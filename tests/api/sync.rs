@@ -557,22 +557,6 @@ async fn dropped_and_refused_connections_are_survived(app: &SyncApp) {
     );
 }
 
-/// The plan `EXPLAIN EXECUTE` gives for the observer's prepared look-up of a user by its key.
-async fn user_lookup_plan(observer: &sea_orm::DatabaseConnection) -> String {
-    use sea_orm::ConnectionTrait;
-    observer
-        .query_all_raw(sea_orm::Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            "EXPLAIN EXECUTE user_by_key('demo', 'u-1')",
-        ))
-        .await
-        .expect("explain")
-        .iter()
-        .map(|row| row.try_get_by_index::<String>(0).expect("plan line"))
-        .collect::<Vec<_>>()
-        .join("\n")
-}
-
 /// A tenant's first synchronization into tables PostgreSQL analyzed while empty (as autovacuum's
 /// first analyze, or an administrator's, leaves them): a connection's cached generic plan for a
 /// user's look-up by its key is then a sequential scan, which would read every user stored so far
@@ -581,7 +565,6 @@ async fn user_lookup_plan(observer: &sea_orm::DatabaseConnection) -> String {
 /// once a minute otherwise) plays no part in the run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_first_synchronization_has_lookups_planned_again_for_the_tables_it_grew() {
-    use sea_orm::ConnectionTrait;
     if !crate::helpers::postgres_configured() {
         eprintln!("skipped: LOYALTY_TEST_DATABASE_URL is not set");
         return;
@@ -599,37 +582,12 @@ async fn a_first_synchronization_has_lookups_planned_again_for_the_tables_it_gre
         start,
     ));
     let endpoint = crate::fakes::start_sim(&sim).await;
-    let app = SyncApp::with_sim(crate::helpers::Backend::Postgres, sim, endpoint).await;
-
-    // A connection of its own, planning as every pooled connection of the service does.
-    let mut settings = app.store.settings.clone();
-    settings.max_connections = 1;
-    let observer = one_loyalty::persistence::db::connect(&settings)
-        .await
-        .expect("observer");
-    observer
-        .execute_unprepared("ANALYZE users")
-        .await
-        .expect("analyze");
-    observer
-        .execute_unprepared(
-            "PREPARE user_by_key(text, text) AS \
-             SELECT * FROM users WHERE tenant_id = $1 AND user_id = $2",
-        )
-        .await
-        .expect("prepare");
-    // PostgreSQL settles on a generic plan after five custom ones.
-    for _ in 0..6 {
-        observer
-            .execute_unprepared("EXECUTE user_by_key('demo', 'u-1')")
-            .await
-            .expect("execute");
-    }
-    let before = user_lookup_plan(&observer).await;
-    assert!(
-        before.contains("Seq Scan on users"),
-        "the look-up was not planned for an empty table:\n{before}"
-    );
+    // The service's own periodic analyze off: the synchronization's alone is tested.
+    let app = SyncApp::configured(crate::helpers::Backend::Postgres, sim, endpoint, |s| {
+        s.database.analyze_interval_ms = 0;
+    })
+    .await;
+    let observer = crate::statistics::observe_user_lookup(&app.store).await;
 
     // A run stores at most its batches' worth of a stream; the scheduler's next runs go on.
     let mut users = 0;
@@ -641,7 +599,7 @@ async fn a_first_synchronization_has_lookups_planned_again_for_the_tables_it_gre
         }
     }
     assert_eq!(users, 1_000);
-    let after = user_lookup_plan(&observer).await;
+    let after = crate::statistics::user_lookup_plan(&observer).await;
     assert!(
         after.contains("users_pkey") && !after.contains("Seq Scan"),
         "the look-up kept its plan for an empty table after 1,000 users:\n{after}"

@@ -1,0 +1,100 @@
+//! PostgreSQL's plans for tables that grew: a connection keeps the generic plan it made for a
+//! statement until a table it reads is analyzed, and a plan made while a table was nearly empty
+//! reads every row of it. The service analyzes the tables that have doubled since their last
+//! analyze: after each synchronization read (tests/api/sync.rs) and every
+//! `database.analyze_interval_ms`, whatever wrote them (here).
+
+use std::time::Duration;
+
+use sea_orm::{ConnectionTrait, DatabaseConnection};
+
+use crate::helpers::{Backend, ClockedApp, TestDb, postgres_configured};
+
+/// The plan `EXPLAIN EXECUTE` gives for the observer's prepared look-up of a user by its key.
+pub async fn user_lookup_plan(observer: &DatabaseConnection) -> String {
+    observer
+        .query_all_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "EXPLAIN EXECUTE user_by_key('demo', 'u-1')",
+        ))
+        .await
+        .expect("explain")
+        .iter()
+        .map(|row| row.try_get_by_index::<String>(0).expect("plan line"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// A connection of its own on `store`'s schema, planning as every pooled connection of the
+/// service does, whose look-up of a user by its key is planned for an empty `users`: analyzed
+/// while empty (as autovacuum's first analyze, or an administrator's, leaves a table), then the
+/// statement run until PostgreSQL settles on its generic plan, a sequential scan.
+pub async fn observe_user_lookup(store: &TestDb) -> DatabaseConnection {
+    let mut settings = store.settings.clone();
+    settings.max_connections = 1;
+    let observer = one_loyalty::persistence::db::connect(&settings)
+        .await
+        .expect("observer");
+    observer
+        .execute_unprepared("ANALYZE users")
+        .await
+        .expect("analyze");
+    observer
+        .execute_unprepared(
+            "PREPARE user_by_key(text, text) AS \
+             SELECT * FROM users WHERE tenant_id = $1 AND user_id = $2",
+        )
+        .await
+        .expect("prepare");
+    // PostgreSQL settles on a generic plan after five custom ones.
+    for _ in 0..6 {
+        observer
+            .execute_unprepared("EXECUTE user_by_key('demo', 'u-1')")
+            .await
+            .expect("execute");
+    }
+    let plan = user_lookup_plan(&observer).await;
+    assert!(
+        plan.contains("Seq Scan on users"),
+        "the look-up was not planned for an empty table:\n{plan}"
+    );
+    observer
+}
+
+/// 1,000 users written in one statement, by no path of the service's (as an import into the
+/// database, or a burst of writes, would): the service's periodic analyze, every 100 ms here,
+/// has the observer's look-up planned again as an index scan of the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tables_that_grew_are_analyzed_within_the_interval_whatever_wrote_them() {
+    if !postgres_configured() {
+        eprintln!("skipped: LOYALTY_TEST_DATABASE_URL is not set");
+        return;
+    }
+    let app = ClockedApp::configured(Backend::Postgres, |s| {
+        s.database.analyze_interval_ms = 100;
+    })
+    .await;
+    let observer = observe_user_lookup(&app.store).await;
+    app.store
+        .db
+        .execute_unprepared(
+            "INSERT INTO users (tenant_id, user_id, client_id, active, anonymized, updated_at) \
+             SELECT 'demo', 'u-' || i, 'org:' || (i % 100), true, false, now() \
+             FROM generate_series(1, 1000) AS i",
+        )
+        .await
+        .expect("users");
+    // A generous bound for a loaded CI machine; the interval is 100 ms.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut plan = user_lookup_plan(&observer).await;
+    while !plan.contains("users_pkey") && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        plan = user_lookup_plan(&observer).await;
+    }
+    assert!(
+        plan.contains("users_pkey") && !plan.contains("Seq Scan"),
+        "the look-up kept its plan for an empty table after 1,000 users:\n{plan}"
+    );
+    observer.close().await.ok();
+    app.finish().await;
+}
