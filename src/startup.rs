@@ -470,13 +470,7 @@ fn spawn_statistics(
     let interval = Duration::from_millis(settings.analyze_interval_ms.max(100));
     Some(spawn_every(interval, move || {
         let db = db.clone();
-        async move {
-            match crate::persistence::db::analyze_grown_tables(&db).await {
-                Ok(tables) if tables.is_empty() => {}
-                Ok(tables) => tracing::debug!(?tables, "analyzed the tables that grew"),
-                Err(err) => tracing::warn!(%err, "grown tables not analyzed; retried next tick"),
-            }
-        }
+        async move { crate::persistence::db::analyze_grown_tables_or_warn(&db).await }
     }))
 }
 

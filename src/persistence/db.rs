@@ -259,6 +259,16 @@ pub async fn analyze_grown_tables(db: &DatabaseConnection) -> Result<Vec<String>
     Ok(analyzed)
 }
 
+/// [`analyze_grown_tables`] for a caller that goes on whatever happens: what it analyzed is logged,
+/// and a failure too (the planner's loss only; the next call tries again).
+pub async fn analyze_grown_tables_or_warn(db: &DatabaseConnection) {
+    match analyze_grown_tables(db).await {
+        Ok(tables) if tables.is_empty() => {}
+        Ok(tables) => tracing::debug!(?tables, "analyzed the tables that grew"),
+        Err(err) => tracing::warn!(%err, "the tables that grew were not analyzed"),
+    }
+}
+
 /// Makes sure the directory of a SQLite file exists and asks SQLite to create the file.
 fn prepare_sqlite_file(url: &str) -> Result<String, RepoError> {
     let rest = url.trim_start_matches("sqlite:").trim_start_matches("//");

@@ -119,7 +119,10 @@ impl SyncRepository for SeaSyncRepository {
             .map_err(classify)?;
         txn.commit().await.map_err(classify)?;
         if applied > 0 {
-            analyze_grown_tables(&self.db, tenant).await;
+            // A synchronization's first runs are bulk loads: the tables they grew are analyzed
+            // now, not when autovacuum or the periodic analyze next comes round. What this read
+            // stored is committed whatever happens there.
+            crate::persistence::db::analyze_grown_tables_or_warn(&self.db).await;
         }
         Ok(applied)
     }
@@ -184,19 +187,6 @@ impl SyncRepository for SeaSyncRepository {
         ids.iter()
             .map(|id| super::error::stored_tenant(id))
             .collect()
-    }
-}
-
-/// A synchronization's first runs are bulk loads: the tables they grew are analyzed at once, not
-/// when autovacuum next comes round (see [`crate::persistence::db::analyze_grown_tables`]). What the
-/// read stored is committed whatever happens here: a failed analyze is the planner's loss only.
-async fn analyze_grown_tables(db: &DatabaseConnection, tenant: &TenantId) {
-    match crate::persistence::db::analyze_grown_tables(db).await {
-        Ok(tables) if !tables.is_empty() => {
-            tracing::debug!(%tenant, ?tables, "analyzed the tables a synchronization grew");
-        }
-        Ok(_) => {}
-        Err(error) => tracing::warn!(%tenant, %error, "analyzing grown tables failed"),
     }
 }
 
