@@ -2,7 +2,7 @@
 //! eligibility intervals that every change of consents, versions, users or clients runs inside
 //! its own transaction.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -423,59 +423,97 @@ pub(crate) async fn recompute_eligibility(
     declaration_type: &str,
 ) -> Result<(), RepoError> {
     let versions = load_versions(conn, tenant, declaration_type).await?;
-    recompute_eligibility_with(conn, tenant, client_id, declaration_type, &versions).await
+    recompute_clients(conn, tenant, &[client_id], declaration_type, &versions).await
 }
 
-/// [`recompute_eligibility`] with the type's published versions read already, for a caller that
-/// recomputes many clients of one type.
-async fn recompute_eligibility_with(
+/// [`recompute_eligibility`] for many clients of one declaration type, whose published versions
+/// the caller has read: their rows, their users, the users' events and the rewrite of their
+/// intervals are a few statements for each `IN_LIST_CHUNK` clients, not a few for each client.
+/// The caller holds the clients' locks.
+async fn recompute_clients(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
-    client_id: &str,
+    client_ids: &[&str],
     declaration_type: &str,
     versions: &[AgreementVersion],
 ) -> Result<(), RepoError> {
-    let client = clients::Entity::find_by_id((tenant.as_str().to_owned(), client_id.to_owned()))
-        .one(conn)
-        .await
-        .map_err(classify)?;
-    // A client not synchronized yet cannot be eligible; saving it recomputes.
-    let facts = ClientFacts {
-        client_id: client_id.to_owned(),
-        has_account: client.is_some_and(|c| c.has_account),
-    };
-    let members = users::Entity::find()
-        .filter(users::Column::TenantId.eq(tenant.as_str()))
-        .filter(users::Column::ClientId.eq(client_id))
-        .all(conn)
-        .await
-        .map_err(classify)?;
-    let mut histories = Vec::with_capacity(members.len());
-    for member in &members {
-        histories.push(user_history(conn, tenant, &member.user_id, declaration_type).await?);
+    for chunk in client_ids.chunks(super::IN_LIST_CHUNK) {
+        let with_account: HashMap<String, bool> = clients::Entity::find()
+            .filter(clients::Column::TenantId.eq(tenant.as_str()))
+            .filter(clients::Column::ClientId.is_in(chunk.iter().copied()))
+            .all(conn)
+            .await
+            .map_err(classify)?
+            .into_iter()
+            .map(|c| (c.client_id, c.has_account))
+            .collect();
+        let members = users::Entity::find()
+            .filter(users::Column::TenantId.eq(tenant.as_str()))
+            .filter(users::Column::ClientId.is_in(chunk.iter().copied()))
+            .all(conn)
+            .await
+            .map_err(classify)?;
+        let mut events_of: HashMap<String, Vec<ConsentEvent>> = HashMap::new();
+        for users_chunk in members.chunks(super::IN_LIST_CHUNK) {
+            let rows = consent_events::Entity::find()
+                .filter(consent_events::Column::TenantId.eq(tenant.as_str()))
+                .filter(consent_events::Column::DeclarationTypeId.eq(declaration_type))
+                .filter(
+                    consent_events::Column::UserId
+                        .is_in(users_chunk.iter().map(|u| u.user_id.as_str())),
+                )
+                .all(conn)
+                .await
+                .map_err(classify)?;
+            for row in rows {
+                let event = event_from_row(row)?;
+                events_of
+                    .entry(event.user_id.clone())
+                    .or_default()
+                    .push(event);
+            }
+        }
+        let mut histories: HashMap<&str, Vec<(UserFacts, Vec<ConsentEvent>)>> = HashMap::new();
+        for member in &members {
+            let events = events_of.remove(&member.user_id).unwrap_or_default();
+            histories
+                .entry(member.client_id.as_str())
+                .or_default()
+                .push((user_facts(member), events));
+        }
+        let mut rows = Vec::new();
+        for client_id in chunk {
+            // A client not synchronized yet cannot be eligible; saving it recomputes.
+            let facts = ClientFacts {
+                client_id: (*client_id).to_owned(),
+                has_account: with_account.get(*client_id).copied().unwrap_or(false),
+            };
+            let users = histories.get(client_id).map_or(&[][..], Vec::as_slice);
+            for interval in compute_eligibility(&facts, users, versions) {
+                rows.push(client_eligibility::ActiveModel {
+                    tenant_id: Set(tenant.as_str().to_owned()),
+                    declaration_type_id: Set(declaration_type.to_owned()),
+                    client_id: Set((*client_id).to_owned()),
+                    valid_from: Set(interval.start.fixed_offset()),
+                    valid_until: Set(interval.end.map(|t| t.fixed_offset())),
+                });
+            }
+        }
+        client_eligibility::Entity::delete_many()
+            .filter(client_eligibility::Column::TenantId.eq(tenant.as_str()))
+            .filter(client_eligibility::Column::DeclarationTypeId.eq(declaration_type))
+            .filter(client_eligibility::Column::ClientId.is_in(chunk.iter().copied()))
+            .exec(conn)
+            .await
+            .map_err(classify)?;
+        // 5 values a row: 5,000 a statement.
+        for rows_chunk in rows.chunks(super::IN_LIST_CHUNK) {
+            client_eligibility::Entity::insert_many(rows_chunk.to_vec())
+                .exec(conn)
+                .await
+                .map_err(classify)?;
+        }
     }
-    let intervals = compute_eligibility(&facts, &histories, versions);
-    client_eligibility::Entity::delete_many()
-        .filter(client_eligibility::Column::TenantId.eq(tenant.as_str()))
-        .filter(client_eligibility::Column::DeclarationTypeId.eq(declaration_type))
-        .filter(client_eligibility::Column::ClientId.eq(client_id))
-        .exec(conn)
-        .await
-        .map_err(classify)?;
-    if intervals.is_empty() {
-        return Ok(());
-    }
-    let rows = intervals.iter().map(|i| client_eligibility::ActiveModel {
-        tenant_id: Set(tenant.as_str().to_owned()),
-        declaration_type_id: Set(declaration_type.to_owned()),
-        client_id: Set(client_id.to_owned()),
-        valid_from: Set(i.start.fixed_offset()),
-        valid_until: Set(i.end.map(|t| t.fixed_offset())),
-    });
-    client_eligibility::Entity::insert_many(rows)
-        .exec(conn)
-        .await
-        .map_err(classify)?;
     Ok(())
 }
 
@@ -548,18 +586,19 @@ pub(crate) async fn record_consents_in(
             .await
             .map_err(classify)?;
     }
-    // Clients locked in the order of their ids, as every transaction that locks several does.
-    let mut versions: HashMap<&str, Vec<AgreementVersion>> = HashMap::new();
+    // Clients locked in the order of their ids, as every transaction that locks several does;
+    // then each declaration type's clients recomputed together.
+    let mut clients_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (client_id, declaration_type) in &touched {
-        if !versions.contains_key(declaration_type.as_str()) {
-            let published = load_versions(conn, tenant, declaration_type).await?;
-            versions.insert(declaration_type, published);
-        }
         lock_client(conn, tenant, client_id).await?;
-        let published = versions
-            .get(declaration_type.as_str())
-            .map_or(&[][..], Vec::as_slice);
-        recompute_eligibility_with(conn, tenant, client_id, declaration_type, published).await?;
+        clients_of
+            .entry(declaration_type.as_str())
+            .or_default()
+            .push(client_id.as_str());
+    }
+    for (declaration_type, client_ids) in &clients_of {
+        let versions = load_versions(conn, tenant, declaration_type).await?;
+        recompute_clients(conn, tenant, client_ids, declaration_type, &versions).await?;
     }
     for (event, outcome) in events.iter().zip(outcomes.iter_mut()) {
         if *outcome == ConsentOutcome::Recorded && event.action == ConsentAction::Withdraw {
@@ -606,7 +645,15 @@ pub(crate) async fn publish_version_in(
         .map_err(classify)?;
     for client_id in &clients {
         lock_client(conn, tenant, client_id).await?;
-        recompute_eligibility(conn, tenant, client_id, &version.declaration_type_id).await?;
     }
-    Ok(())
+    let versions = load_versions(conn, tenant, &version.declaration_type_id).await?;
+    let client_ids: Vec<&str> = clients.iter().map(String::as_str).collect();
+    recompute_clients(
+        conn,
+        tenant,
+        &client_ids,
+        &version.declaration_type_id,
+        &versions,
+    )
+    .await
 }

@@ -14,6 +14,7 @@ use crate::on_both_backends;
 on_both_backends!(TestApp:
     agreed_today_withdrawn_tomorrow_agreed_again_the_day_after_gives_days_one_and_three,
     two_users_with_overlapping_consents_make_their_client_eligible_on_the_union,
+    one_call_for_several_clients_of_several_users_gives_each_client_its_own_days,
     a_version_published_mid_day_counts_only_acceptances_of_it_made_before_the_day_ends,
     events_delivered_in_reverse_order_give_the_same_days,
     an_individual_client_and_a_client_without_an_account_are_never_eligible,
@@ -190,6 +191,57 @@ async fn two_users_with_overlapping_consents_make_their_client_eligible_on_the_u
         answer.intervals.len(),
         1,
         "overlaps merge into one interval"
+    );
+}
+
+/// One call whose events, interleaved, touch three clients of two users each (one client without
+/// an account): each client's days come from its own users' events only.
+async fn one_call_for_several_clients_of_several_users_gives_each_client_its_own_days(
+    app: &TestApp,
+) {
+    for (client_id, has_account, users) in [
+        ("org:a", true, ["ua1", "ua2"]),
+        ("org:b", true, ["ub1", "ub2"]),
+        ("org:n", false, ["un1", "un2"]),
+    ] {
+        app.seed_client(client_id, has_account).await;
+        for user in users {
+            app.seed_user(user, client_id).await;
+        }
+    }
+    record(
+        app,
+        "r1",
+        vec![
+            accept("a1", "ua1", "2026-03-01 09:00"),
+            accept("b1", "ub1", "2026-03-02 09:00"),
+            accept("n1", "un1", "2026-03-01 09:00"),
+            withdraw("a2", "ua1", "2026-03-03 09:00"),
+            accept("a3", "ua2", "2026-03-02 09:00"),
+            withdraw("b2", "ub1", "2026-03-04 09:00"),
+            accept("b3", "ub2", "2026-03-05 09:00"),
+        ],
+    )
+    .await;
+    assert_eq!(
+        days(app, "org:a", "2026-02-28", "2026-03-06").await,
+        [
+            "2026-03-01",
+            "2026-03-02",
+            "2026-03-03",
+            "2026-03-04",
+            "2026-03-05",
+            "2026-03-06"
+        ]
+    );
+    assert_eq!(
+        days(app, "org:b", "2026-02-28", "2026-03-06").await,
+        ["2026-03-02", "2026-03-03", "2026-03-05", "2026-03-06"]
+    );
+    assert!(
+        days(app, "org:n", "2026-02-28", "2026-03-06")
+            .await
+            .is_empty()
     );
 }
 
