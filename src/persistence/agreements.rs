@@ -11,7 +11,7 @@ use crate::domain::clock::{Clock, SystemClock};
 use sea_orm::sea_query::{Expr, ExprTrait, Order, Query, SelectStatement};
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, QueryResult, QuerySelect, Statement,
+    QueryFilter, QueryOrder, QueryResult, QuerySelect,
 };
 use sha2::{Digest, Sha256};
 
@@ -399,18 +399,37 @@ pub(crate) async fn lock_client(
     tenant: &TenantId,
     client_id: &str,
 ) -> Result<(), RepoError> {
-    if conn.get_database_backend() != DbBackend::Postgres {
+    lock_clients(conn, tenant, &[client_id]).await
+}
+
+/// [`lock_client`] for many clients in one statement, taken in the order given: the callers give
+/// them in the order of their ids, so that two transactions locking some of the same clients
+/// cannot wait for each other.
+async fn lock_clients(
+    conn: &impl ConnectionTrait,
+    tenant: &TenantId,
+    client_ids: &[&str],
+) -> Result<(), RepoError> {
+    if conn.get_database_backend() != DbBackend::Postgres || client_ids.is_empty() {
         return Ok(());
     }
-    let digest = Sha256::digest(format!("eligibility\0{tenant}\0{client_id}").as_bytes());
-    let mut key = [0_u8; 8];
-    key.copy_from_slice(&digest[..8]);
-    let statement = Statement::from_sql_and_values(
-        DbBackend::Postgres,
-        "SELECT pg_advisory_xact_lock($1)",
-        [i64::from_be_bytes(key).into()],
+    let keys: Vec<String> = client_ids
+        .iter()
+        .map(|client_id| {
+            let digest = Sha256::digest(format!("eligibility\0{tenant}\0{client_id}").as_bytes());
+            let mut key = [0_u8; 8];
+            key.copy_from_slice(&digest[..8]);
+            i64::from_be_bytes(key).to_string()
+        })
+        .collect();
+    // The keys are numbers this function made, written into the text; sent unprepared, so that
+    // each count of clients is not a statement of its own in the connection's cache. `unnest`
+    // gives the keys, and so takes the locks, in the array's order.
+    let sql = format!(
+        "SELECT pg_advisory_xact_lock(k) FROM unnest(ARRAY[{}]::bigint[]) AS k",
+        keys.join(",")
     );
-    conn.execute_raw(statement).await.map_err(classify)?;
+    conn.execute_unprepared(&sql).await.map_err(classify)?;
     Ok(())
 }
 
@@ -588,9 +607,14 @@ pub(crate) async fn record_consents_in(
     }
     // Clients locked in the order of their ids, as every transaction that locks several does;
     // then each declaration type's clients recomputed together.
+    let mut locked: Vec<&str> = touched
+        .iter()
+        .map(|(client_id, _)| client_id.as_str())
+        .collect();
+    locked.dedup();
+    lock_clients(conn, tenant, &locked).await?;
     let mut clients_of: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (client_id, declaration_type) in &touched {
-        lock_client(conn, tenant, client_id).await?;
         clients_of
             .entry(declaration_type.as_str())
             .or_default()
@@ -643,11 +667,11 @@ pub(crate) async fn publish_version_in(
         .all(conn)
         .await
         .map_err(classify)?;
-    for client_id in &clients {
-        lock_client(conn, tenant, client_id).await?;
+    let client_ids: Vec<&str> = clients.iter().map(String::as_str).collect();
+    for chunk in client_ids.chunks(super::IN_LIST_CHUNK) {
+        lock_clients(conn, tenant, chunk).await?;
     }
     let versions = load_versions(conn, tenant, &version.declaration_type_id).await?;
-    let client_ids: Vec<&str> = clients.iter().map(String::as_str).collect();
     recompute_clients(
         conn,
         tenant,
