@@ -222,9 +222,6 @@ async fn record_synced_consents(
     tenant: &TenantId,
     events: &[ConsentEvent],
 ) -> Result<usize, RepoError> {
-    if events.is_empty() {
-        return Ok(0);
-    }
     let outcomes = record_consents_in(txn, tenant, events, ChangedEvent::KeepFirst).await?;
     Ok(outcomes
         .iter()

@@ -69,9 +69,11 @@ struct Feed<E> {
 }
 
 impl<E: Clone> Feed<E> {
-    fn push(&mut self, make: impl FnOnce(String) -> E) {
+    /// Appends the event `make` builds with its id; returns the id.
+    fn push(&mut self, make: impl FnOnce(String) -> E) -> String {
         let id = (self.events.len() + 1).to_string();
-        self.events.push(make(id));
+        self.events.push(make(id.clone()));
+        id
     }
 
     /// Events after `start_id`, at most `limit`, and the id to continue from.
@@ -365,7 +367,14 @@ impl SimState {
     }
 
     /// A user agrees to (or withdraws from) the loyalty terms, version 1.
-    pub fn consent(&mut self, user_id: &str, client_id: &str, agreed: bool, at: DateTime<Utc>) {
+    /// Returns the event's id.
+    pub fn consent(
+        &mut self,
+        user_id: &str,
+        client_id: &str,
+        agreed: bool,
+        at: DateTime<Utc>,
+    ) -> String {
         let action = if agreed {
             core::DeclarationAction::Agreed
         } else {
@@ -380,12 +389,7 @@ impl SimState {
                 client_id: client_id.into(),
                 action: action as i32,
                 occurred_at: Some(ts(at)),
-            });
-    }
-
-    /// The declaration feed, in order.
-    pub fn declaration_events(&self) -> &[core::DeclarationEvent] {
-        &self.declaration_feed.events
+            })
     }
 
     /// A faulty feed: the declaration event `event_id` sent again under its id, with the other

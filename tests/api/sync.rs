@@ -207,10 +207,9 @@ async fn a_consent_event_sent_again_with_other_content_keeps_its_first(app: &Syn
     {
         let mut sim = app.sim.state();
         sim.resend_consent_changed("1");
-        sim.consent("u-3", "org:3", false, at);
+        let withdrawal = sim.consent("u-3", "org:3", false, at);
         // And the new withdrawal sent again in the same page as an agreement.
-        let withdrawal = sim.declaration_events().last().map(|e| e.event_id.clone());
-        sim.resend_consent_changed(&withdrawal.expect("the withdrawal"));
+        sim.resend_consent_changed(&withdrawal);
     }
     let runs = sync_all(app).await;
     assert_eq!(runs[&SyncStream::Declarations].applied, 1);
