@@ -51,6 +51,23 @@ for w, b in (("earn", "earn"), ("redeem", "redeem"), ("redeem-hot", "redeem-hot"
 for c in (1, 8):
     for w in ("earn", "redeem", "redeem-hot", "balance"):
         row(f"SQLite mode, {w}, {c} client(s), calls/s vs B5", get(w, "sqlite", c), get(w, "sqlite-minimal", c), "tps", "≥ 0.8× B5", "ratio")
+# With one caller a call is its work and then its answer, one after the other: no service can be
+# faster than the baseline's work plus a bare gRPC call (B4). A 1-caller ratio target above this
+# ceiling cannot be met by any gRPC service on this machine, whatever it does.
+echo = get("echo", "none", 1)
+for w, baseline, name, target in (
+    ("earn", "b2", "B2", 0.7),
+    ("earn", "sqlite-minimal", "B5", 0.8),
+    ("redeem", "sqlite-minimal", "B5", 0.8),
+    ("redeem-hot", "sqlite-minimal", "B5", 0.8),
+    ("balance", "sqlite-minimal", "B5", 0.8),
+):
+    base = get(w, baseline, 1)
+    if base and echo:
+        best = base["mean_ms"] + echo["mean_ms"]
+        ceiling = base["mean_ms"] / best
+        reachable = "yes" if ceiling >= target else "**no**"
+        out.append(f"| Ceiling, 1 client: {name}'s {w} plus a trivial tonic call (B4), as a share of {name} | {best:.3f} ms | {base['mean_ms']:.3f} ms | {ceiling:.2f} | bound for ≥ {target}× {name} (reachable?) | {reachable} |")
 for backend in ("postgres", "sqlite"):
     for c in (1, 8):
         long_, short = get("balance-long-history", backend, c), get("balance-short-history", backend, c)

@@ -52,6 +52,7 @@ on_both_backends!(TestDb:
     every_migration_goes_down_and_up_again,
     lines_kept_in_their_rows_go_back_to_tables_and_return_unchanged,
     every_look_up_of_lots_is_answered_from_the_lot_indexes,
+    indexes_on_optional_keys_hold_only_the_rows_that_have_one,
 );
 
 fn tenant(id: &str) -> TenantId {
@@ -2353,7 +2354,8 @@ async fn lines_kept_in_their_rows_go_back_to_tables_and_return_unchanged(store: 
         "a line's rules are there: {viewed:?}"
     );
 
-    Migrator::down(&store.db, Some(1)).await.expect("down one");
+    // Down to before `m20261207_000020`: it and the index migration after it.
+    Migrator::down(&store.db, Some(2)).await.expect("down two");
     assert_eq!(
         line_rows().await,
         viewed,
@@ -2701,4 +2703,73 @@ async fn set_gold_rate(rules: &one_loyalty::persistence::rules::SeaRulesReposito
         )
         .await
         .expect("rate");
+}
+
+/// The indexes on an optional key hold only the rows that have one (`m20261207_000021`), and taken
+/// down, that migration gives back the indexes as they were. Uniqueness where the key is set is
+/// the ledger's and the coupons' tests' to check (`one_event_per_document_is_enforced_by_the_database`
+/// and the others); here, rows without the key are written side by side, and each index's
+/// definition is read back from the database.
+async fn indexes_on_optional_keys_hold_only_the_rows_that_have_one(store: &TestDb) {
+    use migrations::{Migrator, MigratorTrait};
+    use sea_orm::{ConnectionTrait, Statement};
+    let indexes = [
+        ("ux_ledger_events_request", "request_id"),
+        ("ux_ledger_events_document", "document_id"),
+        ("ix_documents_corrected", "corrected_document_id"),
+        ("ux_redemptions_code", "code"),
+    ];
+    let backend = store.db.get_database_backend();
+    let definition = |index: &'static str| {
+        let db = store.db.clone();
+        async move {
+            let sql = if backend == sea_orm::DbBackend::Postgres {
+                "SELECT indexdef AS definition FROM pg_indexes \
+                 WHERE schemaname = current_schema() AND indexname = $1"
+            } else {
+                "SELECT sql AS definition FROM sqlite_master WHERE type = 'index' AND name = ?"
+            };
+            db.query_one_raw(Statement::from_sql_and_values(backend, sql, [index.into()]))
+                .await
+                .expect("read the index")
+                .unwrap_or_else(|| panic!("{index} exists"))
+                .try_get::<String>("", "definition")
+                .expect("its definition")
+        }
+    };
+    // PostgreSQL writes the predicate back in parentheses.
+    let partial_on = |column: &str, definition: &str| {
+        let definition = definition.replace(['(', ')'], "");
+        definition.ends_with(&format!("WHERE {column} IS NOT NULL"))
+    };
+
+    let ledger = SeaLedgerRepository::new(store.db.clone(), Arc::new(SystemClock));
+    let t = tenant("t1");
+    ledger
+        .append(&t, &event("org:a", "10"), None)
+        .await
+        .expect("an event with neither a document nor a request id");
+    ledger
+        .append(&t, &event("org:a", "5"), None)
+        .await
+        .expect("and another beside it");
+    for (index, column) in indexes {
+        let text = definition(index).await;
+        assert!(partial_on(column, &text), "{index} is partial: {text}");
+    }
+
+    Migrator::down(&store.db, Some(1)).await.expect("down one");
+    for (index, column) in indexes {
+        let text = definition(index).await;
+        assert!(!partial_on(column, &text), "{index} is whole again: {text}");
+        assert!(text.contains(column), "{index} is on {column}: {text}");
+    }
+    Migrator::up(&store.db, None).await.expect("up again");
+    for (index, column) in indexes {
+        let text = definition(index).await;
+        assert!(
+            partial_on(column, &text),
+            "{index} is partial again: {text}"
+        );
+    }
 }
