@@ -402,34 +402,37 @@ pub(crate) async fn lock_client(
     lock_clients(conn, tenant, &[client_id]).await
 }
 
-/// [`lock_client`] for many clients in one statement, taken in the order given: the callers give
-/// them in the order of their ids, so that two transactions locking some of the same clients
-/// cannot wait for each other.
+/// [`lock_client`] for many clients, taken in the order given, one statement for each
+/// `IN_LIST_CHUNK` of them: the callers give them in the order of their ids, so that two
+/// transactions locking some of the same clients cannot wait for each other.
 async fn lock_clients(
     conn: &impl ConnectionTrait,
     tenant: &TenantId,
     client_ids: &[&str],
 ) -> Result<(), RepoError> {
-    if conn.get_database_backend() != DbBackend::Postgres || client_ids.is_empty() {
+    if conn.get_database_backend() != DbBackend::Postgres {
         return Ok(());
     }
-    let keys: Vec<String> = client_ids
-        .iter()
-        .map(|client_id| {
-            let digest = Sha256::digest(format!("eligibility\0{tenant}\0{client_id}").as_bytes());
-            let mut key = [0_u8; 8];
-            key.copy_from_slice(&digest[..8]);
-            i64::from_be_bytes(key).to_string()
-        })
-        .collect();
-    // The keys are numbers this function made, written into the text; sent unprepared, so that
-    // each count of clients is not a statement of its own in the connection's cache. `unnest`
-    // gives the keys, and so takes the locks, in the array's order.
-    let sql = format!(
-        "SELECT pg_advisory_xact_lock(k) FROM unnest(ARRAY[{}]::bigint[]) AS k",
-        keys.join(",")
-    );
-    conn.execute_unprepared(&sql).await.map_err(classify)?;
+    for chunk in client_ids.chunks(super::IN_LIST_CHUNK) {
+        let keys: Vec<String> = chunk
+            .iter()
+            .map(|client_id| {
+                let digest =
+                    Sha256::digest(format!("eligibility\0{tenant}\0{client_id}").as_bytes());
+                let mut key = [0_u8; 8];
+                key.copy_from_slice(&digest[..8]);
+                i64::from_be_bytes(key).to_string()
+            })
+            .collect();
+        // The keys are numbers this function made, written into the text; sent unprepared, so
+        // that each count of clients is not a statement of its own in the connection's cache.
+        // `unnest` gives the keys, and so takes the locks, in the array's order.
+        let sql = format!(
+            "SELECT pg_advisory_xact_lock(k) FROM unnest(ARRAY[{}]::bigint[]) AS k",
+            keys.join(",")
+        );
+        conn.execute_unprepared(&sql).await.map_err(classify)?;
+    }
     Ok(())
 }
 
@@ -668,9 +671,7 @@ pub(crate) async fn publish_version_in(
         .await
         .map_err(classify)?;
     let client_ids: Vec<&str> = clients.iter().map(String::as_str).collect();
-    for chunk in client_ids.chunks(super::IN_LIST_CHUNK) {
-        lock_clients(conn, tenant, chunk).await?;
-    }
+    lock_clients(conn, tenant, &client_ids).await?;
     let versions = load_versions(conn, tenant, &version.declaration_type_id).await?;
     recompute_clients(
         conn,
