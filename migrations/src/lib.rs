@@ -30,6 +30,7 @@ mod m20261206_000018_write_refusals;
 mod m20261206_000019_redeem_checks_its_user;
 mod m20261207_000020_lines_in_their_rows;
 mod m20261207_000021_optional_keys_indexed_where_set;
+mod m20261207_000022_sqlite_ids_without_autoincrement;
 
 /// Runs `statements` in order on PostgreSQL (functions that only its write paths call); on SQLite
 /// there is nothing to do.
@@ -83,6 +84,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20261206_000019_redeem_checks_its_user::Migration),
             Box::new(m20261207_000020_lines_in_their_rows::Migration),
             Box::new(m20261207_000021_optional_keys_indexed_where_set::Migration),
+            Box::new(m20261207_000022_sqlite_ids_without_autoincrement::Migration),
         ]
     }
 }

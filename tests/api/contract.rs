@@ -53,6 +53,7 @@ on_both_backends!(TestDb:
     lines_kept_in_their_rows_go_back_to_tables_and_return_unchanged,
     every_look_up_of_lots_is_answered_from_the_lot_indexes,
     indexes_on_optional_keys_hold_only_the_rows_that_have_one,
+    event_and_message_ids_follow_the_largest_without_a_sequence_row,
 );
 
 fn tenant(id: &str) -> TenantId {
@@ -2301,6 +2302,20 @@ async fn every_migration_goes_down_and_up_again(store: &TestDb) {
     );
 }
 
+/// Takes the schema down to just before migration `name`: it and every migration after it.
+async fn down_to_before(db: &sea_orm::DatabaseConnection, name: &str) {
+    use migrations::{Migrator, MigratorTrait};
+    let all = Migrator::migrations();
+    let at = all
+        .iter()
+        .position(|m| m.name() == name)
+        .unwrap_or_else(|| panic!("no migration {name}"));
+    let steps = u32::try_from(all.len() - at).expect("a few migrations");
+    Migrator::down(db, Some(steps))
+        .await
+        .unwrap_or_else(|e| panic!("down to before {name}: {e}"));
+}
+
 /// A document's lines and an event's calculation are kept in their rows' `lines`
 /// (`m20261207_000020`), and `document_lines` and `ledger_event_lines` are views over them. Taken
 /// down, that migration puts every line back into the tables, row for row as the views gave
@@ -2354,8 +2369,7 @@ async fn lines_kept_in_their_rows_go_back_to_tables_and_return_unchanged(store: 
         "a line's rules are there: {viewed:?}"
     );
 
-    // Down to before `m20261207_000020`: it and the index migration after it.
-    Migrator::down(&store.db, Some(2)).await.expect("down two");
+    down_to_before(&store.db, "m20261207_000020_lines_in_their_rows").await;
     assert_eq!(
         line_rows().await,
         viewed,
@@ -2758,7 +2772,11 @@ async fn indexes_on_optional_keys_hold_only_the_rows_that_have_one(store: &TestD
         assert!(partial_on(column, &text), "{index} is partial: {text}");
     }
 
-    Migrator::down(&store.db, Some(1)).await.expect("down one");
+    down_to_before(
+        &store.db,
+        "m20261207_000021_optional_keys_indexed_where_set",
+    )
+    .await;
     for (index, column) in indexes {
         let text = definition(index).await;
         assert!(!partial_on(column, &text), "{index} is whole again: {text}");
@@ -2771,5 +2789,174 @@ async fn indexes_on_optional_keys_hold_only_the_rows_that_have_one(store: &TestD
             partial_on(column, &text),
             "{index} is partial again: {text}"
         );
+    }
+}
+
+/// On SQLite, `ledger_events` and `outbox` give ids without `AUTOINCREMENT` (`m20261207_000022`):
+/// no row of `sqlite_sequence` is kept for them, and the next id is the largest plus one. Taken
+/// down, that migration puts the keyword back with each sequence at the table's largest id; up
+/// again, the schema (tables, indexes, triggers, views) is exactly as it was and no row is lost.
+/// On PostgreSQL the ids come from sequences and the migration does nothing: the same steps give
+/// ever larger ids there too.
+async fn event_and_message_ids_follow_the_largest_without_a_sequence_row(store: &TestDb) {
+    use migrations::{Migrator, MigratorTrait};
+    use one_loyalty::persistence::entities::outbox;
+    use sea_orm::{ConnectionTrait, Statement};
+    let db = store.db.clone();
+    let sqlite = db.get_database_backend() == sea_orm::DbBackend::Sqlite;
+    let rows = |sql: &'static str| {
+        let db = db.clone();
+        async move {
+            db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+                .await
+                .expect(sql)
+                .iter()
+                .map(|row| {
+                    (0..4)
+                        .map(|column| {
+                            row.try_get_by_index::<Option<String>>(column)
+                                .expect("text")
+                                .unwrap_or_default()
+                        })
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let schema = || {
+        rows(
+            "SELECT type, name, tbl_name, sql FROM sqlite_master \
+              WHERE name NOT LIKE 'sqlite_%' AND name <> 'seaql_migrations' ORDER BY type, name",
+        )
+    };
+    let sequences = || {
+        rows(
+            "SELECT name, CAST(seq AS TEXT), '', '' FROM sqlite_sequence \
+              WHERE name IN ('ledger_events', 'outbox') ORDER BY name",
+        )
+    };
+    let contents = || {
+        rows(
+            "SELECT CAST(COUNT(*) AS TEXT), CAST(SUM(points) AS TEXT), \
+                  CAST(MAX(event_id) AS TEXT), \
+                  (SELECT CAST(MAX(message_id) AS TEXT) FROM outbox) FROM ledger_events",
+        )
+    };
+    let ledger = SeaLedgerRepository::new(db.clone(), Arc::new(SystemClock));
+    let t = tenant("t1");
+    let append = |points: &'static str| {
+        let ledger = &ledger;
+        let t = &t;
+        async move {
+            ledger
+                .append(t, &event("org:a", points), None)
+                .await
+                .expect("an event")
+                .event_id
+        }
+    };
+    let message = |aggregate: &'static str| {
+        let db = db.clone();
+        async move {
+            let now = Utc::now().fixed_offset();
+            outbox::Entity::insert(outbox::ActiveModel {
+                tenant_id: Set("t1".into()),
+                kind: Set("TEST".into()),
+                aggregate_id: Set(aggregate.into()),
+                payload: Set("{}".into()),
+                status: Set("PENDING".into()),
+                attempts: Set(0),
+                next_attempt_at: Set(now),
+                created_at: Set(now),
+                ..Default::default()
+            })
+            .exec(&db)
+            .await
+            .expect("a message")
+            .last_insert_id
+        }
+    };
+
+    let (first, second) = (append("10").await, append("5").await);
+    let first_message = message("m1").await;
+    assert!(second > first, "{first} then {second}");
+    let built = if sqlite { schema().await } else { Vec::new() };
+    if sqlite {
+        for table in ["ledger_events", "outbox"] {
+            let definition = &built
+                .iter()
+                .find(|object| object[0] == "table" && object[1] == table)
+                .expect("the table")[3];
+            assert!(!definition.contains("AUTOINCREMENT"), "{definition}");
+        }
+        assert_eq!(
+            sequences().await,
+            Vec::<Vec<String>>::new(),
+            "no sequence rows"
+        );
+    }
+    let kept = if sqlite { contents().await } else { Vec::new() };
+
+    down_to_before(&db, "m20261207_000022_sqlite_ids_without_autoincrement").await;
+    if sqlite {
+        let with_keyword: Vec<_> = built
+            .iter()
+            .map(|object| {
+                let mut object = object.clone();
+                if object[0] == "table" && ["ledger_events", "outbox"].contains(&&*object[1]) {
+                    object[3] = object[3].replacen(" PRIMARY KEY", " PRIMARY KEY AUTOINCREMENT", 1);
+                }
+                object
+            })
+            .collect();
+        assert_eq!(
+            schema().await,
+            with_keyword,
+            "down: the keyword back, nothing else"
+        );
+        let largest = |n: i64| n.to_string();
+        assert_eq!(
+            sequences().await,
+            vec![
+                vec![
+                    "ledger_events".into(),
+                    largest(second),
+                    String::new(),
+                    String::new()
+                ],
+                vec![
+                    "outbox".into(),
+                    largest(first_message),
+                    String::new(),
+                    String::new()
+                ],
+            ],
+            "each sequence at its table's largest id"
+        );
+        assert_eq!(contents().await, kept, "down: no row lost");
+    }
+    let third = append("1").await;
+    assert!(third > second, "{second} then {third}");
+
+    Migrator::up(&db, None).await.expect("up again");
+    if sqlite {
+        assert_eq!(schema().await, built, "up: the schema exactly as it was");
+        assert_eq!(
+            sequences().await,
+            Vec::<Vec<String>>::new(),
+            "no sequence rows again"
+        );
+    }
+    let fourth = append("2").await;
+    let second_message = message("m2").await;
+    assert!(fourth > third, "{third} then {fourth}");
+    assert!(second_message > first_message);
+    if sqlite {
+        assert_eq!(
+            (third, fourth),
+            (second + 1, third + 1),
+            "the largest plus one"
+        );
+        assert_eq!(second_message, first_message + 1);
     }
 }
