@@ -2800,53 +2800,15 @@ async fn indexes_on_optional_keys_hold_only_the_rows_that_have_one(store: &TestD
 /// ever larger ids there too.
 async fn event_and_message_ids_follow_the_largest_without_a_sequence_row(store: &TestDb) {
     use migrations::{Migrator, MigratorTrait};
-    use one_loyalty::persistence::entities::outbox;
-    use sea_orm::{ConnectionTrait, Statement};
     let db = store.db.clone();
     let sqlite = db.get_database_backend() == sea_orm::DbBackend::Sqlite;
-    let rows = |sql: &'static str| {
-        let db = db.clone();
-        async move {
-            db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
-                .await
-                .expect(sql)
-                .iter()
-                .map(|row| {
-                    (0..4)
-                        .map(|column| {
-                            row.try_get_by_index::<Option<String>>(column)
-                                .expect("text")
-                                .unwrap_or_default()
-                        })
-                        .collect::<Vec<_>>()
-                })
-                .collect::<Vec<_>>()
-        }
-    };
-    let schema = || {
-        rows(
-            "SELECT type, name, tbl_name, sql FROM sqlite_master \
-              WHERE name NOT LIKE 'sqlite_%' AND name <> 'seaql_migrations' ORDER BY type, name",
-        )
-    };
-    let sequences = || {
-        rows(
-            "SELECT name, CAST(seq AS TEXT), '', '' FROM sqlite_sequence \
-              WHERE name IN ('ledger_events', 'outbox') ORDER BY name",
-        )
-    };
-    let contents = || {
-        rows(
-            "SELECT CAST(COUNT(*) AS TEXT), CAST(SUM(points) AS TEXT), \
-                  CAST(MAX(event_id) AS TEXT), \
-                  (SELECT CAST(MAX(message_id) AS TEXT) FROM outbox) FROM ledger_events",
-        )
-    };
+    let schema = || text_rows(&db, SQLITE_SCHEMA);
+    let sequences = || text_rows(&db, SQLITE_SEQUENCES);
+    let contents = || text_rows(&db, LEDGER_AND_OUTBOX_CONTENTS);
     let ledger = SeaLedgerRepository::new(db.clone(), Arc::new(SystemClock));
     let t = tenant("t1");
     let append = |points: &'static str| {
-        let ledger = &ledger;
-        let t = &t;
+        let (ledger, t) = (&ledger, &t);
         async move {
             ledger
                 .append(t, &event("org:a", points), None)
@@ -2855,27 +2817,7 @@ async fn event_and_message_ids_follow_the_largest_without_a_sequence_row(store: 
                 .event_id
         }
     };
-    let message = |aggregate: &'static str| {
-        let db = db.clone();
-        async move {
-            let now = Utc::now().fixed_offset();
-            outbox::Entity::insert(outbox::ActiveModel {
-                tenant_id: Set("t1".into()),
-                kind: Set("TEST".into()),
-                aggregate_id: Set(aggregate.into()),
-                payload: Set("{}".into()),
-                status: Set("PENDING".into()),
-                attempts: Set(0),
-                next_attempt_at: Set(now),
-                created_at: Set(now),
-                ..Default::default()
-            })
-            .exec(&db)
-            .await
-            .expect("a message")
-            .last_insert_id
-        }
-    };
+    let message = |aggregate: &'static str| outbox_message(&db, aggregate);
 
     let (first, second) = (append("10").await, append("5").await);
     let first_message = message("m1").await;
@@ -2889,11 +2831,7 @@ async fn event_and_message_ids_follow_the_largest_without_a_sequence_row(store: 
                 .expect("the table")[3];
             assert!(!definition.contains("AUTOINCREMENT"), "{definition}");
         }
-        assert_eq!(
-            sequences().await,
-            Vec::<Vec<String>>::new(),
-            "no sequence rows"
-        );
+        assert!(sequences().await.is_empty(), "no sequence rows");
     }
     let kept = if sqlite { contents().await } else { Vec::new() };
 
@@ -2914,23 +2852,15 @@ async fn event_and_message_ids_follow_the_largest_without_a_sequence_row(store: 
             with_keyword,
             "down: the keyword back, nothing else"
         );
-        let largest = |n: i64| n.to_string();
         assert_eq!(
-            sequences().await,
-            vec![
-                vec![
-                    "ledger_events".into(),
-                    largest(second),
-                    String::new(),
-                    String::new()
-                ],
-                vec![
-                    "outbox".into(),
-                    largest(first_message),
-                    String::new(),
-                    String::new()
-                ],
-            ],
+            sequences().await.concat(),
+            [
+                format!("ledger_events={second}"),
+                format!("outbox={first_message}")
+            ]
+            .into_iter()
+            .flat_map(|row| [row, String::new(), String::new(), String::new()])
+            .collect::<Vec<_>>(),
             "each sequence at its table's largest id"
         );
         assert_eq!(contents().await, kept, "down: no row lost");
@@ -2941,11 +2871,7 @@ async fn event_and_message_ids_follow_the_largest_without_a_sequence_row(store: 
     Migrator::up(&db, None).await.expect("up again");
     if sqlite {
         assert_eq!(schema().await, built, "up: the schema exactly as it was");
-        assert_eq!(
-            sequences().await,
-            Vec::<Vec<String>>::new(),
-            "no sequence rows again"
-        );
+        assert!(sequences().await.is_empty(), "no sequence rows again");
     }
     let fourth = append("2").await;
     let second_message = message("m2").await;
@@ -2959,4 +2885,56 @@ async fn event_and_message_ids_follow_the_largest_without_a_sequence_row(store: 
         );
         assert_eq!(second_message, first_message + 1);
     }
+}
+
+/// The schema objects of a SQLite database (type, name, table, definition), but its own.
+const SQLITE_SCHEMA: &str = "SELECT type, name, tbl_name, sql FROM sqlite_master \
+    WHERE name NOT LIKE 'sqlite_%' AND name <> 'seaql_migrations' ORDER BY type, name";
+/// The rows of `sqlite_sequence` for the ledger and the outbox.
+const SQLITE_SEQUENCES: &str = "SELECT name || '=' || seq, '', '', '' FROM sqlite_sequence \
+    WHERE name IN ('ledger_events', 'outbox') ORDER BY name";
+/// What a rebuilt ledger and outbox must keep: the events' count, sum and largest id, and the
+/// largest message id.
+const LEDGER_AND_OUTBOX_CONTENTS: &str = "SELECT CAST(COUNT(*) AS TEXT), \
+    CAST(SUM(points) AS TEXT), CAST(MAX(event_id) AS TEXT), \
+    (SELECT CAST(MAX(message_id) AS TEXT) FROM outbox) FROM ledger_events";
+
+/// Every row `sql` gives, its first four columns as text (NULL as empty).
+async fn text_rows(db: &sea_orm::DatabaseConnection, sql: &'static str) -> Vec<Vec<String>> {
+    use sea_orm::{ConnectionTrait, Statement};
+    db.query_all_raw(Statement::from_string(db.get_database_backend(), sql))
+        .await
+        .expect(sql)
+        .iter()
+        .map(|row| {
+            (0..4)
+                .map(|column| {
+                    row.try_get_by_index::<Option<String>>(column)
+                        .expect("text")
+                        .unwrap_or_default()
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// A pending outbox message of tenant `t1` for `aggregate`; its id.
+async fn outbox_message(db: &sea_orm::DatabaseConnection, aggregate: &str) -> i64 {
+    use one_loyalty::persistence::entities::outbox;
+    let now = Utc::now().fixed_offset();
+    outbox::Entity::insert(outbox::ActiveModel {
+        tenant_id: Set("t1".into()),
+        kind: Set("TEST".into()),
+        aggregate_id: Set(aggregate.into()),
+        payload: Set("{}".into()),
+        status: Set("PENDING".into()),
+        attempts: Set(0),
+        next_attempt_at: Set(now),
+        created_at: Set(now),
+        ..Default::default()
+    })
+    .exec(db)
+    .await
+    .expect("a message")
+    .last_insert_id
 }
