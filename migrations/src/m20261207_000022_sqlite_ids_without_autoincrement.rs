@@ -109,24 +109,21 @@ async fn rebuild(
     )
     .await?;
 
-    for (_, view, _) in views.iter().filter(|(kind, _, _)| kind == "view") {
-        db.execute_unprepared(&format!("DROP VIEW \"{view}\""))
-            .await?;
-    }
-    db.execute_unprepared(&new_table_sql).await?;
-    // The same definition, so the same columns in the same order.
-    db.execute_unprepared(&format!(
-        "INSERT INTO \"{rebuilt}\" SELECT * FROM \"{table}\""
-    ))
-    .await?;
-    db.execute_unprepared(&format!("DROP TABLE \"{table}\""))
-        .await?;
-    db.execute_unprepared(&format!("ALTER TABLE \"{rebuilt}\" RENAME TO \"{table}\""))
-        .await?;
-    for (_, _, sql) in own.iter().chain(&views) {
-        db.execute_unprepared(sql).await?;
-    }
-    Ok(())
+    let mut statements: Vec<String> = views
+        .iter()
+        .filter(|(kind, _, _)| kind == "view")
+        .map(|(_, view, _)| format!("DROP VIEW \"{view}\""))
+        .collect();
+    statements.extend([
+        new_table_sql,
+        // The same definition, so the same columns in the same order.
+        format!("INSERT INTO \"{rebuilt}\" SELECT * FROM \"{table}\""),
+        format!("DROP TABLE \"{table}\""),
+        format!("ALTER TABLE \"{rebuilt}\" RENAME TO \"{table}\""),
+    ]);
+    statements.extend(own.into_iter().chain(views).map(|(_, _, sql)| sql));
+    let statements: Vec<&str> = statements.iter().map(String::as_str).collect();
+    crate::run_in_order(manager, &statements).await
 }
 
 /// `table`'s definition under the name `rebuilt`, with `from` made `to`: exactly one of each, or
@@ -139,13 +136,11 @@ fn new_definition(
     to: &str,
 ) -> Result<String, DbErr> {
     let name = format!("CREATE TABLE \"{table}\" (");
-    // `from` must be the primary key's own words: " PRIMARY KEY" is a prefix of the other.
-    let keyed = |text: &str| text.matches(WITH_SEQUENCE).count();
-    let found = if from == WITH_SEQUENCE {
-        keyed(sql) == 1
-    } else {
-        keyed(sql) == 0 && sql.matches(from).count() == 1
-    };
+    // " PRIMARY KEY" is a prefix of " PRIMARY KEY AUTOINCREMENT": the keyword is counted on its
+    // own, once going up and not at all going down.
+    let keyword_expected = usize::from(from == WITH_SEQUENCE);
+    let found =
+        sql.matches(WITH_SEQUENCE).count() == keyword_expected && sql.matches(from).count() == 1;
     if !sql.starts_with(&name) || !found {
         return Err(DbErr::Migration(format!(
             "{table} is not as the ledger's migrations made it: {sql}"

@@ -2302,16 +2302,21 @@ async fn every_migration_goes_down_and_up_again(store: &TestDb) {
     );
 }
 
-/// Takes the schema down to just before migration `name`: it and every migration after it.
-async fn down_to_before(db: &sea_orm::DatabaseConnection, name: &str) {
+/// How many migrations go down to just before migration `name`: it and every one after it.
+fn steps_down_to_before(name: &str) -> u32 {
     use migrations::{Migrator, MigratorTrait};
     let all = Migrator::migrations();
     let at = all
         .iter()
         .position(|m| m.name() == name)
         .unwrap_or_else(|| panic!("no migration {name}"));
-    let steps = u32::try_from(all.len() - at).expect("a few migrations");
-    Migrator::down(db, Some(steps))
+    u32::try_from(all.len() - at).expect("a few migrations")
+}
+
+/// Takes the schema down to just before migration `name`.
+async fn down_to_before(db: &sea_orm::DatabaseConnection, name: &str) {
+    use migrations::{Migrator, MigratorTrait};
+    Migrator::down(db, Some(steps_down_to_before(name)))
         .await
         .unwrap_or_else(|e| panic!("down to before {name}: {e}"));
 }
@@ -2887,6 +2892,36 @@ async fn event_and_message_ids_follow_the_largest_without_a_sequence_row(store: 
         );
         assert_eq!(second_message, first_message + 1);
     }
+}
+
+/// SQLite only (`m20261207_000022` does nothing on PostgreSQL): a rebuild that fails part-way
+/// leaves the schema as it was. A view over the view `ledger_event_lines` is one the migration
+/// does not make way for: it drops `ledger_event_lines`, and the rename then finds the other view
+/// naming it and fails. The whole migration rolls back: no table dropped, no view missing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_that_fails_part_way_leaves_the_schema_as_it_was_on_sqlite() {
+    use migrations::{Migrator, MigratorTrait};
+    use sea_orm::ConnectionTrait;
+    let fixture = TestDb::new(crate::helpers::Backend::Sqlite).await;
+    let db = &fixture.db;
+    db.execute_unprepared(
+        "CREATE VIEW line_points AS SELECT event_id, line_no, points FROM ledger_event_lines",
+    )
+    .await
+    .expect("a view over the lines' view");
+    let before = text_rows(db, SQLITE_SCHEMA).await;
+    let steps = steps_down_to_before("m20261207_000022_sqlite_ids_without_autoincrement");
+    let failed = Migrator::down(db, Some(steps)).await;
+    assert!(failed.is_err(), "the rename fails: {failed:?}");
+    assert_eq!(
+        text_rows(db, SQLITE_SCHEMA).await,
+        before,
+        "rolled back whole"
+    );
+    assert!(
+        text_rows(db, SQLITE_SEQUENCES).await.is_empty(),
+        "the ids still come without a sequence"
+    );
 }
 
 /// The schema objects of a SQLite database (type, name, table, definition), but its own.
