@@ -98,3 +98,82 @@ async fn tables_that_grew_are_analyzed_within_the_interval_whatever_wrote_them()
     observer.close().await.ok();
     app.finish().await;
 }
+
+/// `users`' pages and rows as PostgreSQL last measured them (`relpages`, `reltuples`).
+async fn measured_users(db: &DatabaseConnection) -> (i32, f64) {
+    let row = db
+        .query_one_raw(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT relpages, reltuples::float8 FROM pg_class WHERE oid = 'users'::regclass",
+        ))
+        .await
+        .expect("pg_class")
+        .expect("users");
+    (
+        row.try_get_by_index(0).expect("relpages"),
+        row.try_get_by_index(1).expect("reltuples"),
+    )
+}
+
+/// An analyze that ran while 2,000 users were written in a transaction not yet committed counted
+/// their pages and none of their rows, so the planner expected none. Once they are committed the
+/// table is analyzed again, though its pages have not grown since; and then not again.
+/// Autovacuum is off for the table, so that only the service's analyzes count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_table_analyzed_while_a_bulk_write_was_uncommitted_is_analyzed_again_after_it() {
+    use one_loyalty::persistence::db::analyze_grown_tables;
+    use sea_orm::TransactionTrait;
+    if !postgres_configured() {
+        eprintln!("skipped: LOYALTY_TEST_DATABASE_URL is not set");
+        return;
+    }
+    let store = TestDb::new(Backend::Postgres).await;
+    store
+        .db
+        .execute_unprepared("ALTER TABLE users SET (autovacuum_enabled = false)")
+        .await
+        .expect("autovacuum off");
+    let users = format!(
+        "{}.users",
+        store.settings.schema.as_deref().expect("schema")
+    );
+    let writer = store.db.begin().await.expect("begin");
+    writer
+        .execute_unprepared(
+            "INSERT INTO users (tenant_id, user_id, client_id, active, anonymized, updated_at) \
+             SELECT 'demo', 'u-' || i, 'org:' || (i % 100), true, false, now() \
+             FROM generate_series(1, 2000) AS i",
+        )
+        .await
+        .expect("users");
+    let during = analyze_grown_tables(&store.db).await.expect("analyze");
+    assert!(
+        during.contains(&users),
+        "not analyzed while written: {during:?}"
+    );
+    let (pages, rows) = measured_users(&store.db).await;
+    assert!(
+        pages >= 8 && rows == 0.0,
+        "measured {pages} pages, {rows} rows"
+    );
+    writer.commit().await.expect("commit");
+    // The writer's counts reach the statistics collector when its connection goes idle, within
+    // seconds; a generous bound for a loaded CI machine.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut after = analyze_grown_tables(&store.db).await.expect("analyze");
+    while !after.contains(&users) && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        after = analyze_grown_tables(&store.db).await.expect("analyze");
+    }
+    assert!(
+        after.contains(&users),
+        "not analyzed after the commit: {after:?}"
+    );
+    let (pages_after, rows_after) = measured_users(&store.db).await;
+    assert!(
+        pages_after == pages && rows_after == 2_000.0,
+        "measured {pages_after} pages, {rows_after} rows"
+    );
+    let again = analyze_grown_tables(&store.db).await.expect("analyze");
+    assert!(!again.contains(&users), "analyzed again: {again:?}");
+}
