@@ -61,6 +61,17 @@ pub async fn observe_user_lookup(store: &TestDb) -> DatabaseConnection {
     observer
 }
 
+/// `count` users of tenant `demo` written in one statement, by no path of the service's.
+async fn write_users(db: &impl ConnectionTrait, count: u32) {
+    db.execute_unprepared(&format!(
+        "INSERT INTO users (tenant_id, user_id, client_id, active, anonymized, updated_at) \
+         SELECT 'demo', 'u-' || i, 'org:' || (i % 100), true, false, now() \
+         FROM generate_series(1, {count}) AS i"
+    ))
+    .await
+    .expect("users");
+}
+
 /// 1,000 users written in one statement, by no path of the service's (as an import into the
 /// database, or a burst of writes, would): the service's periodic analyze, every 100 ms here,
 /// has the observer's look-up planned again as an index scan of the key.
@@ -75,15 +86,7 @@ async fn tables_that_grew_are_analyzed_within_the_interval_whatever_wrote_them()
     })
     .await;
     let observer = observe_user_lookup(&app.store).await;
-    app.store
-        .db
-        .execute_unprepared(
-            "INSERT INTO users (tenant_id, user_id, client_id, active, anonymized, updated_at) \
-             SELECT 'demo', 'u-' || i, 'org:' || (i % 100), true, false, now() \
-             FROM generate_series(1, 1000) AS i",
-        )
-        .await
-        .expect("users");
+    write_users(&app.store.db, 1_000).await;
     // A generous bound for a loaded CI machine; the interval is 100 ms.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let mut plan = user_lookup_plan(&observer).await;
@@ -138,14 +141,7 @@ async fn a_table_analyzed_while_a_bulk_write_was_uncommitted_is_analyzed_again_a
         store.settings.schema.as_deref().expect("schema")
     );
     let writer = store.db.begin().await.expect("begin");
-    writer
-        .execute_unprepared(
-            "INSERT INTO users (tenant_id, user_id, client_id, active, anonymized, updated_at) \
-             SELECT 'demo', 'u-' || i, 'org:' || (i % 100), true, false, now() \
-             FROM generate_series(1, 2000) AS i",
-        )
-        .await
-        .expect("users");
+    write_users(&writer, 2_000).await;
     let during = analyze_grown_tables(&store.db).await.expect("analyze");
     assert!(
         during.contains(&users),
