@@ -4,7 +4,6 @@
 //! analyze: after each synchronization read (tests/api/sync.rs) and every
 //! `database.analyze_interval_ms`, whatever wrote them (here).
 
-use std::future::Future;
 use std::time::Duration;
 
 use sea_orm::{ConnectionTrait, DatabaseConnection};
