@@ -22,11 +22,15 @@ type Queued<I, O> = (I, oneshot::Sender<Result<O, RepoError>>);
 
 /// Writes a batch; returns one outcome per item, in the items' order.
 pub trait BatchWriter<I, O>: Send + Sync + 'static {
+    /// Batches of this writer in flight at once in the service's group commit (besides a lone
+    /// write in its caller's task).
+    const IN_FLIGHT: usize = WRITERS;
+
     fn write(&self, items: Vec<I>) -> impl Future<Output = Vec<Result<O, RepoError>>> + Send;
 }
 
-/// Batches in flight at once for each kind of write in the service (besides a lone write in its
-/// caller's task): one being written while the next gathers.
+/// Batches in flight at once for a kind of write by default: one being written while the next
+/// waits in the database for the locks the first holds, so that it starts as they are released.
 pub const WRITERS: usize = 2;
 
 /// The queue of one kind of write and its writer tasks, started on first use.
@@ -67,10 +71,10 @@ where
         }
     }
 
-    /// The service's group commit for `writer`: [`WRITERS`] batches in flight, each of at most
-    /// `max_batch` writes.
+    /// The service's group commit for `writer`: its [`BatchWriter::IN_FLIGHT`] batches in
+    /// flight, each of at most `max_batch` writes.
     pub fn shared(writer: W, max_batch: usize) -> Arc<Self> {
-        Arc::new(Self::new(writer, WRITERS, max_batch))
+        Arc::new(Self::new(writer, W::IN_FLIGHT, max_batch))
     }
 
     /// Writes `item` with whatever else is queued; answers once that write has committed.
@@ -234,8 +238,19 @@ mod tests {
         })
     }
 
-    fn spawn_write(
-        group: &Arc<GroupCommit<u32, u32, Arc<Recorder>>>,
+    /// The recorder with one batch in flight, where the recorder has the default.
+    struct OneInFlight(Arc<Recorder>);
+
+    impl BatchWriter<u32, u32> for OneInFlight {
+        const IN_FLIGHT: usize = 1;
+
+        async fn write(&self, items: Vec<u32>) -> Vec<Result<u32, RepoError>> {
+            self.0.write(items).await
+        }
+    }
+
+    fn spawn_write<W: BatchWriter<u32, u32>>(
+        group: &Arc<GroupCommit<u32, u32, W>>,
         item: u32,
     ) -> tokio::task::JoinHandle<Result<u32, RepoError>> {
         let group = Arc::clone(group);
@@ -280,6 +295,44 @@ mod tests {
             batches,
             [vec![2], vec![3], vec![4, 0, 5, 6, 7]],
             "the queued ones in one batch"
+        );
+    }
+
+    /// The batches written when, `recorder`'s gate shut, a write waits alone in its caller's
+    /// task, a second in a writer task, and three more come one after another.
+    async fn batches_behind_two_in_flight<W: BatchWriter<u32, u32>>(
+        group: &Arc<GroupCommit<u32, u32, W>>,
+        recorder: &Recorder,
+    ) -> Vec<Vec<u32>> {
+        let mut tasks = Vec::new();
+        for item in 1..=5 {
+            tasks.push(spawn_write(group, item));
+            settle().await;
+        }
+        recorder.gate.add_permits(10);
+        for task in tasks {
+            task.await.expect("task").expect("written");
+        }
+        let mut batches = recorder.batches.lock().expect("batches").clone();
+        batches.sort();
+        batches
+    }
+
+    #[tokio::test]
+    async fn the_service_s_group_commit_has_as_many_batches_in_flight_as_its_writer_says() {
+        let two = recorder();
+        let group = GroupCommit::shared(Arc::clone(&two), 64);
+        assert_eq!(
+            batches_behind_two_in_flight(&group, &two).await,
+            [vec![1], vec![2], vec![3], vec![4, 5]],
+            "a second writer task takes the third write at once"
+        );
+        let one = recorder();
+        let group = GroupCommit::shared(OneInFlight(Arc::clone(&one)), 64);
+        assert_eq!(
+            batches_behind_two_in_flight(&group, &one).await,
+            [vec![1], vec![2], vec![3, 4, 5]],
+            "the writes behind the one in flight go together"
         );
     }
 

@@ -236,6 +236,12 @@ impl<T: ScriptItem> ScriptWriter<T> {
 }
 
 impl<T: ScriptItem> BatchWriter<T, T::Written> for ScriptWriter<T> {
+    /// One: a SQLite file's writers take turns in the process (`write_turn`), so a second batch
+    /// in flight would overlap nothing. It would only wait for the turn with the few writes it
+    /// took at once, splitting what the next batch would carry into two transactions, two
+    /// commits and two syncs.
+    const IN_FLIGHT: usize = 1;
+
     async fn write(&self, items: Vec<T>) -> Vec<Result<T::Written, RepoError>> {
         let count = items.len();
         self.write_all(items)
