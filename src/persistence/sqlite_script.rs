@@ -381,6 +381,7 @@ impl ScriptItem for PreparedScriptRedemption {
     /// writes, and with one batch in flight their callers fall into step, all reading while the
     /// writer idles; see docs/PERFORMANCE.md.)
     const IN_FLIGHT: usize = 1;
+
     /// The redemption as stored, with its Use event's id.
     type Written = Redemption;
 
