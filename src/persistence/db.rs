@@ -88,6 +88,17 @@ pub async fn connect(settings: &DatabaseSettings) -> Result<DatabaseConnection, 
 /// The database.
 pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, RepoError> {
     let turn = write_turn(db).await?;
+    begin_write_in(db, turn).await
+}
+
+/// [`begin_write`] for a writer that already holds its turn (taken by [`write_turn`]).
+///
+/// # Errors
+/// The database.
+pub(crate) async fn begin_write_in(
+    db: &DatabaseConnection,
+    turn: WriteTurn,
+) -> Result<WriteTransaction, RepoError> {
     let txn = db
         .begin_with_options(TransactionOptions {
             sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
@@ -103,9 +114,7 @@ pub async fn begin_write(db: &DatabaseConnection) -> Result<WriteTransaction, Re
 ///
 /// # Errors
 /// The database is closing.
-pub(crate) async fn write_turn(
-    db: &DatabaseConnection,
-) -> Result<Option<OwnedSemaphorePermit>, RepoError> {
+pub(crate) async fn write_turn(db: &DatabaseConnection) -> Result<WriteTurn, RepoError> {
     match write_turns(db) {
         Some(turns) => turns
             .acquire_owned()
@@ -115,6 +124,9 @@ pub(crate) async fn write_turn(
         None => Ok(None),
     }
 }
+
+/// A writer's turn at a SQLite file, held until its write ends; `None` on PostgreSQL.
+pub(crate) type WriteTurn = Option<OwnedSemaphorePermit>;
 
 /// The turns of a SQLite file's writers in this process: one at a time, in order of asking.
 fn write_turns(db: &DatabaseConnection) -> Option<Arc<Semaphore>> {
@@ -138,7 +150,7 @@ fn write_turns(db: &DatabaseConnection) -> Option<Arc<Semaphore>> {
 /// A transaction begun by [`begin_write`], holding its writer's turn until it ends.
 pub struct WriteTransaction {
     txn: DatabaseTransaction,
-    _turn: Option<OwnedSemaphorePermit>,
+    _turn: WriteTurn,
 }
 
 impl std::fmt::Debug for WriteTransaction {

@@ -144,7 +144,14 @@ impl BatchItem for PreparedEarn {
 }
 
 impl BatchWriter<PreparedEarn, Option<i64>> for EarnWriter {
-    async fn write(&self, items: Vec<PreparedEarn>) -> Vec<Result<Option<i64>, RepoError>> {
+    /// Nothing to wait for: PostgreSQL's writers wait for each other's locks in the database.
+    type Turn = ();
+
+    async fn turn(&self) -> Result<(), RepoError> {
+        Ok(())
+    }
+
+    async fn write(&self, items: Vec<PreparedEarn>, (): ()) -> Vec<Result<Option<i64>, RepoError>> {
         write_batch(&self.db, items).await
     }
 }
@@ -400,7 +407,14 @@ impl BatchItem for PreparedRedemption {
 }
 
 impl BatchWriter<PreparedRedemption, Redemption> for RedemptionWriter {
-    async fn write(&self, items: Vec<PreparedRedemption>) -> Vec<Result<Redemption, RepoError>> {
+    /// Nothing to wait for: PostgreSQL's writers wait for each other's locks in the database.
+    type Turn = ();
+
+    async fn turn(&self) -> Result<(), RepoError> {
+        Ok(())
+    }
+
+    async fn write(&self, items: Vec<PreparedRedemption>, (): ()) -> Vec<Result<Redemption, RepoError>> {
         write_batch(&self.db, items).await
     }
 }

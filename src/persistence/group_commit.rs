@@ -6,6 +6,10 @@
 //! written at once, alone, in its caller's own task, so a lone caller pays no hand-off and no
 //! delay. Under load, the writes that queue behind those in flight go together next: one round
 //! trip, one commit and one turn of each lock they take, where each would have paid its own.
+//!
+//! A writer that must wait its turn at the database before it writes (a SQLite file's writers
+//! take turns in the process) has a writer task gather its batch only once it holds the turn:
+//! what arrives while it waits goes in that batch instead of waiting for the next.
 
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
@@ -26,7 +30,22 @@ pub trait BatchWriter<I, O>: Send + Sync + 'static {
     /// write in its caller's task).
     const IN_FLIGHT: usize = WRITERS;
 
-    fn write(&self, items: Vec<I>) -> impl Future<Output = Vec<Result<O, RepoError>>> + Send;
+    /// What a write holds from before its batch is gathered until it is written; `()` for a
+    /// writer that waits for nothing before it writes.
+    type Turn: Send;
+
+    /// Waits until this writer may write.
+    ///
+    /// # Errors
+    /// The writer cannot write now (its database is closing): the items are failed with it.
+    fn turn(&self) -> impl Future<Output = Result<Self::Turn, RepoError>> + Send;
+
+    /// Writes `items` in `turn`.
+    fn write(
+        &self,
+        items: Vec<I>,
+        turn: Self::Turn,
+    ) -> impl Future<Output = Vec<Result<O, RepoError>>> + Send;
 }
 
 /// Batches in flight at once for a kind of write by default: one being written while the next
@@ -86,7 +105,8 @@ where
         let pending = Pending::enter(&self.pending);
         if pending.alone {
             // No batch to join: hand-offs to a writer task would only add wake-ups.
-            return write_caught(self.writer.as_ref(), vec![item])
+            let turn = self.writer.turn().await?;
+            return write_caught(self.writer.as_ref(), vec![item], turn)
                 .await
                 .pop()
                 .unwrap_or_else(|| Err(RepoError::Other("a write came back empty".into())));
@@ -144,9 +164,10 @@ impl Drop for Pending<'_> {
 async fn write_caught<I, O, W: BatchWriter<I, O>>(
     writer: &W,
     items: Vec<I>,
+    turn: W::Turn,
 ) -> Vec<Result<O, RepoError>> {
     let count = items.len();
-    match AssertUnwindSafe(writer.write(items)).catch_unwind().await {
+    match AssertUnwindSafe(writer.write(items, turn)).catch_unwind().await {
         Ok(outcomes) if outcomes.len() == count => outcomes,
         Ok(outcomes) => (0..count)
             .map(|_| {
@@ -166,8 +187,10 @@ async fn write_caught<I, O, W: BatchWriter<I, O>>(
     }
 }
 
-/// One writer task: takes what is queued (waiting for the first item), writes it, answers, and
-/// goes again until every sender is gone.
+/// One writer task: waits for the first item, then for the writer's turn, takes what is queued
+/// by then, writes it, answers, and goes again until every sender is gone. It holds the queue
+/// while it waits for the turn, so that another writer task does not take the writes that
+/// arrive meanwhile and wait for the turn behind it with them.
 async fn run_writer<I, O, W>(
     queue: Arc<Mutex<mpsc::UnboundedReceiver<Queued<I, O>>>>,
     writer: Arc<W>,
@@ -178,11 +201,12 @@ async fn run_writer<I, O, W>(
     W: BatchWriter<I, O>,
 {
     loop {
-        let batch = {
+        let (batch, turn) = {
             let mut queue = queue.lock().await;
             let Some(first) = queue.recv().await else {
                 return;
             };
+            let turn = writer.turn().await;
             let mut batch = vec![first];
             while batch.len() < max_batch {
                 match queue.try_recv() {
@@ -190,10 +214,13 @@ async fn run_writer<I, O, W>(
                     Err(_) => break,
                 }
             }
-            batch
+            (batch, turn)
         };
         let (items, replies): (Vec<I>, Vec<_>) = batch.into_iter().unzip();
-        let outcomes = write_caught(writer.as_ref(), items).await;
+        let outcomes = match turn {
+            Ok(turn) => write_caught(writer.as_ref(), items, turn).await,
+            Err(err) => items.iter().map(|_| Err(err.clone())).collect(),
+        };
         for (reply, outcome) in replies.into_iter().zip(outcomes) {
             // A caller that has gone away (its call was cancelled) no longer needs the answer.
             let _ = reply.send(outcome);
@@ -214,7 +241,13 @@ mod tests {
     }
 
     impl BatchWriter<u32, u32> for Arc<Recorder> {
-        async fn write(&self, items: Vec<u32>) -> Vec<Result<u32, RepoError>> {
+        type Turn = ();
+
+        async fn turn(&self) -> Result<(), RepoError> {
+            Ok(())
+        }
+
+        async fn write(&self, items: Vec<u32>, (): ()) -> Vec<Result<u32, RepoError>> {
             self.gate.acquire().await.expect("gate").forget();
             assert!(!items.contains(&99), "a batch panics");
             self.batches.lock().expect("batches").push(items.clone());
@@ -244,8 +277,14 @@ mod tests {
     impl BatchWriter<u32, u32> for OneInFlight {
         const IN_FLIGHT: usize = 1;
 
-        async fn write(&self, items: Vec<u32>) -> Vec<Result<u32, RepoError>> {
-            self.0.write(items).await
+        type Turn = ();
+
+        async fn turn(&self) -> Result<(), RepoError> {
+            Ok(())
+        }
+
+        async fn write(&self, items: Vec<u32>, (): ()) -> Vec<Result<u32, RepoError>> {
+            self.0.write(items, ()).await
         }
     }
 
@@ -336,6 +375,71 @@ mod tests {
         );
     }
 
+    /// Records the batches it writes, each in a turn of one at a time (as a SQLite file's
+    /// writers take turns), and fails every write once its turns are closed.
+    struct TakesTurns {
+        batches: StdMutex<Vec<Vec<u32>>>,
+        turns: Arc<tokio::sync::Semaphore>,
+    }
+
+    impl BatchWriter<u32, u32> for Arc<TakesTurns> {
+        type Turn = tokio::sync::OwnedSemaphorePermit;
+
+        async fn turn(&self) -> Result<Self::Turn, RepoError> {
+            Arc::clone(&self.turns)
+                .acquire_owned()
+                .await
+                .map_err(|_| RepoError::Unavailable("closed".into()))
+        }
+
+        async fn write(&self, items: Vec<u32>, _turn: Self::Turn) -> Vec<Result<u32, RepoError>> {
+            self.batches.lock().expect("batches").push(items.clone());
+            items.into_iter().map(Ok).collect()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_task_gathers_its_batch_once_it_holds_the_turn() {
+        let writer = Arc::new(TakesTurns {
+            batches: StdMutex::new(Vec::new()),
+            turns: Arc::new(tokio::sync::Semaphore::new(1)),
+        });
+        let group = GroupCommit::shared(Arc::clone(&writer), 64);
+        // Another writer holds the turn: a lone write waits for it in its caller's task, the
+        // next in a writer task, and three more arrive one after another meanwhile.
+        let held = Arc::clone(&writer.turns)
+            .acquire_owned()
+            .await
+            .expect("the turn");
+        let mut tasks = Vec::new();
+        for item in 1..=5 {
+            tasks.push(spawn_write(&group, item));
+            settle().await;
+        }
+        drop(held);
+        for task in tasks {
+            task.await.expect("task").expect("written");
+        }
+        assert_eq!(
+            writer.batches.lock().expect("batches").clone(),
+            [vec![1], vec![2, 3, 4, 5]],
+            "the writes that arrived while the turn was awaited go in its batch"
+        );
+        // With the turns closed, a lone write and those of a batch fail, and nothing is written.
+        writer.turns.close();
+        let other = Pending::enter(&group.pending);
+        assert!(matches!(
+            group.write(6).await,
+            Err(RepoError::Unavailable(_))
+        ));
+        drop(other);
+        assert!(matches!(
+            group.write(7).await,
+            Err(RepoError::Unavailable(_))
+        ));
+        assert_eq!(writer.batches.lock().expect("batches").len(), 2);
+    }
+
     tokio::task_local! {
         static CALLER: u32;
     }
@@ -344,7 +448,13 @@ mod tests {
     struct WhereItRuns;
 
     impl BatchWriter<u32, u32> for WhereItRuns {
-        async fn write(&self, items: Vec<u32>) -> Vec<Result<u32, RepoError>> {
+        type Turn = ();
+
+        async fn turn(&self) -> Result<(), RepoError> {
+            Ok(())
+        }
+
+        async fn write(&self, items: Vec<u32>, (): ()) -> Vec<Result<u32, RepoError>> {
             let seen = CALLER.try_with(|caller| *caller).unwrap_or(0);
             items.into_iter().map(|_| Ok(seen)).collect()
         }

@@ -38,7 +38,7 @@ use sea_orm::{
 };
 use sea_query_sqlx::SqlxValues;
 
-use super::db::{begin_write, write_turn};
+use super::db::{WriteTurn, begin_write_in, write_turn};
 use super::documents::{document_row, earn_basis_moved};
 use super::entities::{
     balances, clients, coupons, documents, earn_lots, ledger_events, redemptions,
@@ -206,13 +206,14 @@ impl<T: ScriptItem> ScriptWriter<T> {
     async fn write_all(
         &self,
         mut items: Vec<T>,
+        turn: WriteTurn,
     ) -> Result<Vec<Result<T::Written, RepoError>>, RepoError> {
         if items.len() == 1
             && let Some(alone) = items.pop()
         {
-            return Ok(vec![T::settle(self.write_alone(alone).await?)]);
+            return Ok(vec![T::settle(self.write_alone(alone, turn).await?)]);
         }
-        let txn = begin_write(&self.db).await?;
+        let txn = begin_write_in(&self.db, turn).await?;
         let mut outcomes = Vec::with_capacity(items.len());
         for item in items {
             let written = item.write_in(ScriptScope::InBatch(&txn)).await;
@@ -229,11 +230,15 @@ impl<T: ScriptItem> ScriptWriter<T> {
 
     /// One item in a transaction of its own, begun and committed by its scripts. The outer
     /// error: no connection to write on.
-    async fn write_alone(&self, item: T) -> Result<Result<T::Written, RepoError>, RepoError> {
-        let _turn = write_turn(&self.db).await?;
+    async fn write_alone(
+        &self,
+        item: T,
+        turn: WriteTurn,
+    ) -> Result<Result<T::Written, RepoError>, RepoError> {
         let mut conn = LoneConnection::acquire(&self.db).await?;
         let written = item.write_in(ScriptScope::Alone(&mut conn)).await;
         conn.end().await;
+        drop(turn);
         Ok(written)
     }
 }
@@ -241,9 +246,16 @@ impl<T: ScriptItem> ScriptWriter<T> {
 impl<T: ScriptItem> BatchWriter<T, T::Written> for ScriptWriter<T> {
     const IN_FLIGHT: usize = T::IN_FLIGHT;
 
-    async fn write(&self, items: Vec<T>) -> Vec<Result<T::Written, RepoError>> {
+    /// The file's turn: a writer task gathers its batch once it holds it.
+    type Turn = WriteTurn;
+
+    async fn turn(&self) -> Result<WriteTurn, RepoError> {
+        write_turn(&self.db).await
+    }
+
+    async fn write(&self, items: Vec<T>, turn: WriteTurn) -> Vec<Result<T::Written, RepoError>> {
         let count = items.len();
-        self.write_all(items)
+        self.write_all(items, turn)
             .await
             .unwrap_or_else(|err| (0..count).map(|_| Err(err.clone())).collect())
     }
