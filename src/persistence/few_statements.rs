@@ -414,7 +414,11 @@ impl BatchWriter<PreparedRedemption, Redemption> for RedemptionWriter {
         Ok(())
     }
 
-    async fn write(&self, items: Vec<PreparedRedemption>, (): ()) -> Vec<Result<Redemption, RepoError>> {
+    async fn write(
+        &self,
+        items: Vec<PreparedRedemption>,
+        (): (),
+    ) -> Vec<Result<Redemption, RepoError>> {
         write_batch(&self.db, items).await
     }
 }

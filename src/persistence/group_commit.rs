@@ -26,10 +26,6 @@ type Queued<I, O> = (I, oneshot::Sender<Result<O, RepoError>>);
 
 /// Writes a batch; returns one outcome per item, in the items' order.
 pub trait BatchWriter<I, O>: Send + Sync + 'static {
-    /// Batches of this writer in flight at once in the service's group commit (besides a lone
-    /// write in its caller's task).
-    const IN_FLIGHT: usize = WRITERS;
-
     /// What a write holds from before its batch is gathered until it is written; `()` for a
     /// writer that waits for nothing before it writes.
     type Turn: Send;
@@ -48,8 +44,10 @@ pub trait BatchWriter<I, O>: Send + Sync + 'static {
     ) -> impl Future<Output = Vec<Result<O, RepoError>>> + Send;
 }
 
-/// Batches in flight at once for a kind of write by default: one being written while the next
-/// waits in the database for the locks the first holds, so that it starts as they are released.
+/// Batches in flight at once for each kind of write in the service (besides a lone write in its
+/// caller's task): one being written while the next gathers. On PostgreSQL the next waits in the
+/// database for the locks the first holds and starts as they are released; on SQLite it waits
+/// for the file's turn and gathers what arrived meanwhile once it has it.
 pub const WRITERS: usize = 2;
 
 /// The queue of one kind of write and its writer tasks, started on first use.
@@ -90,10 +88,10 @@ where
         }
     }
 
-    /// The service's group commit for `writer`: its [`BatchWriter::IN_FLIGHT`] batches in
-    /// flight, each of at most `max_batch` writes.
+    /// The service's group commit for `writer`: [`WRITERS`] batches in flight, each of at most
+    /// `max_batch` writes.
     pub fn shared(writer: W, max_batch: usize) -> Arc<Self> {
-        Arc::new(Self::new(writer, W::IN_FLIGHT, max_batch))
+        Arc::new(Self::new(writer, WRITERS, max_batch))
     }
 
     /// Writes `item` with whatever else is queued; answers once that write has committed.
@@ -167,7 +165,10 @@ async fn write_caught<I, O, W: BatchWriter<I, O>>(
     turn: W::Turn,
 ) -> Vec<Result<O, RepoError>> {
     let count = items.len();
-    match AssertUnwindSafe(writer.write(items, turn)).catch_unwind().await {
+    match AssertUnwindSafe(writer.write(items, turn))
+        .catch_unwind()
+        .await
+    {
         Ok(outcomes) if outcomes.len() == count => outcomes,
         Ok(outcomes) => (0..count)
             .map(|_| {
@@ -271,23 +272,6 @@ mod tests {
         })
     }
 
-    /// The recorder with one batch in flight, where the recorder has the default.
-    struct OneInFlight(Arc<Recorder>);
-
-    impl BatchWriter<u32, u32> for OneInFlight {
-        const IN_FLIGHT: usize = 1;
-
-        type Turn = ();
-
-        async fn turn(&self) -> Result<(), RepoError> {
-            Ok(())
-        }
-
-        async fn write(&self, items: Vec<u32>, (): ()) -> Vec<Result<u32, RepoError>> {
-            self.0.write(items, ()).await
-        }
-    }
-
     fn spawn_write<W: BatchWriter<u32, u32>>(
         group: &Arc<GroupCommit<u32, u32, W>>,
         item: u32,
@@ -337,15 +321,15 @@ mod tests {
         );
     }
 
-    /// The batches written when, `recorder`'s gate shut, a write waits alone in its caller's
-    /// task, a second in a writer task, and three more come one after another.
-    async fn batches_behind_two_in_flight<W: BatchWriter<u32, u32>>(
-        group: &Arc<GroupCommit<u32, u32, W>>,
-        recorder: &Recorder,
-    ) -> Vec<Vec<u32>> {
+    #[tokio::test]
+    async fn the_service_s_group_commit_has_two_batches_in_flight() {
+        let recorder = recorder();
+        let group = GroupCommit::shared(Arc::clone(&recorder), 64);
+        // The gate is shut: a lone write waits at it in its caller's task, a second in a writer
+        // task, and three more come one after another.
         let mut tasks = Vec::new();
         for item in 1..=5 {
-            tasks.push(spawn_write(group, item));
+            tasks.push(spawn_write(&group, item));
             settle().await;
         }
         recorder.gate.add_permits(10);
@@ -354,24 +338,10 @@ mod tests {
         }
         let mut batches = recorder.batches.lock().expect("batches").clone();
         batches.sort();
-        batches
-    }
-
-    #[tokio::test]
-    async fn the_service_s_group_commit_has_as_many_batches_in_flight_as_its_writer_says() {
-        let two = recorder();
-        let group = GroupCommit::shared(Arc::clone(&two), 64);
         assert_eq!(
-            batches_behind_two_in_flight(&group, &two).await,
+            batches,
             [vec![1], vec![2], vec![3], vec![4, 5]],
-            "a second writer task takes the third write at once"
-        );
-        let one = recorder();
-        let group = GroupCommit::shared(OneInFlight(Arc::clone(&one)), 64);
-        assert_eq!(
-            batches_behind_two_in_flight(&group, &one).await,
-            [vec![1], vec![2], vec![3, 4, 5]],
-            "the writes behind the one in flight go together"
+            "with no turn to wait for, a second writer task takes the third write at once"
         );
     }
 

@@ -48,7 +48,7 @@ use super::event_lines::stored as stored_lines;
 use super::few_statements::{
     LIMIT_REACHED, NOT_ENOUGH_POINTS, OUT_OF_STOCK, PlannedRedemption, STALE,
 };
-use super::group_commit::{BatchWriter, WRITERS};
+use super::group_commit::BatchWriter;
 use super::idempotency::record_row;
 use super::ledger::{
     BalanceMove, balance_update, ensure_balance_statement, entering_locked, event_row, lot_row,
@@ -71,9 +71,6 @@ use crate::domain::tenant::TenantId;
 /// A write that [`ScriptWriter`] can put in a batch.
 pub trait ScriptItem: Send + 'static {
     type Written: Send + 'static;
-
-    /// Batches of this kind in flight at once ([`BatchWriter::IN_FLIGHT`]).
-    const IN_FLIGHT: usize = WRITERS;
 
     /// Writes the item in `scope`, in as few scripts as it can: its first script opens the
     /// scope and its last closes it ([`Script::opened`], [`Script::closed`]). An error may leave
@@ -244,8 +241,6 @@ impl<T: ScriptItem> ScriptWriter<T> {
 }
 
 impl<T: ScriptItem> BatchWriter<T, T::Written> for ScriptWriter<T> {
-    const IN_FLIGHT: usize = T::IN_FLIGHT;
-
     /// The file's turn: a writer task gathers its batch once it holds it.
     type Turn = WriteTurn;
 
@@ -386,14 +381,6 @@ impl PreparedScriptRedemption {
 }
 
 impl ScriptItem for PreparedScriptRedemption {
-    /// One: a SQLite file's writers take turns in the process (`write_turn`), so a second batch
-    /// in flight overlaps nothing. It would only wait for the turn with the first redemption to
-    /// arrive, splitting what the next batch would carry into two transactions, two commits and
-    /// two syncs. (Earns keep two: one of a client met for the first time reads it before it
-    /// writes, and with one batch in flight their callers fall into step, all reading while the
-    /// writer idles; see docs/PERFORMANCE.md.)
-    const IN_FLIGHT: usize = 1;
-
     /// The redemption as stored, with its Use event's id.
     type Written = Redemption;
 
@@ -766,14 +753,6 @@ impl Script {
 mod tests {
     use super::*;
     use crate::persistence::db::test_sqlite;
-
-    #[test]
-    fn redemptions_have_one_batch_in_flight_and_earns_the_default() {
-        type Redemptions = ScriptWriter<PreparedScriptRedemption>;
-        type Earns = ScriptWriter<PreparedScriptEarn>;
-        assert_eq!(<Redemptions as BatchWriter<_, _>>::IN_FLIGHT, 1);
-        assert_eq!(<Earns as BatchWriter<_, _>>::IN_FLIGHT, WRITERS);
-    }
 
     const POOL: u32 = 2;
 

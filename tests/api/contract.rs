@@ -12,6 +12,7 @@ use one_loyalty::domain::settings::TenantSettings;
 use one_loyalty::domain::tenant::TenantId;
 use one_loyalty::persistence::access::SeaAccessRepository;
 use one_loyalty::persistence::entities::{balances, coupons, redemptions};
+use one_loyalty::persistence::group_commit::BatchWriter;
 use one_loyalty::persistence::idempotency::SeaIdempotencyRepository;
 use one_loyalty::persistence::ledger::SeaLedgerRepository;
 use one_loyalty::persistence::settings::SeaSettingsRepository;
@@ -1886,7 +1887,6 @@ async fn redeem_together(
     plans: &[one_loyalty::persistence::RedeemPlan],
 ) -> Vec<Result<one_loyalty::domain::redemption::Redemption, RepoError>> {
     use one_loyalty::persistence::few_statements::{PreparedRedemption, RedemptionWriter};
-    use one_loyalty::persistence::group_commit::BatchWriter;
     use one_loyalty::persistence::sqlite_script::{PreparedScriptRedemption, ScriptWriter};
     let now = Utc::now();
     // As the repository records them: the request names its redemption.
@@ -1903,9 +1903,7 @@ async fn redeem_together(
             .zip(&records)
             .map(|(plan, record)| PreparedRedemption::new(t, plan, record, now).expect("prepared"))
             .collect();
-        return RedemptionWriter::new(store.db.clone())
-            .write(prepared)
-            .await;
+        return written_in_turn(RedemptionWriter::new(store.db.clone()), prepared).await;
     }
     let prepared = plans
         .iter()
@@ -1914,7 +1912,16 @@ async fn redeem_together(
             PreparedScriptRedemption::new(t, plan, record, now).expect("prepared")
         })
         .collect();
-    ScriptWriter::new(store.db.clone()).write(prepared).await
+    written_in_turn(ScriptWriter::new(store.db.clone()), prepared).await
+}
+
+/// `items` written as one batch by `writer`, once it has its turn to write.
+async fn written_in_turn<I, O, W: BatchWriter<I, O>>(
+    writer: W,
+    items: Vec<I>,
+) -> Vec<Result<O, RepoError>> {
+    let turn = writer.turn().await.expect("a turn to write");
+    writer.write(items, turn).await
 }
 
 /// Each client's available points are as given, and every balance is the sum of its events.
@@ -2165,7 +2172,6 @@ async fn write_earns_together(
     alter: impl Fn(&mut one_loyalty::domain::documents::DocumentRecord),
 ) -> Vec<Result<Option<i64>, RepoError>> {
     use one_loyalty::persistence::few_statements::{EarnWriter, PreparedEarn};
-    use one_loyalty::persistence::group_commit::BatchWriter;
     use one_loyalty::persistence::sqlite_script::{PreparedScriptEarn, ScriptWriter};
     let parts: Vec<_> = decided
         .iter()
@@ -2183,7 +2189,7 @@ async fn write_earns_together(
                 PreparedEarn::new(t, stored, event, lines, *basis, now).expect("prepared")
             })
             .collect();
-        EarnWriter::new(store.db.clone()).write(items).await
+        written_in_turn(EarnWriter::new(store.db.clone()), items).await
     } else {
         let items = parts
             .iter()
@@ -2191,7 +2197,7 @@ async fn write_earns_together(
                 PreparedScriptEarn::new(t, stored, event, lines, *basis, now).expect("prepared")
             })
             .collect();
-        ScriptWriter::new(store.db.clone()).write(items).await
+        written_in_turn(ScriptWriter::new(store.db.clone()), items).await
     }
 }
 
